@@ -1,0 +1,140 @@
+/**
+ * The one error registry. Every error Ferry reports carries a stable `FERRY_E_*` code, an HTTP status,
+ * a CLI exit code (2 = bad usage or input, 1 = a failed operation), a `retryable` flag, and its cause.
+ * docs/errors.md documents every code; errors.test.ts keeps the two in sync.
+ */
+
+export interface ErrorDef {
+  readonly status: number;
+  /** CLI exit code: 2 for the user's mistake, 1 for an operation that failed. */
+  readonly exit: 1 | 2;
+  readonly retryable: boolean;
+  /** Default message; the thrower may give a more precise one. Says what to do about it. */
+  readonly message: string;
+}
+
+const def = (status: number, exit: 1 | 2, retryable: boolean, message: string): ErrorDef => ({
+  status,
+  exit,
+  retryable,
+  message,
+});
+
+export const ERRORS = {
+  // --- usage and input (exit 2) ---
+  FERRY_E_USAGE: def(400, 2, false, 'Bad usage: see `ferry --help`.'),
+  FERRY_E_BAD_INPUT: def(400, 2, false, 'The input is not valid.'),
+  FERRY_E_BAD_NAME: def(400, 2, false, 'Names must match [a-z0-9][a-z0-9-]{0,62}.'),
+  FERRY_E_BAD_SIZE: def(400, 2, false, 'Sizes are a positive number with an optional unit: 256M, 1G, 512K.'),
+  FERRY_E_BAD_DURATION: def(400, 2, false, 'Durations are a number with a unit: 300ms, 10s, 5m.'),
+  FERRY_E_BAD_SPEC: def(400, 2, false, 'The VM spec is not valid.'),
+  FERRY_E_UNAUTHORIZED: def(401, 2, false, 'Missing or wrong token: use the token `ferry server` printed or `ferry lab up` wrote.'),
+  FERRY_E_NOT_FOUND: def(404, 2, false, 'No such object.'),
+  FERRY_E_VM_NOT_FOUND: def(404, 2, false, 'No VM of that name: see `ferry vm list`.'),
+  FERRY_E_HOST_NOT_FOUND: def(404, 2, false, 'No host of that name: see `ferry host list`.'),
+  FERRY_E_MIGRATION_NOT_FOUND: def(404, 2, false, 'No migration with that id: see `ferry migration list`.'),
+  FERRY_E_VM_EXISTS: def(409, 2, false, 'A VM of that name exists already: choose another name or delete it.'),
+  FERRY_E_VM_STATE: def(409, 2, false, 'The VM is not in a state that allows this.'),
+  FERRY_E_MIGRATION_ACTIVE: def(409, 2, false, 'The VM has a migration in progress: wait for it or cancel it.'),
+  FERRY_E_NO_CAPACITY: def(409, 2, false, 'No host can take this VM (memory, vCPUs, maintenance): see `why`.'),
+  FERRY_E_MEMORY_TOO_LARGE: def(400, 2, false, 'The memory asked for is more than the host has.'),
+  FERRY_E_JOIN_TOKEN: def(401, 2, false, 'The join token is unknown or was used already: get a new one.'),
+
+  // --- environment (exit 1) ---
+  FERRY_E_NOT_ROOT: def(500, 1, false, 'This needs root (network namespaces, taps): run as root.'),
+  FERRY_E_MISSING_TOOL: def(500, 1, false, 'A required program is missing: run `npm run setup`.'),
+  FERRY_E_IMAGE_MISSING: def(500, 1, false, 'The guest image is missing: run `ferry image build tiny`.'),
+  FERRY_E_KERNEL_MISSING: def(500, 1, false, 'The guest kernel is missing: run `npm run setup`.'),
+  FERRY_E_LAB: def(500, 1, false, 'The lab could not be set up.'),
+  FERRY_E_CONFIG: def(500, 1, false, 'No cluster configured: run `ferry lab up` or pass --server and --token.'),
+
+  // --- QEMU and QMP (exit 1) ---
+  FERRY_E_QMP_CONNECT: def(502, 1, true, 'Could not connect to the QMP socket.'),
+  FERRY_E_QMP_PROTOCOL: def(502, 1, false, 'QEMU sent something that is not QMP.'),
+  FERRY_E_QMP_TIMEOUT: def(504, 1, true, 'QEMU did not answer in time.'),
+  FERRY_E_QMP_CLOSED: def(502, 1, false, 'The QMP connection closed (QEMU exited?).'),
+  FERRY_E_QMP_COMMAND: def(502, 1, false, 'QEMU refused the command.'),
+  FERRY_E_ABORTED: def(499, 1, false, 'The operation was aborted.'),
+  FERRY_E_QEMU_START: def(500, 1, false, 'QEMU failed to start: see the VM serial log and stderr.'),
+  FERRY_E_GUEST_TIMEOUT: def(504, 1, true, 'The guest did not report ready in time.'),
+  FERRY_E_GUEST_COMMAND: def(502, 1, false, 'The guest tool refused or failed the command.'),
+  FERRY_E_ACCEL: def(500, 1, false, 'No usable accelerator.'),
+
+  // --- cluster (exit 1) ---
+  FERRY_E_AGENT_UNREACHABLE: def(503, 1, true, 'The host agent did not answer.'),
+  FERRY_E_AGENT_PROTOCOL: def(502, 1, false, 'The agent speaks another protocol version.'),
+  FERRY_E_SERVER_UNREACHABLE: def(503, 1, true, 'The Ferry server did not answer: is it running?'),
+  FERRY_E_TLS: def(495, 1, false, 'TLS handshake failed (certificate not signed by the cluster CA?).'),
+
+  // --- migration (exit 1) ---
+  FERRY_E_MIGRATION_FAILED: def(500, 1, false, 'The migration failed; the VM runs on the source.'),
+  FERRY_E_MIGRATION_CANCELLED: def(409, 1, false, 'The migration was cancelled; the VM runs on the source.'),
+  FERRY_E_MIGRATION_STALLED: def(504, 1, false, 'The migration made no progress (link down?) and was aborted.'),
+  FERRY_E_MIGRATION_TIMEOUT: def(504, 1, false, 'The migration did not finish within its deadline.'),
+  FERRY_E_DESTINATION_LOST: def(502, 1, false, 'The destination QEMU or agent went away during the migration.'),
+  FERRY_E_SOURCE_LOST: def(502, 1, false, 'The source QEMU or agent went away during the migration.'),
+  FERRY_E_VERIFY_FAILED: def(500, 1, false, 'Verification on the destination failed (checksum or guest check).'),
+  FERRY_E_CPU_INCOMPATIBLE: def(409, 2, false, 'The destination CPU or QEMU cannot run this VM.'),
+  FERRY_E_CONTROLLER_RESTARTED: def(500, 1, false, 'The controller restarted during the job; it was recovered.'),
+
+  FERRY_E_INTERNAL: def(500, 1, false, 'An internal error: please report it with the log.'),
+} as const satisfies Record<string, ErrorDef>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERRORS, code);
+}
+
+export class FerryError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly exit: 1 | 2;
+  readonly retryable: boolean;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message?: string,
+    opts: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    const d = ERRORS[code];
+    super(message ?? d.message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'FerryError';
+    this.code = code;
+    this.status = d.status;
+    this.exit = d.exit;
+    this.retryable = d.retryable;
+    this.details = opts.details;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** Wraps anything thrown into a FerryError, keeping the original as cause. */
+export function toFerryError(err: unknown, fallback: ErrorCode = 'FERRY_E_INTERNAL'): FerryError {
+  if (err instanceof FerryError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new FerryError(fallback, message, { cause: err });
+}
+
+/** Rebuilds a FerryError from its JSON form (as sent by the API or an agent). */
+export function fromErrorJSON(body: unknown, fallback: ErrorCode = 'FERRY_E_INTERNAL'): FerryError {
+  const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+  const inner = (typeof b.error === 'object' && b.error !== null ? b.error : b) as Record<string, unknown>;
+  const code = isErrorCode(inner.code) ? inner.code : fallback;
+  const message = typeof inner.message === 'string' ? inner.message : undefined;
+  const details =
+    typeof inner.details === 'object' && inner.details !== null
+      ? (inner.details as Record<string, unknown>)
+      : undefined;
+  return new FerryError(code, message, details === undefined ? {} : { details });
+}
+
+export function assertNever(x: never, what = 'value'): never {
+  throw new FerryError('FERRY_E_INTERNAL', `unexpected ${what}: ${JSON.stringify(x)}`);
+}
