@@ -1,0 +1,43 @@
+/**
+ * The `ferry` command line: noun first (`ferry vm create`), commands declared one file per noun in
+ * commands/. Every command takes `--json`.
+ */
+import { Command, CommanderError } from 'commander';
+import { FerryError } from '../common/errors.ts';
+import { printError } from './output.ts';
+import { registerImage } from './commands/image.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('ferry')
+    .description('Moves virtual machines between hosts, cold and live, by driving QEMU.')
+    .version('0.1.0')
+    .exitOverride()
+    .showHelpAfterError(false)
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  registerImage(program);
+  // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
+  const walk = (c: Command): void => {
+    c.exitOverride();
+    c.commands.forEach(walk);
+  };
+  walk(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  const json = argv.includes('--json');
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      // commander already printed its message to stderr; with --json, also one JSON document.
+      const msg = err.message.replace(/^error: /, '');
+      if (json) return printError(new FerryError('FERRY_E_USAGE', msg), { json });
+      return 2;
+    }
+    return printError(err, { json });
+  }
+}

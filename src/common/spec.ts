@@ -1,0 +1,97 @@
+/**
+ * VmSpec: what a VM is, independent of the host it runs on. It crosses every boundary (CLI → controller →
+ * agent → argv) and is persisted, so it is a versioned TypeBox schema, validated at each entry.
+ * Source and destination of a migration start QEMU from the same spec: that is why the machine type is
+ * pinned to a versioned type (pc-q35-10.0) and the CPU model is named, never `host`.
+ */
+import Type, { type Static } from 'typebox';
+import { Value } from 'typebox/value';
+import { FerryError } from './errors.ts';
+import { NAME_RE } from './units.ts';
+
+export const SPEC_VERSION = 1;
+export const DEFAULT_MACHINE = 'pc-q35-10.0';
+export const DEFAULT_CPU_MODEL = 'qemu64';
+export const MIB = 1024 * 1024;
+
+const Name = Type.String({ pattern: NAME_RE.source });
+
+export const DiskSpec = Type.Object({
+  /** Device id inside QEMU and the guest's view (virtio: vda, vdb ...). */
+  id: Type.String({ pattern: '^vd[a-z]$' }),
+  sizeBytes: Type.Integer({ minimum: MIB }),
+  /** Shared storage is reachable from every host at the same path and is never copied. */
+  shared: Type.Boolean(),
+  /** Absolute path of a qcow2 image; when absent the agent creates one in the VM's directory. */
+  path: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+});
+export type DiskSpec = Static<typeof DiskSpec>;
+
+export const NicSpec = Type.Object({
+  id: Type.String({ pattern: '^net[0-9]$' }),
+  mac: Type.String({ pattern: '^52:54:00(:[0-9a-f]{2}){3}$' }),
+  /** The VM network (in the lab: `vm0`, the LAN shared by all hosts). */
+  network: Name,
+  /** Static address given to the guest on its kernel command line, `a.b.c.d/len`. */
+  ip: Type.Optional(Type.String({ pattern: '^\\d{1,3}(\\.\\d{1,3}){3}/\\d{1,2}$' })),
+});
+export type NicSpec = Static<typeof NicSpec>;
+
+export const BootSpec = Type.Union([
+  Type.Object({
+    kind: Type.Literal('kernel'),
+    /** `tiny` (Ferry's built image) or an absolute directory holding vmlinuz + initramfs.gz. */
+    image: Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' }),
+    /** Extra kernel arguments, validated: no quotes, no shell metacharacters. */
+    cmdline: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._=,:/ -]*$', maxLength: 1024 })),
+  }),
+  Type.Object({ kind: Type.Literal('disk') }),
+]);
+export type BootSpec = Static<typeof BootSpec>;
+
+export const VmSpec = Type.Object({
+  version: Type.Literal(SPEC_VERSION),
+  name: Name,
+  vcpus: Type.Integer({ minimum: 1, maximum: 64 }),
+  memoryBytes: Type.Integer({ minimum: 16 * MIB }),
+  cpuModel: Type.String({ pattern: '^[A-Za-z0-9._-]+$' }),
+  machine: Type.String({ pattern: '^[a-z0-9._-]+$' }),
+  boot: BootSpec,
+  disks: Type.Array(DiskSpec, { maxItems: 8 }),
+  nics: Type.Array(NicSpec, { maxItems: 4 }),
+  /** A virtio-serial port to the tiny guest's `ferry-guest` (commands without guest networking). */
+  guestChannel: Type.Boolean(),
+});
+export type VmSpec = Static<typeof VmSpec>;
+
+/** Validates anything claimed to be a VmSpec; throws FERRY_E_BAD_SPEC listing every problem. */
+export function parseVmSpec(input: unknown): VmSpec {
+  if (Value.Check(VmSpec, input)) {
+    const spec = input as VmSpec;
+    const ids = new Set<string>();
+    for (const d of [...spec.disks, ...spec.nics]) {
+      if (ids.has(d.id)) throw new FerryError('FERRY_E_BAD_SPEC', `Duplicate device id ${d.id}.`);
+      ids.add(d.id);
+    }
+    return spec;
+  }
+  const problems = [...Value.Errors(VmSpec, input)].slice(0, 8).map((e) => `${e.instancePath || '/'} ${e.message}`);
+  throw new FerryError('FERRY_E_BAD_SPEC', `Bad VM spec: ${problems.join('; ')}`, { details: { problems } });
+}
+
+/** A spec with Ferry's defaults for the fields a user did not give. */
+export function defaultVmSpec(name: string, over: Partial<Omit<VmSpec, 'version' | 'name'>> = {}): VmSpec {
+  return parseVmSpec({
+    version: SPEC_VERSION,
+    name,
+    vcpus: 1,
+    memoryBytes: 256 * MIB,
+    cpuModel: DEFAULT_CPU_MODEL,
+    machine: DEFAULT_MACHINE,
+    boot: { kind: 'kernel', image: 'tiny' },
+    disks: [],
+    nics: [],
+    guestChannel: true,
+    ...over,
+  });
+}
