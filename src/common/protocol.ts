@@ -1,0 +1,69 @@
+/**
+ * The controller ↔ agent contract (HTTPS with mutual TLS, JSON bodies). Versioned: every request carries
+ * `x-ferry-protocol: <AGENT_PROTOCOL>`; an agent answers a request of another version with
+ * FERRY_E_AGENT_PROTOCOL (HTTP 400). Errors travel as `{ error: { code, message, details? } }`.
+ *
+ * Agent routes (all under /agent/v1):
+ *   GET    /inventory                  → HostInventory
+ *   GET    /vms                        → VmStatus[]
+ *   POST   /vms            {spec}      → VmStatus      (creates disks, starts QEMU, waits for the guest READY)
+ *   GET    /vms/:name                  → VmStatus
+ *   POST   /vms/:name/stop {timeoutMs?, force?} → VmStatus (ACPI power-down, then quit)
+ *   POST   /vms/:name/start            → VmStatus
+ *   POST   /vms/:name/pause | /resume  → VmStatus
+ *   DELETE /vms/:name                  → {deleted: true}  (stops QEMU, removes the VM's files)
+ *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
+ *   (migration routes: see src/migration/ and the migration engine)
+ *
+ * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
+ *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token)
+ */
+
+export const AGENT_PROTOCOL = 1;
+export const PROTOCOL_HEADER = 'x-ferry-protocol';
+
+export const VM_STATES = ['running', 'paused', 'stopped', 'migrating'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+export const HOST_STATES = ['ready', 'unreachable', 'maintenance'] as const;
+export type HostState = (typeof HOST_STATES)[number];
+
+export interface HostInventory {
+  name: string;
+  protocol: number;
+  cpu: { model: string; vendor: string; flags: string[]; cores: number };
+  memoryBytes: number;
+  /** Memory not yet promised to VMs on this host (total less the VMs' memory and a reserve). */
+  freeMemoryBytes: number;
+  accel: 'kvm' | 'tcg';
+  qemu: { version: string; machineTypes: string[] };
+  /** Address that QEMU migration streams and NBD exports of this host listen on. */
+  migrationAddress: string;
+  agentVersion: string;
+}
+
+export interface VmStatus {
+  name: string;
+  state: VmState;
+  /** QEMU's own run state string, verbatim (`running`, `paused`, `inmigrate`, `postmigrate`, ...). */
+  qemuStatus: string | null;
+  pid: number | null;
+  bootId: string | null;
+  spec: import('./spec.ts').VmSpec;
+  startedAt: string | null;
+}
+
+export interface JoinRequest {
+  token: string;
+  name: string;
+  /** https://ADDR:PORT where the agent will listen (mTLS). */
+  agentUrl: string;
+}
+
+export interface JoinResponse {
+  caCertPem: string;
+  certPem: string;
+  keyPem: string;
+  /** The controller's URL as seen from the agent. */
+  serverUrl: string;
+}
