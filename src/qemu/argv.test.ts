@@ -1,0 +1,119 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { FerryError } from '../common/errors.ts';
+import { defaultVmSpec, MIB } from '../common/spec.ts';
+import { buildQemuArgv, kernelCmdline, type VmPaths } from './argv.ts';
+
+const run = '/var/lib/ferry/agents/h1/vms/a1';
+const paths = (over: Partial<VmPaths> = {}): VmPaths => ({
+  qmpSocket: `${run}/qmp.sock`,
+  guestSocket: `${run}/guest.sock`,
+  serialLog: `${run}/serial.log`,
+  pidfile: `${run}/qemu.pid`,
+  kernel: '/cache/images/tiny/vmlinuz',
+  initrd: '/cache/images/tiny/initramfs.gz',
+  disks: { vda: `${run}/vda.qcow2` },
+  taps: { net0: 'fa1n0' },
+  ...over,
+});
+
+const common = [
+  '-nodefaults', '-nographic', '-no-user-config',
+  '-qmp', `unix:${run}/qmp.sock,server=on,wait=off`,
+  '-serial', `file:${run}/serial.log`,
+  '-pidfile', `${run}/qemu.pid`,
+];
+
+test('minimal tiny-guest VM: exact argv', () => {
+  const spec = defaultVmSpec('a1');
+  assert.deepEqual(buildQemuArgv(spec, paths(), { accel: 'tcg' }), [
+    '-name', 'a1,debug-threads=on',
+    '-machine', 'pc-q35-10.0,accel=tcg',
+    '-cpu', 'qemu64',
+    '-m', '256M',
+    '-smp', '1',
+    ...common,
+    '-kernel', '/cache/images/tiny/vmlinuz',
+    '-initrd', '/cache/images/tiny/initramfs.gz',
+    '-append', 'console=ttyS0 quiet panic=-1 ferry.name=a1',
+    '-chardev', `socket,id=guest0,path=${run}/guest.sock,server=on,wait=off`,
+    '-device', 'virtio-serial-pci,id=vser0',
+    '-device', 'virtserialport,bus=vser0.0,chardev=guest0,name=org.ferry.guest.0',
+  ]);
+});
+
+test('disk and NIC: stable node names, tap netdev, MAC, ip on the kernel command line', () => {
+  const spec = defaultVmSpec('a1', {
+    vcpus: 2,
+    memoryBytes: 128 * MIB,
+    guestChannel: false,
+    boot: { kind: 'kernel', image: 'tiny', cmdline: 'loglevel=3' },
+    disks: [{ id: 'vda', sizeBytes: 64 * MIB, shared: false }],
+    nics: [{ id: 'net0', mac: '52:54:00:12:34:56', network: 'vm0', ip: '10.0.3.7/24' }],
+  });
+  assert.deepEqual(buildQemuArgv(spec, paths(), { accel: 'kvm' }), [
+    '-name', 'a1,debug-threads=on',
+    '-machine', 'pc-q35-10.0,accel=kvm',
+    '-cpu', 'qemu64',
+    '-m', '128M',
+    '-smp', '2',
+    ...common,
+    '-kernel', '/cache/images/tiny/vmlinuz',
+    '-initrd', '/cache/images/tiny/initramfs.gz',
+    '-append', 'console=ttyS0 quiet panic=-1 ferry.name=a1 ferry.ip=10.0.3.7/24 loglevel=3',
+    '-blockdev', `driver=file,node-name=disk-vda,filename=${run}/vda.qcow2`,
+    '-blockdev', 'driver=qcow2,node-name=fmt-vda,file=disk-vda',
+    '-device', 'virtio-blk-pci,id=vda,drive=fmt-vda',
+    '-netdev', 'tap,id=net0,ifname=fa1n0,script=no,downscript=no',
+    '-device', 'virtio-net-pci,id=net0,netdev=net0,mac=52:54:00:12:34:56',
+  ]);
+});
+
+test('disk boot: no kernel, first disk gets bootindex', () => {
+  const spec = defaultVmSpec('d1', { boot: { kind: 'disk' }, guestChannel: false, disks: [{ id: 'vda', sizeBytes: MIB, shared: true, path: '/shared/d1.qcow2' }] });
+  const argv = buildQemuArgv(spec, paths({ kernel: undefined, initrd: undefined, disks: { vda: '/shared/d1.qcow2' } }), { accel: 'tcg' });
+  assert.ok(!argv.includes('-kernel'));
+  assert.ok(argv.includes('virtio-blk-pci,id=vda,drive=fmt-vda,bootindex=0'));
+  assert.throws(() => buildQemuArgv({ ...spec, disks: [] }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_SPEC' });
+});
+
+test('destination argv is the source argv plus -incoming defer', () => {
+  const spec = defaultVmSpec('a1', {
+    disks: [{ id: 'vda', sizeBytes: 64 * MIB, shared: false }],
+    nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }],
+  });
+  const src = buildQemuArgv(spec, paths(), { accel: 'tcg' });
+  const dst = buildQemuArgv(spec, paths(), { accel: 'tcg', incoming: 'defer' });
+  assert.deepEqual(dst, [...src, '-incoming', 'defer']);
+});
+
+test('TLS credentials object for the migration stream', () => {
+  const argv = buildQemuArgv(defaultVmSpec('a1'), paths(), { accel: 'tcg', tlsCredsDir: { dir: '/etc/ferry/tls', endpoint: 'server' }, incoming: 'defer' });
+  assert.deepEqual(argv.slice(-4), ['-object', 'tls-creds-x509,id=tls0,endpoint=server,dir=/etc/ferry/tls,verify-peer=on', '-incoming', 'defer']);
+});
+
+test('commas, relative paths and missing paths are refused, never escaped', () => {
+  const spec = defaultVmSpec('a1', { disks: [{ id: 'vda', sizeBytes: MIB, shared: false }], nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] });
+  const bad: Partial<VmPaths>[] = [
+    { qmpSocket: '/tmp/x,server=off' },
+    { serialLog: 'relative/serial.log' },
+    { disks: { vda: '/tmp/a,file.driver=ssh' } },
+    { disks: {} },
+    { taps: { net0: 'tap0,script=/bin/sh' } },
+    { taps: {} },
+    { kernel: undefined },
+    { guestSocket: '/tmp/a\nb' },
+  ];
+  for (const over of bad) {
+    assert.throws(() => buildQemuArgv(spec, paths(over), { accel: 'tcg' }), (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_BAD_INPUT', JSON.stringify(over));
+  }
+  assert.throws(() => buildQemuArgv({ ...spec, cpuModel: 'qemu64,+vmx' }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_INPUT' });
+  assert.throws(() => buildQemuArgv({ ...spec, memoryBytes: 100 * MIB + 1 }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_SPEC' });
+});
+
+test('argv is data: no shell, no element is a shell command line', () => {
+  const argv = buildQemuArgv(defaultVmSpec('a1'), paths(), { accel: 'tcg' });
+  assert.ok(argv.every((a) => typeof a === 'string'));
+  assert.ok(!argv.some((a) => /^(sh|bash|-c)$/.test(a) || a.includes('exec:')));
+  assert.equal(kernelCmdline(defaultVmSpec('x9')), 'console=ttyS0 quiet panic=-1 ferry.name=x9');
+});

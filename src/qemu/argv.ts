@@ -1,0 +1,156 @@
+/**
+ * QEMU's command line for one VM, built as a pure function of its VmSpec, the host's local paths and the
+ * host's accelerator. Source and destination of a migration call this with the same spec, so their device
+ * models match; the destination only adds `-incoming defer`. Block nodes carry stable names
+ * (`disk-<id>` for the file, `fmt-<id>` for the qcow2 layer) because mirror jobs and NBD exports refer to
+ * them. Nothing here touches the file system, the environment or a shell.
+ */
+import { FerryError } from '../common/errors.ts';
+import { MIB, type VmSpec } from '../common/spec.ts';
+
+export type Accel = 'kvm' | 'tcg';
+
+/** Host-local paths of one VM: what differs between the source and the destination of a migration. */
+export interface VmPaths {
+  qmpSocket: string;
+  guestSocket: string;
+  serialLog: string;
+  pidfile: string;
+  /** Required when spec.boot.kind is `kernel`. */
+  kernel?: string;
+  initrd?: string;
+  /** Absolute qcow2 path of each disk, by disk id. */
+  disks: Record<string, string>;
+  /** Host tap interface of each NIC, by NIC id. */
+  taps: Record<string, string>;
+}
+
+/** TLS credentials for the migration stream: a directory in QEMU's x509 layout, object id `tls0`. */
+export interface TlsCreds {
+  dir: string;
+  endpoint: 'server' | 'client';
+}
+
+export interface HostArgs {
+  accel: Accel;
+  /** Start waiting for an incoming migration, address given later with `migrate-incoming`. */
+  incoming?: 'defer';
+  tlsCredsDir?: TlsCreds;
+}
+
+/** The QOM id of the migration TLS credentials object, for `migrate-set-parameters {tls-creds}`. */
+export const TLS_CREDS_ID = 'tls0';
+/** The virtio-serial port name `ferry-guest` opens inside the guest. */
+export const GUEST_PORT_NAME = 'org.ferry.guest.0';
+
+/** Block node names, stable across hosts (mirror, NBD export and `query-named-block-nodes` use them). */
+export const fileNode = (diskId: string): string => `disk-${diskId}`;
+export const formatNode = (diskId: string): string => `fmt-${diskId}`;
+
+// Linux interface names: at most 15 bytes, no '/', no whitespace; we are stricter.
+const TAP_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+/**
+ * A value interpolated into a QEMU `key=value,...` option string. QEMU would read a comma as the start of
+ * the next option (an attacker's `,file=/etc/shadow`), so commas are refused rather than escaped.
+ */
+function optValue(value: string | undefined, what: string): string {
+  if (value === undefined || value === '') {
+    throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: ${what} is missing.`);
+  }
+  // eslint-disable-next-line no-control-regex
+  if (value.includes(',') || /[\u0000-\u001f\u007f]/.test(value)) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: ${what} ${JSON.stringify(value)} has a comma or control character.`);
+  }
+  return value;
+}
+
+function absPath(value: string | undefined, what: string): string {
+  const v = optValue(value, what);
+  if (!v.startsWith('/')) throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: ${what} ${JSON.stringify(v)} is not absolute.`);
+  return v;
+}
+
+/** The kernel command line the tiny guest understands: its name, its address, then the spec's extras. */
+export function kernelCmdline(spec: VmSpec): string {
+  const parts = ['console=ttyS0', 'quiet', 'panic=-1', `ferry.name=${spec.name}`];
+  const ip = spec.nics.find((n) => n.ip !== undefined)?.ip;
+  if (ip !== undefined) parts.push(`ferry.ip=${ip}`);
+  if (spec.boot.kind === 'kernel' && spec.boot.cmdline !== undefined && spec.boot.cmdline.trim() !== '') {
+    parts.push(spec.boot.cmdline.trim());
+  }
+  return parts.join(' ');
+}
+
+/** Builds the argv (without the program name) that starts QEMU for `spec` on this host. */
+export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): string[] {
+  if (host.accel !== 'kvm' && host.accel !== 'tcg') {
+    throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: unknown accelerator ${JSON.stringify(host.accel)}.`);
+  }
+  if (spec.memoryBytes % MIB !== 0) {
+    throw new FerryError('FERRY_E_BAD_SPEC', `Memory must be a whole number of MiB (got ${spec.memoryBytes} bytes).`);
+  }
+  const name = optValue(spec.name, 'VM name');
+  const argv: string[] = [
+    '-name', `${name},debug-threads=on`,
+    '-machine', `${optValue(spec.machine, 'machine type')},accel=${host.accel}`,
+    '-cpu', optValue(spec.cpuModel, 'CPU model'),
+    '-m', `${spec.memoryBytes / MIB}M`,
+    '-smp', String(spec.vcpus),
+    '-nodefaults', '-nographic', '-no-user-config',
+    '-qmp', `unix:${absPath(paths.qmpSocket, 'QMP socket')},server=on,wait=off`,
+    '-serial', `file:${absPath(paths.serialLog, 'serial log')}`,
+    '-pidfile', absPath(paths.pidfile, 'pidfile'),
+  ];
+
+  if (spec.boot.kind === 'kernel') {
+    argv.push(
+      '-kernel', absPath(paths.kernel, 'kernel'),
+      '-initrd', absPath(paths.initrd, 'initrd'),
+      '-append', kernelCmdline(spec),
+    );
+  } else if (spec.disks.length === 0) {
+    throw new FerryError('FERRY_E_BAD_SPEC', 'A VM that boots from disk needs a disk.');
+  }
+
+  spec.disks.forEach((disk, i) => {
+    const id = optValue(disk.id, 'disk id');
+    const file = absPath(paths.disks[disk.id], `path of disk ${id}`);
+    const boot = spec.boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
+    argv.push(
+      '-blockdev', `driver=file,node-name=${fileNode(id)},filename=${file}`,
+      '-blockdev', `driver=qcow2,node-name=${formatNode(id)},file=${fileNode(id)}`,
+      '-device', `virtio-blk-pci,id=${id},drive=${formatNode(id)}${boot}`,
+    );
+  });
+
+  for (const nic of spec.nics) {
+    const id = optValue(nic.id, 'NIC id');
+    const tap = optValue(paths.taps[nic.id], `tap of NIC ${id}`);
+    if (!TAP_RE.test(tap)) throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: bad tap name ${JSON.stringify(tap)}.`);
+    argv.push(
+      '-netdev', `tap,id=${id},ifname=${tap},script=no,downscript=no`,
+      '-device', `virtio-net-pci,id=${id},netdev=${id},mac=${optValue(nic.mac, 'MAC')}`,
+    );
+  }
+
+  if (spec.guestChannel) {
+    argv.push(
+      '-chardev', `socket,id=guest0,path=${absPath(paths.guestSocket, 'guest socket')},server=on,wait=off`,
+      '-device', 'virtio-serial-pci,id=vser0',
+      '-device', `virtserialport,bus=vser0.0,chardev=guest0,name=${GUEST_PORT_NAME}`,
+    );
+  }
+
+  if (host.tlsCredsDir !== undefined) {
+    const { dir, endpoint } = host.tlsCredsDir;
+    if (endpoint !== 'server' && endpoint !== 'client') {
+      throw new FerryError('FERRY_E_BAD_INPUT', `QEMU argv: bad TLS endpoint ${JSON.stringify(endpoint)}.`);
+    }
+    // verify-peer on both ends: the server demands a client certificate signed by the cluster CA.
+    argv.push('-object', `tls-creds-x509,id=${TLS_CREDS_ID},endpoint=${endpoint},dir=${absPath(dir, 'TLS dir')},verify-peer=on`);
+  }
+
+  if (host.incoming === 'defer') argv.push('-incoming', 'defer');
+  return argv;
+}
