@@ -20,6 +20,11 @@ need_root() {
 
 apt_updated=0
 apt_update() { if [ $apt_updated = 0 ]; then apt-get update -qq >&2; apt_updated=1; fi; }
+APT_LOG="$CACHE/apt.log"
+apt_install() { # quiet on success; the log is printed when it fails
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >"$APT_LOG" 2>&1 \
+    || { cat "$APT_LOG" >&2; log "error FERRY_E_SETUP_APT: apt-get install $* failed"; exit 1; }
+}
 
 qemu_major() {
   command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo 0; return; }
@@ -47,14 +52,13 @@ if [ "$(qemu_major)" -lt 10 ]; then
   fi
   apt_update
   log "installing QEMU 10 from bookworm-backports"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports \
-    qemu-system-x86 qemu-utils qemu-block-extra >&2
+  apt_install -t bookworm-backports qemu-system-x86 qemu-utils qemu-block-extra
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   need_root "${missing[*]}"
   apt_update
   log "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  apt_install "${missing[@]}"
 fi
 
 # 2. Guest kernel -------------------------------------------------------------------------------
@@ -65,7 +69,7 @@ if ! ls "$KDIR"/boot/vmlinuz-* >/dev/null 2>&1; then
   # linux-image-cloud-amd64 is a meta package: download the versioned package it depends on.
   kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\(-unsigned\)\?\).*/\1/p' | head -1)
   [ -n "$kpkg" ] || { log "error FERRY_E_SETUP_KERNEL: cannot resolve linux-image-cloud-amd64"; exit 1; }
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d); chmod 755 "$tmp"  # apt's sandbox user must be able to write there
   (cd "$tmp" && apt-get download -qq "$kpkg" >&2)
   rm -rf "$KDIR.tmp"; mkdir -p "$KDIR.tmp"
   dpkg-deb -x "$tmp"/*.deb "$KDIR.tmp"
@@ -84,7 +88,7 @@ if [ -f guest/ferry-guest.c ]; then
   mkdir -p build
   if [ ! -x build/ferry-guest ] || [ guest/ferry-guest.c -nt build/ferry-guest ]; then
     log "building ferry-guest (static)"
-    cc -static -O2 -Wall -Wextra -o build/ferry-guest guest/ferry-guest.c
+    cc -static -O2 -Wall -Wextra -pthread -o build/ferry-guest guest/ferry-guest.c
   fi
 fi
 log "ready (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), cache $CACHE)"
