@@ -1,0 +1,170 @@
+/**
+ * The cluster's certificate authority (ECDSA P-256, WebCrypto): created in the controller's data dir on
+ * first start, it signs the controller's HTTPS certificate, the controller's client certificate for
+ * calling agents (CN=ferry-controller), and each agent's certificate when it joins. Everyone pins this
+ * CA; nothing trusts the system store.
+ */
+import './reflect-shim.ts';
+import * as x509 from '@peculiar/x509';
+import { X509Certificate as NodeX509, randomBytes, webcrypto } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import { FerryError } from '../common/errors.ts';
+
+const crypto = webcrypto as unknown as Crypto;
+x509.cryptoProvider.set(crypto);
+
+const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+const DAY = 86_400_000;
+export const CONTROLLER_CLIENT_CN = 'ferry-controller';
+
+export interface KeyPairPem {
+  certPem: string;
+  keyPem: string;
+}
+
+export interface ClusterCa {
+  readonly caCertPem: string;
+  /** SHA-256 of the CA certificate (DER), `AB:CD:…`, to compare out of band. */
+  readonly fingerprint: string;
+  /** Client certificate the controller presents to agents. */
+  readonly controllerClient: KeyPairPem;
+  /** Certificate for a server or agent reachable at these names/addresses (serverAuth + clientAuth). */
+  issue(commonName: string, sans: string[], opts?: { days?: number }): Promise<KeyPairPem>;
+  /** An agent's certificate: CN = host name, SAN IP = the agent's address. */
+  issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem>;
+}
+
+const serial = (): string => {
+  const b = randomBytes(16);
+  b[0] = b[0]! & 0x7f; // positive INTEGER
+  return b.toString('hex');
+};
+
+async function keyToPem(key: CryptoKey): Promise<string> {
+  const der = await crypto.subtle.exportKey('pkcs8', key);
+  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+}
+
+async function pemToKey(pem: string): Promise<CryptoKey> {
+  const der = x509.PemConverter.decodeFirst(pem);
+  return crypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
+}
+
+const generate = (): Promise<CryptoKeyPair> => crypto.subtle.generateKey(ALG, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
+
+function sanNames(sans: string[]): x509.JsonGeneralName[] {
+  const seen = new Set<string>();
+  const out: x509.JsonGeneralName[] = [];
+  for (const s of sans) {
+    if (!s || seen.has(s)) continue;
+    seen.add(s);
+    out.push({ type: isIP(s) ? 'ip' : 'dns', value: s });
+  }
+  return out;
+}
+
+export function fingerprintOf(certPem: string): string {
+  return new NodeX509(certPem).fingerprint256;
+}
+
+class Ca implements ClusterCa {
+  readonly fingerprint: string;
+  constructor(
+    readonly caCertPem: string,
+    private readonly caCert: x509.X509Certificate,
+    private readonly caKey: CryptoKey,
+    readonly controllerClient: KeyPairPem,
+  ) {
+    this.fingerprint = fingerprintOf(caCertPem);
+  }
+
+  async issue(commonName: string, sans: string[], opts: { days?: number } = {}): Promise<KeyPairPem> {
+    const keys = await generate();
+    const extensions: x509.Extension[] = [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(this.caCert),
+    ];
+    const names = sanNames(sans);
+    if (names.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(names));
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: serial(),
+      subject: [{ CN: [commonName] }],
+      issuer: this.caCert.subjectName,
+      notBefore: new Date(Date.now() - 5 * 60_000),
+      notAfter: new Date(Date.now() + (opts.days ?? 825) * DAY),
+      signingAlgorithm: ALG,
+      publicKey: keys.publicKey,
+      signingKey: this.caKey,
+      extensions,
+    });
+    return { certPem: cert.toString('pem'), keyPem: await keyToPem(keys.privateKey) };
+  }
+
+  issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
+    const bad = ips.filter((ip) => isIP(ip) === 0);
+    if (bad.length > 0) throw new FerryError('FERRY_E_BAD_INPUT', `Not IP addresses: ${bad.join(', ')}.`);
+    return this.issue(name, ips);
+  }
+}
+
+export async function createCaCert(commonName = 'Ferry cluster CA'): Promise<{ certPem: string; keyPem: string }> {
+  const keys = await generate();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: serial(),
+    name: [{ CN: [commonName] }],
+    notBefore: new Date(Date.now() - 5 * 60_000),
+    notAfter: new Date(Date.now() + 3650 * DAY),
+    signingAlgorithm: ALG,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await keyToPem(keys.privateKey) };
+}
+
+/** Builds a CA object from PEMs (a CA made by createCaCert, or loaded from disk). */
+export async function caFromPem(caCertPem: string, caKeyPem: string, controllerClient?: KeyPairPem): Promise<ClusterCa> {
+  const cert = new x509.X509Certificate(caCertPem);
+  const key = await pemToKey(caKeyPem);
+  const ca = new Ca(caCertPem, cert, key, controllerClient ?? { certPem: '', keyPem: '' });
+  if (controllerClient) return ca;
+  return new Ca(caCertPem, cert, key, await ca.issue(CONTROLLER_CLIENT_CN, []));
+}
+
+const write = (file: string, text: string, mode: number): void => writeFileSync(file, text, { mode, flag: 'wx' });
+
+/**
+ * Loads the CA from `dir` (ca.crt, ca.key, controller.crt, controller.key), creating what is missing.
+ * `created` tells whether this was the first start.
+ */
+export async function loadOrCreateCa(dir: string): Promise<{ ca: ClusterCa; created: boolean }> {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const f = (n: string): string => join(dir, n);
+  let created = false;
+  if (!existsSync(f('ca.key'))) {
+    const { certPem, keyPem } = await createCaCert();
+    write(f('ca.key'), keyPem, 0o600);
+    write(f('ca.crt'), certPem, 0o644);
+    created = true;
+  }
+  const caCertPem = readFileSync(f('ca.crt'), 'utf8');
+  const caKeyPem = readFileSync(f('ca.key'), 'utf8');
+  let client: KeyPairPem | undefined;
+  if (existsSync(f('controller.key')) && existsSync(f('controller.crt'))) {
+    client = { certPem: readFileSync(f('controller.crt'), 'utf8'), keyPem: readFileSync(f('controller.key'), 'utf8') };
+  }
+  const ca = await caFromPem(caCertPem, caKeyPem, client);
+  if (!client) {
+    write(f('controller.key'), ca.controllerClient.keyPem, 0o600);
+    write(f('controller.crt'), ca.controllerClient.certPem, 0o644);
+  }
+  return { ca, created };
+}

@@ -1,0 +1,138 @@
+/**
+ * Opens the controller's SQLite store (WAL, foreign keys on), applies pending schema migrations, and
+ * exposes it both as a typed Kysely instance and as the raw better-sqlite3 handle (for synchronous
+ * transactions where two steps must not interleave with anything else).
+ */
+import BetterSqlite3 from 'better-sqlite3';
+import type { Database } from 'better-sqlite3';
+import { Kysely, SqliteDialect, type Generated } from 'kysely';
+import { FerryError } from '../../common/errors.ts';
+import { MIGRATIONS, type Migration } from './migrations.ts';
+
+export interface HostsTable {
+  name: string;
+  url: string;
+  /** Reachability as seen by heartbeats: `ready` or `unreachable`. Maintenance is its own flag. */
+  state: string;
+  maintenance: number;
+  /** HostInventory JSON, from the last successful heartbeat. */
+  inventory: string | null;
+  last_seen_at: string | null;
+  joined_at: string;
+}
+
+export interface VmsTable {
+  name: string;
+  host: string;
+  /** `creating` while a create is in flight, then one of VM_STATES. */
+  state: string;
+  /** VmSpec JSON. */
+  spec: string;
+  boot_id: string | null;
+  ip: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface NetworksTable {
+  name: string;
+  cidr: string;
+  gateway: string | null;
+}
+
+export interface IpAllocationsTable {
+  network: string;
+  ip: string;
+  vm: string;
+}
+
+export interface JoinTokensTable {
+  id: string;
+  secret_hash: string;
+  created_at: string;
+  expires_at: string;
+  used_at: string | null;
+  used_by: string | null;
+}
+
+export interface ApiTokensTable {
+  id: string;
+  secret_hash: string;
+  role: string;
+  created_at: string;
+}
+
+export interface EventsTable {
+  seq: Generated<number>;
+  at: string;
+  type: string;
+  subject: string;
+  /** JSON. */
+  data: string;
+}
+
+export interface DB {
+  hosts: HostsTable;
+  vms: VmsTable;
+  networks: NetworksTable;
+  ip_allocations: IpAllocationsTable;
+  join_tokens: JoinTokensTable;
+  api_tokens: ApiTokensTable;
+  events: EventsTable;
+}
+
+export interface Store {
+  readonly db: Kysely<DB>;
+  readonly sqlite: Database;
+  /** Versions applied by this open (empty when the schema was already current). */
+  readonly applied: number[];
+  close(): Promise<void>;
+}
+
+/** Applies the migrations not yet recorded; each in a transaction with its bookkeeping row. */
+export function migrate(sqlite: Database, migrations: readonly Migration[] = MIGRATIONS): number[] {
+  sqlite.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT`);
+  const done = new Set(
+    (sqlite.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version),
+  );
+  const sorted = [...migrations].sort((a, b) => a.version - b.version);
+  const newest = sorted.at(-1)?.version ?? 0;
+  const unknown = [...done].filter((v) => v > newest);
+  if (unknown.length > 0) {
+    // A newer Ferry wrote this store: running older code on it could corrupt it.
+    throw new FerryError('FERRY_E_CONFIG', `The store has schema version ${Math.max(...unknown)}, newer than this Ferry knows (${newest}): upgrade Ferry.`);
+  }
+  const applied: number[] = [];
+  for (const m of sorted) {
+    if (done.has(m.version)) continue;
+    sqlite.transaction(() => {
+      m.up(sqlite);
+      sqlite
+        .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
+        .run(m.version, m.name, new Date().toISOString());
+    })();
+    applied.push(m.version);
+  }
+  return applied;
+}
+
+export function openStore(file: string): Store {
+  const sqlite = new BetterSqlite3(file);
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('foreign_keys = ON');
+  sqlite.pragma('busy_timeout = 5000');
+  const applied = migrate(sqlite);
+  const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
+  return {
+    db,
+    sqlite,
+    applied,
+    close: async () => {
+      // Kysely's destroy closes the better-sqlite3 handle too.
+      await db.destroy();
+    },
+  };
+}
+
+export const nowIso = (): string => new Date().toISOString();

@@ -1,0 +1,76 @@
+/**
+ * The controller's schema, as an ordered list of versioned migrations. Append a new entry to change the
+ * schema; never edit one that has shipped. Each runs in its own transaction and is recorded in
+ * `schema_migrations`, so a restart applies only what is missing.
+ */
+import type { Database } from 'better-sqlite3';
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly up: (db: Database) => void;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'hosts, vms, networks, tokens, events',
+    up: (db) => {
+      db.exec(`
+        CREATE TABLE hosts (
+          name         TEXT PRIMARY KEY,
+          url          TEXT NOT NULL,
+          state        TEXT NOT NULL,
+          maintenance  INTEGER NOT NULL DEFAULT 0,
+          inventory    TEXT,
+          last_seen_at TEXT,
+          joined_at    TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE vms (
+          name       TEXT PRIMARY KEY,
+          host       TEXT NOT NULL REFERENCES hosts(name),
+          state      TEXT NOT NULL,
+          spec       TEXT NOT NULL,
+          boot_id    TEXT,
+          ip         TEXT,
+          created_at TEXT NOT NULL,
+          updated_at TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX vms_host ON vms(host);
+        CREATE TABLE networks (
+          name    TEXT PRIMARY KEY,
+          cidr    TEXT NOT NULL,
+          gateway TEXT
+        ) STRICT;
+        CREATE TABLE ip_allocations (
+          network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+          ip      TEXT NOT NULL,
+          vm      TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+          PRIMARY KEY (network, ip),
+          UNIQUE (network, vm)
+        ) STRICT;
+        CREATE TABLE join_tokens (
+          id          TEXT PRIMARY KEY,
+          secret_hash TEXT NOT NULL,
+          created_at  TEXT NOT NULL,
+          expires_at  TEXT NOT NULL,
+          used_at     TEXT,
+          used_by     TEXT
+        ) STRICT;
+        CREATE TABLE api_tokens (
+          id          TEXT PRIMARY KEY,
+          secret_hash TEXT NOT NULL,
+          role        TEXT NOT NULL,
+          created_at  TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE events (
+          seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+          at      TEXT NOT NULL,
+          type    TEXT NOT NULL,
+          subject TEXT NOT NULL,
+          data    TEXT NOT NULL
+        ) STRICT;
+      `);
+    },
+  },
+];
