@@ -1,0 +1,63 @@
+/**
+ * A migration as the API and the CLI show it (`GET /api/v1/migrations/:id`, `ferry migration show --json`).
+ * Field names are a contract (DESIGN.md): add fields, never rename them.
+ */
+import type { MigrationMode, MigrationPhase, MigrationState } from '../migration/states.ts';
+import type { MigrationPolicy, Escalation } from '../migration/policy.ts';
+
+export interface MigrationProgress {
+  /** 0–100, over memory and (when copied) disks. */
+  percent: number;
+  transferredBytes: number;
+  totalBytes: number;
+  remainingBytes: number;
+  /** Smoothed transfer rate. */
+  rateBytesPerSec: number;
+  /** How fast the guest dirties memory (QEMU's dirty-pages-rate × page size). */
+  dirtyRateBytesPerSec: number;
+  /** Pre-copy pass (QEMU's dirty-sync-count). */
+  pass: number;
+  /** Honest remaining time; null while unknown or when not converging. */
+  etaMs: number | null;
+  converges: boolean | null;
+  /** Disk mirror progress when storage is copied. */
+  disk: { transferredBytes: number; totalBytes: number; ready: boolean } | null;
+  sampledAt: string;
+}
+
+export interface EscalationRecord {
+  at: string;
+  step: Escalation;
+}
+
+export interface MigrationJson {
+  id: string;
+  vm: string;
+  source: string;
+  destination: string;
+  mode: MigrationMode;
+  state: MigrationState;
+  phase: MigrationPhase;
+  /** QEMU's own migration status string, verbatim (`active`, `device`, `completed`, ...). */
+  qemuStatus: string | null;
+  policy: MigrationPolicy;
+  prediction: { totalMs: number | null; downtimeMs: number | null; converges: boolean | null } | null;
+  startedAt: string;
+  finishedAt: string | null;
+  /** End to end, from the request to the end of confirm, as Ferry measured it. */
+  totalMs: number | null;
+  /** QEMU's own total-time of the transfer. */
+  qemuTotalMs: number | null;
+  /** QEMU-reported downtime. */
+  downtimeMs: number | null;
+  /** Longest gap in UDP probe replies from the guest, probing every 10 ms from outside it. */
+  guestDowntimeMs: number | null;
+  memoryBytes: number | null;
+  transferredBytes: number | null;
+  iterations: number | null;
+  escalations: EscalationRecord[];
+  progress: MigrationProgress | null;
+  /** Why the destination was chosen (when the scheduler chose it). */
+  why: { host: string; accepted: boolean; reason: string }[] | null;
+  error: { code: string; message: string } | null;
+}
