@@ -39,6 +39,7 @@ export const ERRORS = {
   FERRY_E_NO_CAPACITY: def(409, 2, false, 'No host can take this VM (memory, vCPUs, maintenance): see `why`.'),
   FERRY_E_MEMORY_TOO_LARGE: def(400, 2, false, 'The memory asked for is more than the host has.'),
   FERRY_E_JOIN_TOKEN: def(401, 2, false, 'The join token is unknown or was used already: get a new one.'),
+  FERRY_E_FORBIDDEN: def(403, 2, false, 'The client certificate is not allowed here: agents take orders from the controller only.'),
 
   // --- environment (exit 1) ---
   FERRY_E_NOT_ROOT: def(500, 1, false, 'This needs root (network namespaces, taps): run as root.'),
