@@ -1,0 +1,58 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import BetterSqlite3 from 'better-sqlite3';
+import { migrate } from '../store/db.ts';
+import { MIGRATIONS } from '../store/migrations.ts';
+import { MIGRATION_JOBS_SCHEMA } from './schema.ts';
+import { JobStore } from './jobs.ts';
+import { DEFAULT_POLICY } from '../../migration/policy.ts';
+import { FerryError } from '../../common/errors.ts';
+
+function store(): { jobs: JobStore; events: string[] } {
+  const sqlite = new BetterSqlite3(':memory:');
+  const all = MIGRATIONS.some((m) => m.version === 2) ? MIGRATIONS : [...MIGRATIONS, MIGRATION_JOBS_SCHEMA];
+  migrate(sqlite, all);
+  const events: string[] = [];
+  return { jobs: new JobStore(sqlite, (t) => events.push(t)), events };
+}
+const job = { vm: 'a1', source: 'h1', destination: 'h2', mode: 'live' as const, policy: DEFAULT_POLICY, why: null };
+const code = (c: string) => (e: unknown) => e instanceof FerryError && e.code === c;
+
+test('a transition is a compare-and-set: a stale `from` is refused and changes nothing', () => {
+  const { jobs, events } = store();
+  const j = jobs.create(job);
+  jobs.transition(j.id, 'queued', 'preparing', { phase: 'prepare' });
+  assert.throws(() => jobs.transition(j.id, 'queued', 'preparing'), code('FERRY_E_VM_STATE'));
+  assert.equal(jobs.mustGet(j.id).state, 'preparing');
+  assert.equal(jobs.mustGet(j.id).phase, 'prepare');
+  assert.deepEqual(events, ['migration.created', 'migration.preparing']);
+});
+
+test('illegal edges are refused before touching the store', () => {
+  const { jobs } = store();
+  const j = jobs.create(job);
+  assert.throws(() => jobs.transition(j.id, 'queued', 'completed'), code('FERRY_E_INTERNAL'));
+  assert.equal(jobs.mustGet(j.id).state, 'queued');
+});
+
+test('at most one active migration per VM, enforced by the store; a finished one frees the VM', () => {
+  const { jobs } = store();
+  const j = jobs.create(job);
+  assert.throws(() => jobs.create(job), code('FERRY_E_MIGRATION_ACTIVE'));
+  jobs.create({ ...job, vm: 'other' });
+  const done = jobs.transition(j.id, 'queued', 'failed', { error: { code: 'FERRY_E_MIGRATION_FAILED', message: 'x' } });
+  assert.ok(done.finishedAt, 'a final state records when it ended');
+  assert.deepEqual(done.error, { code: 'FERRY_E_MIGRATION_FAILED', message: 'x' });
+  assert.equal(jobs.create(job).state, 'queued');
+});
+
+test('cancel is refused once post-copy has started; escalations accumulate', () => {
+  const { jobs } = store();
+  const j = jobs.create(job);
+  jobs.transition(j.id, 'queued', 'preparing');
+  jobs.transition(j.id, 'preparing', 'transferring');
+  jobs.addEscalation(j.id, { at: 'now', step: { kind: 'postcopy', reason: 'stuck' } });
+  jobs.transition(j.id, 'transferring', 'postcopy');
+  assert.throws(() => jobs.requestCancel(j.id), code('FERRY_E_VM_STATE'));
+  assert.equal(jobs.mustGet(j.id).escalations.length, 1);
+});

@@ -1,0 +1,277 @@
+/**
+ * The durable migration job: one row per migration, whose `state` changes only through `transition`, an
+ * SQL compare-and-set (`UPDATE … WHERE id = ? AND state = ?`) along the edges of src/migration/states.ts.
+ * The phase is persisted before each step that cannot be undone, so that a controller restarted at any
+ * moment knows exactly where each job stood. Every change is published as an event.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Database } from 'better-sqlite3';
+import { FerryError } from '../../common/errors.ts';
+import type { EscalationRecord, MigrationJson, MigrationProgress } from '../../common/migration.ts';
+import type { MigrationPolicy } from '../../migration/policy.ts';
+import {
+  ACTIVE_STATES,
+  canTransition,
+  isFinal,
+  type MigrationMode,
+  type MigrationPhase,
+  type MigrationState,
+} from '../../migration/states.ts';
+
+interface Row {
+  id: string;
+  vm: string;
+  source: string;
+  destination: string;
+  mode: string;
+  state: string;
+  phase: string;
+  qemu_status: string | null;
+  policy: string;
+  prediction: string | null;
+  started_at: string;
+  finished_at: string | null;
+  total_ms: number | null;
+  qemu_total_ms: number | null;
+  downtime_ms: number | null;
+  guest_downtime_ms: number | null;
+  memory_bytes: number | null;
+  transferred_bytes: number | null;
+  iterations: number | null;
+  escalations: string;
+  progress: string | null;
+  why: string | null;
+  prepared: string | null;
+  cancel_requested: number;
+  error_code: string | null;
+  error_message: string | null;
+  updated_at: string;
+}
+
+/** Figures a transition may record along with the new state. */
+export interface JobPatch {
+  phase?: MigrationPhase;
+  qemuStatus?: string | null;
+  finishedAt?: string;
+  totalMs?: number | null;
+  qemuTotalMs?: number | null;
+  downtimeMs?: number | null;
+  guestDowntimeMs?: number | null;
+  memoryBytes?: number | null;
+  transferredBytes?: number | null;
+  iterations?: number | null;
+  prediction?: MigrationJson['prediction'];
+  progress?: MigrationProgress | null;
+  prepared?: unknown;
+  error?: { code: string; message: string } | null;
+}
+
+const COLUMNS: Record<Exclude<keyof JobPatch, 'error'>, { col: string; json?: boolean }> = {
+  phase: { col: 'phase' },
+  qemuStatus: { col: 'qemu_status' },
+  finishedAt: { col: 'finished_at' },
+  totalMs: { col: 'total_ms' },
+  qemuTotalMs: { col: 'qemu_total_ms' },
+  downtimeMs: { col: 'downtime_ms' },
+  guestDowntimeMs: { col: 'guest_downtime_ms' },
+  memoryBytes: { col: 'memory_bytes' },
+  transferredBytes: { col: 'transferred_bytes' },
+  iterations: { col: 'iterations' },
+  prediction: { col: 'prediction', json: true },
+  progress: { col: 'progress', json: true },
+  prepared: { col: 'prepared', json: true },
+};
+
+function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
+  const sets: string[] = [];
+  const values: unknown[] = [];
+  for (const [k, v] of Object.entries(patch) as [keyof JobPatch, unknown][]) {
+    if (v === undefined) continue;
+    if (k === 'error') {
+      const e = v as JobPatch['error'];
+      sets.push('error_code = ?', 'error_message = ?');
+      values.push(e?.code ?? null, e?.message ?? null);
+      continue;
+    }
+    const c = COLUMNS[k];
+    sets.push(`${c.col} = ?`);
+    values.push(c.json ? (v === null ? null : JSON.stringify(v)) : v);
+  }
+  return { sets, values };
+}
+
+export type JobListener = (type: string, job: MigrationJson) => void;
+
+export interface NewJob {
+  vm: string;
+  source: string;
+  destination: string;
+  mode: MigrationMode;
+  policy: MigrationPolicy;
+  why: MigrationJson['why'];
+}
+
+export class JobStore {
+  constructor(
+    private readonly sqlite: Database,
+    private readonly listener: JobListener = () => {},
+  ) {}
+
+  /** Inserts a queued job; a second active job for the same VM is refused by the unique index. */
+  create(j: NewJob): MigrationJson {
+    const id = `m-${randomUUID().slice(0, 8)}`;
+    const now = new Date().toISOString();
+    try {
+      this.sqlite
+        .prepare(
+          `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, started_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?)`,
+        )
+        .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), now, now);
+    } catch (err) {
+      if (String((err as { code?: string }).code).startsWith('SQLITE_CONSTRAINT')) {
+        const active = this.activeFor(j.vm);
+        throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${j.vm} is already being migrated (${active?.id ?? '?'}).`, {
+          cause: err,
+          details: active ? { migration: active.id } : {},
+        });
+      }
+      throw err;
+    }
+    const job = this.mustGet(id);
+    this.listener('migration.created', job);
+    return job;
+  }
+
+  get(id: string): MigrationJson | null {
+    const row = this.sqlite.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as Row | undefined;
+    return row ? toJson(row) : null;
+  }
+
+  mustGet(id: string): MigrationJson {
+    const j = this.get(id);
+    if (!j) throw new FerryError('FERRY_E_MIGRATION_NOT_FOUND', `No migration ${JSON.stringify(id)}.`);
+    return j;
+  }
+
+  list(opts: { vm?: string; limit?: number } = {}): MigrationJson[] {
+    const rows = (
+      opts.vm === undefined
+        ? this.sqlite.prepare('SELECT * FROM migrations ORDER BY started_at DESC LIMIT ?').all(opts.limit ?? 100)
+        : this.sqlite
+            .prepare('SELECT * FROM migrations WHERE vm = ? ORDER BY started_at DESC LIMIT ?')
+            .all(opts.vm, opts.limit ?? 100)
+    ) as Row[];
+    return rows.map(toJson);
+  }
+
+  activeFor(vm: string): MigrationJson | null {
+    const row = this.sqlite
+      .prepare(`SELECT * FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
+      .get(vm, ...ACTIVE_STATES) as Row | undefined;
+    return row ? toJson(row) : null;
+  }
+
+  listActive(): MigrationJson[] {
+    return (
+      this.sqlite
+        .prepare(`SELECT * FROM migrations WHERE state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
+        .all(...ACTIVE_STATES) as Row[]
+    ).map(toJson);
+  }
+
+  /**
+   * The one guarded transition: moves `id` from `from` to `to` only if it is still in `from` (compare-and-set),
+   * recording the patch in the same statement. Throws FERRY_E_VM_STATE if the job moved meanwhile.
+   */
+  transition(id: string, from: MigrationState, to: MigrationState, patch: JobPatch = {}): MigrationJson {
+    if (!canTransition(from, to)) {
+      throw new FerryError('FERRY_E_INTERNAL', `Migration ${id}: ${from} → ${to} is not a legal transition.`);
+    }
+    const p = patchSql(isFinal(to) && patch.finishedAt === undefined ? { ...patch, finishedAt: new Date().toISOString() } : patch);
+    const res = this.sqlite
+      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?'].join(', ')} WHERE id = ? AND state = ?`)
+      .run(to, ...p.values, new Date().toISOString(), id, from);
+    if (res.changes !== 1) {
+      const now = this.get(id);
+      throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${now?.state ?? 'gone'}, not ${from}.`, {
+        details: { expected: from, actual: now?.state ?? null },
+      });
+    }
+    const job = this.mustGet(id);
+    this.listener(`migration.${to}`, job);
+    return job;
+  }
+
+  /** Records figures without changing the state (phase, progress, QEMU's status). Persisted before acting. */
+  update(id: string, patch: JobPatch): MigrationJson {
+    const p = patchSql(patch);
+    if (p.sets.length > 0) {
+      this.sqlite
+        .prepare(`UPDATE migrations SET ${[...p.sets, 'updated_at = ?'].join(', ')} WHERE id = ?`)
+        .run(...p.values, new Date().toISOString(), id);
+    }
+    const job = this.mustGet(id);
+    this.listener(patch.phase !== undefined ? 'migration.phase' : 'migration.progress', job);
+    return job;
+  }
+
+  addEscalation(id: string, e: EscalationRecord): void {
+    this.sqlite
+      .prepare(`UPDATE migrations SET escalations = json_insert(escalations, '$[#]', json(?)), updated_at = ? WHERE id = ?`)
+      .run(JSON.stringify(e), new Date().toISOString(), id);
+    this.listener('migration.escalation', this.mustGet(id));
+  }
+
+  requestCancel(id: string): MigrationJson {
+    const job = this.mustGet(id);
+    if (isFinal(job.state)) return job;
+    if (job.state === 'postcopy' || job.state === 'switching') {
+      throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${job.state}: past the point where it can be cancelled.`);
+    }
+    this.sqlite.prepare('UPDATE migrations SET cancel_requested = 1, updated_at = ? WHERE id = ?').run(new Date().toISOString(), id);
+    return this.mustGet(id);
+  }
+
+  cancelRequested(id: string): boolean {
+    const r = this.sqlite.prepare('SELECT cancel_requested FROM migrations WHERE id = ?').get(id) as { cancel_requested: number } | undefined;
+    return r?.cancel_requested === 1;
+  }
+
+  prepared<T>(id: string): T | null {
+    const r = this.sqlite.prepare('SELECT prepared FROM migrations WHERE id = ?').get(id) as { prepared: string | null } | undefined;
+    return r?.prepared ? (JSON.parse(r.prepared) as T) : null;
+  }
+}
+
+function parse<T>(s: string | null): T | null {
+  return s === null ? null : (JSON.parse(s) as T);
+}
+
+function toJson(r: Row): MigrationJson {
+  return {
+    id: r.id,
+    vm: r.vm,
+    source: r.source,
+    destination: r.destination,
+    mode: r.mode as MigrationMode,
+    state: r.state as MigrationState,
+    phase: r.phase as MigrationPhase,
+    qemuStatus: r.qemu_status,
+    policy: JSON.parse(r.policy) as MigrationPolicy,
+    prediction: parse(r.prediction),
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    totalMs: r.total_ms,
+    qemuTotalMs: r.qemu_total_ms,
+    downtimeMs: r.downtime_ms,
+    guestDowntimeMs: r.guest_downtime_ms,
+    memoryBytes: r.memory_bytes,
+    transferredBytes: r.transferred_bytes,
+    iterations: r.iterations,
+    escalations: JSON.parse(r.escalations) as EscalationRecord[],
+    progress: parse(r.progress),
+    why: parse(r.why),
+    error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
+  };
+}

@@ -1,0 +1,44 @@
+/** Schema migration 2: the migration jobs table. At most one active job per VM is enforced by the store itself. */
+import type { Migration } from '../store/migrations.ts';
+import { ACTIVE_STATES } from '../../migration/states.ts';
+
+export const MIGRATION_JOBS_SCHEMA: Migration = {
+  version: 2,
+  name: 'migration jobs',
+  up: (db) => {
+    db.exec(`
+      CREATE TABLE migrations (
+        id                TEXT PRIMARY KEY,
+        vm                TEXT NOT NULL,
+        source            TEXT NOT NULL,
+        destination       TEXT NOT NULL,
+        mode              TEXT NOT NULL,
+        state             TEXT NOT NULL,
+        phase             TEXT NOT NULL,
+        qemu_status       TEXT,
+        policy            TEXT NOT NULL,
+        prediction        TEXT,
+        started_at        TEXT NOT NULL,
+        finished_at       TEXT,
+        total_ms          REAL,
+        qemu_total_ms     REAL,
+        downtime_ms       REAL,
+        guest_downtime_ms REAL,
+        memory_bytes      INTEGER,
+        transferred_bytes INTEGER,
+        iterations        INTEGER,
+        escalations       TEXT NOT NULL DEFAULT '[]',
+        progress          TEXT,
+        why               TEXT,
+        prepared          TEXT,
+        cancel_requested  INTEGER NOT NULL DEFAULT 0,
+        error_code        TEXT,
+        error_message     TEXT,
+        updated_at        TEXT NOT NULL
+      ) STRICT;
+      CREATE INDEX migrations_vm ON migrations(vm, started_at);
+      CREATE UNIQUE INDEX migrations_one_active ON migrations(vm)
+        WHERE state IN (${ACTIVE_STATES.map((s) => `'${s}'`).join(', ')});
+    `);
+  },
+};
