@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { FerryError } from '../common/errors.ts';
 import { printError } from './output.ts';
 import { registerImage } from './commands/image.ts';
+import { registerLab } from './commands/lab.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerImage(program);
+  registerLab(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();
