@@ -10,32 +10,85 @@
 // Open sets of strings (known values in QEMU 10.0; other versions may add or drop some)
 
 export const RUN_STATES = [
-  'debug', 'inmigrate', 'internal-error', 'io-error', 'paused', 'postmigrate', 'prelaunch', 'finish-migrate',
-  'restore-vm', 'running', 'save-vm', 'shutdown', 'suspended', 'watchdog', 'guest-panicked', 'colo',
+  'debug',
+  'inmigrate',
+  'internal-error',
+  'io-error',
+  'paused',
+  'postmigrate',
+  'prelaunch',
+  'finish-migrate',
+  'restore-vm',
+  'running',
+  'save-vm',
+  'shutdown',
+  'suspended',
+  'watchdog',
+  'guest-panicked',
+  'colo',
 ] as const;
 /** `query-status`.status: one of RUN_STATES today, but kept open. */
 export type RunState = string;
 
 export const MIGRATION_STATUSES = [
-  'none', 'setup', 'cancelling', 'cancelled', 'active', 'postcopy-active', 'postcopy-paused',
-  'postcopy-recover-setup', 'postcopy-recover', 'completed', 'failed', 'colo', 'pre-switchover', 'device',
+  'none',
+  'setup',
+  'cancelling',
+  'cancelled',
+  'active',
+  'postcopy-active',
+  'postcopy-paused',
+  'postcopy-recover-setup',
+  'postcopy-recover',
+  'completed',
+  'failed',
+  'colo',
+  'pre-switchover',
+  'device',
   'wait-unplug',
 ] as const;
 /** `query-migrate`.status and the MIGRATION event: one of MIGRATION_STATUSES today, but kept open. */
 export type MigrationStatus = string;
 
 export const MIGRATION_CAPABILITIES = [
-  'xbzrle', 'rdma-pin-all', 'auto-converge', 'zero-blocks', 'events', 'postcopy-ram', 'x-colo', 'release-ram',
-  'return-path', 'pause-before-switchover', 'multifd', 'dirty-bitmaps', 'postcopy-blocktime',
-  'late-block-activate', 'x-ignore-shared', 'validate-uuid', 'background-snapshot', 'zero-copy-send',
-  'postcopy-preempt', 'switchover-ack', 'dirty-limit', 'mapped-ram',
+  'xbzrle',
+  'rdma-pin-all',
+  'auto-converge',
+  'zero-blocks',
+  'events',
+  'postcopy-ram',
+  'x-colo',
+  'release-ram',
+  'return-path',
+  'pause-before-switchover',
+  'multifd',
+  'dirty-bitmaps',
+  'postcopy-blocktime',
+  'late-block-activate',
+  'x-ignore-shared',
+  'validate-uuid',
+  'background-snapshot',
+  'zero-copy-send',
+  'postcopy-preempt',
+  'switchover-ack',
+  'dirty-limit',
+  'mapped-ram',
 ] as const;
 /** A migration capability name; the `string & {}` keeps completion for known names while staying open. */
 export type MigrationCapabilityName = (typeof MIGRATION_CAPABILITIES)[number] | (string & {});
 
 export const BLOCK_JOB_STATUSES = [
-  'undefined', 'created', 'running', 'paused', 'ready', 'standby', 'waiting', 'pending', 'aborting',
-  'concluded', 'null',
+  'undefined',
+  'created',
+  'running',
+  'paused',
+  'ready',
+  'standby',
+  'waiting',
+  'pending',
+  'aborting',
+  'concluded',
+  'null',
 ] as const;
 export type JobStatus = string;
 
@@ -61,7 +114,10 @@ export type SocketAddress =
 
 /** SocketAddressLegacy (nested `data`): only `nbd-server-start` uses this older form. */
 export type SocketAddressLegacy =
-  | { type: 'inet'; data: { host: string; port: string; numeric?: boolean; to?: number; ipv4?: boolean; ipv6?: boolean } }
+  | {
+      type: 'inet';
+      data: { host: string; port: string; numeric?: boolean; to?: number; ipv4?: boolean; ipv6?: boolean };
+    }
   | { type: 'unix'; data: { path: string; abstract?: boolean; tight?: boolean } }
   | { type: 'vsock'; data: { cid: string; port: string } }
   | { type: 'fd'; data: { str: string } };
@@ -314,11 +370,7 @@ export interface BlockdevOptionsOther extends BlockdevOptionsBase {
 }
 
 export type BlockdevOptions =
-  | BlockdevOptionsFile
-  | BlockdevOptionsQcow2
-  | BlockdevOptionsRaw
-  | BlockdevOptionsNbd
-  | BlockdevOptionsOther;
+  BlockdevOptionsFile | BlockdevOptionsQcow2 | BlockdevOptionsRaw | BlockdevOptionsNbd | BlockdevOptionsOther;
 
 export interface BlockJobInfo {
   /** `mirror`, `commit`, `stream`, `backup`, ... */
@@ -506,7 +558,12 @@ export interface QmpCommands {
   'migrate-set-parameters': { args: MigrationParameters; ret: Empty };
   'query-migrate-parameters': { args: NoArgs; ret: MigrationParameters };
   'calc-dirty-rate': {
-    args: { 'calc-time': number; 'calc-time-unit'?: TimeUnit; 'sample-pages'?: number; mode?: DirtyRateMeasureMode };
+    args: {
+      'calc-time': number;
+      'calc-time-unit'?: TimeUnit;
+      'sample-pages'?: number;
+      mode?: DirtyRateMeasureMode;
+    };
     ret: Empty;
   };
   'query-dirty-rate': { args: { 'calc-time-unit'?: TimeUnit }; ret: DirtyRateInfo };
@@ -567,8 +624,18 @@ export type QmpReturn<K extends QmpCommandName> = QmpCommands[K]['ret'];
 // Events
 
 export type ShutdownCause =
-  | 'none' | 'host-error' | 'host-qmp-quit' | 'host-qmp-system-reset' | 'host-signal' | 'host-ui'
-  | 'guest-shutdown' | 'guest-reset' | 'guest-panic' | 'subsystem-reset' | 'snapshot-load' | (string & {});
+  | 'none'
+  | 'host-error'
+  | 'host-qmp-quit'
+  | 'host-qmp-system-reset'
+  | 'host-signal'
+  | 'host-ui'
+  | 'guest-shutdown'
+  | 'guest-reset'
+  | 'guest-panic'
+  | 'subsystem-reset'
+  | 'snapshot-load'
+  | (string & {});
 
 interface BlockJobEventData {
   type: string;
@@ -594,7 +661,9 @@ export interface QmpEventMap {
   JOB_STATUS_CHANGE: { id: string; status: JobStatus };
 }
 
-export type QmpEventData<N extends string> = N extends keyof QmpEventMap ? QmpEventMap[N] : Record<string, unknown>;
+export type QmpEventData<N extends string> = N extends keyof QmpEventMap
+  ? QmpEventMap[N]
+  : Record<string, unknown>;
 
 export interface QmpTimestamp {
   seconds: number;

@@ -101,7 +101,9 @@ async function fakeQmp(
 }
 
 /** A temporary directory, the fake servers and the clients of one test, all cleaned up in `finally`. */
-async function withFixture(fn: (f: { dir: string; track: (c: QmpClient) => QmpClient; servers: FakeServer[] }) => Promise<void>): Promise<void> {
+async function withFixture(
+  fn: (f: { dir: string; track: (c: QmpClient) => QmpClient; servers: FakeServer[] }) => Promise<void>,
+): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'ferry-qmp-'));
   const clients: QmpClient[] = [];
   const servers: FakeServer[] = [];
@@ -157,7 +159,8 @@ test('replies are matched by id, even out of order; a refused command is FERRY_E
   await withFixture(async ({ dir, track, servers }) => {
     const held: Command[] = [];
     const srv = await fakeQmp(dir, (cmd, c) => {
-      if (cmd.execute === 'migrate-recover') return c.error(cmd.id, 'GenericError', 'nope: ' + String(cmd.arguments?.uri));
+      if (cmd.execute === 'migrate-recover')
+        return c.error(cmd.id, 'GenericError', 'nope: ' + String(cmd.arguments?.uri));
       if (held.length === 3) return c.reply(cmd.id, { again: cmd.execute });
       held.push(cmd);
       if (held.length === 3) for (const h of [...held].reverse()) c.reply(h.id, { name: h.execute });
@@ -169,8 +172,15 @@ test('replies are matched by id, even out of order; a refused command is FERRY_E
     const c = client.executeRaw('cmd-c');
     assert.deepEqual(await Promise.all([a, b, c]), [{ name: 'cmd-a' }, { name: 'cmd-b' }, { name: 'cmd-c' }]);
     assert.deepEqual(srv.conns[0]!.received[2]!.arguments, { x: 1 });
-    const err = await rejectsWith(client.execute('migrate-recover', { uri: 'tcp:x:1' }), 'FERRY_E_QMP_COMMAND');
-    assert.deepEqual(err.details, { command: 'migrate-recover', class: 'GenericError', desc: 'nope: tcp:x:1' });
+    const err = await rejectsWith(
+      client.execute('migrate-recover', { uri: 'tcp:x:1' }),
+      'FERRY_E_QMP_COMMAND',
+    );
+    assert.deepEqual(err.details, {
+      command: 'migrate-recover',
+      class: 'GenericError',
+      desc: 'nope: tcp:x:1',
+    });
     // the connection survives a refused command
     assert.deepEqual(await client.executeRaw('cmd-d'), { again: 'cmd-d' });
   });
@@ -210,7 +220,10 @@ test('events interleave with replies; a storm of events while a command is pendi
       }
     }
     assert.equal(got.length, N);
-    assert.ok(got.every((p, i) => p === i), 'events in order');
+    assert.ok(
+      got.every((p, i) => p === i),
+      'events in order',
+    );
     assert.equal(all.dropped, 0);
     assert.equal((await pass4321).data.pass, 4321);
     await stop;
@@ -229,7 +242,9 @@ test('lines split across chunks, several per chunk, CRLF and multi-byte characte
   await withFixture(async ({ dir, track, servers }) => {
     const srv = await fakeQmp(dir, (cmd, c) => {
       const bytes = Buffer.from(
-        c.eventLine('X_EVENT', { text: 'żółw 🐢' }) + JSON.stringify({ return: 'héllo\n🐢', id: cmd.id }) + '\r\n',
+        c.eventLine('X_EVENT', { text: 'żółw 🐢' }) +
+          JSON.stringify({ return: 'héllo\n🐢', id: cmd.id }) +
+          '\r\n',
       );
       // one byte at a time: every multi-byte character is split
       void (async () => {
@@ -242,7 +257,10 @@ test('lines split across chunks, several per chunk, CRLF and multi-byte characte
     servers.push(srv);
     const client = track(await QmpClient.connect(srv.path));
     const ev = client.waitForEvent('X_EVENT');
-    assert.equal(await client.execute('human-monitor-command', { 'command-line': 'info status' }), 'héllo\n🐢');
+    assert.equal(
+      await client.execute('human-monitor-command', { 'command-line': 'info status' }),
+      'héllo\n🐢',
+    );
     assert.deepEqual((await ev).data, { text: 'żółw 🐢' });
   });
 });
@@ -366,7 +384,10 @@ test('connect retries while the socket does not exist yet, and gives up with FER
     assert.ok(performance.now() - t0 >= 290);
     assert.equal(client.version.major, 10);
 
-    const err = await rejectsWith(QmpClient.connect(join(dir, 'never.sock'), { timeoutMs: 150 }), 'FERRY_E_QMP_CONNECT');
+    const err = await rejectsWith(
+      QmpClient.connect(join(dir, 'never.sock'), { timeoutMs: 150 }),
+      'FERRY_E_QMP_CONNECT',
+    );
     assert.equal(err.details?.errno, 'ENOENT');
 
     const ac = new AbortController();
@@ -384,7 +405,8 @@ test('quit resolves whether the socket closes before or after its reply', async 
   await withFixture(async ({ dir, track, servers }) => {
     const srv = await fakeQmp(dir, (cmd, c) => {
       if (cmd.execute !== 'quit') return c.reply(cmd.id);
-      if (srv.conns.indexOf(c) === 0) c.socket.destroy(); // gone without a word
+      if (srv.conns.indexOf(c) === 0)
+        c.socket.destroy(); // gone without a word
       else {
         c.reply(cmd.id);
         c.event('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
@@ -428,7 +450,9 @@ export function _typeChecks(client: QmpClient): void {
   void client.execute('stop', { force: true });
   // @ts-expect-error unknown commands need executeRaw
   void client.execute('query-nothing');
-  void client.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+  void client.execute('migrate-set-capabilities', {
+    capabilities: [{ capability: 'postcopy-ram', state: true }],
+  });
   void client.execute('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0' } } });
   void client.execute('blockdev-add', {
     driver: 'nbd',
@@ -442,50 +466,68 @@ function qemuAvailable(): boolean {
   return spawnSync('qemu-system-x86_64', ['--version'], { stdio: 'ignore' }).status === 0;
 }
 
-test('a real QEMU: connect, query-version, query-status, migration capabilities, quit, process exits', {
-  skip: qemuAvailable() ? false : 'qemu-system-x86_64 is not installed',
-}, async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-qmp-qemu-'));
-  const path = join(dir, 'qmp.sock');
-  let proc: ChildProcess | undefined;
-  let client: QmpClient | undefined;
-  let stderr = '';
-  try {
-    proc = spawn(
-      'qemu-system-x86_64',
-      ['-machine', 'none', '-accel', 'tcg', '-nodefaults', '-nographic', '-qmp', `unix:${path},server=on,wait=off`],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const exited = once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
-    // Stop waiting for the socket as soon as QEMU dies instead of running out the timeout.
-    const ac = new AbortController();
-    void exited.then(() => ac.abort(new Error(`QEMU exited: ${stderr}`)));
+test(
+  'a real QEMU: connect, query-version, query-status, migration capabilities, quit, process exits',
+  {
+    skip: qemuAvailable() ? false : 'qemu-system-x86_64 is not installed',
+  },
+  async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ferry-qmp-qemu-'));
+    const path = join(dir, 'qmp.sock');
+    let proc: ChildProcess | undefined;
+    let client: QmpClient | undefined;
+    let stderr = '';
+    try {
+      proc = spawn(
+        'qemu-system-x86_64',
+        [
+          '-machine',
+          'none',
+          '-accel',
+          'tcg',
+          '-nodefaults',
+          '-nographic',
+          '-qmp',
+          `unix:${path},server=on,wait=off`,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      proc.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      const exited = once(proc, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+      // Stop waiting for the socket as soon as QEMU dies instead of running out the timeout.
+      const ac = new AbortController();
+      void exited.then(() => ac.abort(new Error(`QEMU exited: ${stderr}`)));
 
-    client = await QmpClient.connect(path, { timeoutMs: 15_000, signal: ac.signal });
-    assert.equal(client.version.major, 10);
-    const v = await client.execute('query-version');
-    assert.equal(v.qemu.major, 10);
-    assert.deepEqual(v.qemu, client.version);
-    const st = await client.execute('query-status');
-    assert.equal(typeof st.running, 'boolean');
-    assert.equal(typeof st.status, 'string');
-    const caps = await client.execute('query-migrate-capabilities');
-    assert.ok(caps.some((c) => c.capability === 'postcopy-ram'), JSON.stringify(caps));
-    await rejectsWith(client.execute('migrate-recover', { uri: 'tcp:127.0.0.1:1' }), 'FERRY_E_QMP_COMMAND');
+      client = await QmpClient.connect(path, { timeoutMs: 15_000, signal: ac.signal });
+      assert.equal(client.version.major, 10);
+      const v = await client.execute('query-version');
+      assert.equal(v.qemu.major, 10);
+      assert.deepEqual(v.qemu, client.version);
+      const st = await client.execute('query-status');
+      assert.equal(typeof st.running, 'boolean');
+      assert.equal(typeof st.status, 'string');
+      const caps = await client.execute('query-migrate-capabilities');
+      assert.ok(
+        caps.some((c) => c.capability === 'postcopy-ram'),
+        JSON.stringify(caps),
+      );
+      await rejectsWith(client.execute('migrate-recover', { uri: 'tcp:127.0.0.1:1' }), 'FERRY_E_QMP_COMMAND');
 
-    assert.deepEqual(await client.execute('quit'), {});
-    await client.closed;
-    const [code] = await Promise.race([
-      exited,
-      sleep(10_000, undefined, { ref: false }).then(() => assert.fail(`QEMU did not exit after quit: ${stderr}`)),
-    ]);
-    assert.equal(code, 0, stderr);
-  } finally {
-    await client?.close();
-    if (proc?.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
-      process.kill(proc.pid, 'SIGKILL');
+      assert.deepEqual(await client.execute('quit'), {});
+      await client.closed;
+      const [code] = await Promise.race([
+        exited,
+        sleep(10_000, undefined, { ref: false }).then(() =>
+          assert.fail(`QEMU did not exit after quit: ${stderr}`),
+        ),
+      ]);
+      assert.equal(code, 0, stderr);
+    } finally {
+      await client?.close();
+      if (proc?.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
+        process.kill(proc.pid, 'SIGKILL');
+      }
+      await rm(dir, { recursive: true, force: true });
     }
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  },
+);

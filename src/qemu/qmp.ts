@@ -46,7 +46,13 @@ export type QmpDiagnostic =
       late?: boolean;
       error?: { class: string; desc: string };
     }
-  | { phase: 'event'; socketPath: string; event: string; data: Record<string, unknown>; timestamp: QmpTimestamp }
+  | {
+      phase: 'event';
+      socketPath: string;
+      event: string;
+      data: Record<string, unknown>;
+      timestamp: QmpTimestamp;
+    }
   | { phase: 'close'; socketPath: string; error?: { code: string; message: string } };
 
 const diag = channel(QMP_CHANNEL);
@@ -174,7 +180,9 @@ export class QmpClient {
   /** Runs a command Ferry knows the types of. */
   execute<K extends QmpCommandName>(command: K, ...rest: ExecuteRest<K>): Promise<QmpReturn<K>> {
     const [args, opts] = rest;
-    return this.#conn.execute(command, args as Record<string, unknown> | undefined, opts) as Promise<QmpReturn<K>>;
+    return this.#conn.execute(command, args as Record<string, unknown> | undefined, opts) as Promise<
+      QmpReturn<K>
+    >;
   }
 
   /** Runs any command, untyped (for what `QmpCommands` does not list). */
@@ -287,7 +295,8 @@ function parseGreeting(msg: Record<string, unknown>): Greeting | undefined {
   const qmp = msg.QMP;
   if (!isObject(qmp) || !isObject(qmp.version) || !isObject(qmp.version.qemu)) return undefined;
   const v = qmp.version.qemu;
-  if (typeof v.major !== 'number' || typeof v.minor !== 'number' || typeof v.micro !== 'number') return undefined;
+  if (typeof v.major !== 'number' || typeof v.minor !== 'number' || typeof v.micro !== 'number')
+    return undefined;
   const caps = Array.isArray(qmp.capabilities) ? qmp.capabilities.filter((c) => typeof c === 'string') : [];
   return {
     version: { major: v.major, minor: v.minor, micro: v.micro },
@@ -305,7 +314,10 @@ function parseTimestamp(t: unknown): QmpTimestamp {
 }
 
 /** Secrets must not reach diagnostics subscribers (loggers): `object-add` of a `secret` carries one. */
-function redactArgs(command: string, args: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+function redactArgs(
+  command: string,
+  args: Record<string, unknown> | undefined,
+): Record<string, unknown> | undefined {
   if (args === undefined || command !== 'object-add' || !('data' in args)) return args;
   return { ...args, data: '<redacted>' };
 }
@@ -338,14 +350,21 @@ class Connection {
     socket.on('data', (chunk: string) => this.#onData(chunk));
     // 'error' is always followed by 'close'; the error becomes the close reason.
     socket.on('error', (err) => {
-      this.closeError ??= new FerryError('FERRY_E_QMP_CLOSED', `QMP socket ${this.socketPath}: ${err.message}`, {
-        cause: err,
-      });
+      this.closeError ??= new FerryError(
+        'FERRY_E_QMP_CLOSED',
+        `QMP socket ${this.socketPath}: ${err.message}`,
+        {
+          cause: err,
+        },
+      );
     });
     socket.on('close', () => {
       this.#finish(
         this.closeError ??
-          new FerryError('FERRY_E_QMP_CLOSED', `The QMP connection ${this.socketPath} closed (QEMU exited?).`),
+          new FerryError(
+            'FERRY_E_QMP_CLOSED',
+            `The QMP connection ${this.socketPath} closed (QEMU exited?).`,
+          ),
       );
       resolveClosed();
     });
@@ -388,11 +407,16 @@ class Connection {
     });
   }
 
-  execute(command: string, args: Record<string, unknown> | undefined, opts: ExecuteOptions = {}): Promise<unknown> {
+  execute(
+    command: string,
+    args: Record<string, unknown> | undefined,
+    opts: ExecuteOptions = {},
+  ): Promise<unknown> {
     const { timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS, signal } = opts;
     if (this.isClosed) {
       return Promise.reject(
-        this.closeError ?? new FerryError('FERRY_E_QMP_CLOSED', `The QMP connection ${this.socketPath} is closed.`),
+        this.closeError ??
+          new FerryError('FERRY_E_QMP_CLOSED', `The QMP connection ${this.socketPath} is closed.`),
       );
     }
     if (signal?.aborted) return Promise.reject(aborted(signal, `running ${command}`));
@@ -424,9 +448,13 @@ class Connection {
         timer = setTimeout(
           () =>
             giveUp(
-              new FerryError('FERRY_E_QMP_TIMEOUT', `QEMU did not answer ${command} within ${timeoutMs} ms.`, {
-                details: { command, timeoutMs },
-              }),
+              new FerryError(
+                'FERRY_E_QMP_TIMEOUT',
+                `QEMU did not answer ${command} within ${timeoutMs} ms.`,
+                {
+                  details: { command, timeoutMs },
+                },
+              ),
             ),
           timeoutMs,
         );
@@ -543,7 +571,8 @@ class Connection {
     const { timeoutMs = DEFAULT_COMMAND_TIMEOUT_MS, signal } = opts;
     if (this.isClosed) {
       return Promise.reject(
-        this.closeError ?? new FerryError('FERRY_E_QMP_CLOSED', `The QMP connection ${this.socketPath} is closed.`),
+        this.closeError ??
+          new FerryError('FERRY_E_QMP_CLOSED', `The QMP connection ${this.socketPath} is closed.`),
       );
     }
     if (signal?.aborted) return Promise.reject(aborted(signal, `waiting for ${name}`));
@@ -722,10 +751,14 @@ class Connection {
   }
 
   #protocolError(what: string, cause?: unknown): void {
-    const err = new FerryError('FERRY_E_QMP_PROTOCOL', `QEMU sent something that is not QMP on ${this.socketPath}: ${what}`, {
-      ...(cause === undefined ? {} : { cause }),
-      details: { socketPath: this.socketPath },
-    });
+    const err = new FerryError(
+      'FERRY_E_QMP_PROTOCOL',
+      `QEMU sent something that is not QMP on ${this.socketPath}: ${what}`,
+      {
+        ...(cause === undefined ? {} : { cause }),
+        details: { socketPath: this.socketPath },
+      },
+    );
     this.closeError ??= err;
     this.#buf = '';
     // Settle now, not on 'close': the caller learns the real reason even if the socket lingers.
@@ -752,7 +785,9 @@ class Connection {
       diag.publish({
         phase: 'close',
         socketPath: this.socketPath,
-        ...(err.code === 'FERRY_E_QMP_CLOSED' && !err.cause ? {} : { error: { code: err.code, message: err.message } }),
+        ...(err.code === 'FERRY_E_QMP_CLOSED' && !err.cause
+          ? {}
+          : { error: { code: err.code, message: err.message } }),
       } satisfies QmpDiagnostic);
     }
   }
