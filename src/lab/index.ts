@@ -56,7 +56,7 @@ export {
 
 export const LAB_STATE_VERSION = 1;
 export const SERVER_PORT = 7440;
-export const AGENT_PORT = 7441;
+export const AGENT_PORT = 7443;
 export const DEFAULT_HOSTS = 3;
 const FERRY_BIN = join(PACKAGE_ROOT, 'bin', 'ferry.js');
 
@@ -393,7 +393,8 @@ async function startAgent(state: LabState, h: LabHost, token: string | null, tim
     'ip', 'netns', 'exec', h.namespace,
     process.execPath, FERRY_BIN, 'agent',
     '--server', state.server.url,
-    ...(token === null ? [] : ['--join-token', token]),
+    // The first start joins with a one-time token, pinning the CA the controller printed.
+    ...(token === null ? [] : ['--join-token', token, '--ca-hash', state.server.caFingerprint]),
     '--name', h.name,
     '--listen', h.listen,
     '--data', h.dataDir,
