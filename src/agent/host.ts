@@ -1,0 +1,255 @@
+/**
+ * This host's VMs as the agent serves them: the table of LocalVm handles (re-attached at start from the
+ * run dirs in the data dir), one operation per VM at a time, NIC taps around create and delete, admission
+ * by promised memory, and the inventory.
+ *
+ * The VMs outlive the agent. LocalVm spawns QEMU detached (its own session), so an agent that exits, is
+ * killed, or is upgraded leaves its VMs running, and the next agent re-attaches through the pidfile and
+ * QMP socket. The price: once the agent is gone, an exiting QEMU is reaped by PID 1, not by us. Linux has
+ * `prctl(PR_SET_CHILD_SUBREAPER)` to make the agent the reaper of orphaned descendants, but Node exposes no
+ * prctl, and the orphans of a *previous* agent were re-parented before we started anyway. So the end of a
+ * QEMU is judged as "QMP socket closed and process gone or a zombie" (src/qemu/process.ts), never by
+ * waiting for a PID to disappear, which PID 1 here delays by ~1.3 s.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FerryError } from '../common/errors.ts';
+import type { HostInventory, VmStatus } from '../common/protocol.ts';
+import type { VmSpec } from '../common/spec.ts';
+import { probeAccel, qemuInfo } from '../qemu/accel.ts';
+import type { Accel } from '../qemu/argv.ts';
+import type { Log } from './identity.ts';
+import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
+import { KeyedMutex } from './mutex.ts';
+import { ensureTaps, removeTaps } from './network.ts';
+import { runFiles } from '../qemu/process.ts';
+import { LocalVm, vmsDir } from './vm.ts';
+
+/** What the HTTP layer needs from a host; AgentHost is the one implementation. */
+export interface VmHost {
+  inventory(): Promise<HostInventory>;
+  list(): Promise<VmStatus[]>;
+  get(name: string): Promise<VmStatus>;
+  create(spec: VmSpec): Promise<VmStatus>;
+  stop(name: string, opts?: { timeoutMs?: number; force?: boolean }): Promise<VmStatus>;
+  start(name: string): Promise<VmStatus>;
+  pause(name: string): Promise<VmStatus>;
+  resume(name: string): Promise<VmStatus>;
+  destroy(name: string): Promise<void>;
+  guest(name: string, command: string): Promise<unknown>;
+  /** The last `maxBytes` of the VM's serial log. */
+  console(name: string, maxBytes: number): Promise<string>;
+  /** Lets go of the VMs (QMP connections) without stopping them. */
+  close(): Promise<void>;
+}
+
+export interface AgentHostOptions {
+  name: string;
+  dataDir: string;
+  /** Address QEMU migration streams and NBD exports listen on (inventory.migrationAddress). */
+  migrationAddress: string;
+  /** Bridge for VM NIC taps; without it, specs with NICs are refused. */
+  vmBridge?: string;
+  /** Skip the accelerator probe (tests; FERRY_ACCEL does the same for probeAccel). */
+  accel?: Accel;
+  log?: Log;
+}
+
+const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+
+export class AgentHost implements VmHost {
+  private readonly vms = new Map<string, LocalVm>();
+  private readonly locks = new KeyedMutex();
+
+  private constructor(
+    private readonly opts: AgentHostOptions,
+    private readonly cpu: CpuFacts,
+    private readonly qemu: QemuFacts,
+  ) {}
+
+  /** Gathers the host's facts and re-attaches every VM found in the data dir. */
+  static async open(opts: AgentHostOptions): Promise<AgentHost> {
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+    const [cpu, info, accel] = await Promise.all([
+      readCpuFacts(),
+      qemuInfo(),
+      opts.accel === undefined ? probeAccel().then((v) => v.accel) : Promise.resolve(opts.accel),
+    ]);
+    const host = new AgentHost(opts, cpu, { accel, version: info.version, machineTypes: info.machineTypes });
+    await host.reattach();
+    return host;
+  }
+
+  private log(line: string): void {
+    this.opts.log?.(line);
+  }
+
+  private async reattach(): Promise<void> {
+    // Not LocalVm.list: one unreadable run dir would make it throw for all, and every VM must come back.
+    const names = await readdir(vmsDir(this.opts.dataDir)).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      if (!existsSync(join(vmsDir(this.opts.dataDir), name, 'spec.json'))) continue;
+      try {
+        const vm = await LocalVm.attach(this.opts.dataDir, name);
+        this.vms.set(name, vm);
+        const st = await vm.status();
+        this.log(`re-attached VM ${name}: ${st.state}${st.pid === null ? '' : ` (QEMU pid ${st.pid})`}`);
+      } catch (err) {
+        // One broken run dir must not keep the agent (and the other VMs) from serving.
+        this.log(`cannot re-attach VM ${name}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private vm(name: string): LocalVm {
+    const vm = this.vms.get(name);
+    if (vm === undefined) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on host ${this.opts.name}.`);
+    return vm;
+  }
+
+  private async committedBytes(except?: string): Promise<number> {
+    let sum = 0;
+    for (const [name, vm] of this.vms) {
+      if (name === except) continue;
+      const st = await vm.status().catch(() => undefined);
+      if (st !== undefined && st.state !== 'stopped') sum += st.spec.memoryBytes;
+    }
+    return sum;
+  }
+
+  async inventory(): Promise<HostInventory> {
+    return buildInventory({
+      name: this.opts.name,
+      cpu: this.cpu,
+      qemu: this.qemu,
+      migrationAddress: this.opts.migrationAddress,
+      committedBytes: await this.committedBytes(),
+    });
+  }
+
+  async list(): Promise<VmStatus[]> {
+    const names = [...this.vms.keys()].sort();
+    return Promise.all(names.map((n) => this.vm(n).status()));
+  }
+
+  get(name: string): Promise<VmStatus> {
+    return this.vm(name).status();
+  }
+
+  private async admit(spec: VmSpec): Promise<void> {
+    const inv = await this.inventory();
+    if (spec.memoryBytes > inv.freeMemoryBytes) {
+      throw new FerryError(
+        'FERRY_E_NO_CAPACITY',
+        `Host ${this.opts.name} has ${inv.freeMemoryBytes} bytes of memory not promised to VMs; VM ${spec.name} needs ${spec.memoryBytes}.`,
+        { details: { freeMemoryBytes: inv.freeMemoryBytes, memoryBytes: spec.memoryBytes } },
+      );
+    }
+    if (!this.qemu.machineTypes.includes(spec.machine)) {
+      throw new FerryError('FERRY_E_CPU_INCOMPATIBLE', `QEMU ${this.qemu.version} on ${this.opts.name} has no machine type ${spec.machine}.`);
+    }
+  }
+
+  create(spec: VmSpec): Promise<VmStatus> {
+    return this.locks.run(spec.name, async () => {
+      // A run dir this agent did not attach (unreadable state) is caught by LocalVm.create's own claim.
+      if (this.vms.has(spec.name)) {
+        throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists already on host ${this.opts.name}.`);
+      }
+      await this.admit(spec);
+      const taps = await ensureTaps(spec, { bridge: this.opts.vmBridge });
+      try {
+        const vm = await LocalVm.create(this.opts.dataDir, spec, { accel: this.qemu.accel, taps });
+        this.vms.set(spec.name, vm);
+        this.log(`created VM ${spec.name}`);
+        return await vm.status();
+      } catch (err) {
+        await removeTaps(spec).catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  stop(name: string, opts: { timeoutMs?: number; force?: boolean } = {}): Promise<VmStatus> {
+    return this.locks.run(name, async () => {
+      const vm = this.vm(name);
+      return vm.stop({ timeoutMs: opts.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, force: opts.force === true });
+    });
+  }
+
+  start(name: string): Promise<VmStatus> {
+    return this.locks.run(name, async () => {
+      const vm = this.vm(name);
+      const st = await vm.status();
+      if (st.state !== 'stopped') throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${st.state}, not stopped.`);
+      await this.admit(st.spec);
+      // Taps are persistent, but a host reboot or a hand-deleted tap must not keep the VM down.
+      await ensureTaps(st.spec, { bridge: this.opts.vmBridge });
+      return vm.start();
+    });
+  }
+
+  pause(name: string): Promise<VmStatus> {
+    return this.locks.run(name, async () => {
+      return this.vm(name).pause();
+    });
+  }
+
+  resume(name: string): Promise<VmStatus> {
+    return this.locks.run(name, async () => {
+      return this.vm(name).resume();
+    });
+  }
+
+  destroy(name: string): Promise<void> {
+    return this.locks.run(name, async () => {
+      const vm = this.vm(name);
+      const { spec } = await vm.status();
+      await vm.destroy();
+      this.vms.delete(name);
+      await removeTaps(spec);
+      this.log(`deleted VM ${name}`);
+    });
+  }
+
+  async guest(name: string, command: string): Promise<unknown> {
+    // Not under the VM's lock: a guest command must not wait behind a long stop, and the guest tool
+    // serialises its own commands.
+    const ch = await this.vm(name).guest();
+    try {
+      return await ch.command(command);
+    } finally {
+      await ch.close();
+    }
+  }
+
+  async console(name: string, maxBytes: number): Promise<string> {
+    return tailFile(runFiles(this.vm(name).runDir).serialLog, maxBytes);
+  }
+
+  async close(): Promise<void> {
+    for (const vm of this.vms.values()) await vm.detach().catch(() => undefined);
+    this.vms.clear();
+  }
+}
+
+/** The last `maxBytes` of a file, as text; an absent file is an empty console. */
+export async function tailFile(path: string, maxBytes: number): Promise<string> {
+  let fh;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  }
+  try {
+    const { size } = await fh.stat();
+    const start = Math.max(0, size - maxBytes);
+    const buf = Buffer.alloc(size - start);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
