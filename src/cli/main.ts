@@ -7,6 +7,7 @@ import { FerryError } from '../common/errors.ts';
 import { printError } from './output.ts';
 import { registerImage } from './commands/image.ts';
 import { registerLab } from './commands/lab.ts';
+import { registerAgent } from './commands/agent.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerImage(program);
   registerLab(program);
+  registerAgent(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();
