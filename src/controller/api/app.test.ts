@@ -1,0 +1,154 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createController, type Controller } from '../controller.ts';
+import { nowIso } from '../store/db.ts';
+import { buildApp, type App } from './app.ts';
+
+interface Env {
+  ctl: Controller;
+  app: App;
+  token: string;
+  auth: { authorization: string };
+}
+
+async function withApp(fn: (env: Env) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-api-'));
+  let ctl: Controller | undefined;
+  let app: App | undefined;
+  try {
+    ctl = await createController({ dataDir: dir, heartbeats: false, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] });
+    const leaf = await ctl.ca.issue('ferry-server', ['127.0.0.1']);
+    app = await buildApp(ctl, { tls: leaf });
+    const token = ctl.newAdminToken!;
+    await fn({ ctl, app, token, auth: { authorization: `Bearer ${token}` } });
+  } finally {
+    await app?.close();
+    await ctl?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('auth: no token or a wrong one → 401 FERRY_E_UNAUTHORIZED; health is public', async () => {
+  await withApp(async ({ app, auth }) => {
+    const none = await app.inject({ method: 'GET', url: '/api/v1/vms' });
+    assert.equal(none.statusCode, 401);
+    assert.equal(none.json().error.code, 'FERRY_E_UNAUTHORIZED');
+    const wrong = await app.inject({ method: 'GET', url: '/api/v1/vms', headers: { authorization: 'Bearer 0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' } });
+    assert.equal(wrong.statusCode, 401);
+    const ok = await app.inject({ method: 'GET', url: '/api/v1/vms', headers: auth });
+    assert.equal(ok.statusCode, 200);
+    assert.deepEqual(ok.json(), []);
+    const health = await app.inject({ method: 'GET', url: '/api/v1/health' });
+    assert.equal(health.statusCode, 200);
+    assert.equal(health.json().ok, true);
+  });
+});
+
+test('malformed bodies → 400 FERRY_E_BAD_INPUT; unknown route → 404 FERRY_E_NOT_FOUND', async () => {
+  await withApp(async ({ app, auth }) => {
+    const bad = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'Bad Name!', vcpus: 'x' } });
+    assert.equal(bad.statusCode, 400);
+    assert.equal(bad.json().error.code, 'FERRY_E_BAD_INPUT');
+    const notJson = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: { ...auth, 'content-type': 'application/json' }, payload: '{nope' });
+    assert.equal(notJson.statusCode, 400);
+    assert.equal(notJson.json().error.code, 'FERRY_E_BAD_INPUT');
+    const extra = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'a', colour: 'red' } });
+    assert.equal(extra.statusCode, 400);
+    const size = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'a', memory: '12Q' } });
+    assert.equal(size.statusCode, 400);
+    assert.equal(size.json().error.code, 'FERRY_E_BAD_SIZE');
+    const nf = await app.inject({ method: 'GET', url: '/api/v1/nothing', headers: auth });
+    assert.equal(nf.statusCode, 404);
+    assert.equal(nf.json().error.code, 'FERRY_E_NOT_FOUND');
+  });
+});
+
+test('duplicate VM → 409 FERRY_E_VM_EXISTS; unknown host → 404; unknown VM → 404', async () => {
+  await withApp(async ({ ctl, app, auth }) => {
+    const now = nowIso();
+    ctl.store.sqlite.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', 'https://127.0.0.1:1', 'ready', 0, NULL, NULL, ?)").run(now);
+    ctl.store.sqlite.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES ('v1', 'h1', 'running', '{}', NULL, NULL, ?, ?)").run(now, now);
+    const dup = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'v1' } });
+    assert.equal(dup.statusCode, 409);
+    assert.equal(dup.json().error.code, 'FERRY_E_VM_EXISTS');
+    const host = await app.inject({ method: 'GET', url: '/api/v1/hosts/nope', headers: auth });
+    assert.equal(host.statusCode, 404);
+    assert.equal(host.json().error.code, 'FERRY_E_HOST_NOT_FOUND');
+    const onHost = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'v2', host: 'nope' } });
+    assert.equal(onHost.statusCode, 404);
+    assert.equal(onHost.json().error.code, 'FERRY_E_HOST_NOT_FOUND');
+    // h1 has no inventory yet: no capacity, with the reason per host.
+    const noCap = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'v2' } });
+    assert.equal(noCap.statusCode, 409);
+    assert.equal(noCap.json().error.code, 'FERRY_E_NO_CAPACITY');
+    assert.equal(noCap.json().error.details.why[0].host, 'h1');
+    // Nothing was left behind by the refused creates.
+    assert.deepEqual(ctl.vms.list().map((v) => v.name), ['v1']);
+    const vm = await app.inject({ method: 'GET', url: '/api/v1/vms/v9', headers: auth });
+    assert.equal(vm.json().error.code, 'FERRY_E_VM_NOT_FOUND');
+    const shown = await app.inject({ method: 'GET', url: '/api/v1/hosts/h1', headers: auth });
+    assert.deepEqual(shown.json().vms, ['v1']);
+  });
+});
+
+test('join tokens are single-use; the join issues a certificate and registers the host', async () => {
+  await withApp(async ({ ctl, app, auth }) => {
+    const t = await app.inject({ method: 'POST', url: '/api/v1/join-tokens', headers: auth });
+    assert.equal(t.statusCode, 200);
+    const { token, expiresAt } = t.json() as { token: string; expiresAt: string };
+    assert.match(token, /^[a-z0-9]+\.[A-Za-z0-9_-]+$/);
+    assert.ok(Date.parse(expiresAt) > Date.now());
+    const body = { token, name: 'h1', agentUrl: 'https://127.0.0.1:9443' };
+    const first = await app.inject({ method: 'POST', url: '/api/v1/join', payload: body });
+    assert.equal(first.statusCode, 200, first.body);
+    const j = first.json() as { caCertPem: string; certPem: string; keyPem: string; serverUrl: string };
+    assert.equal(j.caCertPem, ctl.ca.caCertPem);
+    assert.match(j.certPem, /BEGIN CERTIFICATE/);
+    assert.match(j.keyPem, /BEGIN PRIVATE KEY/);
+    assert.equal(ctl.hosts.get('h1').url, 'https://127.0.0.1:9443');
+    const again = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, name: 'h2' } });
+    assert.equal(again.statusCode, 401);
+    assert.equal(again.json().error.code, 'FERRY_E_JOIN_TOKEN');
+    const forged = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, token: token.split('.')[0] + '.' + 'x'.repeat(43) } });
+    assert.equal(forged.json().error.code, 'FERRY_E_JOIN_TOKEN');
+    const expired = await app.inject({ method: 'POST', url: '/api/v1/join-tokens', headers: auth, payload: { ttlSeconds: 10 } });
+    ctl.store.sqlite.prepare('UPDATE join_tokens SET expires_at = ? WHERE id = ?').run(new Date(Date.now() - 1000).toISOString(), (expired.json() as { token: string }).token.split('.')[0]);
+    const late = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, token: (expired.json() as { token: string }).token } });
+    assert.equal(late.json().error.code, 'FERRY_E_JOIN_TOKEN');
+    const named = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, agentUrl: 'https://example.com:1' } });
+    assert.equal(named.statusCode, 400);
+  });
+});
+
+test('the OpenAPI document lists the routes; metrics are exposed', async () => {
+  await withApp(async ({ app, auth }) => {
+    const res = await app.inject({ method: 'GET', url: '/api/v1/openapi.json', headers: auth });
+    assert.equal(res.statusCode, 200);
+    const doc = res.json() as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    assert.match(doc.openapi, /^3\./);
+    for (const [path, method] of [
+      ['/api/v1/health', 'get'],
+      ['/api/v1/join-tokens', 'post'],
+      ['/api/v1/join', 'post'],
+      ['/api/v1/hosts', 'get'],
+      ['/api/v1/hosts/{name}', 'get'],
+      ['/api/v1/vms', 'post'],
+      ['/api/v1/vms/{name}', 'delete'],
+      ['/api/v1/vms/{name}/start', 'post'],
+      ['/api/v1/vms/{name}/stop', 'post'],
+      ['/api/v1/vms/{name}/guest', 'post'],
+      ['/api/v1/vms/{name}/console', 'get'],
+      ['/api/v1/events', 'get'],
+    ] as const) {
+      assert.ok(doc.paths[path]?.[method], `${method} ${path} in OpenAPI`);
+    }
+    const m = await app.inject({ method: 'GET', url: '/metrics', headers: auth });
+    assert.equal(m.statusCode, 200);
+    assert.match(m.body, /ferry_hosts\{state="ready"\} 0/);
+    assert.match(m.body, /ferry_vms\{state="running"\} 0/);
+    assert.match(m.body, /ferry_api_requests_total\{method="GET",route="\/api\/v1\/openapi.json",status="200"\} 1/);
+  });
+});

@@ -1,0 +1,100 @@
+/**
+ * The REST API as a fastify instance (HTTPS with the cluster CA's server certificate): bearer-token
+ * auth, the error envelope `{error:{code,message,details?}}` for every failure, TypeBox schemas on every
+ * route (validated, and published as OpenAPI at /api/v1/openapi.json), request metrics. Routes live one
+ * file per noun beside this one. `buildApp` does not listen, so tests use `inject()`.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { FerryError, toFerryError } from '../../common/errors.ts';
+import type { Controller } from '../controller.ts';
+import { checkApiToken } from '../tokens.ts';
+import { registerEventRoutes } from './events.ts';
+import { registerHostRoutes } from './hosts.ts';
+import { registerSystemRoutes } from './system.ts';
+import { registerVmRoutes } from './vms.ts';
+
+export type App = FastifyInstance<HttpsServer, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
+
+export const API_VERSION = '0.1.0';
+
+/** Routes anyone may call: the health check, and the join (it carries its own one-time token). */
+const PUBLIC = new Set(['/api/v1/health', '/api/v1/join']);
+
+export interface BuildAppOptions {
+  /** TLS certificate chain (server certificate, then the CA) and key. */
+  tls: { certPem: string; keyPem: string };
+}
+
+function bearer(header: string | undefined): string | null {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  return m ? m[1]! : null;
+}
+
+export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<App> {
+  const app: App = Fastify({
+    https: { cert: opts.tls.certPem, key: opts.tls.keyPem },
+    logger: false,
+    // SSE streams are closed by our own onClose hook; other idle keep-alive sockets are closed here.
+    forceCloseConnections: 'idle',
+    bodyLimit: 1024 * 1024,
+  })
+    .withTypeProvider<TypeBoxTypeProvider>()
+    .setValidatorCompiler(TypeBoxValidatorCompiler);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'Ferry API', version: API_VERSION, description: 'Moves virtual machines between hosts.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  app.addHook('onRequest', async (req) => {
+    const path = req.url.split('?')[0]!;
+    if (PUBLIC.has(path)) return;
+    const token = bearer(req.headers.authorization);
+    if (token === null || checkApiToken(ctl.store, token) === null) {
+      throw new FerryError('FERRY_E_UNAUTHORIZED', token === null ? 'Missing bearer token: pass --token or configure the CLI.' : 'Wrong token.');
+    }
+  });
+
+  // An empty POST means "no options": validate it as `{}` so routes need no optional-body schemas.
+  app.addHook('preValidation', async (req) => {
+    if (req.method === 'POST' && req.body === undefined) req.body = {};
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    ctl.metrics.apiRequests.inc({ method: req.method, route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+
+  app.setErrorHandler((err: FastifyError | FerryError, _req, reply) => {
+    let fe: FerryError;
+    if (err instanceof FerryError) fe = err;
+    else if ((err as FastifyError).validation) {
+      fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { validation: (err as FastifyError).validation } });
+    } else if (typeof (err as FastifyError).statusCode === 'number' && (err as FastifyError).statusCode! < 500) {
+      // fastify's own 4xx (bad JSON, wrong content type, body too large): the client sent something wrong.
+      fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { fastifyCode: (err as FastifyError).code } });
+    } else {
+      fe = toFerryError(err);
+      ctl.log(`internal error: ${err.stack ?? err.message}`);
+    }
+    void reply.status(fe.status).type('application/json').send({ error: fe.toJSON() });
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    const fe = new FerryError('FERRY_E_NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}.`);
+    void reply.status(fe.status).send({ error: fe.toJSON() });
+  });
+
+  registerSystemRoutes(app, ctl);
+  registerHostRoutes(app, ctl);
+  registerVmRoutes(app, ctl);
+  registerEventRoutes(app, ctl);
+  return app;
+}

@@ -1,0 +1,68 @@
+/** TypeBox schemas of the REST API's bodies and parameters; @fastify/swagger turns them into OpenAPI. */
+import Type from 'typebox';
+import { NAME_RE } from '../../common/units.ts';
+
+export const Name = Type.String({ pattern: NAME_RE.source, description: 'a Ferry name: [a-z0-9][a-z0-9-]{0,62}' });
+export const NameParams = Type.Object({ name: Name });
+
+export const ErrorBody = Type.Object({
+  error: Type.Object({
+    code: Type.String(),
+    message: Type.String(),
+    details: Type.Optional(Type.Object({}, { additionalProperties: true })),
+  }),
+});
+
+export const Size = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*[a-zA-Z]*\\s*$', maxLength: 32 }), Type.Integer({ minimum: 1 })], {
+  description: "bytes, or a size with a unit: '256M', '1G'",
+});
+
+export const Health = Type.Object({ ok: Type.Boolean(), version: Type.String(), caFingerprint: Type.String() });
+
+export const JoinTokenRequest = Type.Object(
+  { ttlSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 7 * 86_400 })) },
+  { additionalProperties: false },
+);
+export const JoinTokenReply = Type.Object({ token: Type.String(), expiresAt: Type.String() });
+
+export const JoinRequest = Type.Object(
+  {
+    token: Type.String({ minLength: 1, maxLength: 256 }),
+    name: Name,
+    agentUrl: Type.String({ minLength: 1, maxLength: 256, description: 'https://IP:PORT where the agent listens (mTLS)' }),
+  },
+  { additionalProperties: false },
+);
+export const JoinReply = Type.Object({
+  caCertPem: Type.String(),
+  certPem: Type.String(),
+  keyPem: Type.String(),
+  serverUrl: Type.String(),
+});
+
+export const CreateVm = Type.Object(
+  {
+    name: Name,
+    memory: Type.Optional(Size),
+    vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    host: Type.Optional(Name),
+    disk: Type.Optional(Size),
+    image: Type.Optional(Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' })),
+    network: Type.Optional(Name),
+  },
+  { additionalProperties: false },
+);
+
+export const StopVm = Type.Object(
+  { force: Type.Optional(Type.Boolean()), timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })) },
+  { additionalProperties: false },
+);
+
+export const GuestCommand = Type.Object(
+  {
+    command: Type.Union([Type.String({ minLength: 1, maxLength: 4096 }), Type.Array(Type.String({ maxLength: 1024 }), { minItems: 1, maxItems: 64 })]),
+  },
+  { additionalProperties: false },
+);
+
+export const EventsQuery = Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) });

@@ -1,0 +1,46 @@
+/** Health, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
+import type { Controller } from '../controller.ts';
+import { createJoinToken } from '../tokens.ts';
+import type { App } from './app.ts';
+import { API_VERSION } from './app.ts';
+import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest } from './schemas.ts';
+
+export function registerSystemRoutes(app: App, ctl: Controller): void {
+  app.get(
+    '/api/v1/health',
+    { schema: { summary: 'Liveness; public', security: [], response: { 200: Health } } },
+    async () => ({ ok: true, version: API_VERSION, caFingerprint: ctl.ca.fingerprint }),
+  );
+
+  app.post(
+    '/api/v1/join-tokens',
+    { schema: { summary: 'A one-time token for an agent to join', body: JoinTokenRequest, response: { 200: JoinTokenReply } } },
+    async (req) => {
+      const ttl = req.body.ttlSeconds;
+      const t = createJoinToken(ctl.store, ttl === undefined ? undefined : ttl * 1000);
+      ctl.events.publish('join-token.created', t.token.split('.')[0]!, { expiresAt: t.expiresAt });
+      return t;
+    },
+  );
+
+  app.post(
+    '/api/v1/join',
+    {
+      schema: {
+        summary: "An agent joins with a one-time token and receives its certificate; public (the token is the credential)",
+        security: [],
+        body: JoinRequest,
+        response: { 200: JoinReply, 401: ErrorBody },
+      },
+    },
+    // The agent reached us at this address, so it is the one to hand back.
+    async (req) => ctl.hosts.join(req.body, `https://${req.host}`),
+  );
+
+  app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.get('/metrics', { schema: { summary: 'Prometheus metrics', produces: ['text/plain'] } }, async (_req, reply) => {
+    const text = await ctl.metrics.registry.metrics();
+    return reply.type(ctl.metrics.registry.contentType).send(text);
+  });
+}

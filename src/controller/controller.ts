@@ -1,0 +1,95 @@
+/**
+ * The controller's parts wired together over one data directory: store, CA, event bus, agent pool,
+ * host registry (heartbeats), VM service and metrics. The HTTP API (api/) and `ferry server` (server.ts)
+ * sit on top; tests can build a Controller without any socket.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentPool } from './agent-client.ts';
+import { loadOrCreateCa, type ClusterCa } from './ca.ts';
+import { EventBus } from './events.ts';
+import { VmGuard } from './guard.ts';
+import { HostRegistry } from './hosts.ts';
+import { createMetrics, type ControllerMetrics } from './metrics.ts';
+import { upsertNetworks, type VmNetwork } from './networks.ts';
+import { openStore, type Store } from './store/db.ts';
+import { ensureAdminToken } from './tokens.ts';
+import { VmService } from './vms.ts';
+
+export interface ControllerOptions {
+  dataDir: string;
+  vmNetworks?: VmNetwork[];
+  heartbeatMs?: number;
+  /** Start heartbeats (default true); tests driving `hosts.poll()` by hand turn them off. */
+  heartbeats?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface Controller {
+  readonly dataDir: string;
+  readonly store: Store;
+  readonly ca: ClusterCa;
+  /** True on the first start over this data dir (the CA was just created). */
+  readonly firstStart: boolean;
+  /** The admin token when it was just created (first start), else null: it is stored only hashed. */
+  readonly newAdminToken: string | null;
+  readonly events: EventBus;
+  readonly pool: AgentPool;
+  readonly guard: VmGuard;
+  readonly hosts: HostRegistry;
+  readonly vms: VmService;
+  readonly metrics: ControllerMetrics;
+  readonly log: (line: string) => void;
+  close(): Promise<void>;
+}
+
+export const STORE_FILE = 'ferry.db';
+export const CA_DIR = 'pki';
+
+export async function createController(opts: ControllerOptions): Promise<Controller> {
+  const log = opts.log ?? (() => {});
+  mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+  const { ca, created } = await loadOrCreateCa(join(opts.dataDir, CA_DIR));
+  const store = openStore(join(opts.dataDir, STORE_FILE));
+  try {
+    if (opts.vmNetworks && opts.vmNetworks.length > 0) upsertNetworks(store.sqlite, opts.vmNetworks);
+    const newAdminToken = ensureAdminToken(store);
+    const events = new EventBus(store);
+    const pool = new AgentPool({ caCertPem: ca.caCertPem, ...ca.controllerClient });
+    const guard = new VmGuard();
+    const hosts = new HostRegistry({
+      store,
+      events,
+      pool,
+      guard,
+      ca,
+      log,
+      ...(opts.heartbeatMs === undefined ? {} : { intervalMs: opts.heartbeatMs }),
+    });
+    const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0' });
+    const metrics = createMetrics(store);
+    if (opts.heartbeats !== false) hosts.start();
+    return {
+      dataDir: opts.dataDir,
+      store,
+      ca,
+      firstStart: created,
+      newAdminToken,
+      events,
+      pool,
+      guard,
+      hosts,
+      vms,
+      metrics,
+      log,
+      close: async () => {
+        await hosts.stop();
+        await pool.close();
+        await store.close();
+      },
+    };
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+}

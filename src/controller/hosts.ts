@@ -1,0 +1,275 @@
+/**
+ * The host registry: joins (a one-time token buys an agent certificate and a row in `hosts`),
+ * heartbeats (every ~2 s each agent's inventory and VM list; 3 misses → `unreachable`, an answer →
+ * `ready`, each transition published), and reconciliation of the `vms` table from what agents report.
+ */
+import { FerryError } from '../common/errors.ts';
+import type { HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
+import { parseVmSpec } from '../common/spec.ts';
+import { validateName } from '../common/units.ts';
+import type { AgentPool } from './agent-client.ts';
+import type { ClusterCa } from './ca.ts';
+import type { EventBus } from './events.ts';
+import type { VmGuard } from './guard.ts';
+import { freeMemory, type HostView, type VmLoad } from './scheduler.ts';
+import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
+import { consumeJoinToken } from './tokens.ts';
+
+export interface HostJson {
+  name: string;
+  url: string;
+  state: HostState;
+  maintenance: boolean;
+  inventory: HostInventory | null;
+  /** What the scheduler would still give (memory), after store-known VMs. */
+  freeMemoryBytes: number;
+  vms: string[];
+  lastSeenAt: string | null;
+  joinedAt: string;
+}
+
+export interface HostRegistryOptions {
+  store: Store;
+  events: EventBus;
+  pool: AgentPool;
+  guard: VmGuard;
+  ca: ClusterCa;
+  intervalMs?: number;
+  /** Heartbeats missed in a row before a host is declared unreachable. */
+  missesToUnreachable?: number;
+  log?: (line: string) => void;
+}
+
+export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostState {
+  if (row.state === 'unreachable') return 'unreachable';
+  return row.maintenance ? 'maintenance' : 'ready';
+}
+
+/** Memory and vCPUs of the VMs the store places on hosts, as the scheduler wants them. */
+export function vmLoads(store: Store): VmLoad[] {
+  const rows = store.sqlite.prepare('SELECT host, state, spec FROM vms').all() as Pick<VmsTable, 'host' | 'state' | 'spec'>[];
+  return rows.map((r) => {
+    const spec = JSON.parse(r.spec) as { memoryBytes?: number; vcpus?: number };
+    return { host: r.host, memoryBytes: spec.memoryBytes ?? 0, vcpus: spec.vcpus ?? 0, pending: r.state === 'creating' };
+  });
+}
+
+export function hostViews(store: Store): HostView[] {
+  const rows = store.sqlite.prepare('SELECT * FROM hosts ORDER BY name').all() as HostsTable[];
+  return rows.map((r) => ({
+    name: r.name,
+    state: hostState(r),
+    maintenance: r.maintenance === 1,
+    inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as HostInventory),
+  }));
+}
+
+/** `https://IP:PORT` only: the agent's certificate carries that IP, and nothing else reaches a SAN. */
+function parseAgentUrl(text: string): { url: string; ip: string } {
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    throw new FerryError('FERRY_E_BAD_INPUT', `Bad agentUrl ${JSON.stringify(text)}: use https://ADDRESS:PORT.`);
+  }
+  const ip = u.hostname.replace(/^\[|\]$/g, '');
+  if (u.protocol !== 'https:' || !/^(\d{1,3}\.){3}\d{1,3}$|:/.test(ip) || u.pathname !== '/' || u.port === '') {
+    throw new FerryError('FERRY_E_BAD_INPUT', `Bad agentUrl ${JSON.stringify(text)}: use https://IP:PORT (an IP address, not a name).`);
+  }
+  return { url: `https://${u.host}`, ip };
+}
+
+export class HostRegistry {
+  private readonly o: Required<Omit<HostRegistryOptions, 'log'>> & { log: (line: string) => void };
+  private readonly misses = new Map<string, number>();
+  private readonly inFlight = new Map<string, Promise<void>>();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = true;
+
+  constructor(opts: HostRegistryOptions) {
+    this.o = { intervalMs: 2000, missesToUnreachable: 3, log: () => {}, ...opts };
+  }
+
+  /** Registers (or re-registers) a host with a one-time token and issues its certificate. */
+  async join(req: JoinRequest, serverUrl: string): Promise<JoinResponse> {
+    const name = validateName(req.name, 'host name');
+    const { url, ip } = parseAgentUrl(req.agentUrl);
+    const { store } = this.o;
+    // Check first (cheap, no side effect), issue, then use the token and register in one transaction,
+    // so a failure in between neither burns the token nor leaves a host without a certificate.
+    consumeJoinToken(store, req.token, name, { dryRun: true });
+    const cert = await this.o.ca.issueAgentCert(name, [ip]);
+    const existed = store.sqlite.transaction(() => {
+      consumeJoinToken(store, req.token, name);
+      const had = store.sqlite.prepare('SELECT 1 FROM hosts WHERE name = ?').get(name) !== undefined;
+      store.sqlite
+        .prepare(
+          `INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, NULL, NULL, ?)
+           ON CONFLICT(name) DO UPDATE SET url = excluded.url, state = 'ready', joined_at = excluded.joined_at`,
+        )
+        .run(name, url, nowIso());
+      return had;
+    })();
+    this.misses.set(name, 0);
+    this.o.events.publish('host.joined', name, { url, rejoined: existed });
+    this.o.log(`host ${name} joined from ${url}`);
+    return { caCertPem: this.o.ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl };
+  }
+
+  list(): HostJson[] {
+    const rows = this.o.store.sqlite.prepare('SELECT * FROM hosts ORDER BY name').all() as HostsTable[];
+    return rows.map((r) => this.toJson(r));
+  }
+
+  get(name: string): HostJson {
+    const row = this.row(name);
+    if (!row) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(name)}: see \`ferry host list\`.`);
+    return this.toJson(row);
+  }
+
+  row(name: string): HostsTable | undefined {
+    return this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
+  }
+
+  private toJson(r: HostsTable): HostJson {
+    const loads = vmLoads(this.o.store);
+    const view: HostView = {
+      name: r.name,
+      state: hostState(r),
+      maintenance: r.maintenance === 1,
+      inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as HostInventory),
+    };
+    const vms = (this.o.store.sqlite.prepare('SELECT name FROM vms WHERE host = ? ORDER BY name').all(r.name) as { name: string }[]).map((v) => v.name);
+    return {
+      name: r.name,
+      url: r.url,
+      state: view.state,
+      maintenance: view.maintenance,
+      inventory: view.inventory,
+      freeMemoryBytes: freeMemory(view, loads),
+      vms,
+      lastSeenAt: r.last_seen_at,
+      joinedAt: r.joined_at,
+    };
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const tick = (): void => {
+      if (this.stopped) return;
+      void this.pollAll().finally(() => {
+        if (!this.stopped) this.timer = setTimeout(tick, this.o.intervalMs);
+      });
+    };
+    this.timer = setTimeout(tick, 0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await Promise.allSettled([...this.inFlight.values()]);
+  }
+
+  /** One heartbeat round over every host (each host at most one heartbeat at a time). */
+  async pollAll(): Promise<void> {
+    const names = (this.o.store.sqlite.prepare('SELECT name FROM hosts').all() as { name: string }[]).map((r) => r.name);
+    await Promise.allSettled(names.map((n) => this.poll(n)));
+  }
+
+  poll(name: string): Promise<void> {
+    const running = this.inFlight.get(name);
+    if (running) return running;
+    const p = this.heartbeat(name).finally(() => this.inFlight.delete(name));
+    this.inFlight.set(name, p);
+    return p;
+  }
+
+  private async heartbeat(name: string): Promise<void> {
+    const { store, events, pool } = this.o;
+    const row = this.row(name);
+    if (!row) return;
+    const client = pool.client(name, row.url);
+    const fetchedAt = performance.now();
+    let inventory: HostInventory;
+    let vms: VmStatus[];
+    try {
+      const timeout = { timeoutMs: Math.max(1000, Math.min(5000, this.o.intervalMs * 1.5)) };
+      [inventory, vms] = await Promise.all([
+        client.call<HostInventory>('GET', '/agent/v1/inventory', undefined, timeout),
+        client.call<VmStatus[]>('GET', '/agent/v1/vms', undefined, timeout),
+      ]);
+    } catch (err) {
+      const n = (this.misses.get(name) ?? 0) + 1;
+      this.misses.set(name, n);
+      if (n >= this.o.missesToUnreachable) {
+        const res = store.sqlite.prepare("UPDATE hosts SET state = 'unreachable' WHERE name = ? AND state != 'unreachable'").run(name);
+        if (res.changes === 1) {
+          const message = err instanceof Error ? err.message : String(err);
+          const code = err instanceof FerryError ? err.code : 'FERRY_E_AGENT_UNREACHABLE';
+          events.publish('host.unreachable', name, { misses: n, error: { code, message } });
+          this.o.log(`host ${name} unreachable after ${n} missed heartbeats: ${message}`);
+        }
+      }
+      return;
+    }
+    this.misses.set(name, 0);
+    const wasReady = row.state === 'ready' && row.inventory !== null;
+    store.sqlite
+      .prepare("UPDATE hosts SET state = 'ready', inventory = ?, last_seen_at = ? WHERE name = ?")
+      .run(JSON.stringify(inventory), nowIso(), name);
+    if (!wasReady) {
+      events.publish('host.ready', name, { previous: row.inventory === null ? 'joined' : row.state });
+      this.o.log(`host ${name} ready`);
+    }
+    this.reconcile(name, vms, fetchedAt);
+  }
+
+  /**
+   * Brings the store in line with one agent's report. Rows with an operation in flight (or changed
+   * after the report was fetched), rows being created, and rows being migrated are left alone: their
+   * owners write them.
+   */
+  reconcile(host: string, reported: readonly VmStatus[], fetchedAt: number): void {
+    const { store, events, guard } = this.o;
+    const get = store.sqlite.prepare('SELECT * FROM vms WHERE name = ?');
+    const seen = new Set<string>();
+    const now = nowIso();
+    for (const r of reported) {
+      seen.add(r.name);
+      if (guard.skip(r.name, fetchedAt)) continue;
+      const row = get.get(r.name) as VmsTable | undefined;
+      if (!row) {
+        let spec;
+        try {
+          spec = parseVmSpec(r.spec);
+        } catch (err) {
+          this.o.log(`host ${host} reports VM ${r.name} with a spec Ferry cannot read, not adopted: ${String(err)}`);
+          continue;
+        }
+        const ip = spec.nics.find((n) => n.ip !== undefined)?.ip?.split('/')[0] ?? null;
+        store.sqlite
+          .prepare('INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+          .run(r.name, host, r.state, JSON.stringify(spec), r.bootId, ip, r.startedAt ?? now, now);
+        events.publish('vm.adopted', r.name, { host, state: r.state, bootId: r.bootId });
+        continue;
+      }
+      if (row.host !== host || row.state === 'creating' || row.state === 'migrating') continue;
+      if (row.state !== r.state || row.boot_id !== r.bootId) {
+        store.sqlite
+          .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ? AND state = ?')
+          .run(r.state, r.bootId, now, r.name, row.state);
+        events.publish('vm.state', r.name, { host, from: row.state, to: r.state, bootId: r.bootId, reason: 'reported by agent' });
+      }
+    }
+    const mine = store.sqlite.prepare('SELECT * FROM vms WHERE host = ?').all(host) as VmsTable[];
+    for (const row of mine) {
+      if (seen.has(row.name) || guard.skip(row.name, fetchedAt)) continue;
+      if (row.state === 'creating' || row.state === 'migrating' || row.state === 'stopped') continue;
+      store.sqlite
+        .prepare("UPDATE vms SET state = 'stopped', updated_at = ? WHERE name = ? AND state = ?")
+        .run(now, row.name, row.state);
+      events.publish('vm.state', row.name, { host, from: row.state, to: 'stopped', bootId: row.boot_id, reason: 'agent no longer reports it' });
+    }
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * VM lifecycle as the controller orchestrates it: create (validate, reserve the name, place, allocate a
+ * MAC and an address, build the spec, ask the agent, record the result — or undo everything), start,
+ * stop, delete, and pass-throughs to the agent (guest commands, console). Every change is published.
+ */
+import { createHash } from 'node:crypto';
+import { FerryError } from '../common/errors.ts';
+import type { VmState, VmStatus } from '../common/protocol.ts';
+import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { parseSize, validateName } from '../common/units.ts';
+import type { AgentPool } from './agent-client.ts';
+import type { EventBus } from './events.ts';
+import type { VmGuard } from './guard.ts';
+import { hostViews, vmLoads } from './hosts.ts';
+import { allocateIp, getNetwork } from './networks.ts';
+import { placeVm, type Judgement } from './scheduler.ts';
+import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
+
+export interface CreateVmRequest {
+  name: string;
+  memory?: string | number;
+  vcpus?: number;
+  host?: string;
+  disk?: string | number;
+  image?: string;
+  network?: string;
+}
+
+export interface VmJson {
+  name: string;
+  host: string;
+  /** One of VM_STATES, or `creating` while the agent is still starting it. */
+  state: VmState | 'creating';
+  spec: VmSpec;
+  bootId: string | null;
+  ip: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface VmServiceOptions {
+  store: Store;
+  events: EventBus;
+  pool: AgentPool;
+  guard: VmGuard;
+  /** Network a VM joins when the request names none (when it is configured). */
+  defaultNetwork?: string;
+}
+
+export function vmJson(r: VmsTable): VmJson {
+  return {
+    name: r.name,
+    host: r.host,
+    state: r.state as VmJson['state'],
+    spec: JSON.parse(r.spec) as VmSpec,
+    bootId: r.boot_id,
+    ip: r.ip,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+/** 52:54:00:xx:xx:xx from a hash of the name and a counter, bumped past MACs already in use. */
+export function macFor(name: string, used: ReadonlySet<string>): string {
+  for (let counter = 0; counter < 1000; counter++) {
+    const h = createHash('sha256').update(`${name}:${counter}`).digest();
+    const mac = `52:54:00:${[h[0]!, h[1]!, h[2]!].map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
+    if (!used.has(mac)) return mac;
+  }
+  throw new FerryError('FERRY_E_INTERNAL', `No free MAC address for ${name}.`);
+}
+
+export class VmService {
+  constructor(private readonly o: VmServiceOptions) {}
+
+  list(): VmJson[] {
+    return (this.o.store.sqlite.prepare('SELECT * FROM vms ORDER BY name').all() as VmsTable[]).map(vmJson);
+  }
+
+  get(name: string): VmJson {
+    return vmJson(this.row(name));
+  }
+
+  private row(name: string): VmsTable {
+    const r = this.o.store.sqlite.prepare('SELECT * FROM vms WHERE name = ?').get(name) as VmsTable | undefined;
+    if (!r) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(name)}: see \`ferry vm list\`.`);
+    return r;
+  }
+
+  private agentFor(r: VmsTable) {
+    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(r.host) as HostsTable | undefined;
+    if (!h) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `VM ${r.name} is on host ${r.host}, which is not registered.`);
+    return this.o.pool.client(h.name, h.url);
+  }
+
+  /** Parses and checks a create request; everything that can be refused before touching the store. */
+  private parseRequest(req: CreateVmRequest) {
+    const name = validateName(req.name, 'VM name');
+    const memoryBytes = req.memory === undefined ? 256 * 1024 * 1024 : parseSize(req.memory, 'memory');
+    const vcpus = req.vcpus ?? 1;
+    if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
+    const diskBytes = req.disk === undefined ? undefined : parseSize(req.disk, 'disk');
+    const image = req.image ?? 'tiny';
+    if (req.host !== undefined) validateName(req.host, 'host name');
+    let network = req.network;
+    if (network !== undefined) validateName(network, 'network name');
+    else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
+    return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host };
+  }
+
+  async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
+    const p = this.parseRequest(req);
+    const { store, events } = this.o;
+    // Reserve the name, place, and allocate in one synchronous transaction: two creates racing for the
+    // same name, address or last bit of a host's memory cannot both win.
+    const reserved = store.sqlite.transaction(() => {
+      if (store.sqlite.prepare('SELECT 1 FROM vms WHERE name = ?').get(p.name)) {
+        throw new FerryError('FERRY_E_VM_EXISTS', `A VM named ${p.name} exists already: choose another name or delete it.`);
+      }
+      const placement = placeVm({ memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host }, hostViews(store), vmLoads(store));
+      const now = nowIso();
+      store.sqlite
+        .prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES (?, ?, 'creating', ?, NULL, NULL, ?, ?)")
+        .run(p.name, placement.host, JSON.stringify({ memoryBytes: p.memoryBytes, vcpus: p.vcpus }), now, now);
+      const nics: NicSpec[] = [];
+      let ip: string | null = null;
+      if (p.network !== undefined) {
+        const used = new Set(
+          (store.sqlite.prepare('SELECT spec FROM vms').all() as { spec: string }[]).flatMap(
+            (r) => ((JSON.parse(r.spec) as Partial<VmSpec>).nics ?? []).map((n) => n.mac),
+          ),
+        );
+        const nic: NicSpec = { id: 'net0', mac: macFor(p.name, used), network: p.network };
+        if (getNetwork(store.sqlite, p.network)) {
+          nic.ip = allocateIp(store.sqlite, p.network, p.name);
+          ip = nic.ip.split('/')[0]!;
+        }
+        nics.push(nic);
+      }
+      const spec = defaultVmSpec(p.name, {
+        memoryBytes: p.memoryBytes,
+        vcpus: p.vcpus,
+        boot: { kind: 'kernel', image: p.image },
+        disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+        nics,
+      });
+      store.sqlite.prepare('UPDATE vms SET spec = ?, ip = ? WHERE name = ?').run(JSON.stringify(spec), ip, p.name);
+      return { spec, ip, placement };
+    })();
+    const host = reserved.placement.host;
+    events.publish('vm.creating', p.name, { host, ip: reserved.ip, why: reserved.placement.why });
+    return this.o.guard.exclusive(p.name, 'create', async () => {
+      const agent = this.agentFor(this.row(p.name));
+      let status: VmStatus;
+      try {
+        status = await agent.createVm(reserved.spec);
+      } catch (err) {
+        // Undo: the agent may have got halfway (disk created, QEMU started then failed), so ask it to
+        // remove whatever it has, then drop the reservation (the address goes with it, ON DELETE CASCADE).
+        await agent.deleteVm(p.name).catch(() => undefined);
+        store.sqlite.prepare("DELETE FROM vms WHERE name = ? AND state = 'creating'").run(p.name);
+        const fe = err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err), { cause: err });
+        events.publish('vm.create_failed', p.name, { host, error: fe.toJSON() });
+        throw fe;
+      }
+      const now = nowIso();
+      store.sqlite
+        .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ?')
+        .run(status.state, status.bootId, now, p.name);
+      events.publish('vm.created', p.name, { host, state: status.state, bootId: status.bootId, ip: reserved.ip });
+      return { ...this.get(p.name), placement: reserved.placement.why };
+    });
+  }
+
+  /** Runs an agent call that returns the VM's new status, and records it. */
+  private async transition(name: string, op: 'start' | 'stop', call: (r: VmsTable) => Promise<VmStatus>): Promise<VmJson> {
+    return this.o.guard.exclusive(name, op, async () => {
+      const r = this.row(name);
+      this.assertSettled(r);
+      const status = await call(r);
+      this.o.store.sqlite
+        .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ?')
+        .run(status.state, status.bootId, nowIso(), name);
+      if (status.state !== r.state || status.bootId !== r.boot_id) {
+        this.o.events.publish('vm.state', name, { host: r.host, from: r.state, to: status.state, bootId: status.bootId, reason: op });
+      }
+      return this.get(name);
+    });
+  }
+
+  private assertSettled(r: VmsTable): void {
+    if (r.state === 'creating') throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is still being created.`);
+    if (r.state === 'migrating') throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${r.name} is being migrated: wait for it or cancel it.`);
+  }
+
+  start(name: string): Promise<VmJson> {
+    return this.transition(name, 'start', (r) => this.agentFor(r).startVm(name));
+  }
+
+  stop(name: string, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<VmJson> {
+    return this.transition(name, 'stop', (r) => this.agentFor(r).stopVm(name, opts));
+  }
+
+  async delete(name: string): Promise<{ deleted: true; name: string }> {
+    return this.o.guard.exclusive(name, 'delete', async () => {
+      const r = this.row(name);
+      this.assertSettled(r);
+      try {
+        await this.agentFor(r).deleteVm(name);
+      } catch (err) {
+        // Already gone from the host is what we wanted; anything else keeps the row (and says why).
+        if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) throw err;
+      }
+      this.o.store.sqlite.prepare('DELETE FROM vms WHERE name = ?').run(name);
+      this.o.events.publish('vm.deleted', name, { host: r.host });
+      return { deleted: true, name };
+    });
+  }
+
+  async guest(name: string, command: string | string[]): Promise<unknown> {
+    const r = this.row(name);
+    return this.agentFor(r).guest(name, command);
+  }
+
+  async console(name: string): Promise<string> {
+    const r = this.row(name);
+    return this.agentFor(r).console(name);
+  }
+}
