@@ -64,7 +64,10 @@ test('--ca-hash accepts sha256:hex and the controller’s AB:CD:… fingerprint'
 test('join with the right pin saves 0600 certificates; a restart reuses them without a token', async () => {
   const ca = await newCa();
   const dir = await mkdtemp(join(tmpdir(), 'ferry-agent-id-'));
-  const srv = await joinServer(ca, { sendChain: true });
+  const srv = await joinServer(ca, { sendChain: true }).catch(async (err: unknown) => {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  });
   try {
     const logs: string[] = [];
     const first = await ensureIdentity({
@@ -130,8 +133,8 @@ test('a server that sends only its leaf cannot be pinned (the token stays home);
 
 test('a refused token comes back as FERRY_E_JOIN_TOKEN; no server as FERRY_E_SERVER_UNREACHABLE; nothing is saved', async () => {
   const ca = await newCa();
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-agent-id-'));
   const srv = await joinServer(ca, { sendChain: true });
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-agent-id-'));
   try {
     await assert.rejects(
       ensureIdentity({ dataDir: dir, name: 'h1', agentUrl: 'https://127.0.0.1:7443', server: srv.url, token: 'wrong' }),
@@ -144,10 +147,10 @@ test('a refused token comes back as FERRY_E_JOIN_TOKEN; no server as FERRY_E_SER
     );
   } finally {
     await closeServer(srv.server);
+    await rm(dir, { recursive: true, force: true });
   }
   await assert.rejects(
     joinCluster({ server: srv.url, token: 't', name: 'h1', agentUrl: 'https://127.0.0.1:7443' }),
     (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_SERVER_UNREACHABLE',
   );
-  await rm(dir, { recursive: true, force: true });
 });
