@@ -1,0 +1,431 @@
+/**
+ * One VM's life on this host: its run dir (`<agentDir>/vms/<name>/`: spec.json, state.json, qmp.sock,
+ * guest.sock, qemu.pid, serial.log, qemu.stderr, local qcow2 disks), admission, boot until the guest says
+ * READY, pause/resume, stop with fallbacks, start again from the saved spec, destroy, and re-attach after
+ * the managing process restarted. QEMU runs in its own session, so a dead agent leaves its VMs running;
+ * everything a restarted agent needs to find them again is in the run dir.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { totalmem } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { FerryError } from '../common/errors.ts';
+import type { VmState, VmStatus } from '../common/protocol.ts';
+import { parseVmSpec, type VmSpec } from '../common/spec.ts';
+import { formatBytes, NAME_RE, validateName } from '../common/units.ts';
+import { GuestChannel } from '../guest/client.ts';
+import { resolveImage } from '../guest/image.ts';
+import { buildQemuArgv, type Accel, type TlsCreds, type VmPaths } from '../qemu/argv.ts';
+import { attachQemu, isOurQemu, killQemu, launchQemu, processGone, readPidfile, runFiles, waitForExit, type QemuHandle } from '../qemu/process.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+import { HOST_RESERVE_BYTES } from './inventory.ts';
+
+const execFileP = promisify(execFile);
+
+export const STATE_VERSION = 1;
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+export const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+const READY_RE = /FERRY-GUEST READY boot_id=([0-9a-f-]{36})/;
+
+/** What the run dir remembers besides the spec: enough to start again and to report after re-attach. */
+interface VmStateFile {
+  version: typeof STATE_VERSION;
+  accel: Accel;
+  taps: Record<string, string>;
+  /** The guest's boot id as it last reported it; null while stopped or before READY. */
+  bootId: string | null;
+  startedAt: string | null;
+}
+
+export interface CreateOptions {
+  accel: Accel;
+  /** Host tap of each NIC (created beforehand, see network.ts). */
+  taps?: Record<string, string>;
+  /** Destination of a migration: start QEMU waiting for the incoming stream, do not wait for READY. */
+  incoming?: 'defer';
+  tlsCredsDir?: TlsCreds;
+  readyTimeoutMs?: number;
+  /** Memory kept for the host (default HOST_RESERVE_BYTES). */
+  reserveBytes?: number;
+}
+
+export interface StartOptions {
+  readyTimeoutMs?: number;
+  incoming?: 'defer';
+  tlsCredsDir?: TlsCreds;
+}
+
+export function vmsDir(agentDir: string): string {
+  return join(agentDir, 'vms');
+}
+
+/** Maps QEMU's open set of run states onto Ferry's four VM states. */
+export function vmStateOf(qemuStatus: string | null): VmState {
+  switch (qemuStatus) {
+    case null:
+    case 'shutdown':
+      return 'stopped';
+    case 'running':
+      return 'running';
+    case 'inmigrate':
+    case 'finish-migrate':
+      return 'migrating';
+    default:
+      // paused, postmigrate, prelaunch, suspended, io-error, guest-panicked, and whatever comes next:
+      // the guest holds its memory but does not run.
+      return 'paused';
+  }
+}
+
+async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify(value, null, 2) + '\n', { mode: 0o600 });
+  await rename(tmp, path);
+}
+
+/** Scans the serial log for the READY line of this boot. */
+async function waitForReady(serialLog: string, pid: number, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let text = '';
+  while (true) {
+    // The log only grows during one boot (launch truncated it); re-read from where we stopped.
+    try {
+      const fh = await open(serialLog, 'r');
+      try {
+        const buf = Buffer.alloc(64 * 1024);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, Buffer.byteLength(text, 'latin1'));
+        text += buf.subarray(0, bytesRead).toString('latin1');
+      } finally {
+        await fh.close();
+      }
+    } catch {
+      /* not created yet */
+    }
+    const m = READY_RE.exec(text);
+    if (m) return m[1]!;
+    if (processGone(pid)) throw new FerryError('FERRY_E_QEMU_START', `QEMU exited before the guest was ready; serial log: ${text.slice(-500)}`);
+    if (Date.now() > deadline) {
+      throw new FerryError('FERRY_E_GUEST_TIMEOUT', `The guest did not report READY within ${timeoutMs} ms; serial log ends: ${text.slice(-300).trim()}`);
+    }
+    await sleep(50);
+  }
+}
+
+export class LocalVm {
+  readonly name: string;
+  readonly runDir: string;
+  readonly agentDir: string;
+  #spec: VmSpec;
+  #state: VmStateFile;
+  #qemu: QemuHandle | undefined;
+
+  private constructor(agentDir: string, spec: VmSpec, state: VmStateFile, qemu: QemuHandle | undefined) {
+    this.agentDir = agentDir;
+    this.name = spec.name;
+    this.runDir = join(vmsDir(agentDir), spec.name);
+    this.#spec = spec;
+    this.#state = state;
+    this.#qemu = qemu;
+  }
+
+  get spec(): VmSpec {
+    return this.#spec;
+  }
+
+  /** PID of the running QEMU, or null. */
+  get pid(): number | null {
+    return this.#live()?.pid ?? null;
+  }
+
+  get bootId(): string | null {
+    return this.#state.bootId;
+  }
+
+  /** The QMP connection of the running QEMU (the migration engine drives it directly). */
+  get qmp(): QmpClient {
+    const q = this.#live();
+    if (!q) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} is not running.`);
+    return q.qmp;
+  }
+
+  /**
+   * Admits, lays out and boots a new VM; resolves when the guest reported READY (or, with `incoming`, when
+   * QEMU waits for the migration stream). On refusal nothing is created; on a failed boot everything that
+   * was started or created is removed again.
+   */
+  static async create(agentDir: string, input: unknown, opts: CreateOptions): Promise<LocalVm> {
+    validateName((input as { name?: unknown } | null)?.name, 'VM name');
+    const spec = parseVmSpec(input);
+    const limit = totalmem() - (opts.reserveBytes ?? HOST_RESERVE_BYTES);
+    if (spec.memoryBytes > limit) {
+      throw new FerryError(
+        'FERRY_E_MEMORY_TOO_LARGE',
+        `VM ${spec.name} asks for ${formatBytes(spec.memoryBytes)}; this host offers at most ${formatBytes(Math.max(0, limit))} to a VM.`,
+        { details: { memoryBytes: spec.memoryBytes, limitBytes: limit } },
+      );
+    }
+    const taps = opts.taps ?? {};
+    for (const nic of spec.nics) {
+      if (taps[nic.id] === undefined) throw new FerryError('FERRY_E_BAD_INPUT', `No host tap given for NIC ${nic.id}.`);
+    }
+    for (const d of spec.disks) {
+      if (d.path !== undefined && !existsSync(d.path)) {
+        throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: ${d.path} does not exist.`);
+      }
+    }
+    if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
+
+    const runDir = join(vmsDir(agentDir), spec.name);
+    await mkdir(vmsDir(agentDir), { recursive: true, mode: 0o700 });
+    await LocalVm.#claimRunDir(runDir, spec.name);
+
+    const state: VmStateFile = { version: STATE_VERSION, accel: opts.accel, taps, bootId: null, startedAt: null };
+    const vm = new LocalVm(agentDir, spec, state, undefined);
+    try {
+      await writeJsonAtomic(join(runDir, 'spec.json'), spec);
+      await vm.#saveState();
+      for (const d of spec.disks) {
+        if (d.path === undefined) {
+          await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
+        }
+      }
+      await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });
+      return vm;
+    } catch (err) {
+      await vm.#kill();
+      await rm(runDir, { recursive: true, force: true });
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('FERRY_E_QEMU_START', `Creating VM ${spec.name} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Takes the run dir atomically (mkdir), so that two creates of one name cannot both win. */
+  static async #claimRunDir(runDir: string, name: string): Promise<void> {
+    try {
+      await mkdir(runDir, { mode: 0o700 });
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const files = runFiles(runDir);
+    const pid = await readPidfile(files.pidfile);
+    if (pid !== undefined && isOurQemu(pid, files.qmpSocket)) {
+      throw new FerryError('FERRY_E_VM_EXISTS', `VM ${name} exists and runs (QEMU ${pid}).`, { details: { name, pid } });
+    }
+    if (existsSync(join(runDir, 'spec.json'))) {
+      throw new FerryError('FERRY_E_VM_EXISTS', `VM ${name} exists (stopped): start it or delete it first.`, { details: { name } });
+    }
+    // A run dir without a spec is what a create that died halfway leaves: not a VM, take it over.
+    await rm(runDir, { recursive: true, force: true });
+    await mkdir(runDir, { mode: 0o700 });
+  }
+
+  /** The VM of that name as its run dir describes it, re-attached to its QEMU when one runs. */
+  static async attach(agentDir: string, name: string): Promise<LocalVm> {
+    validateName(name, 'VM name');
+    const runDir = join(vmsDir(agentDir), name);
+    let spec: VmSpec;
+    let state: VmStateFile;
+    try {
+      spec = parseVmSpec(JSON.parse(await readFile(join(runDir, 'spec.json'), 'utf8')));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on this host.`, { details: { name } });
+      }
+      throw err;
+    }
+    try {
+      state = JSON.parse(await readFile(join(runDir, 'state.json'), 'utf8')) as VmStateFile;
+      if (state.version !== STATE_VERSION) throw new Error(`state version ${String(state.version)}`);
+    } catch (err) {
+      throw new FerryError('FERRY_E_INTERNAL', `The state file of VM ${name} is unreadable.`, { cause: err });
+    }
+    const qemu = await attachQemu(runDir);
+    const vm = new LocalVm(agentDir, spec, state, qemu);
+    if (!qemu && state.bootId !== null) {
+      // QEMU ended while no one watched (guest powered off, killed): the boot id died with it.
+      vm.#state.bootId = null;
+      await vm.#saveState();
+    }
+    return vm;
+  }
+
+  /** Every VM with a run dir under `agentDir`, re-attached. QMP serves one client: list once per process. */
+  static async list(agentDir: string): Promise<LocalVm[]> {
+    const names = await readdir(vmsDir(agentDir)).catch(() => [] as string[]);
+    const vms: LocalVm[] = [];
+    for (const n of names.sort()) {
+      if (!NAME_RE.test(n) || !existsSync(join(vmsDir(agentDir), n, 'spec.json'))) continue;
+      vms.push(await LocalVm.attach(agentDir, n));
+    }
+    return vms;
+  }
+
+  async status(): Promise<VmStatus> {
+    const q = this.#live();
+    let qemuStatus: string | null = null;
+    if (q) {
+      try {
+        qemuStatus = (await q.qmp.execute('query-status')).status;
+      } catch (err) {
+        if (this.#live()) throw err;
+      }
+    }
+    const state = vmStateOf(qemuStatus);
+    return {
+      name: this.name,
+      state,
+      qemuStatus,
+      pid: state === 'stopped' ? null : (q?.pid ?? null),
+      bootId: state === 'stopped' ? null : this.#state.bootId,
+      spec: this.#spec,
+      startedAt: state === 'stopped' ? null : this.#state.startedAt,
+    };
+  }
+
+  async pause(): Promise<VmStatus> {
+    await this.qmp.execute('stop');
+    return this.status();
+  }
+
+  async resume(): Promise<VmStatus> {
+    await this.qmp.execute('cont');
+    return this.status();
+  }
+
+  /**
+   * Stops the VM: ACPI power-down first (the guest may flush and halt), then `quit`, then SIGKILL. The tiny
+   * busybox guest ignores ACPI, so the timeout path is the common one for it.
+   */
+  async stop(opts: { timeoutMs?: number; force?: boolean } = {}): Promise<VmStatus> {
+    const q = this.#live();
+    if (q) {
+      if (opts.force !== true) {
+        await q.qmp.execute('system_powerdown').catch(() => undefined);
+        await waitForExit(q, opts.timeoutMs ?? DEFAULT_STOP_TIMEOUT_MS);
+      }
+      await this.#kill();
+    }
+    this.#qemu = undefined;
+    this.#state.bootId = null;
+    this.#state.startedAt = null;
+    await this.#saveState();
+    return this.status();
+  }
+
+  /** Boots the stopped VM again from its saved spec (a new boot: a new boot id). */
+  async start(opts: StartOptions = {}): Promise<VmStatus> {
+    if (this.#live()) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} runs already.`);
+    try {
+      await this.#boot(opts);
+    } catch (err) {
+      await this.#kill();
+      throw err;
+    }
+    return this.status();
+  }
+
+  /** Stops the VM and removes its run dir, local disks included (disks given by path stay). */
+  async destroy(opts: { timeoutMs?: number } = {}): Promise<void> {
+    await this.stop({ timeoutMs: opts.timeoutMs ?? 2000 });
+    await rm(this.runDir, { recursive: true, force: true });
+  }
+
+  /** A connection to `ferry-guest` over the virtio-serial channel (the caller closes it). */
+  async guest(): Promise<GuestChannel> {
+    if (!this.#spec.guestChannel) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} has no guest channel.`);
+    if (!this.#live()) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} is not running.`);
+    return GuestChannel.connect(runFiles(this.runDir).guestSocket);
+  }
+
+  /** Records the boot id the guest reports now (after an incoming migration, which boots nothing). */
+  async refreshBootId(): Promise<string> {
+    const ch = await this.guest();
+    try {
+      const { bootId } = await ch.info();
+      this.#state.bootId = bootId;
+      this.#state.startedAt ??= new Date().toISOString();
+      await this.#saveState();
+      return bootId;
+    } finally {
+      await ch.close();
+    }
+  }
+
+  /** Lets go of QEMU without stopping it (agent shutdown; another process may attach). */
+  async detach(): Promise<void> {
+    const q = this.#qemu;
+    this.#qemu = undefined;
+    if (q) await q.qmp.close();
+  }
+
+  #diskPath(id: string): string {
+    return this.#spec.disks.find((d) => d.id === id)?.path ?? join(this.runDir, `${id}.qcow2`);
+  }
+
+  /** The QEMU handle while it is ours and alive; forgets it once it ended. */
+  #live(): QemuHandle | undefined {
+    const q = this.#qemu;
+    if (q && (q.qmp.isClosed || processGone(q.pid))) {
+      if (processGone(q.pid)) this.#qemu = undefined;
+      else return q; // QMP dropped but QEMU lives: still ours, kill() can end it
+    }
+    return this.#qemu;
+  }
+
+  async #saveState(): Promise<void> {
+    await writeJsonAtomic(join(this.runDir, 'state.json'), this.#state);
+  }
+
+  async #boot(opts: StartOptions): Promise<void> {
+    const files = runFiles(this.runDir);
+    const spec = this.#spec;
+    const paths: VmPaths = {
+      qmpSocket: files.qmpSocket,
+      guestSocket: files.guestSocket,
+      serialLog: files.serialLog,
+      pidfile: files.pidfile,
+      disks: Object.fromEntries(spec.disks.map((d) => [d.id, this.#diskPath(d.id)])),
+      taps: this.#state.taps,
+    };
+    if (spec.boot.kind === 'kernel') Object.assign(paths, await resolveImage(spec.boot.image));
+    const argv = buildQemuArgv(spec, paths, {
+      accel: this.#state.accel,
+      ...(opts.incoming ? { incoming: opts.incoming } : {}),
+      ...(opts.tlsCredsDir ? { tlsCredsDir: opts.tlsCredsDir } : {}),
+    });
+    // A READY line from an earlier boot must not be mistaken for this one's.
+    await unlink(files.serialLog).catch(() => undefined);
+    await unlink(files.guestSocket).catch(() => undefined);
+    this.#state.bootId = null;
+    this.#state.startedAt = new Date().toISOString();
+    this.#qemu = await launchQemu(argv, { runDir: this.runDir });
+    if (opts.incoming === undefined && spec.guestChannel) {
+      this.#state.bootId = await waitForReady(files.serialLog, this.#qemu.pid, opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+    }
+    await this.#saveState();
+  }
+
+  /** Ends our QEMU now: `quit`, then SIGKILL; waits until it is really gone. */
+  async #kill(): Promise<void> {
+    const q = this.#qemu;
+    if (!q) return;
+    const sock = runFiles(this.runDir).qmpSocket;
+    if (!q.qmp.isClosed) {
+      await q.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
+    }
+    if (!(await waitForExit(q, 3000))) {
+      killQemu(q.pid, sock);
+      await q.qmp.close();
+      if (!(await waitForExit(q, 5000))) {
+        throw new FerryError('FERRY_E_INTERNAL', `QEMU ${q.pid} of VM ${this.name} survived SIGKILL.`);
+      }
+    }
+    this.#qemu = undefined;
+    await unlink(sock).catch(() => undefined);
+    await unlink(runFiles(this.runDir).pidfile).catch(() => undefined);
+  }
+}
