@@ -104,7 +104,8 @@ export class AgentHost implements VmHost {
 
   private vm(name: string): LocalVm {
     const vm = this.vms.get(name);
-    if (vm === undefined) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on host ${this.opts.name}.`);
+    if (vm === undefined)
+      throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on host ${this.opts.name}.`);
     return vm;
   }
 
@@ -147,7 +148,10 @@ export class AgentHost implements VmHost {
       );
     }
     if (!this.qemu.machineTypes.includes(spec.machine)) {
-      throw new FerryError('FERRY_E_CPU_INCOMPATIBLE', `QEMU ${this.qemu.version} on ${this.opts.name} has no machine type ${spec.machine}.`);
+      throw new FerryError(
+        'FERRY_E_CPU_INCOMPATIBLE',
+        `QEMU ${this.qemu.version} on ${this.opts.name} has no machine type ${spec.machine}.`,
+      );
     }
   }
 
@@ -155,7 +159,10 @@ export class AgentHost implements VmHost {
     return this.locks.run(spec.name, async () => {
       // A run dir this agent did not attach (unreadable state) is caught by LocalVm.create's own claim.
       if (this.vms.has(spec.name)) {
-        throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists already on host ${this.opts.name}.`);
+        throw new FerryError(
+          'FERRY_E_VM_EXISTS',
+          `VM ${spec.name} exists already on host ${this.opts.name}.`,
+        );
       }
       await this.admit(spec);
       const taps = await ensureTaps(spec, { bridge: this.opts.vmBridge });
@@ -182,7 +189,8 @@ export class AgentHost implements VmHost {
     return this.locks.run(name, async () => {
       const vm = this.vm(name);
       const st = await vm.status();
-      if (st.state !== 'stopped') throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${st.state}, not stopped.`);
+      if (st.state !== 'stopped')
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${st.state}, not stopped.`);
       await this.admit(st.spec);
       // Taps are persistent, but a host reboot or a hand-deleted tap must not keep the VM down.
       await ensureTaps(st.spec, { bridge: this.opts.vmBridge });

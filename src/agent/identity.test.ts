@@ -18,7 +18,10 @@ async function joinServer(
   const tls = await ca.issue('ferry-server', ['127.0.0.1']);
   const seen: JoinRequest[] = [];
   const server = createServer(
-    { key: tls.keyPem, cert: opts.sendChain ? `${tls.certPem.trim()}\n${ca.caCertPem.trim()}\n` : tls.certPem },
+    {
+      key: tls.keyPem,
+      cert: opts.sendChain ? `${tls.certPem.trim()}\n${ca.caCertPem.trim()}\n` : tls.certPem,
+    },
     (req, res) => {
       const parts: Buffer[] = [];
       req.on('data', (d: Buffer) => parts.push(d));
@@ -27,11 +30,18 @@ async function joinServer(
         seen.push(body);
         if (body.token !== (opts.token ?? 'tok-1')) {
           res.writeHead(401, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ error: { code: 'FERRY_E_JOIN_TOKEN', message: 'The join token is unknown.' } }));
+          res.end(
+            JSON.stringify({ error: { code: 'FERRY_E_JOIN_TOKEN', message: 'The join token is unknown.' } }),
+          );
           return;
         }
         void ca.issueAgentCert(body.name, ['127.0.0.1']).then((cert) => {
-          const r: JoinResponse = { caCertPem: ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl: 'https://127.0.0.1:1' };
+          const r: JoinResponse = {
+            caCertPem: ca.caCertPem,
+            certPem: cert.certPem,
+            keyPem: cert.keyPem,
+            serverUrl: 'https://127.0.0.1:1',
+          };
           res.writeHead(200, { 'content-type': 'application/json' });
           res.end(JSON.stringify(r));
         });
@@ -58,7 +68,10 @@ test('--ca-hash accepts sha256:hex and the controller’s AB:CD:… fingerprint'
   const h = certHash(ca.caCertPem);
   assert.equal(parseCaHash(h), h);
   assert.equal(parseCaHash(ca.fingerprint), h);
-  assert.throws(() => parseCaHash('md5:abc'), (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_BAD_INPUT');
+  assert.throws(
+    () => parseCaHash('md5:abc'),
+    (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_BAD_INPUT',
+  );
 });
 
 test('join with the right pin saves 0600 certificates; a restart reuses them without a token', async () => {
@@ -91,7 +104,10 @@ test('join with the right pin saves 0600 certificates; a restart reuses them wit
     assert.equal(again.joined, false);
     assert.equal(again.identity.certPem, first.identity.certPem);
     assert.equal(srv.seen.length, 1);
-    await assert.rejects(ensureIdentity({ dataDir: dir, name: 'h2', agentUrl: 'https://127.0.0.1:7443' }), /belongs to agent h1/);
+    await assert.rejects(
+      ensureIdentity({ dataDir: dir, name: 'h2', agentUrl: 'https://127.0.0.1:7443' }),
+      /belongs to agent h1/,
+    );
   } finally {
     await closeServer(srv.server);
     await rm(dir, { recursive: true, force: true });
@@ -104,7 +120,13 @@ test('a wrong pin refuses the server before the token is sent', async () => {
   const srv = await joinServer(ca, { sendChain: true });
   try {
     await assert.rejects(
-      joinCluster({ server: srv.url, token: 'tok-1', name: 'h1', agentUrl: 'https://127.0.0.1:7443', caHash: other.fingerprint }),
+      joinCluster({
+        server: srv.url,
+        token: 'tok-1',
+        name: 'h1',
+        agentUrl: 'https://127.0.0.1:7443',
+        caHash: other.fingerprint,
+      }),
       (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_TLS' && /pinned CA/.test(e.message),
     );
     assert.equal(srv.seen.length, 0, 'the token must not reach a server that failed the pin');
@@ -118,12 +140,24 @@ test('a server that sends only its leaf cannot be pinned (the token stays home);
   const srv = await joinServer(ca, { sendChain: false });
   try {
     await assert.rejects(
-      joinCluster({ server: srv.url, token: 'tok-1', name: 'h1', agentUrl: 'https://127.0.0.1:7443', caHash: ca.fingerprint }),
+      joinCluster({
+        server: srv.url,
+        token: 'tok-1',
+        name: 'h1',
+        agentUrl: 'https://127.0.0.1:7443',
+        caHash: ca.fingerprint,
+      }),
       (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_TLS',
     );
     assert.equal(srv.seen.length, 0);
     const logs: string[] = [];
-    const r = await joinCluster({ server: srv.url, token: 'tok-1', name: 'h1', agentUrl: 'https://127.0.0.1:7443', log: (l) => logs.push(l) });
+    const r = await joinCluster({
+      server: srv.url,
+      token: 'tok-1',
+      name: 'h1',
+      agentUrl: 'https://127.0.0.1:7443',
+      log: (l) => logs.push(l),
+    });
     assert.equal(r.identity.caPem, ca.caCertPem);
     assert.match(logs.join('\n'), /trusting the cluster CA on first use: sha256:[0-9a-f]{64}/);
   } finally {
@@ -137,7 +171,13 @@ test('a refused token comes back as FERRY_E_JOIN_TOKEN; no server as FERRY_E_SER
   const dir = await mkdtemp(join(tmpdir(), 'ferry-agent-id-'));
   try {
     await assert.rejects(
-      ensureIdentity({ dataDir: dir, name: 'h1', agentUrl: 'https://127.0.0.1:7443', server: srv.url, token: 'wrong' }),
+      ensureIdentity({
+        dataDir: dir,
+        name: 'h1',
+        agentUrl: 'https://127.0.0.1:7443',
+        server: srv.url,
+        token: 'wrong',
+      }),
       (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_JOIN_TOKEN',
     );
     await assert.rejects(stat(join(dir, 'cert.pem')), /ENOENT/);

@@ -30,7 +30,12 @@ export interface JoinRecord {
   joinedAt: string;
 }
 
-export const IDENTITY_FILES = { ca: 'ca.pem', cert: 'cert.pem', key: 'key.pem', record: 'agent.json' } as const;
+export const IDENTITY_FILES = {
+  ca: 'ca.pem',
+  cert: 'cert.pem',
+  key: 'key.pem',
+  record: 'agent.json',
+} as const;
 
 export type Log = (line: string) => void;
 
@@ -50,7 +55,10 @@ export function parseCaHash(text: string): string {
   const m = /^(?:sha256:)?([0-9a-fA-F:]+)$/.exec(text.trim());
   const hex = m?.[1]?.replaceAll(':', '').toLowerCase();
   if (hex === undefined || hex.length !== 64) {
-    throw new FerryError('FERRY_E_BAD_INPUT', `Bad --ca-hash ${JSON.stringify(text)}: expected sha256:<64 hex digits>.`);
+    throw new FerryError(
+      'FERRY_E_BAD_INPUT',
+      `Bad --ca-hash ${JSON.stringify(text)}: expected sha256:<64 hex digits>.`,
+    );
   }
   return `sha256:${hex}`;
 }
@@ -108,7 +116,9 @@ export async function loadIdentity(dir: string): Promise<AgentIdentity | undefin
     return { caPem: caPem!, certPem: certPem!, keyPem: keyPem! };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new FerryError('FERRY_E_CONFIG', `Cannot read the agent's certificates in ${dir}: ${String(err)}`, { cause: err });
+    throw new FerryError('FERRY_E_CONFIG', `Cannot read the agent's certificates in ${dir}: ${String(err)}`, {
+      cause: err,
+    });
   }
 }
 
@@ -140,11 +150,16 @@ export function checkIdentity(id: AgentIdentity): { cn: string; notAfter: string
     const ca = new X509Certificate(id.caPem);
     const cert = new X509Certificate(id.certPem);
     if (!issuedBy(cert, ca)) throw new Error('the certificate is not signed by the CA');
-    if (!cert.checkPrivateKey(createPrivateKey(id.keyPem))) throw new Error('the key does not belong to the certificate');
+    if (!cert.checkPrivateKey(createPrivateKey(id.keyPem)))
+      throw new Error('the key does not belong to the certificate');
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject)?.[1] ?? '';
     return { cn, notAfter: cert.validTo };
   } catch (err) {
-    throw new FerryError('FERRY_E_TLS', `The agent's certificates do not fit together: ${(err as Error).message}`, { cause: err });
+    throw new FerryError(
+      'FERRY_E_TLS',
+      `The agent's certificates do not fit together: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 
@@ -160,61 +175,82 @@ export interface JoinOptions {
 }
 
 /** POST /api/v1/join; returns the identity handed out by the controller (not saved yet). */
-export async function joinCluster(opts: JoinOptions): Promise<{ identity: AgentIdentity; serverUrl: string }> {
+export async function joinCluster(
+  opts: JoinOptions,
+): Promise<{ identity: AgentIdentity; serverUrl: string }> {
   const log = opts.log ?? (() => undefined);
   const pin = opts.caHash === undefined ? undefined : parseCaHash(opts.caHash);
   let url: URL;
   try {
     url = new URL('/api/v1/join', opts.server);
   } catch (err) {
-    throw new FerryError('FERRY_E_BAD_INPUT', `Bad --server ${JSON.stringify(opts.server)}: expected https://HOST:PORT.`, { cause: err });
+    throw new FerryError(
+      'FERRY_E_BAD_INPUT',
+      `Bad --server ${JSON.stringify(opts.server)}: expected https://HOST:PORT.`,
+      { cause: err },
+    );
   }
-  if (url.protocol !== 'https:') throw new FerryError('FERRY_E_BAD_INPUT', `--server must be an https:// URL, not ${opts.server}.`);
-  const body = JSON.stringify({ token: opts.token, name: opts.name, agentUrl: opts.agentUrl } satisfies JoinRequest);
+  if (url.protocol !== 'https:')
+    throw new FerryError('FERRY_E_BAD_INPUT', `--server must be an https:// URL, not ${opts.server}.`);
+  const body = JSON.stringify({
+    token: opts.token,
+    name: opts.name,
+    agentUrl: opts.agentUrl,
+  } satisfies JoinRequest);
 
-  const { status, text, chain } = await new Promise<{ status: number; text: string; chain: X509Certificate[] }>(
-    (resolve, reject) => {
-      let chain: X509Certificate[] = [];
-      const req = request(url, {
-        method: 'POST',
-        // The CA is not known yet: the certificate is checked below, against the pin or on first use.
-        rejectUnauthorized: false,
-        agent: false,
-        timeout: opts.timeoutMs ?? 15_000,
-        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+  const { status, text, chain } = await new Promise<{
+    status: number;
+    text: string;
+    chain: X509Certificate[];
+  }>((resolve, reject) => {
+    let chain: X509Certificate[] = [];
+    const req = request(url, {
+      method: 'POST',
+      // The CA is not known yet: the certificate is checked below, against the pin or on first use.
+      rejectUnauthorized: false,
+      agent: false,
+      timeout: opts.timeoutMs ?? 15_000,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    });
+    req.on('socket', (s) => {
+      s.once('secureConnect', () => {
+        chain = presentedChain(s as TLSSocket);
+        if (pin !== undefined && !chainReachesPin(chain, pin)) {
+          // Refusing here keeps the token from reaching a server that cannot prove it holds the pinned CA.
+          req.destroy(
+            new FerryError(
+              'FERRY_E_TLS',
+              `The server at ${url.host} did not present the pinned CA ${pin} (presented: ${chain.map((c) => certHash(c)).join(', ') || 'nothing'}).`,
+            ),
+          );
+          return;
+        }
+        req.end(body);
       });
-      req.on('socket', (s) => {
-        s.once('secureConnect', () => {
-          chain = presentedChain(s as TLSSocket);
-          if (pin !== undefined && !chainReachesPin(chain, pin)) {
-            // Refusing here keeps the token from reaching a server that cannot prove it holds the pinned CA.
-            req.destroy(
-              new FerryError(
-                'FERRY_E_TLS',
-                `The server at ${url.host} did not present the pinned CA ${pin} (presented: ${chain.map((c) => certHash(c)).join(', ') || 'nothing'}).`,
-              ),
-            );
-            return;
-          }
-          req.end(body);
-        });
-      });
-      req.on('timeout', () => req.destroy(new FerryError('FERRY_E_SERVER_UNREACHABLE', `No answer from ${url.origin} in time.`)));
-      req.on('error', (err) =>
-        reject(
-          err instanceof FerryError
-            ? err
-            : new FerryError('FERRY_E_SERVER_UNREACHABLE', `Cannot reach the Ferry server at ${url.origin}: ${err.message}`, { cause: err }),
-        ),
+    });
+    req.on('timeout', () =>
+      req.destroy(new FerryError('FERRY_E_SERVER_UNREACHABLE', `No answer from ${url.origin} in time.`)),
+    );
+    req.on('error', (err) =>
+      reject(
+        err instanceof FerryError
+          ? err
+          : new FerryError(
+              'FERRY_E_SERVER_UNREACHABLE',
+              `Cannot reach the Ferry server at ${url.origin}: ${err.message}`,
+              { cause: err },
+            ),
+      ),
+    );
+    req.on('response', (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (d: Buffer) => parts.push(d));
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8'), chain }),
       );
-      req.on('response', (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (d: Buffer) => parts.push(d));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8'), chain }));
-        res.on('error', reject);
-      });
-    },
-  );
+      res.on('error', reject);
+    });
+  });
 
   let parsed: unknown;
   try {
@@ -224,7 +260,10 @@ export async function joinCluster(opts: JoinOptions): Promise<{ identity: AgentI
   }
   if (status < 200 || status >= 300) {
     if (parsed !== undefined) throw fromErrorJSON(parsed, 'FERRY_E_JOIN_TOKEN');
-    throw new FerryError('FERRY_E_JOIN_TOKEN', `The server refused the join (HTTP ${status}): ${text.slice(0, 200)}`);
+    throw new FerryError(
+      'FERRY_E_JOIN_TOKEN',
+      `The server refused the join (HTTP ${status}): ${text.slice(0, 200)}`,
+    );
   }
   const r = (parsed ?? {}) as Partial<JoinResponse>;
   if (typeof r.caCertPem !== 'string' || typeof r.certPem !== 'string' || typeof r.keyPem !== 'string') {
@@ -238,10 +277,16 @@ export async function joinCluster(opts: JoinOptions): Promise<{ identity: AgentI
     throw new FerryError('FERRY_E_TLS', 'The join response holds no valid CA certificate.', { cause: err });
   }
   if (pin !== undefined && !matchesPin(ca, pin)) {
-    throw new FerryError('FERRY_E_TLS', `The CA returned by the server (${certHash(ca)}) is not the pinned ${pin}.`);
+    throw new FerryError(
+      'FERRY_E_TLS',
+      `The CA returned by the server (${certHash(ca)}) is not the pinned ${pin}.`,
+    );
   }
   if (!chainReachesCa(chain, ca)) {
-    throw new FerryError('FERRY_E_TLS', "The server's TLS certificate is not from the CA it handed out: refusing the join.");
+    throw new FerryError(
+      'FERRY_E_TLS',
+      "The server's TLS certificate is not from the CA it handed out: refusing the join.",
+    );
   }
   checkIdentity(identity);
   if (pin === undefined) {
@@ -262,7 +307,9 @@ export interface EnsureIdentityOptions extends Partial<Omit<JoinOptions, 'name' 
  * Reuses the identity in the data dir, or joins with the token when there is none.
  * Returns the identity and whether this start was the join.
  */
-export async function ensureIdentity(opts: EnsureIdentityOptions): Promise<{ identity: AgentIdentity; joined: boolean }> {
+export async function ensureIdentity(
+  opts: EnsureIdentityOptions,
+): Promise<{ identity: AgentIdentity; joined: boolean }> {
   const existing = await loadIdentity(opts.dataDir);
   if (existing !== undefined) {
     checkIdentity(existing);

@@ -60,7 +60,9 @@ let agentVersion: string | undefined;
 export function readAgentVersion(): string {
   if (agentVersion === undefined) {
     try {
-      const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: unknown };
+      const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as {
+        version?: unknown;
+      };
       agentVersion = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
     } catch {
       agentVersion = '0.0.0';
@@ -73,7 +75,11 @@ export function readAgentVersion(): string {
  * Free memory as promised, not as measured: a TCG guest touches its RAM lazily, so measured free memory
  * would let the scheduler overcommit and fail later, in the middle of a migration.
  */
-export function freeMemory(totalBytes: number, committedBytes: number, reserveBytes = HOST_RESERVE_BYTES): number {
+export function freeMemory(
+  totalBytes: number,
+  committedBytes: number,
+  reserveBytes = HOST_RESERVE_BYTES,
+): number {
   return Math.max(0, totalBytes - committedBytes - reserveBytes);
 }
 

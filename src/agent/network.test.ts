@@ -35,25 +35,33 @@ test('a spec with NICs but no bridge is refused with FERRY_E_BAD_SPEC', async ()
 
 const isRoot = process.getuid?.() === 0;
 
-test('taps are created on the bridge and deleted again (in a private netns)', { skip: !isRoot && 'needs root' }, async () => {
-  const ns = `ferry-t-${randomBytes(4).toString('hex')}`;
-  execFileSync('ip', ['netns', 'add', ns]);
-  try {
-    execFileSync('ip', ['-n', ns, 'link', 'add', 'br-vm', 'type', 'bridge']);
-    await assert.rejects(ensureTaps(spec, { bridge: 'nope', netns: ns }), /does not exist/);
-    const taps = await ensureTaps(spec, { bridge: 'br-vm', netns: ns });
-    assert.deepEqual(Object.keys(taps), ['net0', 'net1']);
-    // Idempotent: a second call (start after stop, re-attach) changes nothing.
-    await ensureTaps(spec, { bridge: 'br-vm', netns: ns });
-    const links = JSON.parse(execFileSync('ip', ['-n', ns, '-j', '-d', 'link', 'show', 'master', 'br-vm'], { encoding: 'utf8' })) as {
-      ifname: string;
-    }[];
-    assert.deepEqual(links.map((l) => l.ifname).sort(), Object.values(taps).sort());
-    await removeTaps(spec, { netns: ns });
-    const after = JSON.parse(execFileSync('ip', ['-n', ns, '-j', 'link', 'show'], { encoding: 'utf8' })) as { ifname: string }[];
-    assert.ok(after.every((l) => !l.ifname.startsWith('ft-')));
-    await removeTaps(spec, { netns: ns }); // already gone: fine
-  } finally {
-    execFileSync('ip', ['netns', 'del', ns]);
-  }
-});
+test(
+  'taps are created on the bridge and deleted again (in a private netns)',
+  { skip: !isRoot && 'needs root' },
+  async () => {
+    const ns = `ferry-t-${randomBytes(4).toString('hex')}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      execFileSync('ip', ['-n', ns, 'link', 'add', 'br-vm', 'type', 'bridge']);
+      await assert.rejects(ensureTaps(spec, { bridge: 'nope', netns: ns }), /does not exist/);
+      const taps = await ensureTaps(spec, { bridge: 'br-vm', netns: ns });
+      assert.deepEqual(Object.keys(taps), ['net0', 'net1']);
+      // Idempotent: a second call (start after stop, re-attach) changes nothing.
+      await ensureTaps(spec, { bridge: 'br-vm', netns: ns });
+      const links = JSON.parse(
+        execFileSync('ip', ['-n', ns, '-j', '-d', 'link', 'show', 'master', 'br-vm'], { encoding: 'utf8' }),
+      ) as {
+        ifname: string;
+      }[];
+      assert.deepEqual(links.map((l) => l.ifname).sort(), Object.values(taps).sort());
+      await removeTaps(spec, { netns: ns });
+      const after = JSON.parse(
+        execFileSync('ip', ['-n', ns, '-j', 'link', 'show'], { encoding: 'utf8' }),
+      ) as { ifname: string }[];
+      assert.ok(after.every((l) => !l.ifname.startsWith('ft-')));
+      await removeTaps(spec, { netns: ns }); // already gone: fine
+    } finally {
+      execFileSync('ip', ['netns', 'del', ns]);
+    }
+  },
+);

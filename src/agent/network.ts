@@ -40,7 +40,9 @@ function ip(args: string[], netns: string | undefined): Promise<string> {
         reject(
           new FerryError(
             missing ? 'FERRY_E_MISSING_TOOL' : 'FERRY_E_INTERNAL',
-            missing ? 'iproute2 (`ip`) is not installed.' : `ip ${argv.join(' ')}: ${stderr.trim() || err.message}`,
+            missing
+              ? 'iproute2 (`ip`) is not installed.'
+              : `ip ${argv.join(' ')}: ${stderr.trim() || err.message}`,
             { cause: err },
           ),
         );
@@ -72,7 +74,10 @@ export async function ensureTaps(spec: VmSpec, opts: TapOptions): Promise<Record
     );
   }
   if (!(await linkExists(opts.bridge, opts.netns))) {
-    throw new FerryError('FERRY_E_BAD_SPEC', `The VM bridge ${opts.bridge} given with --vm-bridge does not exist on this host.`);
+    throw new FerryError(
+      'FERRY_E_BAD_SPEC',
+      `The VM bridge ${opts.bridge} given with --vm-bridge does not exist on this host.`,
+    );
   }
   const made: string[] = [];
   try {

@@ -70,7 +70,11 @@ function call(
         res.on('end', () => {
           const text = Buffer.concat(parts).toString('utf8');
           const type = String(res.headers['content-type'] ?? '');
-          resolve({ status: res.statusCode ?? 0, type, body: type.includes('json') ? (JSON.parse(text) as unknown) : text });
+          resolve({
+            status: res.statusCode ?? 0,
+            type,
+            body: type.includes('json') ? (JSON.parse(text) as unknown) : text,
+          });
         });
       },
     );
@@ -96,18 +100,24 @@ test('the controller’s certificate and the protocol header get the inventory a
 });
 
 test('a client without a certificate is refused in the TLS handshake', async () => {
-  await assert.rejects(call('GET', '/agent/v1/inventory', { client: undefined }), (e: Error & { code?: string }) => {
-    // TLS 1.3 reports the server's alert as a certificate-required error or a reset, depending on timing.
-    assert.match(String(e.code), /CERTIFICATE_REQUIRED|ECONNRESET|EPIPE|HANDSHAKE/);
-    return true;
-  });
+  await assert.rejects(
+    call('GET', '/agent/v1/inventory', { client: undefined }),
+    (e: Error & { code?: string }) => {
+      // TLS 1.3 reports the server's alert as a certificate-required error or a reset, depending on timing.
+      assert.match(String(e.code), /CERTIFICATE_REQUIRED|ECONNRESET|EPIPE|HANDSHAKE/);
+      return true;
+    },
+  );
 });
 
 test('a certificate from another CA is refused in the TLS handshake', async () => {
-  await assert.rejects(call('GET', '/agent/v1/inventory', { client: stranger.controllerClient }), (e: Error & { code?: string }) => {
-    assert.match(String(e.code), /UNKNOWN_CA|ECONNRESET|EPIPE|BAD_CERTIFICATE/);
-    return true;
-  });
+  await assert.rejects(
+    call('GET', '/agent/v1/inventory', { client: stranger.controllerClient }),
+    (e: Error & { code?: string }) => {
+      assert.match(String(e.code), /UNKNOWN_CA|ECONNRESET|EPIPE|BAD_CERTIFICATE/);
+      return true;
+    },
+  );
 });
 
 test('a cluster certificate that is not the controller’s (another host) gets 403', async () => {
@@ -122,7 +132,10 @@ test('a missing or different protocol version gets 400 FERRY_E_AGENT_PROTOCOL', 
     const r = await call('GET', '/agent/v1/inventory', { header });
     assert.equal(r.status, 400, `header ${String(header)}`);
     assert.equal(codeOf(r), 'FERRY_E_AGENT_PROTOCOL');
-    assert.equal((r.body as { error: { details: { agentProtocol: number } } }).error.details.agentProtocol, AGENT_PROTOCOL);
+    assert.equal(
+      (r.body as { error: { details: { agentProtocol: number } } }).error.details.agentProtocol,
+      AGENT_PROTOCOL,
+    );
   }
 });
 
@@ -143,12 +156,20 @@ test('errors map onto the registry: code, message and its HTTP status', async ()
     [
       'POST',
       '/agent/v1/vms',
-      JSON.stringify({ spec: defaultVmSpec('n1', { nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] }) }),
+      JSON.stringify({
+        spec: defaultVmSpec('n1', { nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] }),
+      }),
       400,
       'FERRY_E_BAD_SPEC',
     ],
     // More memory than the host has left to promise.
-    ['POST', '/agent/v1/vms', JSON.stringify({ spec: defaultVmSpec('big', { memoryBytes: 2 ** 50 }) }), 409, 'FERRY_E_NO_CAPACITY'],
+    [
+      'POST',
+      '/agent/v1/vms',
+      JSON.stringify({ spec: defaultVmSpec('big', { memoryBytes: 2 ** 50 }) }),
+      409,
+      'FERRY_E_NO_CAPACITY',
+    ],
   ];
   for (const [method, path, body, status, code] of cases) {
     const r = await call(method, path, body === undefined ? {} : { body });

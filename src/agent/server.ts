@@ -5,7 +5,12 @@
  * CA but must not), and the protocol version header. Errors leave as `{error:{code,message,details}}` with
  * the registry's HTTP status.
  */
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { FerryError, toFerryError } from '../common/errors.ts';
@@ -51,7 +56,10 @@ function sendError(reply: FastifyReply, err: FerryError, status = err.status): F
 function toAgentError(err: unknown): FerryError {
   if (err instanceof FerryError) return err;
   const fe = err as Partial<FastifyError>;
-  if (fe.validation !== undefined || (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500)) {
+  if (
+    fe.validation !== undefined ||
+    (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500)
+  ) {
     return new FerryError('FERRY_E_BAD_INPUT', fe.message ?? 'Bad request.', { cause: err });
   }
   return toFerryError(err);
@@ -60,7 +68,8 @@ function toAgentError(err: unknown): FerryError {
 function objectBody(req: FastifyRequest): Record<string, unknown> {
   const b = req.body;
   if (b === undefined || b === null || b === '') return {};
-  if (typeof b !== 'object' || Array.isArray(b)) throw new FerryError('FERRY_E_BAD_INPUT', 'The request body must be a JSON object.');
+  if (typeof b !== 'object' || Array.isArray(b))
+    throw new FerryError('FERRY_E_BAD_INPUT', 'The request body must be a JSON object.');
   return b as Record<string, unknown>;
 }
 
@@ -90,7 +99,12 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
     try {
       done(null, JSON.parse(text) as unknown);
     } catch (err) {
-      done(new FerryError('FERRY_E_BAD_INPUT', `The request body is not JSON: ${(err as Error).message}`, { cause: err }), undefined);
+      done(
+        new FerryError('FERRY_E_BAD_INPUT', `The request body is not JSON: ${(err as Error).message}`, {
+          cause: err,
+        }),
+        undefined,
+      );
     }
   });
 
@@ -99,7 +113,10 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
     if (cn !== CONTROLLER_CN) {
       return sendError(
         reply,
-        new FerryError('FERRY_E_FORBIDDEN', `Client certificate CN ${JSON.stringify(cn ?? null)} may not drive this agent: only ${CONTROLLER_CN}.`),
+        new FerryError(
+          'FERRY_E_FORBIDDEN',
+          `Client certificate CN ${JSON.stringify(cn ?? null)} may not drive this agent: only ${CONTROLLER_CN}.`,
+        ),
       );
     }
     const raw = req.headers[PROTOCOL_HEADER];
@@ -140,10 +157,14 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
   app.post(`${base}/vms/:name/stop`, (req) => {
     const body = objectBody(req);
     const timeoutMs = body.timeoutMs;
-    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)) {
+    if (
+      timeoutMs !== undefined &&
+      (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
+    ) {
       throw new FerryError('FERRY_E_BAD_INPUT', 'timeoutMs must be a number of milliseconds ≥ 0.');
     }
-    if (body.force !== undefined && typeof body.force !== 'boolean') throw new FerryError('FERRY_E_BAD_INPUT', 'force must be a boolean.');
+    if (body.force !== undefined && typeof body.force !== 'boolean')
+      throw new FerryError('FERRY_E_BAD_INPUT', 'force must be a boolean.');
     return host.stop(nameParam(req), {
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
       ...(body.force === undefined ? {} : { force: body.force }),
@@ -158,8 +179,16 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
   });
   app.post(`${base}/vms/:name/guest`, (req) => {
     const { command } = objectBody(req);
-    if (typeof command !== 'string' || command.trim() === '' || command.includes('\n') || command.length > 4096) {
-      throw new FerryError('FERRY_E_BAD_INPUT', 'command must be one non-empty line of at most 4096 characters.');
+    if (
+      typeof command !== 'string' ||
+      command.trim() === '' ||
+      command.includes('\n') ||
+      command.length > 4096
+    ) {
+      throw new FerryError(
+        'FERRY_E_BAD_INPUT',
+        'command must be one non-empty line of at most 4096 characters.',
+      );
     }
     return host.guest(nameParam(req), command);
   });
@@ -197,15 +226,27 @@ export interface StartAgentOptions extends AgentHostOptions {
 export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent> {
   const tls = opts.tls ?? (await loadIdentity(opts.dataDir));
   if (tls === undefined) {
-    throw new FerryError('FERRY_E_CONFIG', `No certificates in ${opts.dataDir}: join the cluster first (ferry agent --server … --join-token …).`);
+    throw new FerryError(
+      'FERRY_E_CONFIG',
+      `No certificates in ${opts.dataDir}: join the cluster first (ferry agent --server … --join-token …).`,
+    );
   }
   const host = await AgentHost.open(opts);
   try {
-    return await startAgentServer({ host, tls, listen: opts.listen, ...(opts.log === undefined ? {} : { log: opts.log }) });
+    return await startAgentServer({
+      host,
+      tls,
+      listen: opts.listen,
+      ...(opts.log === undefined ? {} : { log: opts.log }),
+    });
   } catch (err) {
     await host.close();
-    throw new FerryError('FERRY_E_CONFIG', `Cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new FerryError(
+      'FERRY_E_CONFIG',
+      `Cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }

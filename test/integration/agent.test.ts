@@ -57,7 +57,13 @@ function exited(child: ChildProcess): Promise<number | null> {
   return new Promise((r) => child.once('exit', (code) => r(code)));
 }
 
-function call<T>(ca: ClusterCa, url: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+function call<T>(
+  ca: ClusterCa,
+  url: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: T }> {
   return new Promise((resolve, reject) => {
     const text = body === undefined ? undefined : JSON.stringify(body);
     const req = request(
@@ -68,7 +74,10 @@ function call<T>(ca: ClusterCa, url: string, method: string, path: string, body?
         cert: ca.controllerClient.certPem,
         key: ca.controllerClient.keyPem,
         agent: false,
-        headers: { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL), ...(text === undefined ? {} : { 'content-type': 'application/json' }) },
+        headers: {
+          [PROTOCOL_HEADER]: String(AGENT_PROTOCOL),
+          ...(text === undefined ? {} : { 'content-type': 'application/json' }),
+        },
       },
       (res) => {
         const parts: Buffer[] = [];
@@ -109,10 +118,17 @@ test('VMs outlive the agent: SIGKILL, restart, same QEMU and same boot; SIGTERM 
     assert.match(st.body.bootId ?? '', /^[0-9a-f-]{36}$/);
     assert.ok(qemuPid !== null && qemuPid > 1);
 
-    const dup = await call<{ error: { code: string } }>(ca, first.url, 'POST', '/agent/v1/vms', { spec: defaultVmSpec('it1', { memoryBytes: 256 * MIB }) });
+    const dup = await call<{ error: { code: string } }>(ca, first.url, 'POST', '/agent/v1/vms', {
+      spec: defaultVmSpec('it1', { memoryBytes: 256 * MIB }),
+    });
     assert.equal(dup.status, 409);
     assert.equal(dup.body.error.code, 'FERRY_E_VM_EXISTS');
-    const inv = await call<{ freeMemoryBytes: number; memoryBytes: number }>(ca, first.url, 'GET', '/agent/v1/inventory');
+    const inv = await call<{ freeMemoryBytes: number; memoryBytes: number }>(
+      ca,
+      first.url,
+      'GET',
+      '/agent/v1/inventory',
+    );
     assert.ok(inv.body.freeMemoryBytes <= inv.body.memoryBytes - 256 * MIB - 512 * MIB);
     const consoleText = await call<string>(ca, first.url, 'GET', '/agent/v1/vms/it1/console');
     assert.match(consoleText.body, /FERRY-GUEST READY boot_id=/);
@@ -134,7 +150,8 @@ test('VMs outlive the agent: SIGKILL, restart, same QEMU and same boot; SIGTERM 
     assert.equal(await exited(second.child), 0);
     assert.equal(processGone(qemuPid), false, 'SIGTERM closes the agent, never its VMs');
   } finally {
-    for (const ag of agents) if (ag.child.exitCode === null && ag.child.signalCode === null) ag.child.kill('SIGKILL');
+    for (const ag of agents)
+      if (ag.child.exitCode === null && ag.child.signalCode === null) ag.child.kill('SIGKILL');
     if (qemuPid !== null && !processGone(qemuPid)) process.kill(qemuPid, 'SIGKILL');
     await rm(dataDir, { recursive: true, force: true });
   }

@@ -33,13 +33,20 @@ export function parseListen(text: string | undefined): { host: string; port: num
   const host = m?.[1] ?? m?.[2] ?? '';
   const port = m?.[3] === undefined ? DEFAULT_AGENT_PORT : Number(m[3]);
   if (m === null || (host !== '' && isIP(host) === 0) || port > 65535) {
-    throw new FerryError('FERRY_E_USAGE', `Bad --listen ${JSON.stringify(text)}: use ADDR:PORT with an IP address, e.g. 10.0.0.1:7443.`);
+    throw new FerryError(
+      'FERRY_E_USAGE',
+      `Bad --listen ${JSON.stringify(text)}: use ADDR:PORT with an IP address, e.g. 10.0.0.1:7443.`,
+    );
   }
   return { host: host === '' ? '0.0.0.0' : host, port };
 }
 
 function defaultName(): string {
-  const n = hostname().toLowerCase().split('.')[0]!.replace(/[^a-z0-9-]/g, '-').replace(/^-+/, '');
+  const n = hostname()
+    .toLowerCase()
+    .split('.')[0]!
+    .replace(/[^a-z0-9-]/g, '-')
+    .replace(/^-+/, '');
   return n === '' ? 'host' : n.slice(0, 63);
 }
 
@@ -63,7 +70,10 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       );
     }
     if (o.vmBridge !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(o.vmBridge)) {
-      throw new FerryError('FERRY_E_USAGE', `Bad --vm-bridge ${JSON.stringify(o.vmBridge)}: an interface name of at most 15 characters.`);
+      throw new FerryError(
+        'FERRY_E_USAGE',
+        `Bad --vm-bridge ${JSON.stringify(o.vmBridge)}: an interface name of at most 15 characters.`,
+      );
     }
     const dataDir = o.data ?? defaultAgentDir(name);
     // The URL the controller will call; an unspecified listen address is reached at the migration address.
@@ -84,7 +94,11 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
     if (joined && listen.port === 0) {
       log('warning: joined with port 0; the controller was given a URL without the real port');
     }
-    log(joined ? `joined the cluster as ${name}; certificates in ${dataDir}` : `using the certificates in ${dataDir}`);
+    log(
+      joined
+        ? `joined the cluster as ${name}; certificates in ${dataDir}`
+        : `using the certificates in ${dataDir}`,
+    );
 
     const agent = await startAgent({
       name,
@@ -128,13 +142,21 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
 export function registerAgent(program: Command): void {
   program
     .command('agent')
-    .description("Run this host's agent: join the cluster (first start), then serve its VMs to the controller")
+    .description(
+      "Run this host's agent: join the cluster (first start), then serve its VMs to the controller",
+    )
     .option('--server <url>', 'controller URL, https://HOST:PORT (first start)')
     .option('--join-token <token>', 'one-time join token (first start)')
     .option('--name <name>', 'host name in the cluster (default: the hostname)')
     .option('--listen <addr:port>', `address to serve on (default 0.0.0.0:${DEFAULT_AGENT_PORT})`)
-    .option('--data <dir>', 'state directory: certificates and VM run dirs (default /var/lib/ferry/agents/NAME)')
-    .option('--migration-address <addr>', 'address for migration streams and NBD (default: the listen address)')
+    .option(
+      '--data <dir>',
+      'state directory: certificates and VM run dirs (default /var/lib/ferry/agents/NAME)',
+    )
+    .option(
+      '--migration-address <addr>',
+      'address for migration streams and NBD (default: the listen address)',
+    )
     .option('--vm-bridge <bridge>', 'bridge that VM NIC taps join')
     .option('--ca-hash <sha256:hex>', 'pin the cluster CA at join (else trust on first use)')
     .option('--json', 'print one JSON line {name, url, pid} once listening')
