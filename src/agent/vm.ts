@@ -265,7 +265,12 @@ export class LocalVm {
   }
 
   async status(): Promise<VmStatus> {
-    const q = this.#live();
+    let q = this.#live();
+    if (q?.qmp.isClosed) {
+      // QEMU lives but our QMP connection broke (framing error, timeout): connect again rather than lie.
+      const again = await attachQemu(this.runDir).catch(() => undefined);
+      if (again) this.#qemu = q = again;
+    }
     let qemuStatus: string | null = null;
     if (q) {
       try {
