@@ -8,6 +8,9 @@ import { printError } from './output.ts';
 import { registerImage } from './commands/image.ts';
 import { registerLab } from './commands/lab.ts';
 import { registerAgent } from './commands/agent.ts';
+import { registerServer } from './commands/server.ts';
+import { registerHost } from './commands/host.ts';
+import { registerVm } from './commands/vm.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -19,6 +22,9 @@ export function buildProgram(): Command {
   registerImage(program);
   registerLab(program);
   registerAgent(program);
+  registerServer(program);
+  registerHost(program);
+  registerVm(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();

@@ -171,7 +171,7 @@ export class AgentClient {
   deleteVm(name: string): Promise<{ deleted: boolean }> {
     return this.call('DELETE', `/agent/v1/vms/${encodeURIComponent(name)}`, undefined, { timeoutMs: 60_000 });
   }
-  guest(name: string, command: string | string[], opts: CallOptions = {}): Promise<unknown> {
+  guest(name: string, command: string, opts: CallOptions = {}): Promise<unknown> {
     return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/guest`, { command }, { timeoutMs: 30_000, ...opts });
   }
   console(name: string): Promise<string> {

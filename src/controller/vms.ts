@@ -219,7 +219,10 @@ export class VmService {
 
   async guest(name: string, command: string | string[]): Promise<unknown> {
     const r = this.row(name);
-    return this.agentFor(r).guest(name, command);
+    // The guest tool reads one command line; an argv-style array is joined into one.
+    const line = Array.isArray(command) ? command.join(' ') : command;
+    if (line.trim() === '' || line.includes('\n')) throw new FerryError('FERRY_E_BAD_INPUT', 'The guest command must be one non-empty line.');
+    return this.agentFor(r).guest(name, line);
   }
 
   async console(name: string): Promise<string> {

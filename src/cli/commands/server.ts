@@ -1,0 +1,121 @@
+/**
+ * `ferry server`: the controller in the foreground until SIGTERM/SIGINT. On the first start over a data
+ * dir it prints the admin token (shown once). With --json, one JSON line once listening, so a supervisor
+ * (the lab) can read the URL. `ferry server join-token` writes a join token straight into the store.
+ */
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { FerryError } from '../../common/errors.ts';
+import { parseDuration } from '../../common/units.ts';
+import { action, printError } from '../output.ts';
+
+export function defaultServerDir(): string {
+  if (process.env.FERRY_SERVER_DIR) return process.env.FERRY_SERVER_DIR;
+  return process.getuid?.() === 0 ? '/var/lib/ferry/server' : join(homedir(), '.local', 'share', 'ferry', 'server');
+}
+
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+interface ServerFlags {
+  data?: string;
+  listen?: string;
+  vmNetwork: string[];
+  vmGateway?: string;
+  heartbeat?: string;
+  json?: boolean;
+}
+
+async function runServer(flags: ServerFlags): Promise<void> {
+  const json = flags.json === true;
+  try {
+    const { startServer, DEFAULT_LISTEN, ADMIN_TOKEN_FILE } = await import('../../controller/server.ts');
+    const { parseNetworkArg } = await import('../../controller/networks.ts');
+    if (flags.vmGateway !== undefined && flags.vmNetwork.length !== 1) {
+      throw new FerryError('FERRY_E_USAGE', '--vm-gateway needs exactly one --vm-network.');
+    }
+    const vmNetworks = flags.vmNetwork.map((n) => parseNetworkArg(n, flags.vmGateway));
+    const dataDir = flags.data ?? defaultServerDir();
+    const log = (line: string): void => {
+      process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+    };
+    const srv = await startServer({
+      dataDir,
+      listen: flags.listen ?? DEFAULT_LISTEN,
+      vmNetworks,
+      ...(flags.heartbeat === undefined ? {} : { heartbeatMs: parseDuration(flags.heartbeat, '--heartbeat') }),
+      log,
+    });
+    if (json) {
+      const doc: Record<string, unknown> = { url: srv.url, caFingerprint: srv.caFingerprint, caHash: srv.caHash, dataDir };
+      if (srv.adminToken !== null) doc.adminToken = srv.adminToken;
+      process.stdout.write(JSON.stringify(doc) + '\n');
+    } else {
+      const lines = [
+        `ferry server listening on ${srv.url}`,
+        `data dir        ${dataDir}`,
+        `CA fingerprint  ${srv.caFingerprint}`,
+        `CA hash         ${srv.caHash}   (ferry agent --ca-hash)`,
+        `CA certificate  ${join(dataDir, 'pki', 'ca.crt')}`,
+      ];
+      if (srv.adminToken !== null) {
+        lines.push(`admin token     ${srv.adminToken}`, `                (shown once; also in ${join(dataDir, ADMIN_TOKEN_FILE)}, mode 0600)`);
+      }
+      process.stdout.write(lines.join('\n') + '\n');
+    }
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string): void => {
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+        log(`${sig}: closing`);
+        resolve();
+      };
+      const onInt = (): void => stop('SIGINT');
+      const onTerm = (): void => stop('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
+    });
+    await srv.close();
+    process.exitCode = 0;
+  } catch (err) {
+    process.exitCode = printError(err, { json });
+  }
+}
+
+export function registerServer(program: Command): void {
+  const server = program
+    .command('server')
+    .description('Run the controller (REST API, scheduler, heartbeats) in the foreground')
+    .option('--data <dir>', 'data directory (store, CA, admin token)')
+    .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:7443; port 0 = any free port)')
+    .option('--vm-network <name=cidr>', 'a VM network whose addresses the controller hands out (repeatable)', collect, [])
+    .option('--vm-gateway <ip>', 'gateway of the VM network (kept out of allocation)')
+    .option('--heartbeat <duration>', 'interval of agent heartbeats (default 2s)')
+    .option('--json', 'print one JSON line {url, caFingerprint, caHash, adminToken?} once listening')
+    .action((flags: ServerFlags) => runServer(flags));
+
+  server
+    .command('join-token')
+    .description('Create a one-time join token directly in the store (no HTTP)')
+    .option('--data <dir>', 'data directory of the server')
+    .option('--ttl <duration>', 'validity (default 1h)')
+    .option('--json', 'print one JSON document')
+    .action(
+      action(async (flags: { data?: string; ttl?: string }) => {
+        const dataDir = flags.data ?? defaultServerDir();
+        const { STORE_FILE } = await import('../../controller/controller.ts');
+        const file = join(dataDir, STORE_FILE);
+        if (!existsSync(file)) throw new FerryError('FERRY_E_CONFIG', `No server store in ${dataDir}: start \`ferry server --data ${dataDir}\` once first.`);
+        const { openStore } = await import('../../controller/store/db.ts');
+        const { createJoinToken } = await import('../../controller/tokens.ts');
+        const store = openStore(file);
+        try {
+          const t = createJoinToken(store, flags.ttl === undefined ? undefined : parseDuration(flags.ttl, '--ttl'));
+          return { json: t, human: t.token };
+        } finally {
+          await store.close();
+        }
+      }),
+    );
+}

@@ -1,0 +1,136 @@
+/**
+ * `ferry vm create | list | show | start | stop | delete | console | guest`: VM lifecycle through the
+ * controller. Creation waits until the agent reports the guest up.
+ */
+import type { Command } from 'commander';
+import { FerryError } from '../../common/errors.ts';
+import { formatBytes } from '../../common/units.ts';
+import type { VmJson } from '../../controller/vms.ts';
+import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
+import { action } from '../output.ts';
+
+export function vmTable(vms: VmJson[]): string {
+  return formatTable(
+    ['NAME', 'HOST', 'STATE', 'MEMORY', 'VCPUS', 'IP', 'BOOT ID'],
+    vms.map((v) => [
+      v.name,
+      v.host,
+      v.state,
+      v.spec.memoryBytes ? formatBytes(v.spec.memoryBytes) : '-',
+      String(v.spec.vcpus ?? '-'),
+      v.ip ?? '-',
+      v.bootId ?? '-',
+    ]),
+  );
+}
+
+function vmDetail(v: VmJson): string {
+  const rows: [string, string][] = [
+    ['name', v.name],
+    ['host', v.host],
+    ['state', v.state],
+    ['memory', formatBytes(v.spec.memoryBytes)],
+    ['vcpus', String(v.spec.vcpus)],
+    ['ip', v.ip ?? '-'],
+    ['boot id', v.bootId ?? '-'],
+    ['image', v.spec.boot.kind === 'kernel' ? v.spec.boot.image : 'disk'],
+    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}`).join(', ') || '-'],
+    ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
+    ['created', v.createdAt],
+  ];
+  return formatTable(['FIELD', 'VALUE'], rows).split('\n').slice(1).join('\n');
+}
+
+interface CreateFlags extends ClusterFlags {
+  memory?: string;
+  vcpus?: string;
+  disk?: string;
+  image?: string;
+  host?: string;
+  net?: string;
+}
+
+export function registerVm(program: Command): void {
+  const vm = program.command('vm').description('Virtual machines');
+
+  clusterOptions(
+    vm
+      .command('create')
+      .argument('<name>', 'VM name')
+      .option('--memory <size>', 'memory, e.g. 256M (default 256M)')
+      .option('--vcpus <n>', 'virtual CPUs (default 1)')
+      .option('--disk <size>', 'a local disk of this size, e.g. 1G')
+      .option('--image <image>', '`tiny` or a directory with vmlinuz + initramfs.gz (default tiny)')
+      .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
+      .option('--net <network>', 'VM network (default vm0 when the server has one)')
+      .description('Create and boot a VM'),
+  ).action(
+    action(async (name: string, f: CreateFlags) => {
+      const body: Record<string, unknown> = { name };
+      if (f.memory !== undefined) body.memory = f.memory;
+      if (f.vcpus !== undefined) {
+        const n = Number(f.vcpus);
+        if (!Number.isInteger(n) || n < 1) throw new FerryError('FERRY_E_BAD_INPUT', `Bad --vcpus ${JSON.stringify(f.vcpus)}: a whole number ≥ 1.`);
+        body.vcpus = n;
+      }
+      if (f.disk !== undefined) body.disk = f.disk;
+      if (f.image !== undefined) body.image = f.image;
+      if (f.host !== undefined) body.host = f.host;
+      if (f.net !== undefined) body.network = f.net;
+      const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
+      return { json: v, human: `created ${v.name} on ${v.host}: ${v.state}${v.ip ? `, ${v.ip}` : ''}` };
+    }),
+  );
+
+  clusterOptions(vm.command('list').description('List VMs')).action(
+    action(async (f: ClusterFlags) => {
+      const vms = await withClient(f, (c) => c.get<VmJson[]>('/api/v1/vms'));
+      return { json: vms, human: () => (vms.length === 0 ? 'no VMs' : vmTable(vms)) };
+    }),
+  );
+
+  clusterOptions(vm.command('show').argument('<name>', 'VM name').description('Show one VM')).action(
+    action(async (name: string, f: ClusterFlags) => {
+      const v = await withClient(f, (c) => c.get<VmJson>(`/api/v1/vms/${enc(name)}`));
+      return { json: v, human: () => vmDetail(v) };
+    }),
+  );
+
+  for (const verb of ['start', 'stop'] as const) {
+    const cmd = vm.command(verb).argument('<name>', 'VM name').description(verb === 'start' ? 'Start a stopped VM' : 'Stop a VM (ACPI power-down, then quit)');
+    if (verb === 'stop') cmd.option('--force', 'quit QEMU at once, no ACPI power-down');
+    clusterOptions(cmd).action(
+      action(async (name: string, f: ClusterFlags & { force?: boolean }) => {
+        const v = await withClient(f, (c) => c.post<VmJson>(`/api/v1/vms/${enc(name)}/${verb}`, verb === 'stop' && f.force ? { force: true } : {}));
+        return { json: v, human: `${v.name}: ${v.state}` };
+      }),
+    );
+  }
+
+  clusterOptions(vm.command('delete').argument('<name>', 'VM name').description('Stop and remove a VM and its disks')).action(
+    action(async (name: string, f: ClusterFlags) => {
+      const r = await withClient(f, (c) => c.delete<{ deleted: boolean; name: string }>(`/api/v1/vms/${enc(name)}`));
+      return { json: r, human: `deleted ${name}` };
+    }),
+  );
+
+  clusterOptions(vm.command('console').argument('<name>', 'VM name').description("Print the VM's serial console log")).action(
+    action(async (name: string, f: ClusterFlags) => {
+      const text = await withClient(f, (c) => c.get<string>(`/api/v1/vms/${enc(name)}/console`, { as: 'text' }));
+      return { json: { name, console: text }, human: text.replace(/\n$/, '') };
+    }),
+  );
+
+  clusterOptions(
+    vm
+      .command('guest')
+      .argument('<name>', 'VM name')
+      .argument('<command...>', 'the guest tool command (after --)')
+      .description("Pass a command to the guest tool; prints the guest's JSON reply"),
+  ).action(
+    action(async (name: string, command: string[], f: ClusterFlags) => {
+      const r = await withClient(f, (c) => c.post<{ reply: unknown }>(`/api/v1/vms/${enc(name)}/guest`, { command: command.join(' ') }));
+      return { json: r.reply, human: JSON.stringify(r.reply) };
+    }),
+  );
+}
