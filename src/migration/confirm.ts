@@ -1,0 +1,62 @@
+/**
+ * confirm: the source's verdict, last of the five phases. Success (the destination runs the guest): quit
+ * the source QEMU and remove its run dir and local disks — never while the guest runs here. Failure: the
+ * source resumes the guest if the migration left it paused. Idempotent both ways.
+ */
+import { rm } from 'node:fs/promises';
+import { FerryError } from '../common/errors.ts';
+import { LocalVm } from '../agent/vm.ts';
+import { saveRecord } from './record.ts';
+import { requireRecord, type OutcomeOptions } from './finish.ts';
+import type { AgentMigrationView } from './types.ts';
+
+export async function confirm(o: OutcomeOptions): Promise<AgentMigrationView> {
+  const rec = await requireRecord(o.agentDir, o.id, 'source');
+  const v = rec.view;
+  if (o.success && v.stage === 'confirmed') return structuredClone(v);
+  if (!o.success && v.stage === 'resumed') return structuredClone(v);
+  const vm: LocalVm | null = o.vm ?? (await LocalVm.attach(o.agentDir, v.vm).catch(() => null));
+  const settle = async (stage: 'confirmed' | 'resumed'): Promise<AgentMigrationView> => {
+    v.stage = stage;
+    v.updatedAt = new Date().toISOString();
+    v.finishedAt = v.updatedAt;
+    await saveRecord(o.agentDir, rec);
+    return structuredClone(v);
+  };
+
+  if (o.success) {
+    if (v.stage !== 'completed') {
+      throw new FerryError('FERRY_E_VM_STATE', `Migration ${o.id} is ${v.stage} here, not completed: the source stays.`);
+    }
+    if (vm !== null && vm.pid !== null) {
+      const st = await vm.qmp.execute('query-status');
+      if (st.running) {
+        // The guest runs here: removing it would lose it. Something resumed it after the switch-over.
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${v.vm} is running on the source (${st.status}); it is not removed.`);
+      }
+      await vm.stop({ force: true });
+    }
+    const runDir = rec.runDir ?? vm?.runDir ?? null;
+    if (runDir !== null) await rm(runDir, { recursive: true, force: true });
+    rec.runDir = null;
+    v.runState = null;
+    return settle('confirmed');
+  }
+
+  if (v.stage === 'confirmed') {
+    throw new FerryError('FERRY_E_VM_STATE', `Migration ${o.id} was confirmed: the source copy is gone.`);
+  }
+  if (vm === null || vm.pid === null) {
+    throw new FerryError('FERRY_E_SOURCE_LOST', `The source QEMU of VM ${v.vm} is gone: nothing to resume.`);
+  }
+  let st = await vm.qmp.execute('query-status');
+  if (!st.running && v.postcopyStarted) {
+    throw new FerryError('FERRY_E_VM_STATE', `Post-copy started: the source's memory is incomplete and VM ${v.vm} cannot resume here.`);
+  }
+  if (!st.running && (rec.wasRunning ?? true)) {
+    await vm.qmp.execute('cont');
+    st = await vm.qmp.execute('query-status');
+  }
+  v.runState = st.status;
+  return settle('resumed');
+}

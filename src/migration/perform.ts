@@ -1,0 +1,413 @@
+/**
+ * perform: the source side of a live migration. Sets capabilities and parameters, mirrors disks first when
+ * storage is copied, starts `migrate`, and watches it to its end — polling `query-migrate` (and the
+ * MIGRATION events) into the progress model, with a watchdog for a stream that stopped moving (a cut link
+ * leaves QEMU `active` for ever). Cancel, post-copy and retuning act on the running job. Whatever happens
+ * before switch-over, the guest keeps running here.
+ */
+import { join } from 'node:path';
+import { FerryError, toFerryError, type ErrorCode } from '../common/errors.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+import type { LocalVm } from '../agent/vm.ts';
+import {
+  capabilityList,
+  negotiateCapabilities,
+  sourceParameters,
+  validateCapabilities,
+  type MigrationCapabilities,
+} from './capabilities.ts';
+import { ProgressModel, sampleFromQueryMigrate, toMigrationProgress, type MigrationSample, type MirrorProgress } from './progress.ts';
+import { saveRecord, type MigrationRecord } from './record.ts';
+import { abortMirrors, completeMirrors, mirrorProgress, startMirrors, type NbdTarget } from './storage.ts';
+import { addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
+import type { AgentMigrationView, AgentStage, PerformRequest, StorageCopy } from './types.ts';
+
+/** What perform needs of the VM it moves (LocalVm provides it). */
+export interface SourceVm {
+  readonly name: string;
+  readonly runDir: string;
+  readonly memoryBytes: number;
+  /** Ids of the disks that are copied (not on shared storage). */
+  readonly localDiskIds: readonly string[];
+  readonly qmp: QmpClient;
+}
+
+export interface PerformOptions {
+  id: string;
+  agentDir: string;
+  vm: SourceVm;
+  request: PerformRequest;
+  identity: TlsIdentity | null;
+  pollMs?: number;
+}
+
+export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
+export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
+
+/** QEMU's error-desc when the other end vanished (process killed, host down, connection reset). */
+const PEER_GONE =
+  /broken pipe|connection reset|connection refused|unable to write|unable to read|channel error|end of file|eof|closed|non-properly terminated|premature/i;
+/** A refused peer (wrong CA, wrong name): only a handshake failure, not a TLS stream cut by a dying peer. */
+const TLS_ERROR = /certificate|x509|handshake|verif/i;
+
+/** Maps QEMU's failure text to a Ferry code: who is to blame decides what the user should do. */
+export function classifyFailure(errorDesc: string | null): ErrorCode {
+  if (errorDesc === null) return 'FERRY_E_MIGRATION_FAILED';
+  if (TLS_ERROR.test(errorDesc)) return 'FERRY_E_TLS';
+  if (PEER_GONE.test(errorDesc)) return 'FERRY_E_DESTINATION_LOST';
+  return 'FERRY_E_MIGRATION_FAILED';
+}
+
+/** Splits `tcp:HOST:PORT` (HOST may be `[v6]`). */
+export function parseTcpUri(uri: string): { host: string; port: number } {
+  const m = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(uri);
+  const port = m === null ? NaN : Number(m[2]);
+  if (m === null || !(port > 0 && port < 65536)) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `Bad migration URI ${JSON.stringify(uri)}: expected tcp:HOST:PORT.`);
+  }
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+const now = (): string => new Date().toISOString();
+
+export function emptyView(p: {
+  id: string;
+  role: 'source' | 'destination';
+  vm: string;
+  stage: AgentStage;
+  storage: StorageCopy;
+  tls: boolean;
+  uri: string | null;
+}): AgentMigrationView {
+  const t = now();
+  return {
+    protocol: 1,
+    ...p,
+    qemuStatus: null,
+    runState: null,
+    startedAt: t,
+    updatedAt: t,
+    finishedAt: null,
+    totalMs: null,
+    downtimeMs: null,
+    setupMs: null,
+    expectedDowntimeMs: null,
+    transferredBytes: null,
+    remainingBytes: null,
+    memoryBytes: null,
+    iterations: null,
+    dirtyRateBytesPerSec: null,
+    mbps: null,
+    downtimeLimitMs: null,
+    bandwidthBytesPerSec: null,
+    postcopyStarted: false,
+    progress: null,
+    prediction: null,
+    mirror: null,
+    error: null,
+  };
+}
+
+/** A running source-side migration. Create with `startPerform`; read `view()`; `done` settles at the end. */
+export class SourceMigration {
+  readonly id: string;
+  /** Settles when the job reached completed, failed or cancelled (never rejects). */
+  readonly done: Promise<AgentMigrationView>;
+  private readonly opts: PerformOptions;
+  private readonly caps: MigrationCapabilities;
+  private readonly storage: StorageCopy;
+  private readonly model: ProgressModel;
+  private readonly abort = new AbortController();
+  private record: MigrationRecord;
+  private cancelRequested = false;
+  private postcopyRequested = false;
+  private mirrorsRunning = false;
+  private lastSample: MigrationSample | null = null;
+  private lastMirror: MirrorProgress | null = null;
+
+  constructor(opts: PerformOptions) {
+    this.opts = opts;
+    this.id = opts.id;
+    const r = opts.request;
+    this.caps = validateCapabilities(r.capabilities ?? {});
+    this.storage = r.storage;
+    const tls = r.tls ?? true;
+    if (tls && opts.identity === null) throw new FerryError('FERRY_E_TLS', 'TLS asked for, but this agent has no cluster identity.');
+    if (this.caps.postcopy && this.storage === 'copy') {
+      throw new FerryError('FERRY_E_BAD_INPUT', 'Post-copy with copied storage is not supported: the disks must be in sync before the switch.');
+    }
+    if (this.storage === 'copy' && opts.vm.localDiskIds.length > 0 && (r.nbd === undefined || r.nbd === null)) {
+      throw new FerryError('FERRY_E_BAD_INPUT', 'Copied storage needs the destination NBD exports from prepare.');
+    }
+    parseTcpUri(r.uri);
+    const view = emptyView({ id: opts.id, role: 'source', vm: opts.vm.name, stage: 'transferring', storage: this.storage, tls, uri: r.uri });
+    view.downtimeLimitMs = r.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
+    view.bandwidthBytesPerSec = r.bandwidthBytesPerSec ?? 0;
+    this.record = { version: 1, view, runDir: opts.vm.runDir };
+    this.model = new ProgressModel({ downtimeLimitMs: view.downtimeLimitMs });
+    this.done = this.run().then(
+      () => this.view(),
+      () => this.view(),
+    );
+  }
+
+  view(): AgentMigrationView {
+    return structuredClone(this.record.view);
+  }
+
+  /** Stops the migration; the guest stays here. No effect once QEMU completed the switch-over. */
+  async cancel(): Promise<AgentMigrationView> {
+    const st = this.record.view.stage;
+    if (st === 'postcopy') {
+      throw new FerryError('FERRY_E_VM_STATE', 'Post-copy has started: the destination holds the guest now, it cannot be cancelled.');
+    }
+    if (st !== 'mirroring' && st !== 'transferring') return this.view();
+    this.cancelRequested = true;
+    this.abort.abort();
+    await this.opts.vm.qmp.execute('migrate_cancel').catch(() => undefined);
+    await this.done;
+    return this.view();
+  }
+
+  /** Switches to post-copy now (needs `postcopy` among the capabilities on both sides). */
+  async startPostcopy(): Promise<AgentMigrationView> {
+    if (!this.caps.postcopy) {
+      throw new FerryError('FERRY_E_VM_STATE', 'This migration was started without the post-copy capability.');
+    }
+    if (this.record.view.stage === 'postcopy') return this.view();
+    if (this.record.view.stage !== 'transferring') {
+      throw new FerryError('FERRY_E_VM_STATE', `Cannot switch to post-copy in stage ${this.record.view.stage}.`);
+    }
+    this.postcopyRequested = true;
+    await this.opts.vm.qmp.execute('migrate-start-postcopy');
+    this.record.view.postcopyStarted = true;
+    return this.view();
+  }
+
+  /** Applies an escalation: a new downtime limit or bandwidth, effective at once. */
+  async tune(t: { downtimeLimitMs?: number; bandwidthBytesPerSec?: number }): Promise<AgentMigrationView> {
+    const v = this.record.view;
+    const p = sourceParameters(
+      this.caps,
+      {
+        bandwidthBytesPerSec: t.bandwidthBytesPerSec ?? v.bandwidthBytesPerSec ?? 0,
+        downtimeLimitMs: t.downtimeLimitMs ?? v.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS,
+      },
+      null,
+      this.opts.vm.memoryBytes,
+    );
+    await this.opts.vm.qmp.execute('migrate-set-parameters', {
+      'max-bandwidth': p['max-bandwidth'] as number,
+      'downtime-limit': p['downtime-limit'] as number,
+    });
+    v.downtimeLimitMs = p['downtime-limit'] as number;
+    v.bandwidthBytesPerSec = t.bandwidthBytesPerSec ?? v.bandwidthBytesPerSec;
+    this.model.setDowntimeLimit(v.downtimeLimitMs);
+    return this.view();
+  }
+
+  private async setStage(stage: AgentStage): Promise<void> {
+    const v = this.record.view;
+    v.stage = stage;
+    v.updatedAt = now();
+    if (stage === 'completed' || stage === 'failed' || stage === 'cancelled') v.finishedAt = v.updatedAt;
+    await saveRecord(this.opts.agentDir, this.record).catch(() => undefined);
+  }
+
+  private absorb(s: MigrationSample): void {
+    this.lastSample = s;
+    const pv = this.model.add(s);
+    const v = this.record.view;
+    v.qemuStatus = s.status;
+    v.totalMs = s.totalTimeMs;
+    v.downtimeMs = s.downtimeMs;
+    v.setupMs = s.setupTimeMs;
+    v.expectedDowntimeMs = s.expectedDowntimeMs;
+    v.transferredBytes = s.transferredBytes;
+    v.remainingBytes = pv.remainingBytes;
+    v.memoryBytes = s.memoryBytes > 0 ? s.memoryBytes : v.memoryBytes;
+    v.iterations = s.iterations;
+    v.dirtyRateBytesPerSec = pv.dirtyRateBytesPerSec;
+    v.mbps = s.mbps;
+    v.progress = toMigrationProgress(pv);
+    v.prediction = pv.prediction;
+    v.mirror = s.mirror === null ? v.mirror : { transferredBytes: s.mirror.doneBytes, totalBytes: s.mirror.totalBytes, ready: s.mirror.ready };
+    v.updatedAt = now();
+  }
+
+  private async fail(err: unknown): Promise<void> {
+    const fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
+    const cancelled = this.cancelRequested;
+    const qmp = this.opts.vm.qmp;
+    // Leave the source as it was: no mirror, no half-set migration, the guest running.
+    if (this.mirrorsRunning) await abortMirrors(qmp, this.opts.vm.localDiskIds).catch(() => undefined);
+    this.mirrorsRunning = false;
+    const st = await qmp.execute('query-status').catch(() => null);
+    if (st !== null) {
+      this.record.view.runState = st.status;
+      if (!st.running && this.record.wasRunning === true && !this.record.view.postcopyStarted) {
+        await qmp.execute('cont').catch(() => undefined);
+        this.record.view.runState = (await qmp.execute('query-status').catch(() => st)).status;
+      }
+    }
+    this.record.view.error = cancelled
+      ? { code: 'FERRY_E_MIGRATION_CANCELLED', message: 'The migration was cancelled; the VM runs on the source.' }
+      : { code: fe.code, message: fe.message };
+    await this.setStage(cancelled ? 'cancelled' : 'failed');
+  }
+
+  private async run(): Promise<void> {
+    try {
+      await this.setup();
+      await this.transfer();
+    } catch (err) {
+      await this.fail(err);
+    }
+  }
+
+  private async setup(): Promise<void> {
+    const { vm, request: r, identity } = this.opts;
+    const qmp = vm.qmp;
+    const v = this.record.view;
+    const st = await qmp.execute('query-status');
+    this.record.wasRunning = st.running;
+    v.runState = st.status;
+    const mig = await qmp.execute('query-migrate');
+    if (mig.status === 'active' || mig.status === 'setup' || mig.status === 'postcopy-active' || mig.status === 'device') {
+      throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `QEMU is already migrating this VM (status ${mig.status}).`);
+    }
+    const supported = (await qmp.execute('query-migrate-capabilities')).map((c) => c.capability);
+    const caps = negotiateCapabilities(capabilityList(this.caps, 'source'), supported);
+    await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+    let tls: { credsId: string; hostname: string } | null = null;
+    if (v.tls && identity !== null) {
+      const dir = await writeQemuTlsDir(join(vm.runDir, 'migration-tls'), identity);
+      const credsId = await addTlsCreds(qmp, 'client', dir);
+      tls = { credsId, hostname: r.tlsHostname ?? parseTcpUri(r.uri).host };
+    }
+    const params = sourceParameters(
+      this.caps,
+      { bandwidthBytesPerSec: r.bandwidthBytesPerSec ?? 0, downtimeLimitMs: v.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS },
+      tls === null ? null : { credsId: tls.credsId, hostname: tls.hostname },
+      vm.memoryBytes,
+    );
+    await qmp.execute('migrate-set-parameters', params);
+    if (this.storage === 'copy' && vm.localDiskIds.length > 0) {
+      await this.setStage('mirroring');
+      this.mirrorsRunning = true;
+      await startMirrors(qmp, vm.localDiskIds, {
+        nbd: r.nbd as NbdTarget,
+        tls,
+        signal: this.abort.signal,
+        pollMs: this.opts.pollMs ?? 150,
+        stallTimeoutMs: r.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
+        onProgress: (p) => {
+          this.lastMirror = p;
+          this.absorb(sampleFromQueryMigrate({ status: 'none' }, performance.now(), p));
+          v.qemuStatus = null;
+        },
+      });
+      if (this.cancelRequested) throw new FerryError('FERRY_E_MIGRATION_CANCELLED');
+    }
+    await this.setStage('transferring');
+  }
+
+  private async transfer(): Promise<void> {
+    const { vm, request: r } = this.opts;
+    const qmp = vm.qmp;
+    const pollMs = this.opts.pollMs ?? 150;
+    const stallMs = r.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    // Events wake the poll loop early (MIGRATION status changes, MIGRATION_PASS), so ends are seen at once.
+    const waker: { wake: (() => void) | null } = { wake: null };
+    const events = qmp.events({ signal: this.abort.signal });
+    const pump = (async () => {
+      try {
+        for await (const ev of events) {
+          if (ev.event === 'MIGRATION' || ev.event === 'MIGRATION_PASS') waker.wake?.();
+        }
+      } catch {
+        /* aborted or QMP closed: the poll loop notices */
+      }
+    })();
+    try {
+      await qmp.execute('migrate', { uri: r.uri });
+      let lastBytes = -1;
+      let lastMove = performance.now();
+      for (;;) {
+        const info = await qmp.execute('query-migrate');
+        const mirror = this.mirrorsRunning ? await mirrorProgress(qmp, vm.localDiskIds).catch(() => this.lastMirror) : null;
+        const s = sampleFromQueryMigrate(info, performance.now(), mirror);
+        this.absorb(s);
+        switch (s.status) {
+          case 'completed':
+            if (this.mirrorsRunning) {
+              await completeMirrors(qmp, vm.localDiskIds);
+              this.mirrorsRunning = false;
+            }
+            this.record.view.runState = (await qmp.execute('query-status')).status;
+            await this.setStage('completed');
+            return;
+          case 'failed':
+            throw new FerryError(classifyFailure(s.errorDesc), `QEMU: migration failed${s.errorDesc === null ? '' : `: ${s.errorDesc}`}.`);
+          case 'cancelled':
+            throw new FerryError('FERRY_E_MIGRATION_CANCELLED');
+          case 'postcopy-active':
+            if (this.record.view.stage !== 'postcopy') {
+              this.record.view.postcopyStarted = true;
+              await this.setStage('postcopy');
+            }
+            break;
+          case 'postcopy-paused':
+            // Neither side runs the guest now; only migrate-recover can save it (LAB.md). Say so loudly.
+            this.record.view.error = {
+              code: 'FERRY_E_DESTINATION_LOST',
+              message: 'Post-copy paused: the link to the destination broke; the guest is frozen until it is recovered.',
+            };
+            break;
+          default:
+            break;
+        }
+        if (s.transferredBytes !== lastBytes || s.status === 'setup' || s.status === 'device') {
+          lastBytes = s.transferredBytes;
+          lastMove = performance.now();
+        } else if (s.status === 'active' && performance.now() - lastMove > stallMs) {
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+          throw new FerryError('FERRY_E_MIGRATION_STALLED', `No bytes moved for ${stallMs} ms (link down?); the migration was cancelled.`);
+        }
+        if (r.postcopy === 'always' && this.caps.postcopy && !this.postcopyRequested && s.status === 'active' && s.iterations >= 2) {
+          // The first pass is done: every page went once; the rest is faster to pull on demand.
+          await this.startPostcopy().catch(() => undefined);
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, pollMs);
+          waker.wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        waker.wake = null;
+      }
+    } finally {
+      this.abort.abort();
+      await pump;
+    }
+  }
+}
+
+/** Starts perform in the background; the returned job answers view(), cancel(), startPostcopy(), tune(). */
+export function startPerform(opts: PerformOptions): SourceMigration {
+  return new SourceMigration(opts);
+}
+
+/** The source view of a LocalVm: disks on shared storage are never mirrored. */
+export function sourceVmOf(vm: LocalVm): SourceVm {
+  return {
+    name: vm.name,
+    runDir: vm.runDir,
+    memoryBytes: vm.spec.memoryBytes,
+    localDiskIds: vm.spec.disks.filter((d) => !d.shared).map((d) => d.id),
+    get qmp() {
+      return vm.qmp;
+    },
+  };
+}

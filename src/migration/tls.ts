@@ -1,0 +1,75 @@
+/**
+ * TLS for the migration stream and the NBD disk exports: QEMU's x509 credentials built from the agent's own
+ * cluster identity. The agent's certificate carries both serverAuth and clientAuth, so the same pair serves
+ * QEMU as server (destination) and as client (source); the cluster CA verifies the peer on both ends, so a
+ * QEMU outside the cluster can neither send a guest nor receive one.
+ */
+import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FerryError } from '../common/errors.ts';
+import type { ObjectOptionsTlsCredsX509 } from '../qemu/qmp-types.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+
+/** The agent's PEMs (src/agent/identity.ts AgentIdentity has this shape). */
+export interface TlsIdentity {
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+export type TlsEndpoint = 'server' | 'client';
+
+/** QOM ids of the credentials objects Ferry adds to a QEMU for a migration. */
+export const TLS_OBJECT_ID: Record<TlsEndpoint, string> = { server: 'ferry-tls-server', client: 'ferry-tls-client' };
+
+/**
+ * Writes QEMU's x509 directory layout into `dir` (created 0700; keys 0600): `ca-cert.pem`, and the agent's
+ * pair as both `server-*` and `client-*`. Rewrites it completely, so a retried prepare finds fresh files.
+ */
+export async function writeQemuTlsDir(dir: string, id: TlsIdentity): Promise<string> {
+  if (!id.caPem.includes('BEGIN CERTIFICATE') || !id.certPem.includes('BEGIN CERTIFICATE') || !id.keyPem.includes('PRIVATE KEY')) {
+    throw new FerryError('FERRY_E_TLS', 'The agent identity is not a PEM CA, certificate and key: re-join the agent.');
+  }
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  const files: Array<[string, string, number]> = [
+    ['ca-cert.pem', id.caPem, 0o644],
+    ['server-cert.pem', id.certPem, 0o644],
+    ['server-key.pem', id.keyPem, 0o600],
+    ['client-cert.pem', id.certPem, 0o644],
+    ['client-key.pem', id.keyPem, 0o600],
+  ];
+  for (const [name, pem, mode] of files) await writeFile(join(dir, name), pem, { mode });
+  return dir;
+}
+
+export function tlsCredsObject(endpoint: TlsEndpoint, dir: string): ObjectOptionsTlsCredsX509 {
+  return {
+    'qom-type': 'tls-creds-x509',
+    id: TLS_OBJECT_ID[endpoint],
+    endpoint,
+    dir,
+    // The server demands a client certificate from the cluster CA; the client checks the server's.
+    'verify-peer': true,
+    // QEMU's own pre-check demands the RSA-era keyEncipherment usage, which the cluster's ECDSA certificates
+    // rightly lack (ECDHE-ECDSA signs, it never encrypts with the key). The chain, the peer's name and
+    // the dates are still verified by GnuTLS at every handshake.
+    'sanity-check': false,
+  };
+}
+
+/**
+ * Adds the credentials object to QEMU, replacing one left by an earlier attempt (QEMU reads the files when
+ * the object is created, so a replaced identity needs a new object). Returns its id.
+ */
+export async function addTlsCreds(qmp: QmpClient, endpoint: TlsEndpoint, dir: string): Promise<string> {
+  const id = TLS_OBJECT_ID[endpoint];
+  await qmp.execute('object-del', { id }).catch(() => undefined);
+  try {
+    await qmp.execute('object-add', tlsCredsObject(endpoint, dir));
+  } catch (err) {
+    throw new FerryError('FERRY_E_TLS', `QEMU refused the TLS credentials in ${dir}: ${(err as Error).message}`, { cause: err });
+  }
+  return id;
+}

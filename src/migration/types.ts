@@ -1,0 +1,132 @@
+/**
+ * What crosses the wire between the controller's orchestrator and an agent's migration routes
+ * (src/agent/migrations.ts): request bodies, responses, and the agent's view of one migration. The agent
+ * keeps its side of a migration in a small versioned record file, so these types are also on disk.
+ */
+import type { VmSpec } from '../common/spec.ts';
+import type { MigrationProgress } from '../common/migration.ts';
+import type { MigrationCapabilities } from './capabilities.ts';
+import type { NbdTarget } from './storage.ts';
+import type { Prediction } from './progress.ts';
+
+export type { MigrationCapabilities } from './capabilities.ts';
+export type { NbdTarget } from './storage.ts';
+
+export type StorageCopy = 'shared' | 'copy';
+
+/** Migration ids are opaque to agents but end up in file names: keep them tame. */
+export const MIGRATION_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+/** POST /agent/v1/migrations/:id/prepare (destination). */
+export interface PrepareRequest {
+  spec: VmSpec;
+  /** This host's migration address (IPv4/IPv6 literal or host name) that QEMU and NBD listen on. */
+  listenAddress: string;
+  /** TLS with the agent's cluster identity (default true); false = plain TCP, only when asked for. */
+  tls?: boolean;
+  storage: StorageCopy;
+  capabilities?: Partial<MigrationCapabilities>;
+}
+
+export interface PrepareResponse {
+  id: string;
+  /** Give this to perform: `tcp:HOST:PORT`. */
+  uri: string;
+  /** With copied storage: where the source mirrors the disks. */
+  nbd: NbdTarget | null;
+  /** The name the destination's certificate is checked against (its migration address); null without TLS. */
+  tlsHostname: string | null;
+}
+
+/** POST /agent/v1/migrations/:id/perform (source); returns at once, the transfer runs in the background. */
+export interface PerformRequest {
+  vm: string;
+  uri: string;
+  nbd?: NbdTarget | null;
+  tls?: boolean;
+  /** Defaults to the host of `uri`. */
+  tlsHostname?: string | null;
+  storage: StorageCopy;
+  capabilities?: Partial<MigrationCapabilities>;
+  /** Bytes per second; 0 or absent = no limit (QEMU's 128 MiB/s default cap is lifted). */
+  bandwidthBytesPerSec?: number;
+  /** QEMU's downtime-limit at the start (the policy may raise it later). Default 300 ms. */
+  downtimeLimitMs?: number;
+  /** No transferred byte for this long while active → migrate_cancel and FERRY_E_MIGRATION_STALLED. */
+  stallTimeoutMs?: number;
+  /** `always`: switch to post-copy once the first pass is done; otherwise only on POST …/postcopy. */
+  postcopy?: 'never' | 'auto' | 'always';
+}
+
+/** POST …/finish and …/confirm. */
+export interface OutcomeRequest {
+  success: boolean;
+}
+
+/** POST …/tune: escalations applied by the controller's policy while a migration runs. */
+export interface TuneRequest {
+  downtimeLimitMs?: number;
+  bandwidthBytesPerSec?: number;
+}
+
+/**
+ * The agent's own stage of a migration. Destination: prepared → finished | discarded. Source:
+ * mirroring → transferring → (postcopy) → completed → confirmed, or failed | cancelled → resumed.
+ */
+export const AGENT_STAGES = [
+  'preparing',
+  'prepared',
+  'mirroring',
+  'transferring',
+  'postcopy',
+  'completed',
+  'failed',
+  'cancelled',
+  'finished',
+  'discarded',
+  'confirmed',
+  'resumed',
+] as const;
+export type AgentStage = (typeof AGENT_STAGES)[number];
+
+export const FINAL_AGENT_STAGES: readonly AgentStage[] = ['finished', 'discarded', 'confirmed', 'resumed'];
+
+export type Role = 'source' | 'destination';
+
+/** GET /agent/v1/migrations/:id */
+export interface AgentMigrationView {
+  protocol: 1;
+  id: string;
+  role: Role;
+  vm: string;
+  stage: AgentStage;
+  /** QEMU's migration status, verbatim (`setup`, `active`, `postcopy-active`, `device`, `completed`, ...). */
+  qemuStatus: string | null;
+  /** QEMU's run state (`running`, `paused`, `inmigrate`, `postmigrate`, ...), when known. */
+  runState: string | null;
+  storage: StorageCopy;
+  tls: boolean;
+  uri: string | null;
+  startedAt: string;
+  updatedAt: string;
+  finishedAt: string | null;
+  /** QEMU's figures, verbatim units. */
+  totalMs: number | null;
+  downtimeMs: number | null;
+  setupMs: number | null;
+  expectedDowntimeMs: number | null;
+  transferredBytes: number | null;
+  remainingBytes: number | null;
+  memoryBytes: number | null;
+  iterations: number | null;
+  dirtyRateBytesPerSec: number | null;
+  mbps: number | null;
+  downtimeLimitMs: number | null;
+  bandwidthBytesPerSec: number | null;
+  postcopyStarted: boolean;
+  progress: MigrationProgress | null;
+  prediction: Prediction | null;
+  /** Disk mirror progress (copied storage). */
+  mirror: { transferredBytes: number; totalBytes: number; ready: boolean } | null;
+  error: { code: string; message: string } | null;
+}
