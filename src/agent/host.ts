@@ -138,7 +138,8 @@ export class AgentHost implements VmHost {
     return this.vm(name).status();
   }
 
-  private async admit(spec: VmSpec): Promise<void> {
+  /** Refuses a VM this host cannot promise memory to, or whose machine type its QEMU lacks. */
+  async admit(spec: VmSpec): Promise<void> {
     const inv = await this.inventory();
     if (spec.memoryBytes > inv.freeMemoryBytes) {
       throw new FerryError(
@@ -234,6 +235,53 @@ export class AgentHost implements VmHost {
 
   async console(name: string, maxBytes: number): Promise<string> {
     return tailFile(runFiles(this.vm(name).runDir).serialLog, maxBytes);
+  }
+
+  // --- For the agent's other route sets (migration prepare/perform/finish/confirm): the same VM table,
+  // --- the same per-VM lock and the same taps, since QMP serves one client and the agent holds it.
+
+  get dataDir(): string {
+    return this.opts.dataDir;
+  }
+
+  get accel(): Accel {
+    return this.qemu.accel;
+  }
+
+  get migrationAddress(): string {
+    return this.opts.migrationAddress;
+  }
+
+  /** The handle of a VM of this host (FERRY_E_VM_NOT_FOUND otherwise). Use under `exclusive` to act on it. */
+  handle(name: string): LocalVm {
+    return this.vm(name);
+  }
+
+  /** Runs `fn` holding the VM's lock, with its handle, or undefined when this host has no VM of that name. */
+  exclusive<T>(name: string, fn: (vm: LocalVm | undefined) => Promise<T>): Promise<T> {
+    return this.locks.run(name, () => fn(this.vms.get(name)));
+  }
+
+  /** Takes a VM created elsewhere in the agent (an incoming migration) into the table; call under `exclusive`. */
+  adopt(vm: LocalVm): void {
+    if (this.vms.has(vm.name) && this.vms.get(vm.name) !== vm) {
+      throw new FerryError('FERRY_E_VM_EXISTS', `VM ${vm.name} exists already on host ${this.opts.name}.`);
+    }
+    this.vms.set(vm.name, vm);
+  }
+
+  /** Drops a VM whose run dir is gone (source after confirm, failed destination); call under `exclusive`. */
+  forget(name: string): void {
+    this.vms.delete(name);
+  }
+
+  /** The spec's NIC taps, created and on the VM bridge (what LocalVm.create takes as `taps`). */
+  ensureTaps(spec: VmSpec): Promise<Record<string, string>> {
+    return ensureTaps(spec, { bridge: this.opts.vmBridge });
+  }
+
+  releaseTaps(spec: VmSpec): Promise<void> {
+    return removeTaps(spec);
   }
 
   async close(): Promise<void> {

@@ -48,7 +48,7 @@ after(async () => {
 function call(
   method: string,
   path: string,
-  opts: { client?: KeyPairPem | undefined; header?: string | null; body?: string } = {},
+  opts: { client?: KeyPairPem | undefined; header?: string | null; body?: string; url?: string } = {},
 ): Promise<Reply> {
   const client = 'client' in opts ? opts.client : ca.controllerClient;
   const headers: Record<string, string> = {};
@@ -56,7 +56,7 @@ function call(
   if (opts.body !== undefined) headers['content-type'] = 'application/json';
   return new Promise((resolve, reject) => {
     const req = request(
-      `${agent.url}${path}`,
+      `${opts.url ?? agent.url}${path}`,
       {
         method,
         ca: ca.caCertPem,
@@ -180,4 +180,32 @@ test('errors map onto the registry: code, message and its HTTP status', async ()
   // Nothing of the refused creates was left behind.
   const vms = await call('GET', '/agent/v1/vms');
   assert.deepEqual(vms.body, []);
+});
+
+test('extensions (the migration routes) mount behind the same gates and share the host', async () => {
+  const d = await mkdtemp(join(tmpdir(), 'ferry-agent-ext-'));
+  let ext: RunningAgent | undefined;
+  try {
+    const mine = await ca.issueAgentCert('h3', ['127.0.0.1']);
+    ext = await startAgent({
+      name: 'h3',
+      dataDir: d,
+      migrationAddress: '127.0.0.1',
+      listen: { host: '127.0.0.1', port: 0 },
+      tls: { caPem: ca.caCertPem, certPem: mine.certPem, keyPem: mine.keyPem },
+      accel: 'tcg',
+      extend: ({ app, host }) => {
+        app.get('/agent/v1/migrations/:id', async () => ({ accel: host.accel, dataDir: host.dataDir }));
+      },
+    });
+    const ok = await call('GET', '/agent/v1/migrations/m1', { url: ext.url });
+    assert.deepEqual([ok.status, ok.body], [200, { accel: 'tcg', dataDir: d }]);
+    const other = await call('GET', '/agent/v1/migrations/m1', { url: ext.url, client: otherHost });
+    assert.equal(other.status, 403);
+    const old = await call('GET', '/agent/v1/migrations/m1', { url: ext.url, header: '0' });
+    assert.equal(codeOf(old), 'FERRY_E_AGENT_PROTOCOL');
+  } finally {
+    await ext?.close();
+    await rm(d, { recursive: true, force: true });
+  }
 });

@@ -30,6 +30,8 @@ export interface AgentServerOptions {
   tls: AgentIdentity;
   listen: { host: string; port: number };
   log?: Log;
+  /** Called with the app after the agent's own routes, before listening. */
+  extend?: (app: FastifyInstance) => void | Promise<void>;
 }
 
 export interface RunningAgent {
@@ -201,6 +203,7 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
 
 export async function startAgentServer(opts: AgentServerOptions): Promise<RunningAgent> {
   const app = buildAgentApp(opts);
+  await opts.extend?.(app);
   await app.listen({ host: opts.listen.host, port: opts.listen.port });
   const addr = app.server.address() as AddressInfo;
   const hostPart = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
@@ -216,14 +219,24 @@ export async function startAgentServer(opts: AgentServerOptions): Promise<Runnin
   };
 }
 
+/** What another route set of the agent (migrations) gets to mount its routes behind the same gates. */
+export interface AgentExtensionContext {
+  app: FastifyInstance;
+  host: AgentHost;
+  /** The agent's cluster identity (the migration stream's TLS uses it too). */
+  tls: AgentIdentity;
+}
+
 export interface StartAgentOptions extends AgentHostOptions {
   listen: { host: string; port: number };
   /** Certificates; read from the data dir (ca.pem, cert.pem, key.pem) when absent. */
   tls?: AgentIdentity;
+  /** Mounts more routes (e.g. /agent/v1/migrations/…) before listening; mTLS, CN and protocol checks apply. */
+  extend?: (ctx: AgentExtensionContext) => void | Promise<void>;
 }
 
 /** Opens the host (re-attaching its VMs) and serves it: what `ferry agent` and in-process tests run. */
-export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent> {
+export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent & { host: AgentHost }> {
   const tls = opts.tls ?? (await loadIdentity(opts.dataDir));
   if (tls === undefined) {
     throw new FerryError(
@@ -232,21 +245,23 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     );
   }
   const host = await AgentHost.open(opts);
+  const { extend } = opts;
   try {
-    return await startAgentServer({
+    const running = await startAgentServer({
       host,
       tls,
       listen: opts.listen,
       ...(opts.log === undefined ? {} : { log: opts.log }),
+      ...(extend === undefined ? {} : { extend: (app: FastifyInstance) => extend({ app, host, tls }) }),
     });
+    return { ...running, host };
   } catch (err) {
     await host.close();
+    if (err instanceof FerryError) throw err;
     throw new FerryError(
       'FERRY_E_CONFIG',
       `Cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(err as Error).message}`,
-      {
-        cause: err,
-      },
+      { cause: err },
     );
   }
 }

@@ -1,0 +1,37 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { FerryError } from '../../common/errors.ts';
+import { DEFAULT_AGENT_PORT, parseListen, runAgent } from './agent.ts';
+
+test('--listen takes ADDR:PORT, [v6]:PORT, ADDR or :PORT, and refuses host names', () => {
+  assert.deepEqual(parseListen(undefined), { host: '0.0.0.0', port: DEFAULT_AGENT_PORT });
+  assert.deepEqual(parseListen('10.0.0.1:7443'), { host: '10.0.0.1', port: 7443 });
+  assert.deepEqual(parseListen('10.0.0.1'), { host: '10.0.0.1', port: DEFAULT_AGENT_PORT });
+  assert.deepEqual(parseListen(':0'), { host: '0.0.0.0', port: 0 });
+  assert.deepEqual(parseListen('[::1]:9'), { host: '::1', port: 9 });
+  for (const bad of ['example.org:1', '1.2.3.4:70000', '1.2.3.4:x']) {
+    assert.throws(
+      () => parseListen(bad),
+      (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_USAGE',
+      bad,
+    );
+  }
+});
+
+test('bad usage exits 2 before anything is joined or written', async () => {
+  const out: string[] = [];
+  const write = process.stdout.write.bind(process.stdout);
+  process.stdout.write = ((chunk: string) => (out.push(String(chunk)), true)) as typeof process.stdout.write;
+  try {
+    // Listening on every address without --migration-address: no address to advertise.
+    assert.equal(
+      await runAgent({ name: 'h1', listen: '0.0.0.0:7443', data: '/nonexistent/ferry', json: true }),
+      2,
+    );
+    assert.equal(await runAgent({ name: 'Bad Name', json: true }), 2);
+  } finally {
+    process.stdout.write = write;
+  }
+  const codes = out.map((o) => (JSON.parse(o) as { error: { code: string } }).error.code);
+  assert.deepEqual(codes, ['FERRY_E_USAGE', 'FERRY_E_BAD_NAME']);
+});
