@@ -3,7 +3,7 @@
  * host registry (heartbeats), VM service and metrics. The HTTP API (api/) and `ferry server` (server.ts)
  * sit on top; tests can build a Controller without any socket.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentPool } from './agent-client.ts';
 import { loadOrCreateCa, type ClusterCa } from './ca.ts';
@@ -45,6 +45,7 @@ export interface Controller {
 
 export const STORE_FILE = 'ferry.db';
 export const CA_DIR = 'pki';
+export const ADMIN_TOKEN_FILE = 'admin-token';
 
 export async function createController(opts: ControllerOptions): Promise<Controller> {
   const log = opts.log ?? (() => {});
@@ -54,6 +55,9 @@ export async function createController(opts: ControllerOptions): Promise<Control
   try {
     if (opts.vmNetworks && opts.vmNetworks.length > 0) upsertNetworks(store.sqlite, opts.vmNetworks);
     const newAdminToken = ensureAdminToken(store);
+    // Written at once: the token exists only hashed in the store, so if this start fails later the
+    // file is the only place it can still be read from.
+    if (newAdminToken !== null) writeFileSync(join(opts.dataDir, ADMIN_TOKEN_FILE), newAdminToken + '\n', { mode: 0o600 });
     const events = new EventBus(store);
     const pool = new AgentPool({ caCertPem: ca.caCertPem, ...ca.controllerClient });
     const guard = new VmGuard();

@@ -4,17 +4,15 @@
  * command and, in-process, by tests and the lab.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { isIP, type AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import { buildApp, type App } from './api/app.ts';
-import { createController, type Controller } from './controller.ts';
+import { ADMIN_TOKEN_FILE, createController, type Controller } from './controller.ts';
 import type { VmNetwork } from './networks.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7443';
-export const ADMIN_TOKEN_FILE = 'admin-token';
+export { ADMIN_TOKEN_FILE };
 
 export interface StartServerOptions {
   dataDir: string;
@@ -71,11 +69,8 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   try {
     // A fresh server certificate each start: the addresses may have changed, and clients pin the CA.
     const leaf = await ctl.ca.issue('ferry-server', serverAddresses(host));
-    app = await buildApp(ctl, { tls: { certPem: leaf.certPem + ctl.ca.caCertPem, keyPem: leaf.keyPem } });
+    app = await buildApp(ctl, { tls: { certPem: `${leaf.certPem.trim()}\n${ctl.ca.caCertPem.trim()}\n`, keyPem: leaf.keyPem } });
     await app.listen({ host, port });
-    if (ctl.newAdminToken !== null) {
-      writeFileSync(join(opts.dataDir, ADMIN_TOKEN_FILE), ctl.newAdminToken + '\n', { mode: 0o600 });
-    }
   } catch (err) {
     await app?.close().catch(() => undefined);
     await ctl.close();

@@ -103,7 +103,8 @@ export function registerServer(program: Command): void {
     .option('--json', 'print one JSON document')
     .action(
       action(async (flags: { data?: string; ttl?: string }) => {
-        const dataDir = flags.data ?? defaultServerDir();
+        // `--data` after `join-token` is taken by the parent command (commander parses parent options anywhere).
+        const dataDir = flags.data ?? (server.opts() as { data?: string }).data ?? defaultServerDir();
         const { STORE_FILE } = await import('../../controller/controller.ts');
         const file = join(dataDir, STORE_FILE);
         if (!existsSync(file)) throw new FerryError('FERRY_E_CONFIG', `No server store in ${dataDir}: start \`ferry server --data ${dataDir}\` once first.`);
