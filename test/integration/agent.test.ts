@@ -1,7 +1,7 @@
 /**
  * The agent as a real process (`ferry agent`) with a real VM: create it over mutual TLS, SIGKILL the agent,
  * start another with the same data dir, and find the same QEMU and the same guest boot. Then SIGTERM: the
- * agent exits 0 and the VM still runs. Certificates are pre-placed in the data dir (what a join leaves),
+ * agent exits 0 and the VM still runs; a QEMU that died meanwhile is reported stopped. Certificates are pre-placed in the data dir (what a join leaves),
  * so no controller is needed; the join itself is covered in src/agent/identity.test.ts.
  */
 import { test } from 'node:test';
@@ -149,6 +149,20 @@ test('VMs outlive the agent: SIGKILL, restart, same QEMU and same boot; SIGTERM 
     second.child.kill('SIGTERM');
     assert.equal(await exited(second.child), 0);
     assert.equal(processGone(qemuPid), false, 'SIGTERM closes the agent, never its VMs');
+
+    // QEMU dies while no agent runs: the next agent reports the VM stopped, and can delete it.
+    process.kill(qemuPid, 'SIGKILL');
+    const deadline = Date.now() + 5000;
+    while (!processGone(qemuPid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const third = await startAgentProcess(dataDir);
+    agents.push(third);
+    const gone = await call<VmStatus>(ca, third.url, 'GET', '/agent/v1/vms/it1');
+    assert.equal(gone.body.state, 'stopped');
+    assert.equal(gone.body.pid, null);
+    assert.equal(gone.body.bootId, null);
+    const del = await call<{ deleted: boolean }>(ca, third.url, 'DELETE', '/agent/v1/vms/it1');
+    assert.deepEqual([del.status, del.body], [200, { deleted: true }]);
+    assert.deepEqual((await call<VmStatus[]>(ca, third.url, 'GET', '/agent/v1/vms')).body, []);
   } finally {
     for (const ag of agents)
       if (ag.child.exitCode === null && ag.child.signalCode === null) ag.child.kill('SIGKILL');
