@@ -1,8 +1,9 @@
 /**
  * The agent as a real process (`ferry agent`) with a real VM: create it over mutual TLS, SIGKILL the agent,
  * start another with the same data dir, and find the same QEMU and the same guest boot. Then SIGTERM: the
- * agent exits 0 and the VM still runs; a QEMU that died meanwhile is reported stopped. Certificates are pre-placed in the data dir (what a join leaves),
- * so no controller is needed; the join itself is covered in src/agent/identity.test.ts.
+ * agent exits 0 and the VM still runs; a QEMU that died meanwhile is reported stopped. Certificates are
+ * pre-placed in the data dir (what a join leaves), so no controller is needed; the join itself is covered
+ * in src/agent/identity.test.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
