@@ -13,6 +13,7 @@
  *   POST   /vms/:name/pause | /resume  → VmStatus
  *   DELETE /vms/:name                  → {deleted: true}  (stops QEMU, removes the VM's files)
  *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
+ *   GET    /vms/:name/console          → text/plain: the tail of the VM's serial log
  *   (migration routes: see src/migration/ and the migration engine)
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
