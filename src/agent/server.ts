@@ -19,6 +19,7 @@ import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
+import { withMigrationRoutes } from './migrations.ts';
 
 /** The only client certificate CN allowed to call an agent. */
 export const CONTROLLER_CN = 'ferry-controller';
@@ -245,7 +246,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent 
     );
   }
   const host = await AgentHost.open(opts);
-  const { extend } = opts;
+  const extend = withMigrationRoutes(opts.extend); // /agent/v1/migrations/… (src/agent/migrations.ts)
   try {
     const running = await startAgentServer({
       host,

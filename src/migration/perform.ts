@@ -39,6 +39,11 @@ export interface PerformOptions {
   request: PerformRequest;
   identity: TlsIdentity | null;
   pollMs?: number;
+  /**
+   * The record of a migration this agent started before it restarted: QEMU kept migrating without us;
+   * watch it again (and finish the mirrors) instead of starting anew.
+   */
+  resume?: MigrationRecord;
 }
 
 export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
@@ -143,7 +148,11 @@ export class SourceMigration {
     const view = emptyView({ id: opts.id, role: 'source', vm: opts.vm.name, stage: 'transferring', storage: this.storage, tls, uri: r.uri });
     view.downtimeLimitMs = r.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
     view.bandwidthBytesPerSec = r.bandwidthBytesPerSec ?? 0;
-    this.record = { version: 1, view, runDir: opts.vm.runDir };
+    this.record = opts.resume ?? { version: 1, view, runDir: opts.vm.runDir, performed: r };
+    if (opts.resume !== undefined) {
+      view.startedAt = opts.resume.view.startedAt;
+      this.mirrorsRunning = this.storage === 'copy' && opts.vm.localDiskIds.length > 0;
+    }
     this.model = new ProgressModel({ downtimeLimitMs: view.downtimeLimitMs });
     this.done = this.run().then(
       () => this.view(),
@@ -258,7 +267,7 @@ export class SourceMigration {
 
   private async run(): Promise<void> {
     try {
-      await this.setup();
+      if (this.opts.resume === undefined) await this.setup();
       await this.transfer();
     } catch (err) {
       await this.fail(err);
@@ -330,7 +339,7 @@ export class SourceMigration {
       }
     })();
     try {
-      await qmp.execute('migrate', { uri: r.uri });
+      if (this.opts.resume === undefined) await qmp.execute('migrate', { uri: r.uri });
       let lastBytes = -1;
       let lastMove = performance.now();
       for (;;) {
@@ -355,6 +364,11 @@ export class SourceMigration {
             if (this.record.view.stage !== 'postcopy') {
               this.record.view.postcopyStarted = true;
               await this.setStage('postcopy');
+            }
+            break;
+          case 'none':
+            if (this.opts.resume !== undefined) {
+              throw new FerryError('FERRY_E_MIGRATION_FAILED', 'The agent restarted before the memory transfer began; start the migration again.');
             }
             break;
           case 'postcopy-paused':
