@@ -14,7 +14,18 @@
  *   DELETE /vms/:name                  → {deleted: true}  (stops QEMU, removes the VM's files)
  *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
  *   GET    /vms/:name/console          → text/plain: the tail of the VM's serial log
- *   (migration routes: see src/migration/ and the migration engine)
+ *   Migrations (src/agent/migrations.ts; bodies and views in src/migration/types.ts; :id is the controller's job id):
+ *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?}
+ *                                   → 201 PrepareResponse {id, uri, nbd, tlsHostname}      (destination)
+ *   POST   /migrations/:id/perform  PerformRequest {vm, uri, nbd?, tls?, tlsHostname?, storage, capabilities?,
+ *                                   bandwidthBytesPerSec?, downtimeLimitMs?, stallTimeoutMs?, postcopy?}
+ *                                   → 202 AgentMigrationView (runs in the background)       (source)
+ *   GET    /migrations/:id          → AgentMigrationView (also after an agent restart)
+ *   GET    /migrations/:id/events   → text/event-stream of `migration` events (the view) until it ends
+ *   POST   /migrations/:id/cancel   → AgentMigrationView   POST /migrations/:id/postcopy → AgentMigrationView
+ *   POST   /migrations/:id/tune {downtimeLimitMs?, bandwidthBytesPerSec?} → AgentMigrationView
+ *   POST   /migrations/:id/finish  {success} → AgentMigrationView (destination; idempotent)
+ *   POST   /migrations/:id/confirm {success} → AgentMigrationView (source; idempotent)
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
  *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token)
