@@ -41,9 +41,6 @@
 /* A reply with its optional tag prefix and newline. */
 #define OUT_MAX (REPLY_MAX + 64)
 #define LINE_MAX_LEN 1024
-/* How long to wait after a hangup before reopening the port: the host side is not connected while
- * QEMU's socket has no client, and the port then polls readable+hangup without pause. */
-#define REOPEN_MS 100
 #define DISK_MAX_MIB 4096u
 
 static char boot_id[64] = "unknown";
@@ -405,11 +402,30 @@ static void handle(char *line, char *out) {
 /* Channels */
 
 static int udp_fd = -1;
+/*
+ * The serial port has three states: closed (not found yet, or failed: retried), open and polled, and
+ * open but idle because the host side is not connected (no client on QEMU's socket: before the agent
+ * connects, after it disconnects, on the destination of a migration until the agent there connects).
+ * While the host is away the port polls readable+hangup without pause, so it is left out of poll();
+ * the driver sends SIGIO when the host connects, and a slow timer rechecks in case a signal was missed
+ * (slow on purpose: each recheck costs a TCG guest measurably, ~1.5 % of a core at 2/s).
+ * The fd itself survives a migration (the device state moves with the guest); it is reopened after errors.
+ */
 static int ser_fd = -1;
+static int ser_host_away;
 static char ser_dev[300];
 static char ser_buf[LINE_MAX_LEN];
 static size_t ser_len;
 static uint64_t ser_retry_at;
+static volatile sig_atomic_t got_sigio;
+
+#define HOST_AWAY_RECHECK_MS 5000
+#define REOPEN_MS 200
+
+static void on_sigio(int sig) {
+  (void)sig;
+  got_sigio = 1;
+}
 
 /* Finds /dev/<vportXpY> whose sysfs name is PORT_NAME (no udev in the guest to make a by-name link). */
 static int find_port(char *dev, size_t len) {
@@ -444,20 +460,35 @@ static void ser_open(void) {
   }
   ser_fd = open(ser_dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   ser_len = 0;
-  if (ser_fd < 0) ser_retry_at = mono_ms() + REOPEN_MS;
+  ser_host_away = 0;
+  if (ser_fd < 0) {
+    ser_retry_at = mono_ms() + REOPEN_MS;
+    return;
+  }
+  /* SIGIO tells us when the host connects (and when data arrives). */
+  fcntl(ser_fd, F_SETOWN, getpid());
+  fcntl(ser_fd, F_SETFL, fcntl(ser_fd, F_GETFL) | O_ASYNC);
 }
 
-static void ser_hangup(void) {
+/* The port failed: close it and open it again a little later. */
+static void ser_reopen_later(void) {
   close(ser_fd);
   ser_fd = -1;
   ser_len = 0;
   ser_retry_at = mono_ms() + REOPEN_MS;
 }
 
+/* The host side went away: a half line it sent is void; wait for it to come back. */
+static void ser_hangup(void) {
+  ser_host_away = 1;
+  ser_len = 0;
+  ser_retry_at = mono_ms() + HOST_AWAY_RECHECK_MS;
+}
+
 /* Writes a reply; a host that stopped reading costs at most a short wait, never the process. */
 static void ser_write(const char *s, size_t n) {
   uint64_t deadline = mono_ms() + 1000;
-  while (n > 0 && ser_fd >= 0) {
+  while (n > 0 && ser_fd >= 0 && !ser_host_away) {
     ssize_t w = write(ser_fd, s, n);
     if (w > 0) {
       s += w;
@@ -466,16 +497,16 @@ static void ser_write(const char *s, size_t n) {
     }
     if (w < 0 && errno == EINTR) continue;
     if (w < 0 && errno != EAGAIN) {
-      ser_hangup();
+      ser_reopen_later();
       return;
     }
     uint64_t now = mono_ms();
     if (now >= deadline) return;
     struct pollfd p = {.fd = ser_fd, .events = POLLOUT};
-    if (poll(&p, 1, (int)(deadline - now)) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) &&
-        !(p.revents & POLLOUT)) {
-      ser_hangup();
-      return;
+    if (poll(&p, 1, (int)(deadline - now)) > 0 && !(p.revents & POLLOUT)) {
+      if (p.revents & (POLLERR | POLLNVAL)) ser_reopen_later();
+      else if (p.revents & POLLHUP) ser_hangup();
+      if (p.revents & (POLLERR | POLLNVAL | POLLHUP)) return;
     }
   }
 }
@@ -485,13 +516,17 @@ static void ser_readable(void) {
     ssize_t n = read(ser_fd, ser_buf + ser_len, sizeof ser_buf - 1 - ser_len);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
-    if (n <= 0) { /* 0: the host side is not connected */
+    if (n == 0) { /* the host side is not connected */
       ser_hangup();
+      return;
+    }
+    if (n < 0) {
+      ser_reopen_later();
       return;
     }
     ser_len += (size_t)n;
     char *nl;
-    while (ser_fd >= 0 && (nl = memchr(ser_buf, '\n', ser_len)) != NULL) {
+    while (!ser_host_away && (nl = memchr(ser_buf, '\n', ser_len)) != NULL) {
       *nl = '\0';
       char reply[OUT_MAX];
       handle(ser_buf, reply);
@@ -502,7 +537,7 @@ static void ser_readable(void) {
       ser_len = rest;
       ser_write(reply, rl);
     }
-    if (ser_fd < 0) return;
+    if (ser_fd < 0 || ser_host_away) return;
     if (ser_len == sizeof ser_buf - 1) ser_len = 0; /* a line too long to be a command: drop it */
   }
 }
@@ -561,6 +596,17 @@ static void announce_ready(void) {
 
 static int serve(void) {
   signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa = {.sa_handler = on_sigio};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGIO, &sa, NULL);
+  /* SIGIO is blocked except inside ppoll(), so it can't slip in between a check and the wait; the
+   * dirtier thread inherits the blocked mask and never sees it. */
+  sigset_t block, waitmask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGIO);
+  sigprocmask(SIG_BLOCK, &block, &waitmask);
+  sigdelset(&waitmask, SIGIO);
+
   read_boot_id();
   udp_open();
   /* The port's name arrives from QEMU shortly after virtio_console loads: wait a little for it, but a
@@ -574,30 +620,36 @@ static int serve(void) {
   for (;;) {
     uint64_t now = mono_ms();
     if (ser_fd < 0 && now >= ser_retry_at) ser_open();
+    if (ser_fd >= 0 && ser_host_away && (got_sigio || now >= ser_retry_at)) ser_host_away = 0;
+    got_sigio = 0;
     struct pollfd p[2];
     int np = 0, iu = -1, is = -1;
     if (udp_fd >= 0) {
       p[np] = (struct pollfd){.fd = udp_fd, .events = POLLIN};
       iu = np++;
     }
-    if (ser_fd >= 0) {
+    if (ser_fd >= 0 && !ser_host_away) {
       p[np] = (struct pollfd){.fd = ser_fd, .events = POLLIN};
       is = np++;
     }
-    int timeout = -1;
-    if (ser_fd < 0) {
+    struct timespec ts, *tsp = NULL;
+    if (ser_fd < 0 || ser_host_away) {
       now = mono_ms();
-      timeout = ser_retry_at > now ? (int)(ser_retry_at - now) : 0;
+      uint64_t ms = ser_retry_at > now ? ser_retry_at - now : 0;
+      ts.tv_sec = (time_t)(ms / 1000);
+      ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+      tsp = &ts;
     }
-    int r = poll(p, (nfds_t)np, timeout);
+    int r = ppoll(p, (nfds_t)np, tsp, &waitmask);
     if (r < 0) {
       if (errno != EINTR) sleep_ns(10000000ull);
       continue;
     }
     if (iu >= 0 && (p[iu].revents & POLLIN)) udp_readable();
-    if (is >= 0 && ser_fd >= 0) {
+    if (is >= 0 && ser_fd >= 0 && !ser_host_away) {
       if (p[is].revents & POLLIN) ser_readable();
-      else if (p[is].revents & (POLLHUP | POLLERR | POLLNVAL)) ser_hangup();
+      else if (p[is].revents & POLLHUP) ser_hangup();
+      else if (p[is].revents & (POLLERR | POLLNVAL)) ser_reopen_later();
     }
   }
   return 0;

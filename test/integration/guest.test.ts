@@ -1,0 +1,114 @@
+/**
+ * The tiny guest for real: build the image, boot it under QEMU (TCG), wait for ferry-guest's READY line on
+ * the serial console, then drive it over the virtio-serial channel: boot id, the dirtier and its check
+ * (which must be able to fail), and a disk pattern whose sum is stable. One boot for all of it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { resolveImage } from '../../src/guest/image.ts';
+import { GuestChannel } from '../../src/guest/client.ts';
+
+const READY_RE = /FERRY-GUEST READY boot_id=(\S+)/;
+
+async function waitReady(log: string, qemu: ChildProcess, stderr: () => string, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await readFile(log, 'utf8').catch(() => '');
+    const m = READY_RE.exec(text);
+    if (m) return m[1]!;
+    if (qemu.exitCode !== null || qemu.signalCode !== null) throw new Error(`QEMU exited: ${stderr()}\n${text}`);
+    if (Date.now() > deadline) throw new Error(`no READY within ${timeoutMs} ms; serial log:\n${text.slice(-2000)}`);
+    await sleep(200);
+  }
+}
+
+test('the tiny guest boots, reports its boot id and answers over virtio-serial', { timeout: 180_000 }, async () => {
+  const { kernel, initrd } = await resolveImage('tiny');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-guest-it-'));
+  const log = join(dir, 'serial.log');
+  const sock = join(dir, 'guest.sock');
+  const disk = join(dir, 'disk.raw');
+  await writeFile(disk, '');
+  await truncate(disk, 16 * 1024 * 1024);
+  let qemu: ChildProcess | undefined;
+  let ch: GuestChannel | undefined;
+  let stderr = '';
+  try {
+    // -nographic without a default serial or monitor: the console goes to the log file only.
+    qemu = spawn(
+      'qemu-system-x86_64',
+      [
+        '-accel', 'tcg', '-machine', 'pc-q35-10.0', '-cpu', 'qemu64', '-m', '256M', '-smp', '1',
+        '-nographic', '-nodefaults', '-serial', `file:${log}`,
+        '-kernel', kernel, '-initrd', initrd,
+        '-append', 'console=ttyS0 quiet panic=-1 ferry.name=guest-it',
+        '-chardev', `socket,id=guest0,path=${sock},server=on,wait=off`,
+        '-device', 'virtio-serial-pci,id=vser0',
+        '-device', 'virtserialport,bus=vser0.0,chardev=guest0,name=org.ferry.guest.0',
+        '-drive', `file=${disk},format=raw,if=none,id=d0,cache=none,aio=threads`,
+        '-device', 'virtio-blk-pci,drive=d0',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    qemu.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const readyBootId = await waitReady(log, qemu, () => stderr, 120_000);
+
+    ch = await GuestChannel.connect(sock);
+    const info = await ch.info();
+    assert.equal(info.bootId.length, 36);
+    assert.match(info.bootId, /^[0-9a-f-]{36}$/);
+    assert.equal(info.bootId, readyBootId);
+    assert.equal(info.dirty.running, false);
+
+    await ch.dirtyStart({ mib: 32, rateMBps: 50 });
+    await sleep(1000);
+    const good = await ch.dirtyVerify();
+    assert.ok(good.ok, JSON.stringify(good));
+    assert.equal(good.pages, 32 * 256);
+    assert.ok(good.passes > 0, `passes ${good.passes}`);
+    assert.equal((await ch.info()).dirty.running, true);
+
+    // The check must be able to fail: break one page and see it named.
+    await ch.dirtyCorrupt(100);
+    const bad = await ch.dirtyVerify();
+    assert.equal(bad.ok, false);
+    assert.ok(!bad.ok && bad.firstBadPage === 100 && bad.badPages === 1, JSON.stringify(bad));
+    await ch.dirtyStop();
+    assert.equal((await ch.info()).dirty.running, false);
+
+    const filled = await ch.diskFill('vda', 4, 20240501);
+    assert.match(filled.sum, /^[0-9a-f]{16}$/);
+    assert.equal((await ch.diskSum('vda', 4)).sum, filled.sum);
+    assert.equal((await ch.diskSum('/dev/vda', 4)).sum, filled.sum);
+    const other = await ch.diskFill('vda', 4, 7);
+    assert.notEqual(other.sum, filled.sum);
+    await ch.diskFill('vda', 4, 20240501);
+
+    // Unknown commands are refused, bad devices too; the guest keeps answering.
+    await assert.rejects(ch.command('no such thing'), /unknown command/);
+    await assert.rejects(ch.diskSum('nope', 1), /open/);
+
+    // The host side goes away and comes back (agent restart, migration): the guest picks it up again.
+    await ch.close();
+    ch = undefined;
+    await sleep(300);
+    ch = await GuestChannel.connect(sock);
+    // Well under the guest's 5 s recheck: the reconnect is noticed by SIGIO, not by polling.
+    const again = await ch.info({ timeoutMs: 2000 });
+    assert.equal(again.bootId, readyBootId);
+    assert.equal((await ch.diskSum('vda', 4)).sum, filled.sum);
+  } finally {
+    await ch?.close().catch(() => undefined);
+    if (qemu?.pid !== undefined && qemu.exitCode === null && qemu.signalCode === null) {
+      const gone = new Promise((r) => qemu!.once('exit', r));
+      qemu.kill('SIGKILL');
+      await gone;
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+});
