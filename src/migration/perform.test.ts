@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { QmpClient } from '../qemu/qmp.ts';
+import { classifyFailure, parseTcpUri, startPerform } from './perform.ts';
+import { loadRecord } from './record.ts';
+
+test('QEMU’s failure text says who is to blame', () => {
+  assert.equal(classifyFailure('Unable to write to socket: Broken pipe'), 'FERRY_E_DESTINATION_LOST');
+  assert.equal(classifyFailure('Connection reset by peer'), 'FERRY_E_DESTINATION_LOST');
+  assert.equal(classifyFailure('TLS handshake failed: The certificate is not trusted'), 'FERRY_E_TLS');
+  assert.equal(classifyFailure('Certificate does not match the hostname wrong'), 'FERRY_E_TLS');
+  assert.equal(classifyFailure('some device refused its state'), 'FERRY_E_MIGRATION_FAILED');
+  assert.equal(classifyFailure(null), 'FERRY_E_MIGRATION_FAILED');
+});
+
+test('migration URIs are tcp:HOST:PORT only', () => {
+  assert.deepEqual(parseTcpUri('tcp:10.0.0.2:4444'), { host: '10.0.0.2', port: 4444 });
+  assert.deepEqual(parseTcpUri('tcp:[fd00::2]:4444'), { host: 'fd00::2', port: 4444 });
+  for (const bad of ['exec:cat', 'tcp:10.0.0.2', 'tcp:a,b:1', 'tcp:h:0', 'tcp:h:70000', 'unix:/x']) {
+    assert.throws(() => parseTcpUri(bad), { code: 'FERRY_E_BAD_INPUT' }, bad);
+  }
+});
+
+/**
+ * A QMP server speaking raw lines on a Unix socket: a QEMU whose migration stays `active` with the byte
+ * counter frozen — what a cut link looks like from the source (LAB.md).
+ */
+async function frozenQemu(path: string): Promise<{ commands: string[]; close: () => Promise<void> }> {
+  const commands: string[] = [];
+  const sockets: Socket[] = [];
+  let status = 'none';
+  const server = createServer((s) => {
+    sockets.push(s);
+    s.write('{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": []}}\n');
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, i)) as { execute: string; id?: unknown };
+        buf = buf.slice(i + 1);
+        commands.push(msg.execute);
+        let ret: unknown = {};
+        if (msg.execute === 'query-status') ret = { running: true, status: 'running' };
+        if (msg.execute === 'query-migrate-capabilities') ret = [{ capability: 'events', state: false }, { capability: 'postcopy-ram', state: false }, { capability: 'multifd', state: false }, { capability: 'xbzrle', state: false }, { capability: 'auto-converge', state: false }];
+        if (msg.execute === 'migrate') status = 'active';
+        if (msg.execute === 'migrate_cancel') status = 'cancelled';
+        if (msg.execute === 'query-migrate') {
+          ret = status === 'none' ? {} : { status, 'total-time': 1, ram: { transferred: 1000, remaining: 5000, total: 6000, 'dirty-sync-count': 1 } };
+        }
+        s.write(`${JSON.stringify({ return: ret, id: msg.id })}\n`);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    commands,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+test('the stall watchdog: no byte moved while active → migrate_cancel and FERRY_E_MIGRATION_STALLED', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
+  const fake = await frozenQemu(join(dir, 'qmp.sock'));
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    const job = startPerform({
+      id: 'm1',
+      agentDir: dir,
+      identity: null,
+      pollMs: 20,
+      vm: { name: 'v1', runDir: dir, memoryBytes: 6000, localDiskIds: [], qmp },
+      request: { vm: 'v1', uri: 'tcp:127.0.0.1:1', tls: false, storage: 'shared', stallTimeoutMs: 300 },
+    });
+    const end = await job.done;
+    assert.equal(end.stage, 'failed');
+    assert.equal(end.error?.code, 'FERRY_E_MIGRATION_STALLED');
+    assert.ok(fake.commands.includes('migrate_cancel'));
+    assert.equal((await loadRecord(dir, 'm1'))?.view.stage, 'failed', 'the record survives the agent');
+  } finally {
+    await qmp.close();
+    await fake.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
