@@ -73,7 +73,8 @@ function parseAgentUrl(text: string): { url: string; ip: string } {
     throw new FerryError('FERRY_E_BAD_INPUT', `Bad agentUrl ${JSON.stringify(text)}: use https://ADDRESS:PORT.`);
   }
   const ip = u.hostname.replace(/^\[|\]$/g, '');
-  if (u.protocol !== 'https:' || !/^(\d{1,3}\.){3}\d{1,3}$|:/.test(ip) || u.pathname !== '/' || u.port === '') {
+  // Port 0 would mean "not listening yet": nothing could ever reach it.
+  if (u.protocol !== 'https:' || !/^(\d{1,3}\.){3}\d{1,3}$|:/.test(ip) || u.pathname !== '/' || u.port === '' || u.port === '0') {
     throw new FerryError('FERRY_E_BAD_INPUT', `Bad agentUrl ${JSON.stringify(text)}: use https://IP:PORT (an IP address, not a name).`);
   }
   return { url: `https://${u.host}`, ip };
