@@ -11,7 +11,7 @@ import { buildApp, type App } from './api/app.ts';
 import { ADMIN_TOKEN_FILE, createController, type Controller } from './controller.ts';
 import type { VmNetwork } from './networks.ts';
 
-export const DEFAULT_LISTEN = '127.0.0.1:7443';
+export const DEFAULT_LISTEN = '127.0.0.1:7440';
 export { ADMIN_TOKEN_FILE };
 
 export interface StartServerOptions {
@@ -43,7 +43,7 @@ export function parseListen(text: string): { host: string; port: number } {
   const host = m ? (m[1] ?? m[2]!) : '';
   const port = m ? Number(m[3]) : -1;
   if (!m || port > 65535 || (isIP(host) === 0 && host !== 'localhost')) {
-    throw new FerryError('FERRY_E_USAGE', `Bad --listen ${JSON.stringify(text)}: use ADDRESS:PORT, e.g. 127.0.0.1:7443 or 0.0.0.0:7443.`);
+    throw new FerryError('FERRY_E_USAGE', `Bad --listen ${JSON.stringify(text)}: use ADDRESS:PORT, e.g. 127.0.0.1:7440 or 0.0.0.0:7440.`);
   }
   return { host, port };
 }

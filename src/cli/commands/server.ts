@@ -88,7 +88,7 @@ export function registerServer(program: Command): void {
     .command('server')
     .description('Run the controller (REST API, scheduler, heartbeats) in the foreground')
     .option('--data <dir>', 'data directory (store, CA, admin token)')
-    .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:7443; port 0 = any free port)')
+    .option('--listen <host:port>', 'address to listen on (default 127.0.0.1:7440; port 0 = any free port)')
     .option('--vm-network <name=cidr>', 'a VM network whose addresses the controller hands out (repeatable)', collect, [])
     .option('--vm-gateway <ip>', 'gateway of the VM network (kept out of allocation)')
     .option('--heartbeat <duration>', 'interval of agent heartbeats (default 2s)')
