@@ -2,6 +2,9 @@
  * The tiny guest for real: build the image, boot it under QEMU (TCG), wait for ferry-guest's READY line on
  * the serial console, then drive it over the virtio-serial channel: boot id, the dirtier and its check
  * (which must be able to fail), and a disk pattern whose sum is stable. One boot for all of it.
+ * The NIC is QEMU's user-mode network with one UDP port forwarded from 127.0.0.1, enough to check /init's
+ * address set-up, UDP commands and the prober. (restrict=on would drop the guest's UDP replies; the guest
+ * gets no default route instead, and ferry-guest only ever answers what it was sent.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,9 +14,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { resolveImage } from '../../src/guest/image.ts';
-import { GuestChannel } from '../../src/guest/client.ts';
+import { GuestChannel, GuestUdp } from '../../src/guest/client.ts';
+import { Prober } from '../../src/guest/prober.ts';
+import { createSocket } from 'node:dgram';
 
 const READY_RE = /FERRY-GUEST READY boot_id=(\S+)/;
+
+/** A UDP port free on 127.0.0.1 right now (QEMU binds it for the forward a moment later). */
+async function freeUdpPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve));
+  const { port } = s.address();
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
 
 async function waitReady(log: string, qemu: ChildProcess, stderr: () => string, timeoutMs: number): Promise<string> {
   const deadline = Date.now() + timeoutMs;
@@ -37,6 +51,8 @@ test('the tiny guest boots, reports its boot id and answers over virtio-serial',
   await truncate(disk, 16 * 1024 * 1024);
   let qemu: ChildProcess | undefined;
   let ch: GuestChannel | undefined;
+  let udp: GuestUdp | undefined;
+  const fwd = await freeUdpPort();
   let stderr = '';
   try {
     // -nographic without a default serial or monitor: the console goes to the log file only.
@@ -46,12 +62,14 @@ test('the tiny guest boots, reports its boot id and answers over virtio-serial',
         '-accel', 'tcg', '-machine', 'pc-q35-10.0', '-cpu', 'qemu64', '-m', '256M', '-smp', '1',
         '-nographic', '-nodefaults', '-serial', `file:${log}`,
         '-kernel', kernel, '-initrd', initrd,
-        '-append', 'console=ttyS0 quiet panic=-1 ferry.name=guest-it',
+        '-append', 'console=ttyS0 quiet panic=-1 ferry.name=guest-it ferry.ip=10.0.2.15/24',
         '-chardev', `socket,id=guest0,path=${sock},server=on,wait=off`,
         '-device', 'virtio-serial-pci,id=vser0',
         '-device', 'virtserialport,bus=vser0.0,chardev=guest0,name=org.ferry.guest.0',
         '-drive', `file=${disk},format=raw,if=none,id=d0,cache=none,aio=threads`,
         '-device', 'virtio-blk-pci,drive=d0',
+        '-netdev', `user,id=n0,hostfwd=udp:127.0.0.1:${fwd}-10.0.2.15:7777`,
+        '-device', 'virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56',
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
@@ -102,7 +120,18 @@ test('the tiny guest boots, reports its boot id and answers over virtio-serial',
     const again = await ch.info({ timeoutMs: 2000 });
     assert.equal(again.bootId, readyBootId);
     assert.equal((await ch.diskSum('vda', 4)).sum, filled.sum);
+
+    // Over the network: /init gave eth0 its address, ferry-guest answers UDP, the prober sees no gap.
+    udp = await GuestUdp.open('127.0.0.1', { port: fwd });
+    assert.equal((await udp.info({ timeoutMs: 3000 })).bootId, readyBootId);
+    const prober = new Prober({ ip: '127.0.0.1', port: fwd });
+    await prober.start();
+    await sleep(500);
+    const probes = await prober.stop();
+    assert.ok(probes.received >= 20, JSON.stringify(probes));
+    assert.ok(probes.longestGapMs < 150, JSON.stringify(probes));
   } finally {
+    await udp?.close().catch(() => undefined);
     await ch?.close().catch(() => undefined);
     if (qemu?.pid !== undefined && qemu.exitCode === null && qemu.signalCode === null) {
       const gone = new Promise((r) => qemu!.once('exit', r));
