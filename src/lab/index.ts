@@ -22,11 +22,11 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { request } from 'node:https';
-import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
+import { configPath, writeConfig } from '../cli/config.ts';
 import {
   DEFAULT_LAB,
   HOST_VM_BRIDGE,
@@ -130,9 +130,9 @@ export function labDir(opts: LabOptions = {}): string {
   return join(labsRoot(opts.dataRoot), validateLabName(opts.name ?? DEFAULT_LAB));
 }
 
-/** The CLI's config file: `$FERRY_CONFIG` or ~/.config/ferry/config.json (same rule as src/cli/config.ts). */
+/** The CLI's config file (`$FERRY_CONFIG` or ~/.config/ferry/config.json). */
 export function cliConfigPath(): string {
-  return process.env.FERRY_CONFIG ?? join(process.env.XDG_CONFIG_HOME ?? join(homedir(), '.config'), 'ferry', 'config.json');
+  return configPath();
 }
 
 function writeFileAtomic(file: string, text: string, mode = 0o600): void {
@@ -369,7 +369,9 @@ async function waitHostsReady(state: LabState, names: string[], timeoutMs: numbe
 async function startServer(state: LabState, timeoutMs: number): Promise<void> {
   const s = state.server;
   const started = await startDetached(
-    [process.execPath, FERRY_BIN, 'server', '--data', s.dataDir, '--listen', s.listen, '--vm-network', `vm0=${state.network.vmCidr}`, '--json'],
+    [process.execPath, FERRY_BIN, 'server', '--data', s.dataDir, '--listen', s.listen, '--vm-network', `vm0=${state.network.vmCidr}`,
+      // The root namespace's address on the VM LAN is never handed to a guest.
+      '--vm-gateway', state.network.vmGateway, '--json'],
     s.log,
     timeoutMs,
     'the controller',
@@ -379,13 +381,24 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
   if (typeof started.line.caFingerprint === 'string') s.caFingerprint = started.line.caFingerprint;
   // The admin token is printed on first start; a restart keeps the one recorded then.
   if (typeof started.line.adminToken === 'string' && started.line.adminToken !== '') s.adminToken = started.line.adminToken;
+  if (s.adminToken === '') {
+    try {
+      s.adminToken = readFileSync(join(s.dataDir, 'admin-token'), 'utf8').trim();
+    } catch (err) {
+      throw new FerryError('FERRY_E_LAB', `The controller printed no admin token and ${s.dataDir}/admin-token is unreadable.`, { cause: err });
+    }
+  }
   s.caCertPem = findCaCert(s.dataDir, s.caFingerprint);
 }
 
 async function joinToken(state: LabState): Promise<string> {
-  const out = lastJson(await runFerry(['server', 'join-token', '--data', state.server.dataDir, '--json']));
-  if (typeof out.token !== 'string') throw new FerryError('FERRY_E_LAB', '`ferry server join-token` printed no token.');
-  return out.token;
+  const out = (await runFerry(['server', 'join-token', '--data', state.server.dataDir, '--json'])).trim();
+  // commander may hand `--json` to the parent `server` command; then the token comes as a bare line.
+  const token = out.startsWith('{') ? lastJson(out).token : out.split('\n').pop()?.trim();
+  if (typeof token !== 'string' || !/^[A-Za-z0-9._~+/=-]{16,}$/.test(token)) {
+    throw new FerryError('FERRY_E_LAB', `\`ferry server join-token\` printed no token: ${out.slice(0, 200)}`);
+  }
+  return token;
 }
 
 async function startAgent(state: LabState, h: LabHost, token: string | null, timeoutMs: number): Promise<void> {
@@ -443,10 +456,7 @@ function planState(name: string, dir: string, net: LabNetwork): LabState {
 }
 
 function writeCliConfig(state: LabState): string {
-  const file = cliConfigPath();
-  const config = { server: state.server.url, token: state.server.adminToken, caCertPem: state.server.caCertPem };
-  writeFileAtomic(file, JSON.stringify(config, null, 2) + '\n');
-  return file;
+  return writeConfig({ server: state.server.url, token: state.server.adminToken, caCertPem: state.server.caCertPem });
 }
 
 // ---------------------------------------------------------------------------------------------------
