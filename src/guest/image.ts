@@ -278,20 +278,26 @@ async function build(dir: string, opts: BuildOptions): Promise<ImageManifest> {
 }
 
 /**
- * The kernel and initrd to boot for an image: `tiny` (built on first use) or an absolute directory that
- * holds `vmlinuz` and `initramfs.gz`.
+ * The kernel and initrd to boot for an image: `tiny` (built on first use, and brought up to date when its
+ * inputs changed: a reused build costs a read of the inputs, ~0.1 s) or an absolute directory that holds
+ * `vmlinuz` and `initramfs.gz`. A tiny image that exists is still used when it can't be rebuilt (say, the
+ * kernel package was removed from the cache).
  */
 export async function resolveImage(image: 'tiny' | string): Promise<{ kernel: string; initrd: string }> {
-  const dir = image === 'tiny' ? join(imagesDir(), 'tiny') : image;
   if (image !== 'tiny' && !image.startsWith('/')) {
     throw new FerryError('FERRY_E_BAD_INPUT', `Image ${JSON.stringify(image)}: use \`tiny\` or an absolute directory.`);
   }
+  const dir = image === 'tiny' ? join(imagesDir(), 'tiny') : image;
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initramfs.gz');
-  const present = (await exists(kernel)) && (await exists(initrd));
-  if (image === 'tiny' && !(present && (await exists(join(dir, 'manifest.json'))))) {
-    await buildTinyImage({ outDir: dir });
-  } else if (!present) {
+  const present = async (): Promise<boolean> => (await exists(kernel)) && (await exists(initrd));
+  if (image === 'tiny') {
+    try {
+      await buildTinyImage({ outDir: dir });
+    } catch (err) {
+      if (!(await present())) throw err;
+    }
+  } else if (!(await present())) {
     throw new FerryError('FERRY_E_IMAGE_MISSING', `No vmlinuz and initramfs.gz in ${dir}.`);
   }
   return { kernel, initrd };
