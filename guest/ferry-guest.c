@@ -453,6 +453,17 @@ static int find_port(char *dev, size_t len) {
   return found;
 }
 
+/* True when a virtio-serial device is bound to virtio_console, i.e. a named port may still appear. */
+static int has_serial_device(void) {
+  DIR *d = opendir("/sys/bus/virtio/drivers/virtio_console");
+  if (d == NULL) return 0;
+  int found = 0;
+  struct dirent *e;
+  while (!found && (e = readdir(d)) != NULL) found = strncmp(e->d_name, "virtio", 6) == 0;
+  closedir(d);
+  return found;
+}
+
 static void ser_open(void) {
   if (find_port(ser_dev, sizeof ser_dev) != 0) {
     ser_retry_at = mono_ms() + 1000;
@@ -610,8 +621,8 @@ static int serve(void) {
   read_boot_id();
   udp_open();
   /* The port's name arrives from QEMU shortly after virtio_console loads: wait a little for it, but a
-   * VM without a guest channel must still report ready. */
-  for (int i = 0; i < 30 && ser_fd < 0; i++) {
+   * VM without a guest channel must still report ready, and without delay. */
+  for (int i = 0; i < 30 && ser_fd < 0 && has_serial_device(); i++) {
     ser_open();
     if (ser_fd < 0) sleep_ns(100000000ull);
   }
