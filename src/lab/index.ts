@@ -37,6 +37,7 @@ import {
   findLabObjects,
   hostIndex,
   killPids,
+  namespacePids,
   validateHostCount,
   validateLabName,
   type HostRef,
@@ -346,13 +347,18 @@ export async function labApiHosts(state: Pick<LabState, 'server'>, timeoutMs = 5
   return list.filter((h): h is ApiHost => typeof (h as ApiHost)?.name === 'string');
 }
 
+/** `ready`, and its first heartbeat came in (the inventory the scheduler needs), when the API shows it. */
+function hostReady(h: ApiHost | undefined): boolean {
+  return h !== undefined && h.state === 'ready' && (!('inventory' in h) || (h.inventory !== null && h.inventory !== undefined));
+}
+
 async function waitHostsReady(state: LabState, names: string[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
     try {
       const hosts = await labApiHosts(state);
-      const notReady = names.filter((n) => hosts.find((h) => h.name === n)?.state !== 'ready');
+      const notReady = names.filter((n) => !hostReady(hosts.find((h) => h.name === n)));
       if (notReady.length === 0) return;
       last = `not ready: ${notReady.map((n) => `${n}=${hosts.find((h) => h.name === n)?.state ?? 'absent'}`).join(', ')}`;
     } catch (err) {
@@ -644,9 +650,12 @@ export async function labDown(opts: LabOptions & { keepLogs?: boolean } = {}): P
     if (isOurProcess(state.server.pid, state.server.dataDir)) pids.add(state.server.pid);
     for (const h of state.hosts) if (isOurProcess(h.pid, h.dataDir)) pids.add(h.pid);
   }
+  // The controller and agents first (so no agent restarts a VM meanwhile), then whatever else runs in the
+  // namespaces (QEMU) goes with them in destroyLabNetwork.
+  await killPids([...pids]);
+  const objects = await findLabObjects(name);
+  for (const ns of objects.namespaces) for (const p of await namespacePids(ns)) pids.add(p);
   const killed = [...pids];
-  // Agents first (they are in the namespaces, killed by destroyLabNetwork), the controller with them.
-  await killPids(killed);
   const removed = await destroyLabNetwork(name);
   let removedConfig: string | null = null;
   if (state !== null) {
