@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { PACKAGE_ROOT } from '../common/paths.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
@@ -8,6 +10,7 @@ import {
   MAX_HOSTS,
   createLabNetwork,
   destroyLabNetwork,
+  findLabObjects,
   hostIndex,
   labHostNamespace,
   labNetworkPlan,
@@ -58,5 +61,24 @@ test('without `ip` on PATH: FERRY_E_MISSING_TOOL (or NOT_ROOT when not root), no
   } finally {
     process.env.PATH = saved;
     rmSync(empty, { recursive: true, force: true });
+  }
+});
+
+const canDropRoot = process.getuid?.() === 0 && existsSync('/usr/bin/setpriv');
+test('`ferry lab up` as an ordinary user: FERRY_E_NOT_ROOT, exit 1, nothing changed', { skip: !canDropRoot }, async () => {
+  const home = mkdtempSync(join(tmpdir(), 'ferry-nobody-'));
+  try {
+    const argv = ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', `HOME=${home}`, `FERRY_LAB_DIR=${home}/labs`];
+    const r = await new Promise<{ code: number; stdout: string }>((resolve) => {
+      execFile('setpriv', [...argv, process.execPath, join(PACKAGE_ROOT, 'bin', 'ferry.js'), 'lab', 'up', '--name', 'zy', '--json'], (err, stdout) =>
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: String(stdout) }),
+      );
+    });
+    assert.equal(r.code, 1, r.stdout);
+    assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'FERRY_E_NOT_ROOT');
+    assert.deepEqual(await findLabObjects('zy'), { namespaces: [], links: [] });
+    assert.ok(!existsSync(join(home, 'labs')));
+  } finally {
+    rmSync(home, { recursive: true, force: true });
   }
 });
