@@ -11,6 +11,7 @@ import { registerAgent } from './commands/agent.ts';
 import { registerServer } from './commands/server.ts';
 import { registerHost } from './commands/host.ts';
 import { registerVm } from './commands/vm.ts';
+import { registerMigration } from './commands/migration.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerServer(program);
   registerHost(program);
   registerVm(program);
+  registerMigration(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();

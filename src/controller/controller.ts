@@ -15,6 +15,7 @@ import { upsertNetworks, type VmNetwork } from './networks.ts';
 import { openStore, type Store } from './store/db.ts';
 import { ensureAdminToken } from './tokens.ts';
 import { VmService } from './vms.ts';
+import { MigrationOrchestrator } from './migrations/orchestrator.ts';
 
 export interface ControllerOptions {
   dataDir: string;
@@ -22,6 +23,10 @@ export interface ControllerOptions {
   heartbeatMs?: number;
   /** Start heartbeats (default true); tests driving `hosts.poll()` by hand turn them off. */
   heartbeats?: boolean;
+  /** Recover unfinished migration jobs at start (default true). */
+  recover?: boolean;
+  /** Measure guest downtime with UDP probes from the controller (default true). */
+  probe?: boolean;
   log?: (line: string) => void;
 }
 
@@ -39,6 +44,7 @@ export interface Controller {
   readonly hosts: HostRegistry;
   readonly vms: VmService;
   readonly metrics: ControllerMetrics;
+  readonly migrations: MigrationOrchestrator;
   readonly log: (line: string) => void;
   close(): Promise<void>;
 }
@@ -72,7 +78,10 @@ export async function createController(opts: ControllerOptions): Promise<Control
     });
     const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0' });
     const metrics = createMetrics(store);
+    const migrations = new MigrationOrchestrator({ store, events, pool, log, ...(opts.probe === undefined ? {} : { probe: opts.probe }) });
     if (opts.heartbeats !== false) hosts.start();
+    // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.
+    if (opts.recover !== false) migrations.recover();
     return {
       dataDir: opts.dataDir,
       store,
@@ -85,8 +94,10 @@ export async function createController(opts: ControllerOptions): Promise<Control
       hosts,
       vms,
       metrics,
+      migrations,
       log,
       close: async () => {
+        await migrations.close();
         await hosts.stop();
         await pool.close();
         await store.close();

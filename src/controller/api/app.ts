@@ -16,6 +16,7 @@ import { registerEventRoutes } from './events.ts';
 import { registerHostRoutes } from './hosts.ts';
 import { registerSystemRoutes } from './system.ts';
 import { registerVmRoutes } from './vms.ts';
+import { registerMigrationRoutes } from './migrations.ts';
 
 export type App = FastifyInstance<HttpsServer, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
 
@@ -95,6 +96,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
   registerSystemRoutes(app, ctl);
   registerHostRoutes(app, ctl);
   registerVmRoutes(app, ctl);
+  registerMigrationRoutes(app, ctl);
   registerEventRoutes(app, ctl);
   return app;
 }

@@ -1,0 +1,471 @@
+/**
+ * The migration orchestrator: drives one job through the five phases across two agents, persisting the
+ * phase before each step that cannot be undone, applying the policy's escalations while QEMU copies, and
+ * recovering every unfinished job when the controller starts again.
+ *
+ * Who is the truth: until the destination runs the guest (pre-copy completed, or post-copy started) the
+ * source is, and any failure resumes the source and discards the destination; from then on the destination
+ * is, and the job is rolled forward. That rule is what keeps a VM running on exactly one host.
+ *
+ * ```mermaid
+ * sequenceDiagram
+ *   participant C as controller
+ *   participant S as source agent
+ *   participant D as destination agent
+ *   C->>S: begin (GET vm: spec, state)
+ *   C->>D: prepare (QEMU -incoming defer, NBD exports) → uri
+ *   C->>S: perform (caps, params, mirror, migrate)
+ *   loop until QEMU completes
+ *     C->>S: progress → policy → tune | postcopy | cancel
+ *   end
+ *   C->>D: finish(success) — the guest runs here
+ *   C->>S: confirm(success) — the source QEMU quits
+ * ```
+ */
+import { FerryError, isErrorCode, toFerryError, type ErrorCode } from '../../common/errors.ts';
+import type { MigrationJson } from '../../common/migration.ts';
+import type { HostInventory, VmStatus } from '../../common/protocol.ts';
+import type { VmSpec } from '../../common/spec.ts';
+import { validateName } from '../../common/units.ts';
+import { Prober, type ProbeReport } from '../../guest/prober.ts';
+import { nextEscalation, resolvePolicy, type MigrationPolicy, type PolicyInput } from '../../migration/policy.ts';
+import type { MigrationState } from '../../migration/states.ts';
+import type { AgentMigrationView, PrepareResponse, StorageCopy } from '../../migration/types.ts';
+import type { AgentClient, AgentPool } from '../agent-client.ts';
+import type { EventBus } from '../events.ts';
+import { hostViews, vmLoads } from '../hosts.ts';
+import { placeVm } from '../scheduler.ts';
+import type { HostsTable, Store } from '../store/db.ts';
+import { JobStore } from './jobs.ts';
+
+export interface MigrateRequest extends PolicyInput {
+  to?: string;
+}
+
+export interface OrchestratorOptions {
+  store: Store;
+  events: EventBus;
+  pool: AgentPool;
+  log?: (line: string) => void;
+  /** How often the source's progress is read (ms). */
+  pollMs?: number;
+  /** Turn off the guest downtime prober (e.g. when the controller cannot reach the VM network). */
+  probe?: boolean;
+}
+
+const BASE = '/agent/v1/migrations';
+/** A source agent that does not answer for this long during a transfer is given up on. */
+const SOURCE_SILENCE_MS = 20_000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class MigrationOrchestrator {
+  readonly jobs: JobStore;
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly pollMs: number;
+  private readonly log: (line: string) => void;
+  private lastProgressEvent = new Map<string, number>();
+  private closed = false;
+
+  constructor(private readonly o: OrchestratorOptions) {
+    this.pollMs = o.pollMs ?? 250;
+    this.log = o.log ?? (() => {});
+    this.jobs = new JobStore(o.store.sqlite, (type, job) => {
+      if (type === 'migration.progress') {
+        // Progress is stored every poll, but published at most once a second.
+        const last = this.lastProgressEvent.get(job.id) ?? 0;
+        if (Date.now() - last < 1000) return;
+        this.lastProgressEvent.set(job.id, Date.now());
+      }
+      o.events.publish(type, job.id, { vm: job.vm, state: job.state, phase: job.phase, source: job.source, destination: job.destination, progress: job.progress, error: job.error });
+    });
+  }
+
+  /** Starts a migration: validates, places, persists a queued job and runs it in the background. */
+  async migrate(vmName: string, req: MigrateRequest): Promise<MigrationJson> {
+    validateName(vmName, 'VM name');
+    const policy = resolvePolicy(req);
+    if (req.to !== undefined) validateName(req.to, 'host name');
+    const { sqlite } = this.o.store;
+    const vm = sqlite.prepare('SELECT name, host, state, spec FROM vms WHERE name = ?').get(vmName) as
+      | { name: string; host: string; state: string; spec: string }
+      | undefined;
+    if (!vm) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(vmName)}: see \`ferry vm list\`.`);
+    const active = this.jobs.activeFor(vmName);
+    if (active) throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${vmName} is already being migrated (${active.id}).`, { details: { migration: active.id } });
+    const okStates = policy.mode === 'live' ? ['running', 'paused'] : ['running', 'paused', 'stopped'];
+    if (!okStates.includes(vm.state)) {
+      throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} is ${vm.state}: a ${policy.mode} migration needs it ${okStates.join(' or ')}${policy.mode === 'live' ? ' (a stopped VM moves with --mode cold)' : ''}.`);
+    }
+    if (req.to === vm.host) throw new FerryError('FERRY_E_BAD_INPUT', `VM ${vmName} is already on ${vm.host}.`);
+    const spec = JSON.parse(vm.spec) as VmSpec;
+
+    const job = sqlite.transaction(() => {
+      const others = hostViews(this.o.store).filter((h) => h.name !== vm.host);
+      if (req.to !== undefined && !hostViews(this.o.store).some((h) => h.name === req.to)) {
+        throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(req.to)}: see \`ferry host list\`.`);
+      }
+      const placement = placeVm({ memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, host: req.to }, others, vmLoads(this.o.store));
+      const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why });
+      const r = sqlite
+        .prepare("UPDATE vms SET state = 'migrating', updated_at = ? WHERE name = ? AND state = ?")
+        .run(new Date().toISOString(), vmName, vm.state);
+      if (r.changes !== 1) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
+      return created;
+    })();
+    this.o.events.publish('vm.state', vmName, { state: 'migrating', migration: job.id });
+    this.spawn(job.id, () => this.run(job.id, vm.state));
+    return job;
+  }
+
+  cancel(id: string): MigrationJson {
+    return this.jobs.requestCancel(id);
+  }
+
+  /** Resumes or rolls back every job a previous controller left unfinished. */
+  recover(): void {
+    for (const job of this.jobs.listActive()) {
+      if (this.running.has(job.id)) continue;
+      this.log(`migration ${job.id}: recovering from state ${job.state}/${job.phase}`);
+      this.spawn(job.id, () => this.resume(job));
+    }
+  }
+
+  /** Waits for the background work (tests, graceful shutdown). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private spawn(id: string, fn: () => Promise<void>): void {
+    const p = fn()
+      .catch((err: unknown) => this.log(`migration ${id}: ${String(err)}`))
+      .finally(() => {
+        this.running.delete(id);
+        this.lastProgressEvent.delete(id);
+      });
+    this.running.set(id, p);
+  }
+
+  private host(name: string): { client: AgentClient; inventory: HostInventory | null } {
+    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
+    if (!h) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `Host ${name} is not registered.`);
+    return { client: this.o.pool.client(h.name, h.url), inventory: h.inventory ? (JSON.parse(h.inventory) as HostInventory) : null };
+  }
+
+  private vmIp(name: string): string | null {
+    const r = this.o.store.sqlite.prepare('SELECT ip FROM vms WHERE name = ?').get(name) as { ip: string | null } | undefined;
+    return r?.ip ? r.ip.split('/')[0]! : null;
+  }
+
+  private setVm(name: string, patch: { host?: string; state: string; bootId?: string | null }): void {
+    const sets = ['state = ?', 'updated_at = ?'];
+    const values: unknown[] = [patch.state, new Date().toISOString()];
+    if (patch.host !== undefined) {
+      sets.push('host = ?');
+      values.push(patch.host);
+    }
+    if (patch.bootId) {
+      sets.push('boot_id = ?');
+      values.push(patch.bootId);
+    }
+    this.o.store.sqlite.prepare(`UPDATE vms SET ${sets.join(', ')} WHERE name = ?`).run(...values, name);
+    this.o.events.publish('vm.state', name, { state: patch.state, ...(patch.host ? { host: patch.host } : {}) });
+  }
+
+  private async startProber(vm: string): Promise<Prober | null> {
+    if (this.o.probe === false) return null;
+    const ip = this.vmIp(vm);
+    if (!ip) return null;
+    const p = new Prober({ ip });
+    try {
+      await p.start();
+      return p;
+    } catch (err) {
+      this.log(`migration: no guest prober for ${vm}: ${String(err)}`);
+      return null;
+    }
+  }
+
+  /** The live flow from a fresh job. */
+  private async run(id: string, vmStateBefore: string): Promise<void> {
+    let job = this.jobs.mustGet(id);
+    if (job.mode === 'cold') return this.runCold(id, vmStateBefore);
+    let prober: Prober | null = null;
+    try {
+      const src = this.host(job.source);
+      const dst = this.host(job.destination);
+      // begin: the source describes the VM as it runs now.
+      job = this.jobs.transition(id, 'queued', 'preparing', { phase: 'begin' });
+      const status = await src.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`);
+      if (status.state !== 'running' && status.state !== 'paused') {
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${job.vm} is ${status.state} on ${job.source}.`);
+      }
+      const storage = storageFor(job.policy, status.spec);
+      const capabilities = capabilitiesFor(job.policy);
+      // prepare: from here on the destination may hold a QEMU and disks that a failure must remove.
+      this.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
+      const listenAddress = dst.inventory?.migrationAddress;
+      if (!listenAddress) throw new FerryError('FERRY_E_AGENT_UNREACHABLE', `Host ${job.destination} has not reported its migration address yet.`);
+      const prep = await dst.client.call<PrepareResponse>(
+        'POST',
+        `${BASE}/${id}/prepare`,
+        { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities },
+        { timeoutMs: 90_000 },
+      );
+      this.jobs.update(id, { prepared: prep });
+      // perform: QEMU starts sending.
+      job = this.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
+      prober = await this.startProber(job.vm);
+      await src.client.call<AgentMigrationView>(
+        'POST',
+        `${BASE}/${id}/perform`,
+        {
+          vm: job.vm,
+          uri: prep.uri,
+          nbd: prep.nbd,
+          tls: job.policy.tls,
+          tlsHostname: prep.tlsHostname,
+          storage,
+          capabilities,
+          bandwidthBytesPerSec: job.policy.bandwidthBytesPerSec,
+          downtimeLimitMs: job.policy.initialDowntimeMs,
+          stallTimeoutMs: job.policy.stallTimeoutMs,
+          postcopy: job.policy.postcopy,
+        },
+        { timeoutMs: 60_000 },
+      );
+      await this.monitorAndFinish(id, prober);
+      prober = null;
+    } catch (err) {
+      await this.rollback(id, err, prober);
+    }
+  }
+
+  /** Follows the source until QEMU completes, then finish + confirm. Used fresh and after a restart. */
+  private async monitorAndFinish(id: string, prober: Prober | null): Promise<void> {
+    const view = await this.monitor(id);
+    const job = this.jobs.mustGet(id);
+    this.jobs.transition(id, job.state, 'switching', { phase: 'finish', qemuStatus: view.qemuStatus });
+    await this.finishAndConfirm(id, view, prober);
+  }
+
+  private async monitor(id: string): Promise<AgentMigrationView> {
+    const job0 = this.jobs.mustGet(id);
+    const src = this.host(job0.source);
+    const policy = job0.policy;
+    const t0 = Date.now();
+    let lastOk = Date.now();
+    let lastTransferred = -1;
+    let lastProgressAt = Date.now();
+    let lastPass = -1;
+    const remainingByPass: number[] = [];
+    let lastEscalationPass = 0;
+    let cancelSent = false;
+    for (;;) {
+      if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
+      let v: AgentMigrationView;
+      try {
+        v = await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`);
+        lastOk = Date.now();
+      } catch (err) {
+        if (Date.now() - lastOk > SOURCE_SILENCE_MS) {
+          throw new FerryError('FERRY_E_SOURCE_LOST', `The source agent ${job0.source} stopped answering during the transfer.`, { cause: err });
+        }
+        await sleep(this.pollMs);
+        continue;
+      }
+      let job = this.jobs.mustGet(id);
+      if (v.postcopyStarted && job.state === 'transferring') job = this.jobs.transition(id, 'transferring', 'postcopy', { qemuStatus: v.qemuStatus });
+      this.jobs.update(id, {
+        qemuStatus: v.qemuStatus,
+        progress: v.progress,
+        prediction: v.prediction ? { totalMs: v.prediction.totalMs, downtimeMs: v.prediction.downtimeMs, converges: v.prediction.converges } : null,
+        transferredBytes: v.transferredBytes,
+        iterations: v.iterations,
+      });
+      if (v.stage === 'completed') return v;
+      if (v.stage === 'failed' || v.stage === 'cancelled' || v.stage === 'resumed') {
+        const code: ErrorCode = v.stage === 'cancelled' && !v.error ? 'FERRY_E_MIGRATION_CANCELLED' : isErrorCode(v.error?.code) ? v.error.code : 'FERRY_E_MIGRATION_FAILED';
+        throw new FerryError(code, v.error?.message ?? `The source reports the migration ${v.stage}.`);
+      }
+      if (this.jobs.cancelRequested(id) && !cancelSent && job.state === 'transferring') {
+        cancelSent = true;
+        await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+        throw new FerryError('FERRY_E_MIGRATION_CANCELLED', 'Cancelled by the user; the VM keeps running on the source.');
+      }
+      // The policy: watch convergence and escalate.
+      const transferred = v.transferredBytes ?? 0;
+      if (transferred !== lastTransferred) {
+        lastTransferred = transferred;
+        lastProgressAt = Date.now();
+      }
+      const pass = v.iterations ?? 0;
+      if (pass !== lastPass) {
+        lastPass = pass;
+        remainingByPass.push(v.remainingBytes ?? 0);
+      }
+      const step = nextEscalation(
+        {
+          elapsedMs: Date.now() - t0,
+          passes: pass,
+          remainingBytes: v.remainingBytes ?? 0,
+          remainingByPass,
+          msSinceProgress: v.mirror && !v.mirror.ready ? 0 : Date.now() - lastProgressAt,
+          downtimeLimitMs: v.downtimeLimitMs ?? policy.initialDowntimeMs,
+          postcopyActive: v.postcopyStarted,
+          lastEscalationPass,
+        },
+        policy,
+      );
+      if (step) {
+        this.jobs.addEscalation(id, { at: new Date().toISOString(), step });
+        lastEscalationPass = pass;
+        if (step.kind === 'downtime-limit') {
+          await src.client.call('POST', `${BASE}/${id}/tune`, { downtimeLimitMs: step.toMs }).catch((e: unknown) => this.log(`tune: ${String(e)}`));
+        } else if (step.kind === 'postcopy') {
+          await src.client.call('POST', `${BASE}/${id}/postcopy`);
+        } else {
+          await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+          throw new FerryError(step.code, step.reason);
+        }
+      }
+      await sleep(this.pollMs);
+    }
+  }
+
+  /** The destination takes over (finish), then the source lets go (confirm). Idempotent on both agents. */
+  private async finishAndConfirm(id: string, view: AgentMigrationView | null, prober: Prober | null): Promise<void> {
+    const job = this.jobs.mustGet(id);
+    const src = this.host(job.source);
+    const dst = this.host(job.destination);
+    let report: ProbeReport | null = null;
+    try {
+      try {
+        await retry(() => dst.client.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 60_000 }), 3);
+      } catch (err) {
+        // The destination cannot run the guest: the source still holds the complete state; resume it there.
+        throw new FerryError('FERRY_E_DESTINATION_LOST', `The destination could not take over: ${toFerryError(err).message}`, { cause: err });
+      }
+      // From here on the destination is the truth.
+      const status = await dst.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+      this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
+      this.jobs.update(id, { phase: 'confirm' });
+      // A little probing after the switch so the guest's first replies from the destination are seen.
+      if (prober) await sleep(300);
+      report = prober ? await prober.stop() : null;
+      prober = null;
+      await retry(() => src.client.call('POST', `${BASE}/${id}/confirm`, { success: true }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
+        // The guest runs on the destination; the source QEMU is paused (post-migrate) and will be cleaned up
+        // by the next confirm. Record it, but the migration itself succeeded.
+        this.log(`migration ${id}: confirm on ${job.source} failed: ${String(err)}`);
+        this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
+      });
+      const final = view ?? (await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`).catch(() => null));
+      this.jobs.transition(id, 'switching', 'completed', {
+        totalMs: Date.now() - Date.parse(job.startedAt),
+        qemuTotalMs: final?.totalMs ?? null,
+        downtimeMs: final?.downtimeMs ?? null,
+        guestDowntimeMs: report ? report.longestGapMs : null,
+        transferredBytes: final?.transferredBytes ?? job.transferredBytes,
+        iterations: final?.iterations ?? job.iterations,
+        memoryBytes: final?.memoryBytes ?? job.memoryBytes,
+        error: null,
+      });
+    } finally {
+      await prober?.stop();
+    }
+  }
+
+  /** A failure before the destination took over: resume the source, discard the destination. */
+  private async rollback(id: string, err: unknown, prober: Prober | null): Promise<void> {
+    await prober?.stop().catch(() => null);
+    const fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
+    const job = this.jobs.mustGet(id);
+    this.log(`migration ${id}: ${fe.code} in ${job.phase}: ${fe.message}`);
+    if (job.state === 'postcopy') {
+      // The destination already runs the guest: there is no source to go back to.
+      this.jobs.transition(id, 'postcopy', 'failed', { error: { code: fe.code, message: `post-copy failed: ${fe.message}` }, totalMs: Date.now() - Date.parse(job.startedAt) });
+      this.setVm(job.vm, { state: 'stopped' });
+      return;
+    }
+    let src: AgentClient | null = null;
+    let dst: AgentClient | null = null;
+    try {
+      src = this.host(job.source).client;
+      dst = this.host(job.destination).client;
+    } catch {
+      // A host was removed meanwhile: clean up what can be reached.
+    }
+    if (src && job.state !== 'queued') await src.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+    if (dst && job.state !== 'queued') await retry(() => dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 }), 2).catch(() => {});
+    if (src && job.state !== 'queued') await retry(() => src.call('POST', `${BASE}/${id}/confirm`, { success: false }, { timeoutMs: 30_000 }), 2).catch(() => {});
+    const status = src ? await src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null) : null;
+    this.setVm(job.vm, { host: job.source, state: status?.state ?? 'running' });
+    const to: MigrationState = fe.code === 'FERRY_E_MIGRATION_CANCELLED' && job.state !== 'switching' ? 'cancelled' : 'failed';
+    this.jobs.transition(id, job.state, to, { error: { code: fe.code, message: fe.message }, totalMs: Date.now() - Date.parse(job.startedAt) });
+  }
+
+  /** After a controller restart: roll each unfinished job forward or back, by who is the truth now. */
+  private async resume(job: MigrationJson): Promise<void> {
+    const restarted = new FerryError('FERRY_E_CONTROLLER_RESTARTED', `The controller restarted while the job was ${job.state}; it was rolled back.`);
+    try {
+      switch (job.state) {
+        case 'queued':
+        case 'preparing':
+          return await this.rollback(job.id, restarted, null);
+        case 'transferring':
+        case 'postcopy': {
+          const src = this.host(job.source).client;
+          const v = await src.call<AgentMigrationView>('GET', `${BASE}/${job.id}`).catch(() => null);
+          if (v === null && job.state === 'transferring') return await this.rollback(job.id, restarted, null);
+          return await this.monitorAndFinish(job.id, null);
+        }
+        case 'switching':
+          return await this.finishAndConfirm(job.id, null, null);
+        default:
+          return;
+      }
+    } catch (err) {
+      await this.rollback(job.id, err, null);
+    }
+  }
+
+  private async runCold(id: string, _vmStateBefore: string): Promise<void> {
+    await this.rollback(id, new FerryError('FERRY_E_MIGRATION_FAILED', 'Cold migration is not wired yet.'), null);
+  }
+}
+
+async function retry<T>(fn: () => Promise<T>, attempts: number): Promise<T> {
+  let last: unknown;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      last = err;
+      // An answer from the agent (not a transport failure) will not change on retry.
+      if (err instanceof FerryError && err.code !== 'FERRY_E_AGENT_UNREACHABLE') throw err;
+      await sleep(500 * (i + 1));
+    }
+  }
+  throw last;
+}
+
+export function storageFor(policy: MigrationPolicy, spec: VmSpec): StorageCopy {
+  const local = spec.disks.some((d) => !d.shared);
+  if (policy.storage === 'shared') {
+    if (local) throw new FerryError('FERRY_E_BAD_INPUT', `VM ${spec.name} has local disks: --storage shared would leave them behind (use copy or auto).`);
+    return 'shared';
+  }
+  if (policy.storage === 'copy') return 'copy';
+  return local ? 'copy' : 'shared';
+}
+
+export function capabilitiesFor(p: MigrationPolicy): { postcopy: boolean; multifd: number; xbzrle: boolean; autoConverge: boolean } {
+  return { postcopy: p.postcopy !== 'never', multifd: p.multifd, xbzrle: p.xbzrle, autoConverge: p.autoConverge };
+}
