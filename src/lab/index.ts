@@ -152,7 +152,13 @@ export function readLabState(opts: LabOptions = {}): LabState | null {
     return null;
   }
   const s = raw as Partial<LabState>;
-  if (s.version !== LAB_STATE_VERSION || typeof s.name !== 'string' || !s.network || !s.server || !Array.isArray(s.hosts)) {
+  if (
+    s.version !== LAB_STATE_VERSION ||
+    typeof s.name !== 'string' ||
+    !s.network ||
+    !s.server ||
+    !Array.isArray(s.hosts)
+  ) {
     return null;
   }
   return s as LabState;
@@ -209,7 +215,11 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
   let exited: string | null = null;
   let pid: number | undefined;
   try {
-    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', fd, fd], env: process.env });
+    const child = spawn(argv[0]!, argv.slice(1), {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: process.env,
+    });
     child.on('error', (err) => (exited = err.message));
     child.on('exit', (code, signal) => (exited = signal ? `killed by ${signal}` : `exit ${code}`));
     child.unref();
@@ -234,9 +244,13 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
     if (exited !== null || pid === undefined || Date.now() > deadline) {
       if (pid !== undefined && exited === null) await killPids([pid]);
       const tail = text.split('\n').slice(-15).join('\n').trim();
-      throw new FerryError('FERRY_E_LAB', `${what} did not start (${exited ?? 'timed out'}); see ${log}:\n${tail}`, {
-        details: { log },
-      });
+      throw new FerryError(
+        'FERRY_E_LAB',
+        `${what} did not start (${exited ?? 'timed out'}); see ${log}:\n${tail}`,
+        {
+          details: { log },
+        },
+      );
     }
     await sleep(100);
   }
@@ -244,11 +258,22 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
 
 function runFerry(args: string[], timeoutMs = 30_000): Promise<string> {
   return new Promise((resolvePromise, reject) => {
-    execFile(process.execPath, [FERRY_BIN, ...args], { timeout: timeoutMs, env: process.env }, (err, stdout, stderr) => {
-      if (err) {
-        reject(new FerryError('FERRY_E_LAB', `ferry ${args.join(' ')}: ${String(stderr).trim() || err.message}`, { cause: err }));
-      } else resolvePromise(String(stdout));
-    });
+    execFile(
+      process.execPath,
+      [FERRY_BIN, ...args],
+      { timeout: timeoutMs, env: process.env },
+      (err, stdout, stderr) => {
+        if (err) {
+          reject(
+            new FerryError(
+              'FERRY_E_LAB',
+              `ferry ${args.join(' ')}: ${String(stderr).trim() || err.message}`,
+              { cause: err },
+            ),
+          );
+        } else resolvePromise(String(stdout));
+      },
+    );
   });
 }
 
@@ -257,7 +282,10 @@ function lastJson(text: string): Record<string, unknown> {
   try {
     return JSON.parse(t) as Record<string, unknown>;
   } catch {
-    const line = t.split('\n').reverse().find((l) => l.startsWith('{'));
+    const line = t
+      .split('\n')
+      .reverse()
+      .find((l) => l.startsWith('{'));
     if (line === undefined) throw new FerryError('FERRY_E_LAB', `expected JSON, got: ${t.slice(0, 200)}`);
     return JSON.parse(line) as Record<string, unknown>;
   }
@@ -265,7 +293,11 @@ function lastJson(text: string): Record<string, unknown> {
 
 /** The CA certificate in the controller's data dir whose fingerprint is the one the server printed. */
 function findCaCert(dataDir: string, fingerprint: string): string {
-  const norm = (f: string): string => f.replaceAll(':', '').toLowerCase().replace(/^sha256/, '');
+  const norm = (f: string): string =>
+    f
+      .replaceAll(':', '')
+      .toLowerCase()
+      .replace(/^sha256/, '');
   const want = norm(fingerprint);
   const walk = (dir: string, depth: number): string | null => {
     let entries: string[];
@@ -291,7 +323,8 @@ function findCaCert(dataDir: string, fingerprint: string): string {
     return null;
   };
   const pem = walk(dataDir, 2);
-  if (pem === null) throw new FerryError('FERRY_E_LAB', `No CA certificate with fingerprint ${fingerprint} in ${dataDir}.`);
+  if (pem === null)
+    throw new FerryError('FERRY_E_LAB', `No CA certificate with fingerprint ${fingerprint} in ${dataDir}.`);
   return pem;
 }
 
@@ -315,9 +348,15 @@ export function labApi(state: Pick<LabState, 'server'>, path: string, timeoutMs 
       timeout: timeoutMs,
       headers: { authorization: `Bearer ${state.server.adminToken}`, accept: 'application/json' },
     });
-    req.on('timeout', () => req.destroy(new FerryError('FERRY_E_SERVER_UNREACHABLE', `No answer from ${url.origin}.`)));
+    req.on('timeout', () =>
+      req.destroy(new FerryError('FERRY_E_SERVER_UNREACHABLE', `No answer from ${url.origin}.`)),
+    );
     req.on('error', (err) =>
-      reject(err instanceof FerryError ? err : new FerryError('FERRY_E_SERVER_UNREACHABLE', err.message, { cause: err })),
+      reject(
+        err instanceof FerryError
+          ? err
+          : new FerryError('FERRY_E_SERVER_UNREACHABLE', err.message, { cause: err }),
+      ),
     );
     req.on('response', (res) => {
       const parts: Buffer[] = [];
@@ -349,7 +388,11 @@ export async function labApiHosts(state: Pick<LabState, 'server'>, timeoutMs = 5
 
 /** `ready`, and its first heartbeat came in (the inventory the scheduler needs), when the API shows it. */
 function hostReady(h: ApiHost | undefined): boolean {
-  return h !== undefined && h.state === 'ready' && (!('inventory' in h) || (h.inventory !== null && h.inventory !== undefined));
+  return (
+    h !== undefined &&
+    h.state === 'ready' &&
+    (!('inventory' in h) || (h.inventory !== null && h.inventory !== undefined))
+  );
 }
 
 async function waitHostsReady(state: LabState, names: string[], timeoutMs: number): Promise<void> {
@@ -364,7 +407,8 @@ async function waitHostsReady(state: LabState, names: string[], timeoutMs: numbe
     } catch (err) {
       last = toFerryError(err).message;
     }
-    if (Date.now() > deadline) throw new FerryError('FERRY_E_LAB', `Lab ${state.name}: hosts not ready in time (${last}).`);
+    if (Date.now() > deadline)
+      throw new FerryError('FERRY_E_LAB', `Lab ${state.name}: hosts not ready in time (${last}).`);
     await sleep(250);
   }
 }
@@ -375,9 +419,21 @@ async function waitHostsReady(state: LabState, names: string[], timeoutMs: numbe
 async function startServer(state: LabState, timeoutMs: number): Promise<void> {
   const s = state.server;
   const started = await startDetached(
-    [process.execPath, FERRY_BIN, 'server', '--data', s.dataDir, '--listen', s.listen, '--vm-network', `vm0=${state.network.vmCidr}`,
+    [
+      process.execPath,
+      FERRY_BIN,
+      'server',
+      '--data',
+      s.dataDir,
+      '--listen',
+      s.listen,
+      '--vm-network',
+      `vm0=${state.network.vmCidr}`,
       // The root namespace's address on the VM LAN is never handed to a guest.
-      '--vm-gateway', state.network.vmGateway, '--json'],
+      '--vm-gateway',
+      state.network.vmGateway,
+      '--json',
+    ],
     s.log,
     timeoutMs,
     'the controller',
@@ -386,12 +442,17 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
   if (typeof started.line.url === 'string') s.url = started.line.url;
   if (typeof started.line.caFingerprint === 'string') s.caFingerprint = started.line.caFingerprint;
   // The admin token is printed on first start; a restart keeps the one recorded then.
-  if (typeof started.line.adminToken === 'string' && started.line.adminToken !== '') s.adminToken = started.line.adminToken;
+  if (typeof started.line.adminToken === 'string' && started.line.adminToken !== '')
+    s.adminToken = started.line.adminToken;
   if (s.adminToken === '') {
     try {
       s.adminToken = readFileSync(join(s.dataDir, 'admin-token'), 'utf8').trim();
     } catch (err) {
-      throw new FerryError('FERRY_E_LAB', `The controller printed no admin token and ${s.dataDir}/admin-token is unreadable.`, { cause: err });
+      throw new FerryError(
+        'FERRY_E_LAB',
+        `The controller printed no admin token and ${s.dataDir}/admin-token is unreadable.`,
+        { cause: err },
+      );
     }
   }
   s.caCertPem = findCaCert(s.dataDir, s.caFingerprint);
@@ -407,18 +468,34 @@ async function joinToken(state: LabState): Promise<string> {
   return token;
 }
 
-async function startAgent(state: LabState, h: LabHost, token: string | null, timeoutMs: number): Promise<void> {
+async function startAgent(
+  state: LabState,
+  h: LabHost,
+  token: string | null,
+  timeoutMs: number,
+): Promise<void> {
   const argv = [
-    'ip', 'netns', 'exec', h.namespace,
-    process.execPath, FERRY_BIN, 'agent',
-    '--server', state.server.url,
+    'ip',
+    'netns',
+    'exec',
+    h.namespace,
+    process.execPath,
+    FERRY_BIN,
+    'agent',
+    '--server',
+    state.server.url,
     // The first start joins with a one-time token, pinning the CA the controller printed.
     ...(token === null ? [] : ['--join-token', token, '--ca-hash', state.server.caFingerprint]),
-    '--name', h.name,
-    '--listen', h.listen,
-    '--data', h.dataDir,
-    '--migration-address', h.migrationAddress,
-    '--vm-bridge', h.vmBridge,
+    '--name',
+    h.name,
+    '--listen',
+    h.listen,
+    '--data',
+    h.dataDir,
+    '--migration-address',
+    h.migrationAddress,
+    '--vm-bridge',
+    h.vmBridge,
     '--json',
   ];
   // `ip netns exec` execs the command, so the pid is the agent's own.
@@ -462,7 +539,11 @@ function planState(name: string, dir: string, net: LabNetwork): LabState {
 }
 
 function writeCliConfig(state: LabState): string {
-  return writeConfig({ server: state.server.url, token: state.server.adminToken, caCertPem: state.server.caCertPem });
+  return writeConfig({
+    server: state.server.url,
+    token: state.server.adminToken,
+    caCertPem: state.server.caCertPem,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -482,7 +563,13 @@ export interface LabStatus {
   healthy: boolean;
   network: { index: number | null; namespaces: string[]; links: string[]; complete: boolean };
   server: (LabProcessStatus & { url: string }) | null;
-  hosts: (LabProcessStatus & { name: string; namespace: string; address: string; url: string; state: string | null })[];
+  hosts: (LabProcessStatus & {
+    name: string;
+    namespace: string;
+    address: string;
+    url: string;
+    state: string | null;
+  })[];
   /** Why the lab is not healthy, for humans. */
   problems: string[];
 }
@@ -497,7 +584,8 @@ export async function labStatus(opts: LabOptions = {}): Promise<LabStatus> {
   const problems: string[] = [];
   if (state === null) {
     const leftovers = objects.namespaces.length + objects.links.length > 0;
-    if (leftovers) problems.push(`no lab.json but network objects are left: run \`ferry lab down --name ${name}\``);
+    if (leftovers)
+      problems.push(`no lab.json but network objects are left: run \`ferry lab down --name ${name}\``);
     return {
       name,
       dir,
@@ -511,8 +599,12 @@ export async function labStatus(opts: LabOptions = {}): Promise<LabStatus> {
   }
   const wantNs = state.hosts.map((h) => h.namespace);
   const missingNs = wantNs.filter((n) => !objects.namespaces.includes(n));
-  const complete = missingNs.length === 0 && objects.links.length === 2 + 2 * state.hosts.length && index === state.network.index;
-  if (!complete) problems.push(`network incomplete${missingNs.length ? ` (missing ${missingNs.join(', ')})` : ''}`);
+  const complete =
+    missingNs.length === 0 &&
+    objects.links.length === 2 + 2 * state.hosts.length &&
+    index === state.network.index;
+  if (!complete)
+    problems.push(`network incomplete${missingNs.length ? ` (missing ${missingNs.join(', ')})` : ''}`);
   const serverAlive = isOurProcess(state.server.pid, state.server.dataDir);
   if (!serverAlive) problems.push(`controller (pid ${state.server.pid}) is not running`);
   let apiHosts: ApiHost[] | null = null;
@@ -527,8 +619,17 @@ export async function labStatus(opts: LabOptions = {}): Promise<LabStatus> {
     const alive = isOurProcess(h.pid, h.dataDir);
     if (!alive) problems.push(`agent ${h.name} (pid ${h.pid}) is not running`);
     const st = apiHosts?.find((a) => a.name === h.name)?.state ?? null;
-    if (apiHosts !== null && st !== 'ready') problems.push(`host ${h.name} is ${st ?? 'unknown to the controller'}`);
-    return { name: h.name, namespace: h.namespace, address: h.address, url: h.url, pid: h.pid, alive, state: st };
+    if (apiHosts !== null && st !== 'ready')
+      problems.push(`host ${h.name} is ${st ?? 'unknown to the controller'}`);
+    return {
+      name: h.name,
+      namespace: h.namespace,
+      address: h.address,
+      url: h.url,
+      pid: h.pid,
+      alive,
+      state: st,
+    };
   });
   return {
     name,
@@ -588,7 +689,11 @@ export async function labUp(opts: LabUpOptions = {}): Promise<LabUpResult> {
     log(`agents: ${state.hosts.map((h) => `${h.name} ${h.address}`).join(', ')}`);
     await Promise.all(state.hosts.map((h, i) => startAgent(state!, h, tokens[i]!, timeoutMs)));
     writeLabState(state);
-    await waitHostsReady(state, state.hosts.map((h) => h.name), timeoutMs);
+    await waitHostsReady(
+      state,
+      state.hosts.map((h) => h.name),
+      timeoutMs,
+    );
     if (opts.writeConfig !== false) state.configPath = writeCliConfig(state);
     writeLabState(state);
     return { ...state, reused: false };
@@ -622,7 +727,10 @@ function findRootLabProcesses(dir: string, index: number | null): number[] {
     if (!argv.includes('server')) continue;
     const data = argv[argv.indexOf('--data') + 1];
     const listen = argv[argv.indexOf('--listen') + 1];
-    if ((argv.includes('--data') && data === serverData) || (listenPrefix !== null && argv.includes('--listen') && listen?.startsWith(listenPrefix))) {
+    if (
+      (argv.includes('--data') && data === serverData) ||
+      (listenPrefix !== null && argv.includes('--listen') && listen?.startsWith(listenPrefix))
+    ) {
       // Only processes in our own network namespace (the root one): the agents' are handled by netns.
       try {
         if (readlinkSync(`/proc/${pid}/ns/net`) !== readlinkSync('/proc/self/ns/net')) continue;
@@ -673,7 +781,8 @@ export async function labDown(opts: LabOptions & { keepLogs?: boolean } = {}): P
   let removedDir = false;
   if (existsSync(dir)) {
     if (opts.keepLogs) {
-      for (const e of readdirSync(dir)) if (!e.endsWith('.log')) rmSync(join(dir, e), { recursive: true, force: true });
+      for (const e of readdirSync(dir))
+        if (!e.endsWith('.log')) rmSync(join(dir, e), { recursive: true, force: true });
     } else {
       rmSync(dir, { recursive: true, force: true });
       removedDir = true;
@@ -685,7 +794,8 @@ export async function labDown(opts: LabOptions & { keepLogs?: boolean } = {}): P
 function requireState(lab: string | LabState, dataRoot?: string): LabState {
   if (typeof lab !== 'string') return readLabState({ name: lab.name, dataRoot: dirname(lab.dir) }) ?? lab;
   const s = readLabState({ name: lab, dataRoot });
-  if (s === null) throw new FerryError('FERRY_E_LAB', `Lab ${lab} is not up: run \`ferry lab up --name ${lab}\`.`);
+  if (s === null)
+    throw new FerryError('FERRY_E_LAB', `Lab ${lab} is not up: run \`ferry lab up --name ${lab}\`.`);
   return s;
 }
 
@@ -716,6 +826,10 @@ export async function labRestartServer(
   if (isOurProcess(state.server.pid, state.server.dataDir)) await killPids([state.server.pid]);
   await startServer(state, opts.timeoutMs ?? 60_000);
   writeLabState(state);
-  await waitHostsReady(state, state.hosts.map((h) => h.name), opts.timeoutMs ?? 60_000);
+  await waitHostsReady(
+    state,
+    state.hosts.map((h) => h.name),
+    opts.timeoutMs ?? 60_000,
+  );
   return state;
 }

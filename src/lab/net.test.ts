@@ -65,20 +65,46 @@ test('without `ip` on PATH: FERRY_E_MISSING_TOOL (or NOT_ROOT when not root), no
 });
 
 const canDropRoot = process.getuid?.() === 0 && existsSync('/usr/bin/setpriv');
-test('`ferry lab up` as an ordinary user: FERRY_E_NOT_ROOT, exit 1, nothing changed', { skip: !canDropRoot }, async () => {
-  const home = mkdtempSync(join(tmpdir(), 'ferry-nobody-'));
-  try {
-    const argv = ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', `HOME=${home}`, `FERRY_LAB_DIR=${home}/labs`];
-    const r = await new Promise<{ code: number; stdout: string }>((resolve) => {
-      execFile('setpriv', [...argv, process.execPath, join(PACKAGE_ROOT, 'bin', 'ferry.js'), 'lab', 'up', '--name', 'zy', '--json'], (err, stdout) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: String(stdout) }),
-      );
-    });
-    assert.equal(r.code, 1, r.stdout);
-    assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'FERRY_E_NOT_ROOT');
-    assert.deepEqual(await findLabObjects('zy'), { namespaces: [], links: [] });
-    assert.ok(!existsSync(join(home, 'labs')));
-  } finally {
-    rmSync(home, { recursive: true, force: true });
-  }
-});
+test(
+  '`ferry lab up` as an ordinary user: FERRY_E_NOT_ROOT, exit 1, nothing changed',
+  { skip: !canDropRoot },
+  async () => {
+    const home = mkdtempSync(join(tmpdir(), 'ferry-nobody-'));
+    try {
+      const argv = [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        'env',
+        `HOME=${home}`,
+        `FERRY_LAB_DIR=${home}/labs`,
+      ];
+      const r = await new Promise<{ code: number; stdout: string }>((resolve) => {
+        execFile(
+          'setpriv',
+          [
+            ...argv,
+            process.execPath,
+            join(PACKAGE_ROOT, 'bin', 'ferry.js'),
+            'lab',
+            'up',
+            '--name',
+            'zy',
+            '--json',
+          ],
+          (err, stdout) =>
+            resolve({
+              code: err ? (typeof err.code === 'number' ? err.code : -1) : 0,
+              stdout: String(stdout),
+            }),
+        );
+      });
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'FERRY_E_NOT_ROOT');
+      assert.deepEqual(await findLabObjects('zy'), { namespaces: [], links: [] });
+      assert.ok(!existsSync(join(home, 'labs')));
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  },
+);

@@ -86,7 +86,10 @@ export function hostIndex(host: HostRef): number {
   const n = typeof host === 'number' ? host : /^h([1-9][0-9]?)$/.exec(host)?.[1];
   const i = Number(n);
   if (!Number.isInteger(i) || i < 1 || i > MAX_HOSTS) {
-    throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No lab host ${JSON.stringify(host)}: use h1 … h${MAX_HOSTS}.`);
+    throw new FerryError(
+      'FERRY_E_HOST_NOT_FOUND',
+      `No lab host ${JSON.stringify(host)}: use h1 … h${MAX_HOSTS}.`,
+    );
   }
   return i;
 }
@@ -145,8 +148,13 @@ function run(file: string, args: string[], timeoutMs = 30_000): Promise<ExecResu
     execFile(file, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       if (err && typeof err.code === 'string') {
         if (err.code === 'ENOENT') {
-          reject(new FerryError('FERRY_E_MISSING_TOOL', `\`${file}\` was not found: install iproute2.`, { cause: err }));
-        } else reject(new FerryError('FERRY_E_LAB', `${file} ${args.join(' ')}: ${err.message}`, { cause: err }));
+          reject(
+            new FerryError('FERRY_E_MISSING_TOOL', `\`${file}\` was not found: install iproute2.`, {
+              cause: err,
+            }),
+          );
+        } else
+          reject(new FerryError('FERRY_E_LAB', `${file} ${args.join(' ')}: ${err.message}`, { cause: err }));
         return;
       }
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
@@ -388,9 +396,13 @@ export async function createLabNetwork(opts: { name: string; hosts: number }): P
   await checkLabPrerequisites();
   const existing = await findLabObjects(name);
   if (existing.namespaces.length > 0 || existing.links.length > 0) {
-    throw new FerryError('FERRY_E_LAB', `Lab ${name} has network objects already: run \`ferry lab down --name ${name}\`.`, {
-      details: { ...existing },
-    });
+    throw new FerryError(
+      'FERRY_E_LAB',
+      `Lab ${name} has network objects already: run \`ferry lab down --name ${name}\`.`,
+      {
+        details: { ...existing },
+      },
+    );
   }
   try {
     const net = await withNetLock(async () => {
@@ -487,7 +499,10 @@ export async function destroyLabNetwork(lab: string): Promise<LabObjects> {
     const left = await findLabObjects(lab);
     if (left.namespaces.length === 0 && left.links.length === 0) break;
     if (Date.now() > deadline) {
-      throw new FerryError('FERRY_E_LAB', `Lab ${lab}: could not remove ${[...left.namespaces, ...left.links].join(', ')}.`);
+      throw new FerryError(
+        'FERRY_E_LAB',
+        `Lab ${lab}: could not remove ${[...left.namespaces, ...left.links].join(', ')}.`,
+      );
     }
     for (const l of left.links) await delLink(l);
     for (const ns of left.namespaces) await delNamespace(ns);

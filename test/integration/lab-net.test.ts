@@ -27,16 +27,24 @@ const CLIENT_JS =
 
 /** A one-line TCP responder inside a namespace (ping is not installed on every machine). */
 async function startResponder(ns: string, host: string, reply: string): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', SERVER_JS, host, String(PORT), reply], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const [chunk] = (await Promise.race([once(child.stdout!, 'data'), sleep(10_000).then(() => [null])])) as [unknown];
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '-e', SERVER_JS, host, String(PORT), reply],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const [chunk] = (await Promise.race([once(child.stdout!, 'data'), sleep(10_000).then(() => [null])])) as [
+    unknown,
+  ];
   assert.match(String(chunk), /ready/, `responder in ${ns} did not start`);
   return child;
 }
 
 async function fromHost(lab: string, host: number, addr: string): Promise<string | null> {
-  const r = await execInHost(lab, host, [process.execPath, '-e', CLIENT_JS, addr, String(PORT)], { timeoutMs: 10_000 });
+  const r = await execInHost(lab, host, [process.execPath, '-e', CLIENT_JS, addr, String(PORT)], {
+    timeoutMs: 10_000,
+  });
   return r.code === 0 ? r.stdout.trim() : null;
 }
 
@@ -139,7 +147,8 @@ test('a 2-host lab network: addresses, reachability, one VM LAN, link cut, clean
     const again = await destroyLabNetwork(lab);
     assert.deepEqual(again, { namespaces: [], links: [] });
   } finally {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
+    for (const c of children)
+      if (c.exitCode === null && c.signalCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
     await destroyLabNetwork(lab).catch(() => undefined);
     await assertGone(lab);
   }
@@ -152,7 +161,19 @@ test('down after a half-built lab removes the leftovers it finds by name', async
     // Simulate a crash in the middle of `up`: a second host's namespace and veth, no state anywhere.
     const ns = labHostNamespace(lab, 2);
     await execRoot(['ip', 'netns', 'add', ns]);
-    await execRoot(['ip', 'link', 'add', `fm-${lab}-h2`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    await execRoot([
+      'ip',
+      'link',
+      'add',
+      `fm-${lab}-h2`,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'eth0',
+      'netns',
+      ns,
+    ]);
     await assert.rejects(createLabNetwork({ name: lab, hosts: 2 }), { code: 'FERRY_E_LAB' });
     const removed = await destroyLabNetwork(lab);
     assert.deepEqual(removed.namespaces, [net.hosts[0]!.namespace, ns]);
@@ -167,7 +188,10 @@ test('two labs coexist on distinct subnets', async () => {
   const a = 'a' + randomBytes(3).toString('hex');
   const b = 'b' + randomBytes(3).toString('hex');
   try {
-    const [na, nb] = await Promise.all([createLabNetwork({ name: a, hosts: 1 }), createLabNetwork({ name: b, hosts: 1 })]);
+    const [na, nb] = await Promise.all([
+      createLabNetwork({ name: a, hosts: 1 }),
+      createLabNetwork({ name: b, hosts: 1 }),
+    ]);
     assert.notEqual(na.index, nb.index);
     await destroyLabNetwork(a);
     assert.equal((await findLabObjects(b)).namespaces.length, 1, 'down of one lab touched the other');

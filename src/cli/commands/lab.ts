@@ -13,11 +13,20 @@ function parseHosts(text: string): number {
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export function registerLab(program: Command): void {
-  const lab = program.command('lab').description('A local cluster on this machine: hosts as network namespaces');
+  const lab = program
+    .command('lab')
+    .description('A local cluster on this machine: hosts as network namespaces');
 
   lab
     .command('up')
@@ -98,14 +107,25 @@ export function registerLab(program: Command): void {
           json: s,
           exitCode: s.healthy ? 0 : 1,
           human: () => {
-            if (!s.exists) return [`lab ${s.name}: not up`, ...s.problems.filter((p) => p !== 'not up').map((p) => `  ${p}`)].join('\n');
+            if (!s.exists)
+              return [
+                `lab ${s.name}: not up`,
+                ...s.problems.filter((p) => p !== 'not up').map((p) => `  ${p}`),
+              ].join('\n');
             return [
               `lab ${s.name}: ${s.healthy ? 'healthy' : 'UNHEALTHY'} (${s.dir})`,
               `controller ${s.server?.url ?? '-'} pid ${s.server?.pid ?? '-'} ${alive(s.server?.alive ?? false)}`,
               '',
               table([
                 ['HOST', 'NAMESPACE', 'ADDRESS', 'PID', 'PROCESS', 'STATE'],
-                ...s.hosts.map((h) => [h.name, h.namespace, h.address, String(h.pid), alive(h.alive), h.state ?? '-']),
+                ...s.hosts.map((h) => [
+                  h.name,
+                  h.namespace,
+                  h.address,
+                  String(h.pid),
+                  alive(h.alive),
+                  h.state ?? '-',
+                ]),
               ]),
               ...(s.problems.length ? ['', 'problems:', ...s.problems.map((p) => `  ${p}`)] : []),
             ].join('\n');
