@@ -408,7 +408,8 @@ static int udp_fd = -1;
  * connects, after it disconnects, on the destination of a migration until the agent there connects).
  * While the host is away the port polls readable+hangup without pause, so it is left out of poll();
  * the driver sends SIGIO when the host connects, and a slow timer rechecks in case a signal was missed
- * (slow on purpose: each recheck costs a TCG guest measurably, ~1.5 % of a core at 2/s).
+ * (once a second: each recheck costs a TCG guest measurably, ~1.5 % of a core at 2/s, but a slower one
+ * keeps a destination agent waiting that long for the guest after a migration).
  * The fd itself survives a migration (the device state moves with the guest); it is reopened after errors.
  */
 static int ser_fd = -1;
@@ -419,7 +420,7 @@ static size_t ser_len;
 static uint64_t ser_retry_at;
 static volatile sig_atomic_t got_sigio;
 
-#define HOST_AWAY_RECHECK_MS 5000
+#define HOST_AWAY_RECHECK_MS 1000
 #define REOPEN_MS 200
 
 static void on_sigio(int sig) {
