@@ -10,6 +10,8 @@ import { FerryError } from '../common/errors.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import type { Accel } from '../qemu/argv.ts';
+import { Readable } from 'node:stream';
+import { openColdFile, performCold, prepareCold, receiveColdFile, SHA256_HEADER } from '../migration/cold.ts';
 import { confirm } from '../migration/confirm.ts';
 import { finish } from '../migration/finish.ts';
 import { sourceVmOf, startPerform, type SourceMigration } from '../migration/perform.ts';
@@ -132,12 +134,13 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
   const jobs = new Map<string, SourceMigration>();
   // A route another extension declared already (a test's stand-in) is left to it.
   type Handler = (req: FastifyRequest, reply: FastifyReply) => unknown;
-  const add = (method: 'GET' | 'POST', url: string, handler: Handler): void => {
+  const add = (method: 'GET' | 'POST' | 'PUT', url: string, handler: Handler): void => {
     if (!ctx.app.hasRoute({ method, url })) ctx.app.route({ method, url, handler });
   };
   const app = {
     get: (url: string, h: Handler) => add('GET', url, h),
     post: (url: string, h: Handler) => add('POST', url, h),
+    put: (url: string, h: Handler) => add('PUT', url, h),
   };
 
   const record = async (id: string) => {
@@ -281,6 +284,58 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
     const job = await sourceJob(id);
     if (job === undefined) throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is not transferring on this agent.`);
     return job.tune(t);
+  });
+
+  // --- cold migration: the controller streams each file from the source's GET to the destination's PUT.
+  if (!ctx.app.hasContentTypeParser('application/octet-stream')) {
+    // The body stays a stream: disks are far larger than any JSON limit and are hashed as they arrive.
+    ctx.app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
+  }
+
+  app.post(`${BASE}/:id/cold/prepare`, async (req, reply) => {
+    const id = idParam(req);
+    const spec = parseVmSpec(body(req).spec);
+    const v = await host.exclusive(spec.name, async (existing) => {
+      const earlier = await loadRecord(host.dataDir, id);
+      if (existing !== undefined && earlier === undefined) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
+      if (earlier === undefined) await host.admit(spec);
+      const taps = await host.ensureTaps(spec);
+      const p = await prepareCold({ id, agentDir: host.dataDir, accel: host.accel, spec, taps });
+      if (existing === undefined) host.adopt(p.vm);
+      return p.view;
+    });
+    return reply.status(201).send(v);
+  });
+
+  app.post(`${BASE}/:id/cold/perform`, async (req) => {
+    const id = idParam(req);
+    const b = body(req);
+    const name = validateName(b.vm, 'VM name');
+    const mode = b.mode ?? 'shutdown';
+    if (mode !== 'shutdown' && mode !== 'save') throw new FerryError('FERRY_E_BAD_INPUT', 'mode must be shutdown or save.');
+    const timeoutMs = optNumber(b, 'timeoutMs', 0);
+    return host.exclusive(name, async (vm) => {
+      if (vm === undefined) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on this host.`);
+      return performCold({ id, agentDir: host.dataDir, vm, mode, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
+    });
+  });
+
+  app.get(`${BASE}/:id/files/:name`, async (req, reply) => {
+    const id = idParam(req);
+    const { stream, file } = await openColdFile(host.dataDir, id, String((req.params as { name?: unknown }).name));
+    return reply
+      .header(SHA256_HEADER, file.sha256)
+      .header('content-length', String(file.bytes))
+      .type('application/octet-stream')
+      .send(stream);
+  });
+
+  app.put(`${BASE}/:id/files/:name`, async (req) => {
+    const id = idParam(req);
+    const sha = req.headers[SHA256_HEADER];
+    if (typeof sha !== 'string') throw new FerryError('FERRY_E_BAD_INPUT', `The ${SHA256_HEADER} header is required.`);
+    if (!(req.body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
+    return receiveColdFile({ agentDir: host.dataDir, id, name: String((req.params as { name?: unknown }).name), sha256: sha.toLowerCase(), body: req.body });
   });
 
   app.post(`${BASE}/:id/finish`, async (req) => {

@@ -6,6 +6,7 @@
 import { rm } from 'node:fs/promises';
 import { FerryError } from '../common/errors.ts';
 import { LocalVm } from '../agent/vm.ts';
+import { resumeColdSource } from './cold.ts';
 import { saveRecord } from './record.ts';
 import { requireRecord, type OutcomeOptions } from './finish.ts';
 import type { AgentMigrationView } from './types.ts';
@@ -24,6 +25,12 @@ export async function confirm(o: OutcomeOptions): Promise<AgentMigrationView> {
     return structuredClone(v);
   };
 
+  if (rec.cold !== undefined && !o.success) {
+    if (vm === null) throw new FerryError('FERRY_E_SOURCE_LOST', `The source VM ${v.vm} is gone: nothing to resume.`);
+    await resumeColdSource(vm, rec);
+    v.runState = (await vm.status()).qemuStatus;
+    return settle('resumed');
+  }
   if (o.success) {
     if (v.stage !== 'completed') {
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${o.id} is ${v.stage} here, not completed: the source stays.`);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../common/errors.ts';
 import { LocalVm } from '../agent/vm.ts';
+import { startColdDestination } from './cold.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { stopExports } from './storage.ts';
 import { TLS_OBJECT_ID } from './tls.ts';
@@ -67,6 +68,12 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
     rec.view.runState = null;
     return settle(rec, o.agentDir, 'discarded');
   }
+  if (rec.cold !== undefined) {
+    if (vm === null) throw new FerryError('FERRY_E_VM_NOT_FOUND', `The destination VM ${rec.view.vm} is gone.`);
+    await startColdDestination(vm, rec);
+    rec.view.runState = (await vm.status()).qemuStatus;
+    return settle(rec, o.agentDir, 'finished');
+  }
   if (vm === null || vm.pid === null) {
     throw new FerryError('FERRY_E_DESTINATION_LOST', `The destination QEMU of VM ${rec.view.vm} is gone.`);
   }
@@ -101,6 +108,8 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
   rec.view.runState = st.status;
   await stopExports(qmp);
   await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch(() => undefined);
+  // The parameters still name the credentials; clear them first, or a later save or migration fails.
+  await qmp.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => undefined);
   await qmp.execute('object-del', { id: TLS_OBJECT_ID.server }).catch(() => undefined);
   await rm(join(vm.runDir, 'migration-tls'), { recursive: true, force: true });
   if (vm.spec.guestChannel) {

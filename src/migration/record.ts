@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
-import { MIGRATION_ID_RE, type AgentMigrationView, type PerformRequest, type PrepareResponse } from './types.ts';
+import { MIGRATION_ID_RE, type AgentMigrationView, type ColdManifest, type PerformRequest, type PrepareResponse } from './types.ts';
 
 export const RECORD_VERSION = 1;
 export const RUN_DIR_RECORD = 'migration.json';
@@ -24,6 +24,8 @@ export interface MigrationRecord {
   prepared?: PrepareResponse;
   /** Source: the perform request, to resume watching after an agent restart. */
   performed?: PerformRequest;
+  /** A cold migration: its files (source: offered; destination: received so far). */
+  cold?: { manifest: ColdManifest };
 }
 
 export function validateMigrationId(id: unknown): string {

@@ -130,3 +130,20 @@ export interface AgentMigrationView {
   mirror: { transferredBytes: number; totalBytes: number; ready: boolean } | null;
   error: { code: string; message: string } | null;
 }
+
+export type ColdMode = 'shutdown' | 'save';
+
+export interface ColdFile {
+  /** Disk id (`vda`) or `state` (the saved VM state). */
+  name: string;
+  bytes: number;
+  sha256: string;
+}
+
+/** What cold perform hands the controller: the files to move, each with its checksum. */
+export interface ColdManifest {
+  id: string;
+  vm: string;
+  mode: ColdMode;
+  files: ColdFile[];
+}
