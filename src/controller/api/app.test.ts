@@ -49,9 +49,12 @@ test('auth: no token or a wrong one → 401 FERRY_E_UNAUTHORIZED; health is publ
 
 test('malformed bodies → 400 FERRY_E_BAD_INPUT; unknown route → 404 FERRY_E_NOT_FOUND', async () => {
   await withApp(async ({ app, auth }) => {
-    const bad = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'Bad Name!', vcpus: 'x' } });
+    const bad = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'ok', vcpus: 'x' } });
     assert.equal(bad.statusCode, 400);
     assert.equal(bad.json().error.code, 'FERRY_E_BAD_INPUT');
+    const badName = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'Bad Name!', vcpus: 'x' } });
+    assert.equal(badName.statusCode, 400);
+    assert.equal(badName.json().error.code, 'FERRY_E_BAD_NAME');
     const notJson = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: { ...auth, 'content-type': 'application/json' }, payload: '{nope' });
     assert.equal(notJson.statusCode, 400);
     assert.equal(notJson.json().error.code, 'FERRY_E_BAD_INPUT');

@@ -10,6 +10,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { FerryError, toFerryError } from '../../common/errors.ts';
+import { NAME_RE } from '../../common/units.ts';
 import type { Controller } from '../controller.ts';
 import { checkApiToken } from '../tokens.ts';
 import { registerEventRoutes } from './events.ts';
@@ -77,7 +78,16 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     let fe: FerryError;
     if (err instanceof FerryError) fe = err;
     else if ((err as FastifyError).validation) {
-      fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { validation: (err as FastifyError).validation } });
+      const validation = (err as FastifyError).validation!;
+      // A name that breaks the name rule gets the code users see for it everywhere else (CLI, agent).
+      const badName = validation.find((v) => v.keyword === 'pattern' && v.params.pattern === NAME_RE.source);
+      fe = badName
+        ? new FerryError(
+            'FERRY_E_BAD_NAME',
+            `Bad name in ${(err as FastifyError).validationContext ?? 'request'}${badName.instancePath}: names must match [a-z0-9][a-z0-9-]{0,62}.`,
+            { details: { validation } },
+          )
+        : new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { validation } });
     } else if (typeof (err as FastifyError).statusCode === 'number' && (err as FastifyError).statusCode! < 500) {
       // fastify's own 4xx (bad JSON, wrong content type, body too large): the client sent something wrong.
       fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { fastifyCode: (err as FastifyError).code } });
