@@ -12,6 +12,7 @@ import { registerServer } from './commands/server.ts';
 import { registerHost } from './commands/host.ts';
 import { registerVm } from './commands/vm.ts';
 import { registerMigration } from './commands/migration.ts';
+import { registerDemo } from './commands/demo.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerHost(program);
   registerVm(program);
   registerMigration(program);
+  registerDemo(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();
