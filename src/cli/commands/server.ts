@@ -84,6 +84,7 @@ async function runServer(flags: ServerFlags): Promise<void> {
 }
 
 export function registerServer(program: Command): void {
+  program.enablePositionalOptions();
   const server = program
     .command('server')
     .description('Run the controller (REST API, scheduler, heartbeats) in the foreground')
@@ -93,6 +94,9 @@ export function registerServer(program: Command): void {
     .option('--vm-gateway <ip>', 'gateway of the VM network (kept out of allocation)')
     .option('--heartbeat <duration>', 'interval of agent heartbeats (default 2s)')
     .option('--json', 'print one JSON line {url, caFingerprint, caHash, adminToken?} once listening')
+    // Options after a subcommand are the subcommand's: `server join-token --data D --json` prints JSON.
+    // commander needs this on every parent up to the root, else the root hands them back to `server`.
+    .enablePositionalOptions()
     .action((flags: ServerFlags) => runServer(flags));
 
   server
@@ -103,7 +107,7 @@ export function registerServer(program: Command): void {
     .option('--json', 'print one JSON document')
     .action(
       action(async (flags: { data?: string; ttl?: string }) => {
-        // `--data` after `join-token` is taken by the parent command (commander parses parent options anywhere).
+        // `ferry server --data D join-token` puts `--data` on the parent: accept it there too.
         const dataDir = flags.data ?? (server.opts() as { data?: string }).data ?? defaultServerDir();
         const { STORE_FILE } = await import('../../controller/controller.ts');
         const file = join(dataDir, STORE_FILE);
