@@ -37,6 +37,7 @@ import { hostViews, vmLoads } from '../hosts.ts';
 import { placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
 import { JobStore } from './jobs.ts';
+import { transferCold } from './cold.ts';
 
 export interface MigrateRequest extends PolicyInput {
   to?: string;
@@ -114,7 +115,7 @@ export class MigrationOrchestrator {
       return created;
     })();
     this.o.events.publish('vm.state', vmName, { state: 'migrating', migration: job.id });
-    this.spawn(job.id, () => this.run(job.id, vm.state));
+    this.spawn(job.id, () => this.run(job.id));
     return job;
   }
 
@@ -193,9 +194,9 @@ export class MigrationOrchestrator {
   }
 
   /** The live flow from a fresh job. */
-  private async run(id: string, vmStateBefore: string): Promise<void> {
+  private async run(id: string): Promise<void> {
     let job = this.jobs.mustGet(id);
-    if (job.mode === 'cold') return this.runCold(id, vmStateBefore);
+    if (job.mode === 'cold') return this.runCold(id);
     let prober: Prober | null = null;
     try {
       const src = this.host(job.source);
@@ -436,8 +437,22 @@ export class MigrationOrchestrator {
     }
   }
 
-  private async runCold(id: string, _vmStateBefore: string): Promise<void> {
-    await this.rollback(id, new FerryError('FERRY_E_MIGRATION_FAILED', 'Cold migration is not wired yet.'), null);
+  /** Cold: stop or save, stream the files with checksums, start on the destination, then remove the source copy. */
+  private async runCold(id: string): Promise<void> {
+    // The prober sees the whole outage of a cold move (the guest is paused from save to restore).
+    let prober: Prober | null = null;
+    try {
+      const job = this.jobs.mustGet(id);
+      const src = this.host(job.source).client;
+      const dst = this.host(job.destination).client;
+      prober = await this.startProber(job.vm);
+      const manifest = await transferCold({ jobs: this.jobs, pool: this.o.pool, src, dst }, id);
+      this.jobs.transition(id, 'transferring', 'switching', { phase: 'finish', qemuStatus: manifest.mode === 'save' ? 'completed' : null });
+      await this.finishAndConfirm(id, null, prober);
+      prober = null;
+    } catch (err) {
+      await this.rollback(id, err, prober);
+    }
   }
 }
 
