@@ -13,6 +13,7 @@ import { registerHost } from './commands/host.ts';
 import { registerVm } from './commands/vm.ts';
 import { registerMigration } from './commands/migration.ts';
 import { registerDemo } from './commands/demo.ts';
+import { registerBench } from './commands/bench.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerVm(program);
   registerMigration(program);
   registerDemo(program);
+  registerBench(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();
