@@ -57,6 +57,8 @@ export interface OrchestratorOptions {
 const BASE = '/agent/v1/migrations';
 /** A source agent that does not answer for this long during a transfer is given up on. */
 const SOURCE_SILENCE_MS = 20_000;
+/** How long a rolled-back job keeps trying to reach a destination that still holds an incoming QEMU. */
+const DESTINATION_DISCARD_MS = 10 * 60_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -404,12 +406,39 @@ export class MigrationOrchestrator {
       // A host was removed meanwhile: clean up what can be reached.
     }
     if (src && job.state !== 'queued') await src.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
-    if (dst && job.state !== 'queued') await retry(() => dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 }), 2).catch(() => {});
+    if (dst && job.state !== 'queued') {
+      // An unreachable destination (link down) still holds an incoming QEMU that nobody else will ever end:
+      // the source is the truth already, so finish the rollback now and keep asking in the background.
+      await dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 }).catch((e: unknown) => {
+        if (e instanceof FerryError && e.code === 'FERRY_E_AGENT_UNREACHABLE') this.discardDestinationLater(id, job.destination, dst);
+      });
+    }
     if (src && job.state !== 'queued') await retry(() => src.call('POST', `${BASE}/${id}/confirm`, { success: false }, { timeoutMs: 30_000 }), 2).catch(() => {});
     const status = src ? await src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null) : null;
     this.setVm(job.vm, { host: job.source, state: status?.state ?? 'running' });
     const to: MigrationState = fe.code === 'FERRY_E_MIGRATION_CANCELLED' && job.state !== 'switching' ? 'cancelled' : 'failed';
     this.jobs.transition(id, job.state, to, { error: { code: fe.code, message: fe.message }, totalMs: Date.now() - Date.parse(job.startedAt) });
+  }
+
+  /** Retries the destination's discard until its agent answers (or the controller stops). */
+  private discardDestinationLater(id: string, host: string, dst: AgentClient): void {
+    const deadline = Date.now() + DESTINATION_DISCARD_MS;
+    const attempt = async (): Promise<void> => {
+      while (!this.closed && Date.now() < deadline) {
+        await sleep(2000);
+        try {
+          await dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 });
+          this.log(`migration ${id}: the destination ${host} discarded its incoming VM`);
+          return;
+        } catch (err) {
+          if (!(err instanceof FerryError && err.code === 'FERRY_E_AGENT_UNREACHABLE')) {
+            this.log(`migration ${id}: discarding on ${host} failed: ${String(err)}`);
+            return;
+          }
+        }
+      }
+    };
+    void attempt();
   }
 
   /** After a controller restart: roll each unfinished job forward or back, by who is the truth now. */
