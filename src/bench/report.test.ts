@@ -32,6 +32,7 @@ function run(variant: string, round: number, totalMs: number | null, more: Parti
     guestDowntimeMs: 50,
     transferredBytes: 100 * 1024 * 1024,
     iterations: 3,
+    escalations: 0,
     error: null,
     ...more,
   };

@@ -47,6 +47,8 @@ export interface BenchRun {
   guestDowntimeMs: number | null;
   transferredBytes: number | null;
   iterations: number | null;
+  /** Policy steps the orchestrator took (downtime limit raised, throttling…). */
+  escalations: number;
   error: { code: string; message: string } | null;
 }
 

@@ -1,7 +1,7 @@
 /**
  * Runs benchmark scenarios for real: per scenario its own 2-host lab (unique name, torn down in `finally`,
  * and on SIGINT/SIGTERM), one tiny-guest VM, then rounds of live migrations hopping h1 ⇄ h2 with the
- * variants interleaved (A B A B …) so that the machine's noise hits each alike. After every hop the guest
+ * variants interleaved run by run (A B, B A, A B …) so that the machine's noise hits each alike. After every hop the guest
  * checks its own memory pattern. Speed is only ever measured here, never asserted in tests.
  */
 import { randomBytes } from 'node:crypto';
@@ -158,7 +158,10 @@ export async function runScenario(
     const bootId = (await guest('info')).bootId ?? null;
     let at = h1;
     for (let round = 1; round <= runs; round++) {
-      for (const v of s.variants) {
+      // Every other round in reverse (A B, B A, …): with two variants and hops alternating h1⇄h2, a fixed
+      // order would tie each variant to one direction and one position after the other.
+      const order = round % 2 === 1 ? s.variants : [...s.variants].reverse();
+      for (const v of order) {
         await sleep(opts.settleMs ?? 1000);
         const to = at === h1 ? h2 : h1;
         const run = await migrateOnce(c, v, round, at, to, bootId, opts.migrationTimeoutMs ?? 180_000);
@@ -166,6 +169,10 @@ export async function runScenario(
         log(
           `${s.name}: round ${round}/${runs} ${v.name.padEnd(14)} ${at}→${to} ${run.state}` +
             (run.totalMs === null ? '' : ` ${fmtMs(run.totalMs)}`) +
+            (run.qemuTotalMs === null
+              ? ''
+              : ` (QEMU ${fmtMs(run.qemuTotalMs)}, ${run.iterations ?? '?'} passes)`) +
+            (run.escalations > 0 ? `, ${run.escalations} escalation(s)` : '') +
             (run.downtimeMs === null ? '' : `, downtime ${fmtMs(run.downtimeMs)}`) +
             (run.state === 'completed'
               ? run.verified
@@ -264,6 +271,7 @@ async function migrateOnce(
     guestDowntimeMs: null,
     transferredBytes: null,
     iterations: null,
+    escalations: 0,
     error: null,
   };
   let m: MigrationJson;
@@ -293,6 +301,7 @@ async function migrateOnce(
   run.guestDowntimeMs = m.guestDowntimeMs;
   run.transferredBytes = m.transferredBytes;
   run.iterations = m.iterations;
+  run.escalations = m.escalations.length;
   run.error = m.error;
   if (m.state !== 'completed') return run;
   try {
