@@ -1,0 +1,370 @@
+/**
+ * Live migration acceptance (issue #4) in a real two-host lab, through the real CLI: a VM with the guest's
+ * memory dirtier running moves h1→h2→h1 (TLS on, then off) keeping its boot id and its memory intact; then
+ * each failure a user will meet — destination QEMU killed, destination link cut, cancel, controller killed —
+ * must leave the VM running on exactly one host with the same boot id and nothing left behind. One VM is
+ * booted once and reused by every case: each case migrates it away from wherever it runs now.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { MigrationJson } from '../../src/common/migration.ts';
+import { PACKAGE_ROOT } from '../../src/common/paths.ts';
+import {
+  labDown,
+  labRestartServer,
+  linkDown,
+  linkUp,
+  readLabState,
+  type LabState,
+} from '../../src/lab/index.ts';
+
+const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
+const VM = 'a1';
+/**
+ * Slow enough that a failure can be injected while ~64 MiB of dirtied memory is still on its way; below
+ * the guest's dirty rate, so such a migration never converges by itself.
+ */
+const SLOW = 8;
+/** Above the dirty rate: converges after a few seconds. */
+const CONVERGING = 32;
+
+const lab = 'm' + randomBytes(2).toString('hex');
+const root = mkdtempSync(join(tmpdir(), 'ferry-migration-live-'));
+const dataRoot = join(root, 'labs');
+const env: NodeJS.ProcessEnv = {
+  ...process.env,
+  FERRY_LAB_DIR: dataRoot,
+  FERRY_CONFIG: join(root, 'config.json'),
+};
+let state: LabState | null = null;
+const measured: string[] = [];
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function ferry(args: string[], timeoutMs = 180_000): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [FERRY, ...args],
+      { env, timeout: timeoutMs, maxBuffer: 16 << 20 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
+  });
+}
+
+/** Runs a `--json` command and parses its one document; `okCodes` are the exit codes the caller expects. */
+async function ferryJson<T>(args: string[], okCodes: number[] = [0]): Promise<T> {
+  // Everything after `--` belongs to the guest tool, so --json goes before it.
+  const dd = args.indexOf('--');
+  const r = await ferry(dd < 0 ? [...args, '--json'] : [...args.slice(0, dd), '--json', ...args.slice(dd)]);
+  assert.ok(okCodes.includes(r.code), `ferry ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+interface VmView {
+  name: string;
+  host: string;
+  state: string;
+  bootId: string | null;
+}
+
+const vmShow = (): Promise<VmView> => ferryJson<VmView>(['vm', 'show', VM]);
+const guest = <T>(...cmd: string[]): Promise<T> => ferryJson<T>(['vm', 'guest', VM, '--', ...cmd]);
+const migrationShow = (id: string): Promise<MigrationJson> =>
+  ferryJson<MigrationJson>(['migration', 'show', id]);
+const other = (host: string): string => (host === 'h1' ? 'h2' : 'h1');
+
+function hostDir(host: string): string {
+  assert.ok(state);
+  return join(state.dir, 'hosts', host);
+}
+
+function cmdline(pid: string): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+function isZombie(pid: string): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+/** QEMU processes of our VM on one lab host, found from /proc by the host's data dir in their argv. */
+function qemuPids(host: string, opts: { incoming?: boolean } = {}): number[] {
+  const dir = hostDir(host) + '/';
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    const argv = cmdline(e);
+    if (!argv[0]?.includes('qemu-system')) continue;
+    if (!argv.some((a) => a.includes(dir))) continue;
+    if (!argv.some((a) => a === VM || a.startsWith(`${VM},`))) continue;
+    if (opts.incoming && !argv.includes('-incoming')) continue;
+    if (isZombie(e)) continue;
+    out.push(Number(e));
+  }
+  return out;
+}
+
+const runDirExists = (host: string): boolean => existsSync(join(hostDir(host), 'vms', VM));
+
+async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
+  timeoutMs: number,
+  everyMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== null && v !== undefined && v !== false) return v;
+    } catch (err) {
+      lastErr = err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+const FINAL = ['completed', 'failed', 'cancelled'];
+
+async function waitFinal(id: string, timeoutMs: number): Promise<MigrationJson> {
+  return waitFor(
+    `migration ${id} to end`,
+    async () => {
+      const m = await migrationShow(id);
+      return FINAL.includes(m.state) ? m : null;
+    },
+    timeoutMs,
+    300,
+  );
+}
+
+/** Starts a slow migration away from the VM's host and waits until QEMU is really sending. */
+async function startSlow(to: string, mibPerSec = SLOW): Promise<MigrationJson> {
+  const m = await ferryJson<MigrationJson>([
+    'vm',
+    'migrate',
+    VM,
+    '--to',
+    to,
+    '--bandwidth',
+    String(mibPerSec),
+  ]);
+  assert.equal(m.destination, to);
+  return waitFor(
+    `migration ${m.id} to transfer`,
+    async () => {
+      const cur = await migrationShow(m.id);
+      assert.ok(!FINAL.includes(cur.state), `migration ended early: ${JSON.stringify(cur)}`);
+      return cur.state === 'transferring' && (cur.transferredBytes ?? 0) > 4 << 20 ? cur : null;
+    },
+    30_000,
+    150,
+  );
+}
+
+/** After a failed or cancelled migration: the VM runs on `source` alone, same guest, memory intact. */
+async function assertStayedOn(source: string, bootId: string, what: string): Promise<void> {
+  const dest = other(source);
+  const v = await waitFor(
+    `${what}: vm show running on ${source}`,
+    async () => {
+      const cur = await vmShow();
+      return cur.state === 'running' && cur.host === source ? cur : null;
+    },
+    15_000,
+  );
+  assert.equal(v.bootId, bootId, `${what}: the guest rebooted`);
+  const info = await guest<{ ok: boolean; bootId: string }>('info');
+  assert.equal(info.bootId, bootId, `${what}: guest info boot id`);
+  assert.equal(qemuPids(source).length, 1, `${what}: one QEMU on the source`);
+  await waitFor(
+    `${what}: destination ${dest} cleaned`,
+    () => qemuPids(dest).length === 0 && !runDirExists(dest),
+    20_000,
+  );
+  const verify = await guest<{ ok: boolean }>('dirty', 'verify');
+  assert.equal(verify.ok, true, `${what}: dirty verify ${JSON.stringify(verify)}`);
+}
+
+describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
+  let bootId = '';
+
+  before(async () => {
+    const up = await ferry(['lab', 'up', '--hosts', '2', '--name', lab, '--json'], 180_000);
+    state = readLabState({ name: lab, dataRoot });
+    assert.equal(up.code, 0, `lab up failed:\n${up.stdout}\n${up.stderr}`);
+    assert.ok(state);
+    const v = await ferryJson<VmView>(['vm', 'create', VM, '--memory', '256M', '--host', 'h1']);
+    assert.equal(v.host, 'h1');
+    assert.equal(v.state, 'running');
+    assert.ok(v.bootId, 'the tiny guest reports its boot id');
+    bootId = v.bootId;
+    // 64 MiB at 20 MB/s: a rate the lab link sustains, so every migration must converge.
+    await guest(...'dirty start --mib 64 --rate 20'.split(' '));
+  });
+
+  after(async () => {
+    try {
+      if (state !== null) await linkUp(lab, 'h2').catch(() => undefined);
+      await labDown({ name: lab, dataRoot });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+      if (measured.length) console.log(`# measured:\n${measured.map((l) => `#   ${l}`).join('\n')}`);
+    }
+  });
+
+  it('migrates h1→h2 (TLS) and h2→h1 (--no-tls) live: same boot id, memory intact, source gone', async () => {
+    for (const [from, to, extra] of [
+      ['h1', 'h2', []],
+      ['h2', 'h1', ['--no-tls']],
+    ] as const) {
+      const srcPid = qemuPids(from);
+      assert.equal(srcPid.length, 1, `one QEMU on ${from} before`);
+      const t0 = Date.now();
+      const m = await ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', to, '--wait', ...extra]);
+      const wall = Date.now() - t0;
+      assert.equal(m.state, 'completed', JSON.stringify(m.error));
+      assert.equal(m.source, from);
+      assert.equal(m.destination, to);
+      assert.equal(m.policy.tls, extra.length === 0);
+      assert.equal(m.error, null);
+      for (const k of ['downtimeMs', 'guestDowntimeMs', 'totalMs'] as const) {
+        const n = m[k];
+        assert.equal(typeof n, 'number', `${k} present: ${JSON.stringify(m)}`);
+        assert.ok(n! > 0 && n! < (k === 'totalMs' ? 60_000 : 5_000), `${k} plausible: ${n}`);
+      }
+      measured.push(
+        `${from}→${to}${extra.length ? ' no TLS' : ' TLS'}: total ${m.totalMs} ms (CLI ${wall} ms), QEMU downtime ${m.downtimeMs} ms, guest gap ${m.guestDowntimeMs} ms, ${m.iterations} passes, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB sent`,
+      );
+      const v = await vmShow();
+      assert.equal(v.host, to);
+      assert.equal(v.state, 'running');
+      assert.equal(v.bootId, bootId, 'the same guest, not a reboot');
+      const verify = await guest<{ ok: boolean }>('dirty', 'verify');
+      assert.equal(verify.ok, true, `dirty verify after ${from}→${to}: ${JSON.stringify(verify)}`);
+      await waitFor(
+        `source QEMU on ${from} gone`,
+        () => qemuPids(from).length === 0 && !runDirExists(from),
+        10_000,
+      );
+      assert.equal(qemuPids(to).length, 1);
+    }
+  });
+
+  it('destination QEMU killed during the transfer: failed, VM stays on the source', async () => {
+    const src = (await vmShow()).host;
+    const dst = other(src);
+    const m = await startSlow(dst);
+    const pids = qemuPids(dst, { incoming: true });
+    assert.equal(pids.length, 1, 'one incoming QEMU on the destination');
+    process.kill(pids[0]!, 'SIGKILL');
+    const end = await waitFinal(m.id, 60_000);
+    assert.equal(end.state, 'failed');
+    assert.match(end.error?.code ?? '', /^FERRY_E_/);
+    measured.push(`destination killed: ${end.state} ${end.error?.code} after ${end.totalMs} ms`);
+    await assertStayedOn(src, bootId, 'destination killed');
+  });
+
+  it('destination link cut during the transfer: the stall watchdog aborts, VM stays on the source', async () => {
+    const src = (await vmShow()).host;
+    const dst = other(src);
+    const m = await startSlow(dst);
+    let end: MigrationJson;
+    await linkDown(lab, dst);
+    try {
+      end = await waitFinal(m.id, 90_000);
+    } finally {
+      await linkUp(lab, dst);
+    }
+    assert.equal(end.state, 'failed');
+    assert.equal(end.error?.code, 'FERRY_E_MIGRATION_STALLED', JSON.stringify(end.error));
+    measured.push(`link cut: ${end.state} ${end.error?.code} after ${end.totalMs} ms`);
+    await assertStayedOn(src, bootId, 'link cut');
+  });
+
+  it('ferry migration cancel: cancelled, VM stays on the source', async () => {
+    const src = (await vmShow()).host;
+    const m = await startSlow(other(src));
+    const c = await ferryJson<MigrationJson>(['migration', 'cancel', m.id]);
+    assert.equal(c.id, m.id);
+    const end = await waitFinal(m.id, 30_000);
+    assert.equal(end.state, 'cancelled');
+    assert.equal(end.error?.code, 'FERRY_E_MIGRATION_CANCELLED');
+    measured.push(`cancel: ${end.state} after ${end.totalMs} ms`);
+    await assertStayedOn(src, bootId, 'cancel');
+  });
+
+  it('controller killed during the transfer and restarted: the job ends, the VM runs on exactly one host', async () => {
+    assert.ok(state);
+    const src = (await vmShow()).host;
+    const dst = other(src);
+    // This one must be able to end by itself once the controller is back.
+    const m = await startSlow(dst, CONVERGING);
+    const pid = readLabState({ name: lab, dataRoot })!.server.pid;
+    process.kill(pid, 'SIGKILL');
+    await waitFor(
+      'controller gone',
+      () => {
+        try {
+          process.kill(pid, 0);
+          return isZombie(String(pid));
+        } catch {
+          return true;
+        }
+      },
+      5_000,
+      50,
+    );
+    state = await labRestartServer(lab, { dataRoot });
+    const end = await waitFinal(m.id, 90_000);
+    measured.push(
+      `controller killed: ${end.state}${end.error ? ` ${end.error.code}` : ''} after ${end.totalMs} ms`,
+    );
+    const v = await waitFor(
+      'vm show running',
+      async () => {
+        const cur = await vmShow();
+        return cur.state === 'running' ? cur : null;
+      },
+      15_000,
+    );
+    assert.equal(v.host, end.state === 'completed' ? dst : src);
+    assert.equal(v.bootId, bootId);
+    const gone = other(v.host);
+    await waitFor(
+      `no QEMU or run dir left on ${gone}`,
+      () => qemuPids(gone).length === 0 && !runDirExists(gone),
+      20_000,
+    );
+    assert.equal(qemuPids(v.host).length, 1, `one QEMU on ${v.host}`);
+    const info = await guest<{ bootId: string }>('info');
+    assert.equal(info.bootId, bootId);
+    const verify = await guest<{ ok: boolean }>('dirty', 'verify');
+    assert.equal(verify.ok, true, JSON.stringify(verify));
+  });
+});
