@@ -98,6 +98,7 @@ test('formatting: ms below a second, seconds with two decimals, a range after th
   assert.equal(fmtMs(7.4), '7 ms');
   assert.equal(fmtMs(1780), '1.78 s');
   assert.equal(fmtSpread('totalMs', { n: 3, median: 1780, min: 1700, max: 1910 }), '1.78 s (1.70–1.91)');
+  assert.equal(fmtSpread('totalMs', { n: 3, median: 1130, min: 986, max: 1350 }), '1.13 s (986 ms–1.35)');
   assert.equal(fmtSpread('downtimeMs', { n: 1, median: 33, min: 33, max: 33 }), '33 ms');
   assert.equal(
     fmtSpread('transferredBytes', {

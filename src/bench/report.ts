@@ -155,8 +155,11 @@ function fmtValue(m: Metric, v: number): string {
 export function fmtSpread(m: Metric, s: Spread): string {
   if (s.median === null) return '-';
   if (s.n === 1 || s.min === s.max) return fmtValue(m, s.median);
-  const strip = (t: string): string => t.replace(/ (ms|s|MiB)$/, '');
-  return `${fmtValue(m, s.median)} (${strip(fmtValue(m, s.min!))}–${strip(fmtValue(m, s.max!))})`;
+  const med = fmtValue(m, s.median);
+  const unit = (t: string): string => t.slice(t.lastIndexOf(' '));
+  // Units are dropped only where the median's unit says it: `1.13 s (986 ms–1.35)`.
+  const bare = (t: string): string => (unit(t) === unit(med) ? t.slice(0, t.lastIndexOf(' ')) : t);
+  return `${med} (${bare(fmtValue(m, s.min!))}–${bare(fmtValue(m, s.max!))})`;
 }
 
 export function fmtRatio(r: number | null): string {
