@@ -407,9 +407,20 @@ static int udp_fd = -1;
  * open but idle because the host side is not connected (no client on QEMU's socket: before the agent
  * connects, after it disconnects, on the destination of a migration until the agent there connects).
  * While the host is away the port polls readable+hangup without pause, so it is left out of poll();
- * the driver sends SIGIO when the host connects, and a slow timer rechecks in case a signal was missed
- * (once a second: each recheck costs a TCG guest measurably, ~1.5 % of a core at 2/s, but a slower one
- * keeps a destination agent waiting that long for the guest after a migration).
+ * the driver sends SIGIO on every change of the host's state and on every arrival of data, so SIGIO is
+ * what brings the port back. A slow timer rechecks only as a safety net (each recheck costs a TCG guest
+ * measurably, ~1.5 % of a core at 2/s).
+ *
+ * The driver learns that the host connected from a control message (VIRTIO_CONSOLE_PORT_OPEN) that a
+ * workqueue handles, while the host's first bytes are delivered straight from the interrupt. So a
+ * command can be read while the driver still says "host not connected": a write then fails with
+ * EAGAIN and poll() says POLLHUP, for a few milliseconds or, on a guest just migrated under TCG, much
+ * longer. The host that sent the command is there; its PORT_OPEN is only late. Replies therefore go
+ * through an output buffer that survives the host's absence for OUT_GRACE_MS: the late PORT_OPEN
+ * raises SIGIO, the port comes back and the buffer is flushed. (Dropping the reply there, as this
+ * tool once did, left a new host's first command unanswered; after a migration that race was lost
+ * nearly every time.) A reply that outlives the grace is dropped: its host really left, and a new one
+ * would ignore it anyway (its tag is not theirs).
  * The fd itself survives a migration (the device state moves with the guest); it is reopened after errors.
  */
 static int ser_fd = -1;
@@ -419,8 +430,13 @@ static char ser_buf[LINE_MAX_LEN];
 static size_t ser_len;
 static uint64_t ser_retry_at;
 static volatile sig_atomic_t got_sigio;
+/* Replies the host has not taken yet, in order; dropped when still here at ser_out_expires. */
+static char ser_out[4 * OUT_MAX];
+static size_t ser_out_len;
+static uint64_t ser_out_expires;
 
-#define HOST_AWAY_RECHECK_MS 1000
+#define HOST_AWAY_RECHECK_MS 5000
+#define OUT_GRACE_MS 3000
 #define REOPEN_MS 200
 
 static void on_sigio(int sig) {
@@ -487,40 +503,44 @@ static void ser_reopen_later(void) {
   close(ser_fd);
   ser_fd = -1;
   ser_len = 0;
+  ser_out_len = 0;
   ser_retry_at = mono_ms() + REOPEN_MS;
 }
 
-/* The host side went away: a half line it sent is void; wait for it to come back. */
+/* The host side is not connected (or its PORT_OPEN is late): a half line it sent is void; replies wait
+ * in ser_out until it is back or their grace ends. */
 static void ser_hangup(void) {
   ser_host_away = 1;
   ser_len = 0;
   ser_retry_at = mono_ms() + HOST_AWAY_RECHECK_MS;
 }
 
-/* Writes a reply; a host that stopped reading costs at most a short wait, never the process. */
-static void ser_write(const char *s, size_t n) {
-  uint64_t deadline = mono_ms() + 1000;
-  while (n > 0 && ser_fd >= 0 && !ser_host_away) {
-    ssize_t w = write(ser_fd, s, n);
+/* Writes what the host has room for. EAGAIN leaves the rest for later: poll() then says POLLOUT once
+ * there is room, or POLLHUP while the host is (still) not connected. Never waits. */
+static void ser_flush(void) {
+  while (ser_out_len > 0 && ser_fd >= 0) {
+    ssize_t w = write(ser_fd, ser_out, ser_out_len);
     if (w > 0) {
-      s += w;
-      n -= (size_t)w;
+      memmove(ser_out, ser_out + w, ser_out_len - (size_t)w);
+      ser_out_len -= (size_t)w;
       continue;
     }
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno != EAGAIN) {
-      ser_reopen_later();
-      return;
-    }
-    uint64_t now = mono_ms();
-    if (now >= deadline) return;
-    struct pollfd p = {.fd = ser_fd, .events = POLLOUT};
-    if (poll(&p, 1, (int)(deadline - now)) > 0 && !(p.revents & POLLOUT)) {
-      if (p.revents & (POLLERR | POLLNVAL)) ser_reopen_later();
-      else if (p.revents & POLLHUP) ser_hangup();
-      if (p.revents & (POLLERR | POLLNVAL | POLLHUP)) return;
-    }
+    if (w < 0 && errno == EAGAIN) return;
+    ser_reopen_later();
+    return;
   }
+}
+
+/* Queues a reply; one that does not fit (a host that stopped reading) is dropped whole, never cut. */
+static void ser_queue(const char *s, size_t n) {
+  if (ser_out_len == 0) ser_out_expires = mono_ms() + OUT_GRACE_MS;
+  if (n > sizeof ser_out - ser_out_len) {
+    logmsg("serial: host not reading, reply dropped");
+    return;
+  }
+  memcpy(ser_out + ser_out_len, s, n);
+  ser_out_len += n;
 }
 
 static void ser_readable(void) {
@@ -538,7 +558,7 @@ static void ser_readable(void) {
     }
     ser_len += (size_t)n;
     char *nl;
-    while (!ser_host_away && (nl = memchr(ser_buf, '\n', ser_len)) != NULL) {
+    while ((nl = memchr(ser_buf, '\n', ser_len)) != NULL) {
       *nl = '\0';
       char reply[OUT_MAX];
       handle(ser_buf, reply);
@@ -547,9 +567,10 @@ static void ser_readable(void) {
       size_t rest = ser_len - (size_t)(nl + 1 - ser_buf);
       memmove(ser_buf, nl + 1, rest);
       ser_len = rest;
-      ser_write(reply, rl);
+      ser_queue(reply, rl);
     }
-    if (ser_fd < 0 || ser_host_away) return;
+    ser_flush();
+    if (ser_fd < 0) return;
     if (ser_len == sizeof ser_buf - 1) ser_len = 0; /* a line too long to be a command: drop it */
   }
 }
@@ -632,7 +653,10 @@ static int serve(void) {
   for (;;) {
     uint64_t now = mono_ms();
     if (ser_fd < 0 && now >= ser_retry_at) ser_open();
-    if (ser_fd >= 0 && ser_host_away && (got_sigio || now >= ser_retry_at)) ser_host_away = 0;
+    if (ser_fd >= 0 && ser_host_away && (got_sigio || now >= ser_retry_at)) {
+      ser_host_away = 0;
+      if (ser_out_len > 0 && now >= ser_out_expires) ser_out_len = 0; /* their host left for good */
+    }
     got_sigio = 0;
     struct pollfd p[2];
     int np = 0, iu = -1, is = -1;
@@ -641,7 +665,7 @@ static int serve(void) {
       iu = np++;
     }
     if (ser_fd >= 0 && !ser_host_away) {
-      p[np] = (struct pollfd){.fd = ser_fd, .events = POLLIN};
+      p[np] = (struct pollfd){.fd = ser_fd, .events = (short)(POLLIN | (ser_out_len > 0 ? POLLOUT : 0))};
       is = np++;
     }
     struct timespec ts, *tsp = NULL;
@@ -660,6 +684,7 @@ static int serve(void) {
     if (iu >= 0 && (p[iu].revents & POLLIN)) udp_readable();
     if (is >= 0 && ser_fd >= 0 && !ser_host_away) {
       if (p[is].revents & POLLIN) ser_readable();
+      else if (p[is].revents & POLLOUT) ser_flush();
       else if (p[is].revents & POLLHUP) ser_hangup();
       else if (p[is].revents & (POLLERR | POLLNVAL)) ser_reopen_later();
     }
