@@ -340,17 +340,22 @@ export class LocalVm {
   }
 
   /** A connection to `ferry-guest` over the virtio-serial channel (the caller closes it). */
-  async guest(): Promise<GuestChannel> {
+  async guest(opts: { timeoutMs?: number } = {}): Promise<GuestChannel> {
     if (!this.#spec.guestChannel) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} has no guest channel.`);
     if (!this.#live()) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} is not running.`);
-    return GuestChannel.connect(runFiles(this.runDir).guestSocket);
+    return GuestChannel.connect(runFiles(this.runDir).guestSocket, opts);
   }
 
-  /** Records the boot id the guest reports now (after an incoming migration, which boots nothing). */
-  async refreshBootId(): Promise<string> {
-    const ch = await this.guest();
+  /**
+   * Records the boot id the guest reports now (after an incoming migration, which boots nothing).
+   * `timeoutMs` bounds the whole exchange (connect and answer), for callers that must not stall on a
+   * guest that is slow or has no ferry-guest.
+   */
+  async refreshBootId(opts: { timeoutMs?: number } = {}): Promise<string> {
+    const deadline = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
+    const ch = await this.guest(opts);
     try {
-      const { bootId } = await ch.info();
+      const { bootId } = await ch.info(deadline === undefined ? {} : { timeoutMs: Math.max(1, deadline - Date.now()) });
       this.#state.bootId = bootId;
       this.#state.startedAt ??= new Date().toISOString();
       await this.#saveState();

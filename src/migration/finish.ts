@@ -26,6 +26,9 @@ export interface OutcomeOptions {
   timeoutMs?: number;
 }
 
+/** How long finish asks the guest for its boot id before it settles without it. */
+export const FINISH_BOOT_ID_TIMEOUT_MS = 3000;
+
 export async function requireRecord(agentDir: string, id: string, role: 'source' | 'destination'): Promise<MigrationRecord> {
   const rec = await loadRecord(agentDir, id);
   if (rec === undefined || rec.view.role !== role) {
@@ -113,8 +116,9 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
   await qmp.execute('object-del', { id: TLS_OBJECT_ID.server }).catch(() => undefined);
   await rm(join(vm.runDir, 'migration-tls'), { recursive: true, force: true });
   if (vm.spec.guestChannel) {
-    // The boot id the guest brought along; best effort: a guest without ferry-guest is still migrated.
-    await vm.refreshBootId().catch(() => undefined);
+    // The boot id the guest brought along; best effort and bounded: a guest without ferry-guest, or one
+    // slow to answer, is still migrated, and the migration never waits on it for long.
+    await vm.refreshBootId({ timeoutMs: FINISH_BOOT_ID_TIMEOUT_MS }).catch(() => undefined);
   }
   return settle(rec, o.agentDir, 'finished');
 }
