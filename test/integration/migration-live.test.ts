@@ -256,7 +256,9 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
       for (const k of ['downtimeMs', 'guestDowntimeMs', 'totalMs'] as const) {
         const n = m[k];
         assert.equal(typeof n, 'number', `${k} present: ${JSON.stringify(m)}`);
-        assert.ok(n! > 0 && n! < (k === 'totalMs' ? 60_000 : 5_000), `${k} plausible: ${n}`);
+        // QEMU counts whole milliseconds and measured 1 ms here: 0 is a real answer, not a missing one.
+        const min = k === 'downtimeMs' ? 0 : 1;
+        assert.ok(n! >= min && n! < (k === 'totalMs' ? 60_000 : 5_000), `${k} plausible: ${n}`);
       }
       measured.push(
         `${from}→${to}${extra.length ? ' no TLS' : ' TLS'}: total ${m.totalMs} ms (CLI ${wall} ms), QEMU downtime ${m.downtimeMs} ms, guest gap ${m.guestDowntimeMs} ms, ${m.iterations} passes, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB sent`,
