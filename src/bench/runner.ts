@@ -1,8 +1,8 @@
 /**
  * Runs benchmark scenarios for real: per scenario its own 2-host lab (unique name, torn down in `finally`,
  * and on SIGINT/SIGTERM), one tiny-guest VM, then rounds of live migrations hopping h1 ⇄ h2 with the
- * variants interleaved run by run (A B, B A, A B …) so that the machine's noise hits each alike. After every hop the guest
- * checks its own memory pattern. Speed is only ever measured here, never asserted in tests.
+ * variants interleaved run by run (A B, B A, A B …) so that the machine's noise hits each alike. After
+ * every hop the guest checks its own memory pattern. Speed is only ever measured here, never asserted in tests.
  */
 import { randomBytes } from 'node:crypto';
 import { cpus, release } from 'node:os';
@@ -81,7 +81,12 @@ export async function runBench(
     accel: null,
   };
   const results: ScenarioResult[] = [];
-  for (const s of scenarios) results.push(await runScenario(s, { ...opts, runs }, machine));
+  for (const s of scenarios) {
+    const r = await runScenario(s, { ...opts, runs }, machine);
+    results.push(r);
+    // Interrupted: the signal handler is removing the lab and will exit; no new lab may start meanwhile.
+    if (r.error?.code === 'FERRY_E_ABORTED') break;
+  }
   return {
     version: BENCH_RESULT_VERSION,
     startedAt,
@@ -112,8 +117,11 @@ export async function runScenario(
   let error: { code: string; message: string } | null = null;
   let client: ApiClient | null = null;
 
-  // An interrupted benchmark must not leave namespaces and QEMU processes behind.
+  // An interrupted benchmark must not leave namespaces and QEMU processes behind. The main flow may be
+  // stuck in a long await (lab up, a migration), so the handler removes the lab itself and exits.
+  let interrupted = false;
   const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted = true;
     log(`${sig}: removing lab ${lab}`);
     void labDown(labOpts)
       .catch(() => undefined)
@@ -163,8 +171,10 @@ export async function runScenario(
       const order = round % 2 === 1 ? s.variants : [...s.variants].reverse();
       for (const v of order) {
         await sleep(opts.settleMs ?? 1000);
+        if (interrupted) throw new FerryError('FERRY_E_ABORTED', 'Interrupted.');
         const to = at === h1 ? h2 : h1;
         const run = await migrateOnce(c, v, round, at, to, bootId, opts.migrationTimeoutMs ?? 180_000);
+        if (interrupted) throw new FerryError('FERRY_E_ABORTED', 'Interrupted.');
         done.push(run);
         log(
           `${s.name}: round ${round}/${runs} ${v.name.padEnd(14)} ${at}→${to} ${run.state}` +
@@ -193,10 +203,12 @@ export async function runScenario(
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await client?.close().catch(() => undefined);
-    log(`${s.name}: removing lab ${lab}`);
-    await labDown(labOpts).catch((err: unknown) =>
-      log(`${s.name}: lab down failed: ${errJson(err).message}`),
-    );
+    if (!interrupted) {
+      log(`${s.name}: removing lab ${lab}`);
+      await labDown(labOpts).catch((err: unknown) =>
+        log(`${s.name}: lab down failed: ${errJson(err).message}`),
+      );
+    }
   }
   return {
     name: s.name,
