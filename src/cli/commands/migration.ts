@@ -23,6 +23,7 @@ interface MigrateFlags extends ClusterFlags {
   xbzrle?: boolean;
   multifd?: string;
   deadline?: string;
+  stallTimeout?: string;
   wait?: boolean;
 }
 
@@ -51,7 +52,7 @@ function outcome(m: MigrationJson): Outcome<MigrationJson> {
 
 export function migrateBody(f: MigrateFlags): Record<string, unknown> {
   const body: Record<string, unknown> = {};
-  for (const k of ['to', 'mode', 'storage', 'postcopy', 'maxDowntime', 'bandwidth', 'deadline'] as const) if (f[k] !== undefined) body[k] = f[k];
+  for (const k of ['to', 'mode', 'storage', 'postcopy', 'maxDowntime', 'bandwidth', 'deadline', 'stallTimeout'] as const) if (f[k] !== undefined) body[k] = f[k];
   if (f.tls === false) body.tls = false;
   if (f.autoConverge) body.autoConverge = true;
   if (f.xbzrle) body.xbzrle = true;
@@ -80,6 +81,7 @@ export function registerMigration(program: Command): void {
       .option('--xbzrle', 'delta-compress re-sent pages')
       .option('--multifd <n>', 'parallel channels (0 = off)')
       .option('--deadline <duration>', 'abort if not finished within this (default 10m)')
+      .option('--stall-timeout <duration>', 'abort when no byte moves for this long, e.g. a cut link (default 10s)')
       .option('--wait', 'follow the migration to its end, with progress')
       .description('Move a VM to another host, live (default) or cold'),
   ).action(
