@@ -69,7 +69,7 @@ if ! ls "$KDIR"/boot/vmlinuz-* >/dev/null 2>&1; then
   # linux-image-cloud-amd64 is a meta package: download the versioned package it depends on.
   kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\(-unsigned\)\?\).*/\1/p' | head -1)
   [ -n "$kpkg" ] || { log "error FERRY_E_SETUP_KERNEL: cannot resolve linux-image-cloud-amd64"; exit 1; }
-  tmp=$(mktemp -d); chmod 755 "$tmp"  # apt's sandbox user must be able to write there
+  tmp=$(mktemp -d); chmod 777 "$tmp"  # apt's sandbox user (_apt) downloads into it
   (cd "$tmp" && apt-get download -qq "$kpkg" >&2)
   rm -rf "$KDIR.tmp"; mkdir -p "$KDIR.tmp"
   dpkg-deb -x "$tmp"/*.deb "$KDIR.tmp"

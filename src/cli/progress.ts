@@ -22,6 +22,21 @@ export function progressLine(m: MigrationJson): string {
   );
 }
 
+/** Milliseconds spent in each phase, from the job's timeline (a phase entered twice adds up). */
+export function phaseDurations(m: Pick<MigrationJson, 'timeline' | 'finishedAt'>): { phase: string; ms: number }[] {
+  const out: { phase: string; ms: number }[] = [];
+  const t = m.timeline ?? [];
+  for (let i = 0; i < t.length; i++) {
+    const end = i + 1 < t.length ? t[i + 1]!.at : m.finishedAt;
+    if (end === null || end === undefined) continue;
+    const ms = Date.parse(end) - Date.parse(t[i]!.at);
+    const last = out.at(-1);
+    if (last && last.phase === t[i]!.phase) last.ms += ms;
+    else out.push({ phase: t[i]!.phase, ms });
+  }
+  return out;
+}
+
 export function summaryLines(m: MigrationJson): string[] {
   const f = (v: number | null, unit: 'ms' | 'bytes'): string =>
     v === null ? '-' : unit === 'ms' ? formatDuration(v) : formatBytes(v);
@@ -31,6 +46,8 @@ export function summaryLines(m: MigrationJson): string[] {
       `${f(m.guestDowntimeMs, 'ms')} (seen from outside the guest)`,
     `  moved ${f(m.transferredBytes, 'bytes')} of ${f(m.memoryBytes, 'bytes')} memory in ${m.iterations ?? '-'} passes`,
   ];
+  const phases = phaseDurations(m);
+  if (phases.length > 0) lines.push(`  phases: ${phases.map((p) => `${p.phase} ${formatDuration(p.ms)}`).join(' · ')}`);
   for (const e of m.escalations) lines.push(`  escalation at ${e.at}: ${JSON.stringify(e.step)}`);
   if (m.error) lines.push(`  error ${m.error.code} in phase ${m.phase}: ${m.error.message}`);
   return lines;

@@ -3,14 +3,13 @@ import assert from 'node:assert/strict';
 import BetterSqlite3 from 'better-sqlite3';
 import { migrate } from '../store/db.ts';
 import { MIGRATIONS } from '../store/migrations.ts';
-import { MIGRATION_JOBS_SCHEMA } from './schema.ts';
 import { JobStore } from './jobs.ts';
 import { DEFAULT_POLICY } from '../../migration/policy.ts';
 import { FerryError } from '../../common/errors.ts';
 
 function store(): { jobs: JobStore; events: string[] } {
   const sqlite = new BetterSqlite3(':memory:');
-  const all = MIGRATIONS.some((m) => m.version === 2) ? MIGRATIONS : [...MIGRATIONS, MIGRATION_JOBS_SCHEMA];
+  const all = MIGRATIONS;
   migrate(sqlite, all);
   const events: string[] = [];
   return { jobs: new JobStore(sqlite, (t) => events.push(t)), events };
@@ -26,6 +25,13 @@ test('a transition is a compare-and-set: a stale `from` is refused and changes n
   assert.equal(jobs.mustGet(j.id).state, 'preparing');
   assert.equal(jobs.mustGet(j.id).phase, 'prepare');
   assert.deepEqual(events, ['migration.created', 'migration.preparing']);
+  jobs.update(j.id, { progress: null });
+  jobs.update(j.id, { phase: 'perform' });
+  assert.deepEqual(
+    jobs.mustGet(j.id).timeline.map((e) => `${e.state}/${e.phase}`),
+    ['queued/begin', 'preparing/prepare', 'preparing/perform'],
+    'states and phases entered are on the timeline; progress samples are not',
+  );
 });
 
 test('illegal edges are refused before touching the store', () => {

@@ -46,6 +46,7 @@ interface Row {
   error_code: string | null;
   error_message: string | null;
   updated_at: string;
+  timeline: string;
 }
 
 /** Figures a transition may record along with the new state. */
@@ -100,6 +101,12 @@ function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
   return { sets, values };
 }
 
+/**
+ * Appends `{at, state, phase}` to the job's timeline in the same UPDATE. Right-hand sides see the old row,
+ * so the new state and phase are bound (NULL = unchanged, then the old value is the current one).
+ */
+const TIMELINE_APPEND = `timeline = json_insert(timeline, '$[#]', json_object('at', ?, 'state', COALESCE(?, state), 'phase', COALESCE(?, phase)))`;
+
 export type JobListener = (type: string, job: MigrationJson) => void;
 
 export interface NewJob {
@@ -124,10 +131,10 @@ export class JobStore {
     try {
       this.sqlite
         .prepare(
-          `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, started_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?)`,
+          `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, started_at, updated_at, timeline)
+           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?, json_array(json_object('at', ?, 'state', 'queued', 'phase', 'begin')))`,
         )
-        .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), now, now);
+        .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), now, now, now);
     } catch (err) {
       if (String((err as { code?: string }).code).startsWith('SQLITE_CONSTRAINT')) {
         const active = this.activeFor(j.vm);
@@ -190,8 +197,8 @@ export class JobStore {
     }
     const p = patchSql(isFinal(to) && patch.finishedAt === undefined ? { ...patch, finishedAt: new Date().toISOString() } : patch);
     const res = this.sqlite
-      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?'].join(', ')} WHERE id = ? AND state = ?`)
-      .run(to, ...p.values, new Date().toISOString(), id, from);
+      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?', TIMELINE_APPEND].join(', ')} WHERE id = ? AND state = ?`)
+      .run(to, ...p.values, new Date().toISOString(), new Date().toISOString(), to, patch.phase ?? null, id, from);
     if (res.changes !== 1) {
       const now = this.get(id);
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${now?.state ?? 'gone'}, not ${from}.`, {
@@ -207,9 +214,12 @@ export class JobStore {
   update(id: string, patch: JobPatch): MigrationJson {
     const p = patchSql(patch);
     if (p.sets.length > 0) {
+      // A new phase is a step of the timeline; progress samples are not.
+      const sets = [...p.sets, 'updated_at = ?', ...(patch.phase !== undefined ? [TIMELINE_APPEND] : [])];
+      const now = new Date().toISOString();
       this.sqlite
-        .prepare(`UPDATE migrations SET ${[...p.sets, 'updated_at = ?'].join(', ')} WHERE id = ?`)
-        .run(...p.values, new Date().toISOString(), id);
+        .prepare(`UPDATE migrations SET ${sets.join(', ')} WHERE id = ?`)
+        .run(...p.values, now, ...(patch.phase !== undefined ? [now, null, patch.phase] : []), id);
     }
     const job = this.mustGet(id);
     this.listener(patch.phase !== undefined ? 'migration.phase' : 'migration.progress', job);
@@ -273,5 +283,6 @@ function toJson(r: Row): MigrationJson {
     progress: parse(r.progress),
     why: parse(r.why),
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
+    timeline: JSON.parse(r.timeline ?? '[]') as MigrationJson['timeline'],
   };
 }

@@ -42,3 +42,12 @@ export const MIGRATION_JOBS_SCHEMA: Migration = {
     `);
   },
 };
+
+/** Schema migration 3: each job keeps its timeline (every state and phase entered, with the time). */
+export const MIGRATION_TIMELINE_SCHEMA: Migration = {
+  version: 3,
+  name: 'migration timeline',
+  up: (db) => {
+    db.exec(`ALTER TABLE migrations ADD COLUMN timeline TEXT NOT NULL DEFAULT '[]'`);
+  },
+};
