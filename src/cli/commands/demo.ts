@@ -124,11 +124,11 @@ export function registerDemo(program: Command): void {
             ]),
           );
           const next = [
-            `  ferry vm show ${VM}`,
-            `  ferry vm migrate ${VM} --to ${b} --wait         # again, or with --no-tls, --bandwidth 50, --mode cold`,
-            '  ferry migration list',
-            '  ferry host list',
-            '  ferry lab down                                 # removes everything the lab made',
+            `  npx ferry vm show ${VM}`,
+            `  npx ferry vm migrate ${VM} --to ${b} --wait         # again, or with --no-tls, --bandwidth 50, --mode cold`,
+            '  npx ferry migration list',
+            '  npx ferry host list',
+            '  npx ferry lab down                                 # removes everything the lab made',
           ];
           return {
             json: { ok, vm: VM, bootId, hops },

@@ -71,7 +71,7 @@ export class MigrationOrchestrator {
   private closed = false;
 
   constructor(private readonly o: OrchestratorOptions) {
-    this.pollMs = o.pollMs ?? 250;
+    this.pollMs = o.pollMs ?? 100;
     this.log = o.log ?? (() => {});
     this.jobs = new JobStore(o.store.sqlite, (type, job) => {
       if (type === 'migration.progress') {
@@ -359,19 +359,23 @@ export class MigrationOrchestrator {
       const status = await dst.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
       this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
       this.jobs.update(id, { phase: 'confirm' });
-      // A little probing after the switch so the guest's first replies from the destination are seen.
-      if (prober) await sleep(300);
-      report = prober ? await prober.stop() : null;
-      prober = null;
+      const switchedAt = Date.now();
       await retry(() => src.client.call('POST', `${BASE}/${id}/confirm`, { success: true }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
         // The guest runs on the destination; the source QEMU is paused (post-migrate) and will be cleaned up
         // by the next confirm. Record it, but the migration itself succeeded.
         this.log(`migration ${id}: confirm on ${job.source} failed: ${String(err)}`);
         this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
       });
+      const endedAt = Date.now();
       const final = view ?? (await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`).catch(() => null));
+      // Probe a little past the switch so the guest's first replies from the destination are seen; this wait
+      // is not part of the migration's end-to-end time.
+      if (prober) await sleep(Math.max(0, 300 - (Date.now() - switchedAt)));
+      report = prober ? await prober.stop() : null;
+      prober = null;
       this.jobs.transition(id, 'switching', 'completed', {
-        totalMs: Date.now() - Date.parse(job.startedAt),
+        totalMs: endedAt - Date.parse(job.startedAt),
+        finishedAt: new Date(endedAt).toISOString(),
         qemuTotalMs: final?.totalMs ?? null,
         downtimeMs: final?.downtimeMs ?? null,
         guestDowntimeMs: report ? report.longestGapMs : null,
