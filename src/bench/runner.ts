@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { cpus, release } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
-import type { MigrationJson } from '../common/migration.ts';
+import { migrationFigures, type MigrationJson } from '../common/migration.ts';
 import type { HostJson } from '../controller/hosts.ts';
 import { ApiClient, enc } from '../cli/client.ts';
 import { labDown, labUp } from '../lab/index.ts';
@@ -307,12 +307,7 @@ async function migrateOnce(
     return run;
   }
   run.state = m.state;
-  run.totalMs = m.totalMs;
-  run.qemuTotalMs = m.qemuTotalMs;
-  run.downtimeMs = m.downtimeMs;
-  run.guestDowntimeMs = m.guestDowntimeMs;
-  run.transferredBytes = m.transferredBytes;
-  run.iterations = m.iterations;
+  Object.assign(run, migrationFigures(m));
   run.escalations = m.escalations.length;
   run.error = m.error;
   if (m.state !== 'completed') return run;

@@ -63,3 +63,20 @@ export interface MigrationJson {
   /** Every state and phase the job entered, with the time: where the end-to-end time went. */
   timeline: { at: string; state: MigrationState; phase: MigrationPhase }[];
 }
+
+/** The figures of a migration that reports and benchmarks quote (one place, so they agree). */
+export type MigrationFigures = Pick<
+  MigrationJson,
+  'totalMs' | 'qemuTotalMs' | 'downtimeMs' | 'guestDowntimeMs' | 'transferredBytes' | 'iterations'
+>;
+
+export function migrationFigures(m: MigrationJson): MigrationFigures {
+  return {
+    totalMs: m.totalMs,
+    qemuTotalMs: m.qemuTotalMs,
+    downtimeMs: m.downtimeMs,
+    guestDowntimeMs: m.guestDowntimeMs,
+    transferredBytes: m.transferredBytes,
+    iterations: m.iterations,
+  };
+}

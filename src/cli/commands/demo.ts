@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import { FerryError } from '../../common/errors.ts';
-import type { MigrationJson } from '../../common/migration.ts';
+import { migrationFigures, type MigrationFigures, type MigrationJson } from '../../common/migration.ts';
 import { formatBytes, formatDuration } from '../../common/units.ts';
 import type { VmJson } from '../../controller/vms.ts';
 import { ApiClient, enc, formatTable } from '../client.ts';
@@ -20,17 +20,11 @@ interface GuestReply {
   reply: { ok: boolean; bootId?: string; pages?: number; passes?: number; error?: string; firstBadPage?: number };
 }
 
-export interface DemoHop {
+export interface DemoHop extends MigrationFigures {
   migration: string;
   from: string;
   to: string;
   state: string;
-  totalMs: number | null;
-  qemuTotalMs: number | null;
-  downtimeMs: number | null;
-  guestDowntimeMs: number | null;
-  transferredBytes: number | null;
-  iterations: number | null;
   bootIdKept: boolean;
   patternVerified: boolean;
   error: { code: string; message: string } | null;
@@ -92,12 +86,7 @@ export function registerDemo(program: Command): void {
               from,
               to,
               state: m.state,
-              totalMs: m.totalMs,
-              qemuTotalMs: m.qemuTotalMs,
-              downtimeMs: m.downtimeMs,
-              guestDowntimeMs: m.guestDowntimeMs,
-              transferredBytes: m.transferredBytes,
-              iterations: m.iterations,
+              ...migrationFigures(m),
               bootIdKept: info?.bootId === bootId,
               patternVerified: verify?.ok === true,
               error: m.error,
