@@ -1,0 +1,166 @@
+/**
+ * Shared harness of the lab acceptance tests that drive the real CLI: one lab per test file with a unique
+ * name, a private FERRY_CONFIG and FERRY_LAB_DIR under a mkdtemp root, `ferry … --json` run as a child
+ * process, and looks at what really runs (QEMU processes found through /proc, run dirs on each host).
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { MigrationJson } from '../../src/common/migration.ts';
+import { PACKAGE_ROOT } from '../../src/common/paths.ts';
+import type { LabState } from '../../src/lab/index.ts';
+
+export const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
+export const FINAL_STATES = ['completed', 'failed', 'cancelled'];
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface VmView {
+  name: string;
+  host: string;
+  state: string;
+  bootId: string | null;
+}
+
+export const otherHost = (host: string): string => (host === 'h1' ? 'h2' : 'h1');
+
+export function cmdline(pid: string): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+/** A process that exited but was not reaped yet counts as gone. */
+export function isZombie(pid: string): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
+  timeoutMs: number,
+  everyMs = 200,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== null && v !== undefined && v !== false) return v;
+    } catch (err) {
+      lastErr = err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+/** One lab of one test file: unique lab name, private config and data dirs. */
+export class LabHarness {
+  readonly lab: string;
+  readonly root: string;
+  readonly dataRoot: string;
+  readonly env: NodeJS.ProcessEnv;
+  /** Set once the lab is up (tests that restart the controller replace it). */
+  state: LabState | null = null;
+
+  constructor(prefix: string) {
+    this.lab = prefix + randomBytes(2).toString('hex');
+    this.root = mkdtempSync(join(tmpdir(), `ferry-${prefix}-`));
+    this.dataRoot = join(this.root, 'labs');
+    this.env = { ...process.env, FERRY_LAB_DIR: this.dataRoot, FERRY_CONFIG: join(this.root, 'config.json') };
+  }
+
+  ferry(args: string[], timeoutMs = 180_000): Promise<Run> {
+    return new Promise((resolve) => {
+      execFile(
+        process.execPath,
+        [FERRY, ...args],
+        { env: this.env, timeout: timeoutMs, maxBuffer: 16 << 20 },
+        (err, stdout, stderr) => {
+          const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+          resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+        },
+      );
+    });
+  }
+
+  /** Runs a command with `--json` (placed before a `--`, which hands the rest to the guest tool). */
+  ferryRaw(args: string[], timeoutMs?: number): Promise<Run> {
+    const dd = args.indexOf('--');
+    return this.ferry(dd < 0 ? [...args, '--json'] : [...args.slice(0, dd), '--json', ...args.slice(dd)], timeoutMs);
+  }
+
+  /** Runs a `--json` command and parses its one document; `okCodes` are the exit codes the caller expects. */
+  async ferryJson<T>(args: string[], okCodes: number[] = [0]): Promise<T> {
+    const r = await this.ferryRaw(args);
+    assert.ok(okCodes.includes(r.code), `ferry ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  }
+
+  vmShow(vm: string): Promise<VmView> {
+    return this.ferryJson<VmView>(['vm', 'show', vm]);
+  }
+
+  guest<T>(vm: string, ...cmd: string[]): Promise<T> {
+    return this.ferryJson<T>(['vm', 'guest', vm, '--', ...cmd]);
+  }
+
+  migrationShow(id: string): Promise<MigrationJson> {
+    return this.ferryJson<MigrationJson>(['migration', 'show', id]);
+  }
+
+  async waitFinal(id: string, timeoutMs: number): Promise<MigrationJson> {
+    return waitFor(
+      `migration ${id} to end`,
+      async () => {
+        const m = await this.migrationShow(id);
+        return FINAL_STATES.includes(m.state) ? m : null;
+      },
+      timeoutMs,
+      300,
+    );
+  }
+
+  hostDir(host: string): string {
+    assert.ok(this.state, 'the lab is up');
+    return join(this.state.dir, 'hosts', host);
+  }
+
+  runDirExists(host: string, vm: string): boolean {
+    return existsSync(join(this.hostDir(host), 'vms', vm));
+  }
+
+  /** QEMU processes of `vm` on one lab host, found from /proc by the host's data dir in their argv. */
+  qemuPids(host: string, vm: string, opts: { incoming?: boolean } = {}): number[] {
+    const dir = this.hostDir(host) + '/';
+    const out: number[] = [];
+    for (const e of readdirSync('/proc')) {
+      if (!/^\d+$/.test(e)) continue;
+      const argv = cmdline(e);
+      if (!argv[0]?.includes('qemu-system')) continue;
+      if (!argv.some((a) => a.includes(dir))) continue;
+      if (!argv.some((a) => a === vm || a.startsWith(`${vm},`))) continue;
+      if (opts.incoming && !argv.includes('-incoming')) continue;
+      if (isZombie(e)) continue;
+      out.push(Number(e));
+    }
+    return out;
+  }
+}
