@@ -294,13 +294,15 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
 
   app.post(`${BASE}/:id/cold/prepare`, async (req, reply) => {
     const id = idParam(req);
-    const spec = parseVmSpec(body(req).spec);
+    const b = body(req);
+    const spec = parseVmSpec(b.spec);
+    const start = b.start !== false;
     const v = await host.exclusive(spec.name, async (existing) => {
       const earlier = await loadRecord(host.dataDir, id);
       if (existing !== undefined && earlier === undefined) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
       if (earlier === undefined) await host.admit(spec);
       const taps = await host.ensureTaps(spec);
-      const p = await prepareCold({ id, agentDir: host.dataDir, accel: host.accel, spec, taps });
+      const p = await prepareCold({ id, agentDir: host.dataDir, accel: host.accel, spec, taps, start });
       if (existing === undefined) host.adopt(p.vm);
       return p.view;
     });

@@ -26,6 +26,13 @@
  *   POST   /migrations/:id/tune {downtimeLimitMs?, bandwidthBytesPerSec?} → AgentMigrationView
  *   POST   /migrations/:id/finish  {success} → AgentMigrationView (destination; idempotent)
  *   POST   /migrations/:id/confirm {success} → AgentMigrationView (source; idempotent)
+ *   Cold (the controller streams each file from the source's GET to the destination's PUT):
+ *   POST   /migrations/:id/cold/prepare {spec, start?} → 201 view   (destination lays out the VM; start=false
+ *                                   keeps a VM that was stopped stopped)
+ *   POST   /migrations/:id/cold/perform {vm, mode: shutdown|save} → ColdManifest {files: [{name, bytes, sha256}]}
+ *   GET    /migrations/:id/files/:name → octet-stream + x-ferry-sha256   (source)
+ *   PUT    /migrations/:id/files/:name  octet-stream + x-ferry-sha256 → {name, bytes, sha256} (destination;
+ *                                   a mismatch is FERRY_E_VERIFY_FAILED and replaces nothing)
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
  *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token)

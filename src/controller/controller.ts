@@ -16,6 +16,7 @@ import { openStore, type Store } from './store/db.ts';
 import { ensureAdminToken } from './tokens.ts';
 import { VmService } from './vms.ts';
 import { MigrationOrchestrator } from './migrations/orchestrator.ts';
+import { DrainService } from './drain.ts';
 
 export interface ControllerOptions {
   dataDir: string;
@@ -45,6 +46,7 @@ export interface Controller {
   readonly vms: VmService;
   readonly metrics: ControllerMetrics;
   readonly migrations: MigrationOrchestrator;
+  readonly drains: DrainService;
   readonly log: (line: string) => void;
   close(): Promise<void>;
 }
@@ -79,6 +81,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
     const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0' });
     const metrics = createMetrics(store);
     const migrations = new MigrationOrchestrator({ store, events, pool, log, ...(opts.probe === undefined ? {} : { probe: opts.probe }) });
+    const drains = new DrainService({ store, events, migrations, log });
     if (opts.heartbeats !== false) hosts.start();
     // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.
     if (opts.recover !== false) migrations.recover();
@@ -95,8 +98,10 @@ export async function createController(opts: ControllerOptions): Promise<Control
       vms,
       metrics,
       migrations,
+      drains,
       log,
       close: async () => {
+        drains.close();
         await migrations.close();
         await hosts.stop();
         await pool.close();

@@ -143,6 +143,8 @@ export async function prepareCold(o: {
   accel: Accel;
   spec: VmSpec;
   taps?: Record<string, string>;
+  /** Start the VM once its files are here (default true; false for a VM that was stopped). */
+  start?: boolean;
 }): Promise<{ vm: LocalVm; view: AgentMigrationView }> {
   const spec = parseVmSpec(o.spec);
   const earlier = await loadRecord(o.agentDir, o.id);
@@ -155,7 +157,7 @@ export async function prepareCold(o: {
   const vm = await LocalVm.create(o.agentDir, spec, { accel: o.accel, incoming: 'defer', ...(o.taps ? { taps: o.taps } : {}) });
   await vm.stop({ force: true });
   const view = emptyView({ id: o.id, role: 'destination', vm: spec.name, stage: 'prepared', storage: 'copy', tls: false, uri: null });
-  await saveRecord(o.agentDir, { version: 1, view, runDir: vm.runDir, cold: { manifest: { id: o.id, vm: spec.name, mode: 'shutdown', files: [] } } });
+  await saveRecord(o.agentDir, { version: 1, view, runDir: vm.runDir, cold: { manifest: { id: o.id, vm: spec.name, mode: 'shutdown', files: [] }, start: o.start !== false } });
   return { vm, view };
 }
 
@@ -223,6 +225,9 @@ export async function startColdDestination(vm: LocalVm, rec: MigrationRecord): P
     await vm.qmp.execute('cont');
     if (vm.spec.guestChannel) await vm.refreshBootId().catch(() => undefined);
     await rm(state, { force: true });
+  } else if (rec.cold?.start === false) {
+    // A stopped VM stays stopped: its files arrived with matching checksums, which is the verification.
+    return;
   } else {
     await vm.start();
   }

@@ -25,7 +25,8 @@ export interface MigrationRecord {
   /** Source: the perform request, to resume watching after an agent restart. */
   performed?: PerformRequest;
   /** A cold migration: its files (source: offered; destination: received so far). */
-  cold?: { manifest: ColdManifest };
+  /** `start: false`: a VM that was stopped on the source stays stopped on the destination. */
+  cold?: { manifest: ColdManifest; start?: boolean };
 }
 
 export function validateMigrationId(id: unknown): string {

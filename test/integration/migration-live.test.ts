@@ -7,24 +7,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { rmSync } from 'node:fs';
 import type { MigrationJson } from '../../src/common/migration.ts';
-import { PACKAGE_ROOT } from '../../src/common/paths.ts';
-import {
-  labDown,
-  labRestartServer,
-  linkDown,
-  linkUp,
-  readLabState,
-  type LabState,
-} from '../../src/lab/index.ts';
+import { labDown, labRestartServer, linkDown, linkUp, readLabState } from '../../src/lab/index.ts';
+import { FINAL_STATES as FINAL, LabHarness, isZombie, otherHost as other, waitFor, type VmView } from './helpers.ts';
 
-const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
 const VM = 'a1';
 /**
  * Slow enough that a failure can be injected while ~64 MiB of dirtied memory is still on its way; below
@@ -34,134 +21,18 @@ const SLOW = 8;
 /** Above the dirty rate: converges after a few seconds. */
 const CONVERGING = 32;
 
-const lab = 'm' + randomBytes(2).toString('hex');
-const root = mkdtempSync(join(tmpdir(), 'ferry-migration-live-'));
-const dataRoot = join(root, 'labs');
-const env: NodeJS.ProcessEnv = {
-  ...process.env,
-  FERRY_LAB_DIR: dataRoot,
-  FERRY_CONFIG: join(root, 'config.json'),
-};
-let state: LabState | null = null;
+const h = new LabHarness('m');
+const { lab, root, dataRoot } = h;
 const measured: string[] = [];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function ferry(args: string[], timeoutMs = 180_000): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [FERRY, ...args],
-      { env, timeout: timeoutMs, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-      },
-    );
-  });
-}
-
-/** Runs a `--json` command and parses its one document; `okCodes` are the exit codes the caller expects. */
-async function ferryJson<T>(args: string[], okCodes: number[] = [0]): Promise<T> {
-  // Everything after `--` belongs to the guest tool, so --json goes before it.
-  const dd = args.indexOf('--');
-  const r = await ferry(dd < 0 ? [...args, '--json'] : [...args.slice(0, dd), '--json', ...args.slice(dd)]);
-  assert.ok(okCodes.includes(r.code), `ferry ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
-interface VmView {
-  name: string;
-  host: string;
-  state: string;
-  bootId: string | null;
-}
-
-const vmShow = (): Promise<VmView> => ferryJson<VmView>(['vm', 'show', VM]);
-const guest = <T>(...cmd: string[]): Promise<T> => ferryJson<T>(['vm', 'guest', VM, '--', ...cmd]);
-const migrationShow = (id: string): Promise<MigrationJson> =>
-  ferryJson<MigrationJson>(['migration', 'show', id]);
-const other = (host: string): string => (host === 'h1' ? 'h2' : 'h1');
-
-function hostDir(host: string): string {
-  assert.ok(state);
-  return join(state.dir, 'hosts', host);
-}
-
-function cmdline(pid: string): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  } catch {
-    return [];
-  }
-}
-
-function isZombie(pid: string): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
-  }
-}
-
-/** QEMU processes of our VM on one lab host, found from /proc by the host's data dir in their argv. */
-function qemuPids(host: string, opts: { incoming?: boolean } = {}): number[] {
-  const dir = hostDir(host) + '/';
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const argv = cmdline(e);
-    if (!argv[0]?.includes('qemu-system')) continue;
-    if (!argv.some((a) => a.includes(dir))) continue;
-    if (!argv.some((a) => a === VM || a.startsWith(`${VM},`))) continue;
-    if (opts.incoming && !argv.includes('-incoming')) continue;
-    if (isZombie(e)) continue;
-    out.push(Number(e));
-  }
-  return out;
-}
-
-const runDirExists = (host: string): boolean => existsSync(join(hostDir(host), 'vms', VM));
-
-async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
-  timeoutMs: number,
-  everyMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== null && v !== undefined && v !== false) return v;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
-    await sleep(everyMs);
-  }
-}
-
-const FINAL = ['completed', 'failed', 'cancelled'];
-
-async function waitFinal(id: string, timeoutMs: number): Promise<MigrationJson> {
-  return waitFor(
-    `migration ${id} to end`,
-    async () => {
-      const m = await migrationShow(id);
-      return FINAL.includes(m.state) ? m : null;
-    },
-    timeoutMs,
-    300,
-  );
-}
+const ferry = h.ferry.bind(h);
+const ferryJson = h.ferryJson.bind(h);
+const vmShow = (): Promise<VmView> => h.vmShow(VM);
+const guest = <T>(...cmd: string[]): Promise<T> => h.guest<T>(VM, ...cmd);
+const migrationShow = (id: string): Promise<MigrationJson> => h.migrationShow(id);
+const waitFinal = (id: string, timeoutMs: number): Promise<MigrationJson> => h.waitFinal(id, timeoutMs);
+const qemuPids = (host: string, opts: { incoming?: boolean } = {}): number[] => h.qemuPids(host, VM, opts);
+const runDirExists = (host: string): boolean => h.runDirExists(host, VM);
 
 /** Starts a slow migration away from the VM's host and waits until QEMU is really sending. */
 async function startSlow(to: string, mibPerSec = SLOW): Promise<MigrationJson> {
@@ -216,9 +87,9 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
 
   before(async () => {
     const up = await ferry(['lab', 'up', '--hosts', '2', '--name', lab, '--json'], 180_000);
-    state = readLabState({ name: lab, dataRoot });
+    h.state = readLabState({ name: lab, dataRoot });
     assert.equal(up.code, 0, `lab up failed:\n${up.stdout}\n${up.stderr}`);
-    assert.ok(state);
+    assert.ok(h.state);
     const v = await ferryJson<VmView>(['vm', 'create', VM, '--memory', '256M', '--host', 'h1']);
     assert.equal(v.host, 'h1');
     assert.equal(v.state, 'running');
@@ -230,7 +101,7 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
 
   after(async () => {
     try {
-      if (state !== null) await linkUp(lab, 'h2').catch(() => undefined);
+      if (h.state !== null) await linkUp(lab, 'h2').catch(() => undefined);
       await labDown({ name: lab, dataRoot });
     } finally {
       rmSync(root, { recursive: true, force: true });
@@ -322,7 +193,7 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
   });
 
   it('controller killed during the transfer and restarted: the job ends, the VM runs on exactly one host', async () => {
-    assert.ok(state);
+    assert.ok(h.state);
     const src = (await vmShow()).host;
     const dst = other(src);
     // This one must be able to end by itself once the controller is back.
@@ -342,7 +213,7 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
       5_000,
       50,
     );
-    state = await labRestartServer(lab, { dataRoot });
+    h.state = await labRestartServer(lab, { dataRoot });
     const end = await waitFinal(m.id, 90_000);
     measured.push(
       `controller killed: ${end.state}${end.error ? ` ${end.error.code}` : ''} after ${end.totalMs} ms`,

@@ -1,6 +1,7 @@
-/** `ferry host list | show H`: the cluster's hosts as the controller sees them. */
+/** `ferry host list | show H | drain H | undrain H`: the cluster's hosts as the controller sees them. */
 import type { Command } from 'commander';
 import type { HostJson } from '../../controller/hosts.ts';
+import type { DrainJson } from '../../controller/drain.ts';
 import { formatBytes } from '../../common/units.ts';
 import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
 import { action } from '../output.ts';
@@ -66,6 +67,49 @@ export function registerHost(program: Command): void {
           return formatTable(['FIELD', 'VALUE'], rows).split('\n').slice(1).join('\n');
         },
       };
+    }),
+  );
+
+  clusterOptions(
+    host
+      .command('drain')
+      .argument('<host>', 'host name')
+      .option('--deadline <duration>', 'stop starting migrations after this long (default 10m)')
+      .option('--wait', 'follow the drain to its end')
+      .description('Put a host in maintenance and move its VMs to other hosts'),
+  ).action(
+    action(async (name: string, f: ClusterFlags & { deadline?: string; wait?: boolean }) =>
+      withClient(f, async (c) => {
+        let d = await c.post<DrainJson>(`/api/v1/hosts/${enc(name)}/drain`, f.deadline === undefined ? {} : { deadline: f.deadline });
+        const seen = new Map<string, string>();
+        while (f.wait && d.state === 'draining') {
+          for (const i of d.items) {
+            const line = `${i.vm}: ${i.status}${i.destination ? ` → ${i.destination}` : ''}${i.migration ? ` (${i.migration})` : ''}`;
+            if (!f.json && seen.get(i.vm) !== line) process.stderr.write(`drain ${name}: ${line}\n`);
+            seen.set(i.vm, line);
+          }
+          await new Promise((r) => setTimeout(r, 300));
+          d = await c.get<DrainJson>(`/api/v1/hosts/${enc(name)}/drain`);
+        }
+        return {
+          json: d,
+          exitCode: d.state === 'incomplete' ? 1 : 0,
+          human: () =>
+            [
+              `host ${d.host}: ${d.state}${d.state === 'draining' ? ` (follow it: ferry host drain ${d.host} --wait)` : ''}`,
+              formatTable(
+                ['VM', 'STATUS', 'TO', 'MIGRATION', 'ERROR'],
+                d.items.map((i) => [i.vm, i.status, i.destination ?? '-', i.migration ?? '-', i.error?.code ?? '']),
+              ),
+            ].join('\n'),
+        };
+      }),
+    ),
+  );
+  clusterOptions(host.command('undrain').argument('<host>', 'host name').description('Lift maintenance: VMs may be placed on the host again')).action(
+    action(async (name: string, f: ClusterFlags) => {
+      const r = await withClient(f, (c) => c.post<{ host: string; maintenance: boolean }>(`/api/v1/hosts/${enc(name)}/undrain`, {}));
+      return { json: r, human: `host ${r.host}: maintenance lifted` };
     }),
   );
 }

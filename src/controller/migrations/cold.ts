@@ -29,10 +29,11 @@ export async function transferCold(d: ColdDeps, id: string): Promise<ColdManifes
   let job = d.jobs.transition(id, 'queued', 'preparing', { phase: 'begin' });
   const status = await d.src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`);
   d.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
-  await d.dst.call('POST', `${BASE}/${id}/cold/prepare`, { spec: status.spec }, { timeoutMs: 90_000 });
+  const wasStopped = status.state === 'stopped';
+  await d.dst.call('POST', `${BASE}/${id}/cold/prepare`, { spec: status.spec, start: !wasStopped }, { timeoutMs: 90_000 });
   job = d.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
   // A running VM keeps its memory (save); a stopped one has only its disks.
-  const mode = status.state === 'stopped' ? 'shutdown' : 'save';
+  const mode = wasStopped ? 'shutdown' : 'save';
   const manifest = await d.src.call<ColdManifest>('POST', `${BASE}/${id}/cold/perform`, { vm: job.vm, mode }, { timeoutMs: 300_000 });
   const total = manifest.files.reduce((s, f) => s + f.bytes, 0);
   let done = 0;

@@ -102,6 +102,8 @@ export class MigrationOrchestrator {
     }
     if (req.to === vm.host) throw new FerryError('FERRY_E_BAD_INPUT', `VM ${vmName} is already on ${vm.host}.`);
     const spec = JSON.parse(vm.spec) as VmSpec;
+    // Refused here, not in the background run: a bad request must leave no job and the VM untouched.
+    storageFor(policy, spec);
 
     const job = sqlite.transaction(() => {
       const others = hostViews(this.o.store).filter((h) => h.name !== vm.host);
