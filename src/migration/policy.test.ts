@@ -49,3 +49,10 @@ test('deadline and stall abort with their codes', () => {
   const stalled = nextEscalation(view({ msSinceProgress: 11_000 }), DEFAULT_POLICY);
   assert.equal(stalled?.kind === 'abort' && stalled.code, 'FERRY_E_MIGRATION_STALLED');
 });
+
+test('the deadline never aborts a migration in post-copy: the guest is already on its way to the destination', () => {
+  const late = view({ elapsedMs: DEFAULT_POLICY.deadlineMs + 1, postcopyActive: true });
+  assert.equal(nextEscalation(late, { ...DEFAULT_POLICY, postcopy: 'auto' }), null);
+  const lateAndStalled = nextEscalation({ ...late, msSinceProgress: 11_000 }, DEFAULT_POLICY);
+  assert.equal(lateAndStalled?.kind === 'abort' && lateAndStalled.code, 'FERRY_E_MIGRATION_STALLED');
+});

@@ -7,7 +7,8 @@
  *  1. start with a low downtime limit (a fraction of the budget: shorter pauses when the guest allows it);
  *  2. not converging → double the downtime limit, up to the VM's budget (`--max-downtime`);
  *  3. at the budget and still not converging → switch to post-copy when allowed (`--postcopy auto`);
- *  4. past the deadline → abort (FERRY_E_MIGRATION_TIMEOUT); no progress at all → abort (STALLED).
+ *  4. past the deadline → abort (FERRY_E_MIGRATION_TIMEOUT), unless post-copy already started (it cannot be
+ *     undone; it ends by itself); no progress at all → abort (STALLED).
  */
 import { FerryError } from '../common/errors.ts';
 import { parseDuration, parseSize } from '../common/units.ts';
@@ -144,7 +145,9 @@ export function isStuck(remainingByPass: readonly number[], window: number): boo
 }
 
 export function nextEscalation(v: ConvergenceView, p: MigrationPolicy): Escalation | null {
-  if (v.elapsedMs > p.deadlineMs) {
+  // Once post-copy runs, the destination holds the guest and nothing can be cancelled: a deadline abort
+  // would only mark a guest that is arriving as lost. What is left (pulling the rest) ends by itself.
+  if (v.elapsedMs > p.deadlineMs && !v.postcopyActive) {
     return { kind: 'abort', code: 'FERRY_E_MIGRATION_TIMEOUT', reason: `not finished within ${p.deadlineMs} ms` };
   }
   if (v.msSinceProgress > p.stallTimeoutMs) {
