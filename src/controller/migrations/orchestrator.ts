@@ -334,7 +334,9 @@ export class MigrationOrchestrator {
         if (step.kind === 'downtime-limit') {
           await src.client.call('POST', `${BASE}/${id}/tune`, { downtimeLimitMs: step.toMs }).catch((e: unknown) => this.log(`tune: ${String(e)}`));
         } else if (step.kind === 'postcopy') {
-          await src.client.call('POST', `${BASE}/${id}/postcopy`);
+          // A refusal here (pre-copy completed meanwhile, QEMU not in a state to switch) is not a failed
+          // migration: the next poll says how it really stands, and the deadline still bounds it.
+          await src.client.call('POST', `${BASE}/${id}/postcopy`).catch((e: unknown) => this.log(`postcopy: ${String(e)}`));
         } else {
           await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
           throw new FerryError(step.code, step.reason);
