@@ -8,139 +8,30 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { rmSync } from 'node:fs';
 import type { MigrationJson } from '../../src/common/migration.ts';
-import { PACKAGE_ROOT } from '../../src/common/paths.ts';
-import { labDown, readLabState, type LabState } from '../../src/lab/index.ts';
+import { labDown, readLabState } from '../../src/lab/index.ts';
+import { LabHarness, otherHost as other, waitFor, type VmView } from './helpers.ts';
 
-const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
 const VM = 'c1';
 /**
  * The overload: a small region rewritten far faster than the link sends it. Small, so that a pre-copy pass
  * (the whole region: every page of it is dirty again by the end of the pass) is short and the default
- * ladder (4 passes a step) climbs within seconds; larger than what the link moves within the downtime
- * budget (8 MiB/s × 300 ms = 2.4 MiB), so pre-copy alone never converges.
+ * ladder (4 passes a step, 30→60→120→240→300 ms, then post-copy) climbs within seconds; larger than what
+ * the link moves within the downtime budget (16 MiB/s × 300 ms = 4.8 MiB), so pre-copy alone never
+ * converges. (64 MiB at 8 MiB/s would be 8 s a pass: over two minutes to climb the ladder.)
  */
-const DIRTY_MIB = 6;
-const DIRTY_RATE = 48;
-const SLOW_LINK = 8;
+const DIRTY_MIB = 12;
+const DIRTY_RATE = 64;
+const SLOW_LINK = 16;
 
-const lab = 'c' + randomBytes(2).toString('hex');
-const root = mkdtempSync(join(tmpdir(), 'ferry-migration-converge-'));
-const dataRoot = join(root, 'labs');
-const env: NodeJS.ProcessEnv = {
-  ...process.env,
-  FERRY_LAB_DIR: dataRoot,
-  FERRY_CONFIG: join(root, 'config.json'),
-};
-let state: LabState | null = null;
+const h = new LabHarness('cv');
 const measured: string[] = [];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function ferry(args: string[], timeoutMs = 180_000): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [FERRY, ...args],
-      { env, timeout: timeoutMs, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-      },
-    );
-  });
-}
-
-/** Runs a `--json` command and parses its one document; `okCodes` are the exit codes the caller expects. */
-async function ferryJson<T>(args: string[], okCodes: number[] = [0]): Promise<T> {
-  // Everything after `--` belongs to the guest tool, so --json goes before it.
-  const dd = args.indexOf('--');
-  const r = await ferry(dd < 0 ? [...args, '--json'] : [...args.slice(0, dd), '--json', ...args.slice(dd)]);
-  assert.ok(okCodes.includes(r.code), `ferry ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
-interface VmView {
-  name: string;
-  host: string;
-  state: string;
-  bootId: string | null;
-}
-
-const vmShow = (): Promise<VmView> => ferryJson<VmView>(['vm', 'show', VM]);
-const guest = <T>(...cmd: string[]): Promise<T> => ferryJson<T>(['vm', 'guest', VM, '--', ...cmd]);
-const other = (host: string): string => (host === 'h1' ? 'h2' : 'h1');
-
-function hostDir(host: string): string {
-  assert.ok(state);
-  return join(state.dir, 'hosts', host);
-}
-
-function cmdline(pid: string): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  } catch {
-    return [];
-  }
-}
-
-function isZombie(pid: string): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
-  }
-}
-
-/** QEMU processes of our VM on one lab host, found from /proc by the host's data dir in their argv. */
-function qemuPids(host: string): number[] {
-  const dir = hostDir(host) + '/';
-  const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const argv = cmdline(e);
-    if (!argv[0]?.includes('qemu-system')) continue;
-    if (!argv.some((a) => a.includes(dir))) continue;
-    if (!argv.some((a) => a === VM || a.startsWith(`${VM},`))) continue;
-    if (isZombie(e)) continue;
-    out.push(Number(e));
-  }
-  return out;
-}
-
-const runDirExists = (host: string): boolean => existsSync(join(hostDir(host), 'vms', VM));
-
-async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
-  timeoutMs: number,
-  everyMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== null && v !== undefined && v !== false) return v;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
-    await sleep(everyMs);
-  }
-}
+const vmShow = (): Promise<VmView> => h.vmShow(VM);
+const guest = <T>(...cmd: string[]): Promise<T> => h.guest<T>(VM, ...cmd);
+const qemuPids = (host: string): number[] => h.qemuPids(host, VM);
+const runDirExists = (host: string): boolean => h.runDirExists(host, VM);
 
 /** Seconds from the job's start, for the measured lines. */
 const since = (m: MigrationJson, at: string): string =>
@@ -166,7 +57,7 @@ function describeRun(what: string, m: MigrationJson): string {
 
 /** Migrates with --wait; a failed migration exits 1 and still prints the job. */
 async function migrate(to: string, extra: string[], okCodes = [0]): Promise<MigrationJson> {
-  return ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', to, '--wait', ...extra], okCodes);
+  return h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', to, '--wait', ...extra], okCodes);
 }
 
 /** The guest arrived whole on `host`, the other host holds nothing of it. */
@@ -197,11 +88,11 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
   let bootId = '';
 
   before(async () => {
-    const up = await ferry(['lab', 'up', '--hosts', '2', '--name', lab, '--json'], 180_000);
-    state = readLabState({ name: lab, dataRoot });
+    const up = await h.ferry(['lab', 'up', '--hosts', '2', '--name', h.lab, '--json'], 180_000);
+    h.state = readLabState({ name: h.lab, dataRoot: h.dataRoot });
     assert.equal(up.code, 0, `lab up failed:\n${up.stdout}\n${up.stderr}`);
-    assert.ok(state);
-    const v = await ferryJson<VmView>(['vm', 'create', VM, '--memory', '256M', '--host', 'h1']);
+    assert.ok(h.state);
+    const v = await h.ferryJson<VmView>(['vm', 'create', VM, '--memory', '256M', '--host', 'h1']);
     assert.equal(v.state, 'running');
     assert.ok(v.bootId, 'the tiny guest reports its boot id');
     bootId = v.bootId;
@@ -210,9 +101,9 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
 
   after(async () => {
     try {
-      await labDown({ name: lab, dataRoot });
+      await labDown({ name: h.lab, dataRoot: h.dataRoot });
     } finally {
-      rmSync(root, { recursive: true, force: true });
+      rmSync(h.root, { recursive: true, force: true });
       if (measured.length) console.log(`# measured:\n${measured.map((l) => `#   ${l}`).join('\n')}`);
     }
   });
