@@ -48,7 +48,7 @@ export interface MigrationJson {
   totalMs: number | null;
   /** QEMU's own total-time of the transfer. */
   qemuTotalMs: number | null;
-  /** QEMU-reported downtime. */
+  /** QEMU-reported downtime (live); for a cold move the whole pause, save to restore, as Ferry measured it. */
   downtimeMs: number | null;
   /** Longest gap in UDP probe replies from the guest, probing every 10 ms from outside it. */
   guestDowntimeMs: number | null;

@@ -10,6 +10,7 @@ import { formatDuration } from '../../common/units.ts';
 import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
 import { action, type Outcome } from '../output.ts';
 import { summaryLines, watchMigration } from '../progress.ts';
+import { resolvePolicy } from '../../migration/policy.ts';
 
 interface MigrateFlags extends ClusterFlags {
   to?: string;
@@ -87,7 +88,9 @@ export function registerMigration(program: Command): void {
   ).action(
     action(async (name: string, f: MigrateFlags) => {
       return withClient(f, async (c) => {
-        const started = await c.post<MigrationJson>(`/api/v1/vms/${enc(name)}/migrate`, migrateBody(f));
+        const body = migrateBody(f);
+        resolvePolicy(body); // the same checks as the server, with messages that name the flag's values
+        const started = await c.post<MigrationJson>(`/api/v1/vms/${enc(name)}/migrate`, body);
         if (!f.wait) {
           const why = started.why?.map((w) => `  ${w.host}: ${w.accepted ? 'accepted' : 'rejected'} — ${w.reason}`).join('\n');
           return {

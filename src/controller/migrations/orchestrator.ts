@@ -381,7 +381,8 @@ export class MigrationOrchestrator {
         totalMs: endedAt - Date.parse(job.startedAt),
         finishedAt: new Date(endedAt).toISOString(),
         qemuTotalMs: final?.totalMs ?? null,
-        downtimeMs: final?.downtimeMs ?? null,
+        // Cold: the guest is paused from the save to the restore; QEMU's figure covers only the save.
+        downtimeMs: job.mode === 'cold' ? coldPauseMs(this.jobs.mustGet(id), switchedAt) : (final?.downtimeMs ?? null),
         guestDowntimeMs: report ? report.longestGapMs : null,
         transferredBytes: final?.transferredBytes ?? job.transferredBytes,
         iterations: final?.iterations ?? job.iterations,
@@ -491,6 +492,12 @@ export class MigrationOrchestrator {
       await this.rollback(id, err, prober);
     }
   }
+}
+
+/** The pause of a cold move as Ferry measured it: from entering perform (save) to the guest running again. */
+function coldPauseMs(job: MigrationJson, runningAt: number): number | null {
+  const perform = job.timeline.find((e) => e.phase === 'perform');
+  return perform ? runningAt - Date.parse(perform.at) : null;
 }
 
 async function retry<T>(fn: () => Promise<T>, attempts: number): Promise<T> {
