@@ -106,6 +106,30 @@ async function assertRunsOn(host: string, bootId: string, what: string): Promise
   assert.equal(qemuPids(host).length, 1, `${what}: one QEMU on ${host}`);
 }
 
+/**
+ * Runs one overloaded migration away from wherever the VM is. Measured here (2 of ~30 runs): the guest
+ * sometimes has a lull of ~0.6 s in which it re-dirties little, and pre-copy then finishes by itself,
+ * legitimately, with the guest intact. Such a run says nothing about the ladder: when the guest verifies
+ * intact it is recorded and the case runs once more (from the new host). A guest that arrived corrupt fails.
+ */
+async function overloaded(
+  what: string,
+  extra: string[],
+  reachedEnd: (m: MigrationJson) => boolean,
+): Promise<{ code: number; m: MigrationJson; from: string; to: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const from = (await vmShow()).host;
+    const to = other(from);
+    const r = await migrate(`${what} ${from}→${to}${attempt > 1 ? ' (again)' : ''}`, to, extra);
+    const lull = r.m.state === 'completed' && !reachedEnd(r.m);
+    if (!lull) return { ...r, from, to };
+    const verify = await guest<{ ok: boolean }>('dirty', 'verify');
+    assert.equal(verify.ok, true, `pre-copy converged and the guest is corrupt: ${JSON.stringify(verify)}`);
+    measured.push(`${what}: pre-copy found a lull and finished, guest intact: inconclusive, once more`);
+    if (attempt >= 2) assert.fail(`pre-copy converged twice against the overload: ${describeRun(what, r.m)}`);
+  }
+}
+
 describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, () => {
   let bootId = '';
 
@@ -146,9 +170,8 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
   });
 
   it('--postcopy auto on an overloaded link: downtime limit raised, then post-copy, completes', async () => {
-    const from = (await vmShow()).host;
-    const to = other(from);
-    const { code, m } = await migrate(`auto ${from}→${to}`, to, ['--postcopy', 'auto', ...OVERLOAD]);
+    const reachedPostcopy = (m: MigrationJson): boolean => m.timeline.some((t) => t.state === 'postcopy');
+    const { code, m, to } = await overloaded('auto', ['--postcopy', 'auto', ...OVERLOAD], reachedPostcopy);
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.equal(code, 0);
     const kinds = m.escalations.map((e) => e.step.kind);
@@ -173,15 +196,7 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
   });
 
   it('--postcopy never on an overloaded link: the deadline fails it, the VM stays on the source', async () => {
-    const from = (await vmShow()).host;
-    const to = other(from);
-    const { code, m } = await migrate(`never ${from}→${to}`, to, ['--postcopy', 'never', ...OVERLOAD, '--deadline', '20s']);
-    if (m.state === 'completed') {
-      // Pre-copy should not be able to finish this. Whether the guest arrived whole tells a guest that was
-      // starved for a moment (intact) from dirty pages QEMU failed to track (a corrupt guest): say which.
-      const verify = await guest<Record<string, unknown>>('dirty', 'verify').catch((e: unknown) => String(e));
-      assert.fail(`pre-copy converged against the overload; guest verify: ${JSON.stringify(verify)}; ${describeRun('never', m)}`);
-    }
+    const { code, m, from } = await overloaded('never', ['--postcopy', 'never', ...OVERLOAD, '--deadline', '20s'], () => false);
     assert.equal(m.state, 'failed');
     assert.equal(code, 1);
     assert.equal(m.error?.code, 'FERRY_E_MIGRATION_TIMEOUT', JSON.stringify(m.error));
