@@ -43,7 +43,8 @@ function describeRun(what: string, m: MigrationJson): string {
   const steps = m.escalations
     .map((e) => {
       const s = e.step;
-      const detail = s.kind === 'downtime-limit' ? ` ${s.fromMs}→${s.toMs}ms` : s.kind === 'abort' ? ` ${s.code}` : '';
+      const detail =
+        s.kind === 'downtime-limit' ? ` ${s.fromMs}→${s.toMs}ms` : s.kind === 'abort' ? ` ${s.code}` : '';
       return `${s.kind}${detail} @${since(m, e.at)}`;
     })
     .join(', ');
@@ -61,7 +62,11 @@ function describeRun(what: string, m: MigrationJson): string {
  * Migrates with --wait (a failed migration exits 1 and still prints the job) and records the figures before
  * anything is asserted, so that a surprise is measured too.
  */
-async function migrate(what: string, to: string, extra: string[]): Promise<{ code: number; m: MigrationJson }> {
+async function migrate(
+  what: string,
+  to: string,
+  extra: string[],
+): Promise<{ code: number; m: MigrationJson }> {
   const r = await h.ferryRaw(['vm', 'migrate', VM, '--to', to, '--wait', ...extra]);
   let m: MigrationJson;
   try {
@@ -158,7 +163,12 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
     const from = (await vmShow()).host;
     const to = other(from);
     // A link the guest outruns: pre-copy alone could not finish, so only post-copy can have ended it.
-    const { code, m } = await migrate(`always ${from}→${to}`, to, ['--postcopy', 'always', '--bandwidth', '32']);
+    const { code, m } = await migrate(`always ${from}→${to}`, to, [
+      '--postcopy',
+      'always',
+      '--bandwidth',
+      '32',
+    ]);
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.equal(code, 0);
     assert.equal(m.policy.postcopy, 'always');
@@ -189,14 +199,21 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
       limit = e.step.toMs;
     }
     assert.equal(limit, m.policy.maxDowntimeMs, 'post-copy only once the downtime budget was reached');
-    assert.ok(m.timeline.some((t) => t.state === 'postcopy'), 'passed through postcopy');
+    assert.ok(
+      m.timeline.some((t) => t.state === 'postcopy'),
+      'passed through postcopy',
+    );
     assert.ok((m.totalMs ?? Infinity) < 60_000, `took ${m.totalMs} ms`);
     assertFigures(m);
     await assertRunsOn(to, bootId, 'postcopy auto');
   });
 
   it('--postcopy never on an overloaded link: the deadline fails it, the VM stays on the source', async () => {
-    const { code, m, from } = await overloaded('never', ['--postcopy', 'never', ...OVERLOAD, '--deadline', '20s'], () => false);
+    const { code, m, from } = await overloaded(
+      'never',
+      ['--postcopy', 'never', ...OVERLOAD, '--deadline', '20s'],
+      () => false,
+    );
     assert.equal(m.state, 'failed');
     assert.equal(code, 1);
     assert.equal(m.error?.code, 'FERRY_E_MIGRATION_TIMEOUT', JSON.stringify(m.error));
