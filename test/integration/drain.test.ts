@@ -6,13 +6,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import type { DrainJson } from '../../src/controller/drain.ts';
-import { labDown, readLabState } from '../../src/lab/index.ts';
+import { readLabState } from '../../src/lab/index.ts';
 import { LabHarness, type VmView } from './helpers.ts';
 
 const h = new LabHarness('d');
-const { lab, root, dataRoot } = h;
+const { lab, dataRoot } = h;
 
 describe('host drain in a two-host lab', { timeout: 300_000 }, () => {
   let bootId = '';
@@ -32,13 +31,7 @@ describe('host drain in a two-host lab', { timeout: 300_000 }, () => {
     assert.equal(stopped.state, 'stopped');
   });
 
-  after(async () => {
-    try {
-      await labDown({ name: lab, dataRoot });
-    } finally {
-      rmSync(root, { recursive: true, force: true });
-    }
-  });
+  after(() => h.down());
 
   it('moves every VM off the host, keeps each as it was, and keeps the host empty until undrain', async () => {
     const d = await h.ferryJson<DrainJson>(['host', 'drain', 'h1', '--wait']);

@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import { PACKAGE_ROOT } from '../../src/common/paths.ts';
-import type { LabState } from '../../src/lab/index.ts';
+import { labDown, type LabState } from '../../src/lab/index.ts';
 
 export const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
 export const FINAL_STATES = ['completed', 'failed', 'cancelled'];
@@ -85,6 +85,16 @@ export class LabHarness {
     this.root = mkdtempSync(join(tmpdir(), `ferry-${prefix}-`));
     this.dataRoot = join(this.root, 'labs');
     this.env = { ...process.env, FERRY_LAB_DIR: this.dataRoot, FERRY_CONFIG: join(this.root, 'config.json') };
+  }
+
+  /** Removes the lab and the temporary folder, even after a failure; prints what the tests measured. */
+  async down(measured: readonly string[] = []): Promise<void> {
+    try {
+      await labDown({ name: this.lab, dataRoot: this.dataRoot });
+    } finally {
+      rmSync(this.root, { recursive: true, force: true });
+      if (measured.length) console.log(`# measured:\n${measured.map((l) => `#   ${l}`).join('\n')}`);
+    }
   }
 
   ferry(args: string[], timeoutMs = 180_000): Promise<Run> {

@@ -8,9 +8,8 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import type { MigrationJson } from '../../src/common/migration.ts';
-import { labDown, readLabState } from '../../src/lab/index.ts';
+import { readLabState } from '../../src/lab/index.ts';
 import { LabHarness, otherHost as other, waitFor, type VmView } from './helpers.ts';
 
 const VM = 'c1';
@@ -155,14 +154,7 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
     await guest('dirty', 'start', '--mib', String(DIRTY_MIB), '--rate', String(DIRTY_RATE));
   });
 
-  after(async () => {
-    try {
-      await labDown({ name: h.lab, dataRoot: h.dataRoot });
-    } finally {
-      rmSync(h.root, { recursive: true, force: true });
-      if (measured.length) console.log(`# measured:\n${measured.map((l) => `#   ${l}`).join('\n')}`);
-    }
-  });
+  after(() => h.down(measured));
 
   it('--postcopy always: switches to post-copy after the first pass and completes, guest intact', async () => {
     const from = (await vmShow()).host;

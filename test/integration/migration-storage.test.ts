@@ -8,10 +8,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MigrationJson } from '../../src/common/migration.ts';
-import { labDown, readLabState } from '../../src/lab/index.ts';
+import { readLabState } from '../../src/lab/index.ts';
 import { FINAL_STATES, LabHarness, otherHost, waitFor, type VmView } from './helpers.ts';
 
 const VM = 'd1';
@@ -103,14 +102,7 @@ describe('storage and cold migration in a two-host lab', { timeout: 300_000 }, (
     await guest(...'dirty start --mib 64 --rate 20'.split(' '));
   });
 
-  after(async () => {
-    try {
-      await labDown({ name: h.lab, dataRoot: h.dataRoot });
-    } finally {
-      rmSync(h.root, { recursive: true, force: true });
-      if (measured.length) console.log(`# measured:\n${measured.map((l) => `#   ${l}`).join('\n')}`);
-    }
-  });
+  after(() => h.down(measured));
 
   it('live h1→h2 with TLS copies the local disk over NBD: same boot, disk sum and memory intact, source removed', async () => {
     const { m, wallMs } = await migrate('h2');
