@@ -3,7 +3,7 @@
  * Errors become `{ "error": { code, message } }` (JSON) or `error FERRY_E_…: message` (stderr), and the
  * exit code of the error registry (2 = bad usage or input, 1 = failed operation).
  */
-import { FerryError, toFerryError } from '../common/errors.ts';
+import { toFerryError } from '../common/errors.ts';
 
 export interface OutputOptions {
   json?: boolean;
@@ -53,4 +53,3 @@ export function action<A extends unknown[]>(
   };
 }
 
-export { FerryError };

@@ -136,11 +136,6 @@ export class MigrationOrchestrator {
     }
   }
 
-  /** Waits for the background work (tests, graceful shutdown). */
-  async idle(): Promise<void> {
-    while (this.running.size > 0) await Promise.allSettled([...this.running.values()]);
-  }
-
   async close(): Promise<void> {
     this.closed = true;
   }
