@@ -243,6 +243,11 @@ export class MigrationOrchestrator {
       await this.monitorAndFinish(id, prober);
       prober = null;
     } catch (err) {
+      // A controller shutting down leaves the job as it stands: the next start recovers it.
+      if (this.closed) {
+        await prober?.stop().catch(() => null);
+        return;
+      }
       await this.rollback(id, err, prober);
     }
   }
@@ -466,6 +471,7 @@ export class MigrationOrchestrator {
           return;
       }
     } catch (err) {
+      if (this.closed) return;
       await this.rollback(job.id, err, null);
     }
   }
@@ -484,6 +490,11 @@ export class MigrationOrchestrator {
       await this.finishAndConfirm(id, null, prober);
       prober = null;
     } catch (err) {
+      // A controller shutting down leaves the job as it stands: the next start recovers it.
+      if (this.closed) {
+        await prober?.stop().catch(() => null);
+        return;
+      }
       await this.rollback(id, err, prober);
     }
   }
