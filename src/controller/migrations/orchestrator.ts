@@ -243,11 +243,6 @@ export class MigrationOrchestrator {
       await this.monitorAndFinish(id, prober);
       prober = null;
     } catch (err) {
-      // A controller shutting down leaves the job as it stands: the next start recovers it.
-      if (this.closed) {
-        await prober?.stop().catch(() => null);
-        return;
-      }
       await this.rollback(id, err, prober);
     }
   }
@@ -397,6 +392,8 @@ export class MigrationOrchestrator {
   /** A failure before the destination took over: resume the source, discard the destination. */
   private async rollback(id: string, err: unknown, prober: Prober | null): Promise<void> {
     await prober?.stop().catch(() => null);
+    // A controller shutting down leaves the job as it stands: the next start recovers it.
+    if (this.closed) return;
     const fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
     const job = this.jobs.mustGet(id);
     this.log(`migration ${id}: ${fe.code} in ${job.phase}: ${fe.message}`);
@@ -471,7 +468,6 @@ export class MigrationOrchestrator {
           return;
       }
     } catch (err) {
-      if (this.closed) return;
       await this.rollback(job.id, err, null);
     }
   }
@@ -490,11 +486,6 @@ export class MigrationOrchestrator {
       await this.finishAndConfirm(id, null, prober);
       prober = null;
     } catch (err) {
-      // A controller shutting down leaves the job as it stands: the next start recovers it.
-      if (this.closed) {
-        await prober?.stop().catch(() => null);
-        return;
-      }
       await this.rollback(id, err, prober);
     }
   }
