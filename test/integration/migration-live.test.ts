@@ -10,7 +10,14 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import { labDown, labRestartServer, linkDown, linkUp, readLabState } from '../../src/lab/index.ts';
-import { FINAL_STATES as FINAL, LabHarness, isZombie, otherHost as other, waitFor, type VmView } from './helpers.ts';
+import {
+  FINAL_STATES as FINAL,
+  LabHarness,
+  isZombie,
+  otherHost as other,
+  waitFor,
+  type VmView,
+} from './helpers.ts';
 
 const VM = 'a1';
 /**
@@ -178,6 +185,15 @@ describe('live migration in a two-host lab', { timeout: 420_000 }, () => {
     assert.equal(end.error?.code, 'FERRY_E_MIGRATION_STALLED', JSON.stringify(end.error));
     measured.push(`link cut: ${end.state} ${end.error?.code} after ${end.totalMs} ms`);
     await assertStayedOn(src, bootId, 'link cut');
+    // The controller marked the cut host unreachable; the next case needs it back, as a user would wait.
+    await waitFor(
+      `${dst} ready again after the link came back`,
+      async () =>
+        (await ferryJson<{ name: string; state: string }[]>(['host', 'list'])).find((x) => x.name === dst)
+          ?.state === 'ready',
+      30_000,
+      500,
+    );
   });
 
   it('ferry migration cancel: cancelled, VM stays on the source', async () => {
