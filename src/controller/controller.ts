@@ -28,6 +28,8 @@ export interface ControllerOptions {
   recover?: boolean;
   /** Measure guest downtime with UDP probes from the controller (default true). */
   probe?: boolean;
+  /** Test-only hold points of migrations (see migrations/holds.ts); default: FERRY_TEST_HOLD_DIR, else off. */
+  holdDir?: string;
   log?: (line: string) => void;
 }
 
@@ -80,7 +82,15 @@ export async function createController(opts: ControllerOptions): Promise<Control
     });
     const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0' });
     const metrics = createMetrics(store);
-    const migrations = new MigrationOrchestrator({ store, events, pool, log, ...(opts.probe === undefined ? {} : { probe: opts.probe }) });
+    const holdDir = opts.holdDir ?? process.env.FERRY_TEST_HOLD_DIR;
+    const migrations = new MigrationOrchestrator({
+      store,
+      events,
+      pool,
+      log,
+      ...(opts.probe === undefined ? {} : { probe: opts.probe }),
+      ...(holdDir ? { holdDir } : {}),
+    });
     const drains = new DrainService({ store, events, migrations, log });
     if (opts.heartbeats !== false) hosts.start();
     // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.

@@ -38,6 +38,7 @@ import { placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
 import { JobStore } from './jobs.ts';
 import { transferCold } from './cold.ts';
+import { holdAt, type HoldPoint } from './holds.ts';
 
 export interface MigrateRequest extends PolicyInput {
   to?: string;
@@ -52,6 +53,8 @@ export interface OrchestratorOptions {
   pollMs?: number;
   /** Turn off the guest downtime prober (e.g. when the controller cannot reach the VM network). */
   probe?: boolean;
+  /** Test-only hold points (holds.ts); undefined in production. */
+  holdDir?: string;
 }
 
 const BASE = '/agent/v1/migrations';
@@ -152,6 +155,10 @@ export class MigrationOrchestrator {
     this.running.set(id, p);
   }
 
+  private hold(id: string, point: HoldPoint): Promise<void> {
+    return holdAt(this.o.holdDir, id, point, () => this.closed);
+  }
+
   private host(name: string): { client: AgentClient; inventory: HostInventory | null } {
     const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
     if (!h) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `Host ${name} is not registered.`);
@@ -219,6 +226,7 @@ export class MigrationOrchestrator {
         { timeoutMs: 90_000 },
       );
       this.jobs.update(id, { prepared: prep });
+      await this.hold(id, 'prepare');
       // perform: QEMU starts sending.
       job = this.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
       prober = await this.startProber(job.vm);
@@ -252,6 +260,7 @@ export class MigrationOrchestrator {
     const view = await this.monitor(id);
     const job = this.jobs.mustGet(id);
     this.jobs.transition(id, job.state, 'switching', { phase: 'finish', qemuStatus: view.qemuStatus });
+    await this.hold(id, 'switchover');
     await this.finishAndConfirm(id, view, prober);
   }
 
@@ -357,8 +366,9 @@ export class MigrationOrchestrator {
       // From here on the destination is the truth.
       const status = await dst.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
       this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
-      this.jobs.update(id, { phase: 'confirm' });
       const switchedAt = Date.now();
+      await this.hold(id, 'finish');
+      this.jobs.update(id, { phase: 'confirm' });
       await retry(() => src.client.call('POST', `${BASE}/${id}/confirm`, { success: true }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
         // The guest runs on the destination; the source QEMU is paused (post-migrate) and will be cleaned up
         // by the next confirm. Record it, but the migration itself succeeded.
@@ -366,6 +376,7 @@ export class MigrationOrchestrator {
         this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
       });
       const endedAt = Date.now();
+      await this.hold(id, 'confirm');
       const final = view ?? (await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`).catch(() => null));
       // Probe a little past the switch so the guest's first replies from the destination are seen; this wait
       // is not part of the migration's end-to-end time.
