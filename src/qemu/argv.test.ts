@@ -77,19 +77,19 @@ test('disk boot: no kernel, first disk gets bootindex', () => {
   assert.throws(() => buildQemuArgv({ ...spec, disks: [] }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_SPEC' });
 });
 
-test('destination argv is the source argv plus -incoming defer', () => {
+test('destination argv is the source argv plus -S -incoming defer (it never runs the guest by itself)', () => {
   const spec = defaultVmSpec('a1', {
     disks: [{ id: 'vda', sizeBytes: 64 * MIB, shared: false }],
     nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }],
   });
   const src = buildQemuArgv(spec, paths(), { accel: 'tcg' });
   const dst = buildQemuArgv(spec, paths(), { accel: 'tcg', incoming: 'defer' });
-  assert.deepEqual(dst, [...src, '-incoming', 'defer']);
+  assert.deepEqual(dst, [...src, '-S', '-incoming', 'defer']);
 });
 
 test('TLS credentials object for the migration stream', () => {
   const argv = buildQemuArgv(defaultVmSpec('a1'), paths(), { accel: 'tcg', tlsCredsDir: { dir: '/etc/ferry/tls', endpoint: 'server' }, incoming: 'defer' });
-  assert.deepEqual(argv.slice(-4), ['-object', 'tls-creds-x509,id=tls0,endpoint=server,dir=/etc/ferry/tls,verify-peer=on', '-incoming', 'defer']);
+  assert.deepEqual(argv.slice(-5), ['-object', 'tls-creds-x509,id=tls0,endpoint=server,dir=/etc/ferry/tls,verify-peer=on', '-S', '-incoming', 'defer']);
 });
 
 test('commas, relative paths and missing paths are refused, never escaped', () => {

@@ -1,7 +1,7 @@
 /**
  * QEMU's command line for one VM, built as a pure function of its VmSpec, the host's local paths and the
  * host's accelerator. Source and destination of a migration call this with the same spec, so their device
- * models match; the destination only adds `-incoming defer`. Block nodes carry stable names
+ * models match; the destination only adds `-S -incoming defer` (it waits, paused). Block nodes carry stable names
  * (`disk-<id>` for the file, `fmt-<id>` for the qcow2 layer) because mirror jobs and NBD exports refer to
  * them. Nothing here touches the file system, the environment or a shell.
  */
@@ -151,6 +151,9 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     argv.push('-object', `tls-creds-x509,id=${TLS_CREDS_ID},endpoint=${endpoint},dir=${absPath(dir, 'TLS dir')},verify-peer=on`);
   }
 
-  if (host.incoming === 'defer') argv.push('-incoming', 'defer');
+  // -S: the guest never runs by itself when the stream completes; only finish (`cont`) lets it run, after
+  // the controller decided that this copy is the one. Without it a destination whose agent died would run
+  // the guest while the source, believed to be the truth, resumed too.
+  if (host.incoming === 'defer') argv.push('-S', '-incoming', 'defer');
   return argv;
 }
