@@ -12,7 +12,7 @@
  * waiting for a PID to disappear, which PID 1 here delays by ~1.3 s.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, open, readdir } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { HostInventory, VmStatus } from '../common/protocol.ts';
@@ -25,6 +25,7 @@ import { KeyedMutex } from './mutex.ts';
 import { ensureTaps, removeTaps } from './network.ts';
 import { runFiles } from '../qemu/process.ts';
 import { LocalVm, vmsDir } from './vm.ts';
+import { loadRecord, RUN_DIR_RECORD } from '../migration/record.ts';
 
 /** What the HTTP layer needs from a host; AgentHost is the one implementation. */
 export interface VmHost {
@@ -207,7 +208,9 @@ export class AgentHost implements VmHost {
 
   resume(name: string): Promise<VmStatus> {
     return this.locks.run(name, async () => {
-      return this.vm(name).resume();
+      const vm = this.vm(name);
+      await assertNotHandedOver(vm);
+      return vm.resume();
     });
   }
 
@@ -242,6 +245,11 @@ export class AgentHost implements VmHost {
 
   get dataDir(): string {
     return this.opts.dataDir;
+  }
+
+  /** This host's name in the cluster (what its discard receipts say). */
+  get name(): string {
+    return this.opts.name;
   }
 
   get accel(): Accel {
@@ -307,5 +315,23 @@ export async function tailFile(path: string, maxBytes: number): Promise<string> 
     return buf.subarray(0, bytesRead).toString('utf8');
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * A plain resume must not revive a source that handed its guest over: once its QEMU completed a migration
+ * (or began post-copy) the destination may run the only true copy. Only confirm(false), against the
+ * destination's signed discard receipt, may resume it (src/migration/confirm.ts) — and a VM that was
+ * resumed so is free again.
+ */
+async function assertNotHandedOver(vm: LocalVm): Promise<void> {
+  if (vm.pid === null) return;
+  const status = (await vm.qmp.execute('query-migrate')).status ?? 'none';
+  if (status !== 'completed' && !status.startsWith('postcopy')) return;
+  const inRun = await readFile(join(vm.runDir, RUN_DIR_RECORD), 'utf8').then((t) => JSON.parse(t) as { view?: { id?: string } }, () => null);
+  const rec = inRun?.view?.id === undefined ? undefined : await loadRecord(vm.agentDir, inRun.view.id);
+  if (rec === undefined) return; // a VM that arrived here by migration: its own QEMU's status is the incoming one
+  if (rec.view.role === 'source' && rec.view.stage !== 'resumed') {
+    throw new FerryError('FERRY_E_RECEIPT_REQUIRED', `VM ${vm.name} handed its guest over in migration ${rec.view.id} (${status}): it resumes here only against the destination's discard receipt (\`ferry vm resume\` asks for it).`);
   }
 }

@@ -14,6 +14,7 @@ import type { LocalVm } from './vm.ts';
 /** A host with no VMs: enough for the route contract (validation, lookups, idempotent verdicts). */
 function emptyHost(dataDir: string): MigrationHost {
   return {
+    name: 'h1',
     dataDir,
     accel: 'tcg',
     migrationAddress: '127.0.0.1',

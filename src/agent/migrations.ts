@@ -15,6 +15,7 @@ import { openColdFile, performCold, prepareCold, receiveColdFile, SHA256_HEADER 
 import { confirm } from '../migration/confirm.ts';
 import { finish } from '../migration/finish.ts';
 import { sourceVmOf, startPerform, type SourceMigration } from '../migration/perform.ts';
+import { recoverIncoming } from '../migration/postcopy.ts';
 import { prepare } from '../migration/prepare.ts';
 import { loadRecord, validateMigrationId } from '../migration/record.ts';
 import type { TlsIdentity } from '../migration/tls.ts';
@@ -29,6 +30,8 @@ import type { LocalVm } from './vm.ts';
 
 /** What the routes need of the agent's host (AgentHost implements it). */
 export interface MigrationHost {
+  /** This host's cluster name (what its discard receipts say). */
+  readonly name: string;
   readonly dataDir: string;
   readonly accel: Accel;
   readonly migrationAddress: string;
@@ -125,6 +128,7 @@ function parsePerform(b: Record<string, unknown>): PerformRequest {
     downtimeLimitMs: optNumber(b, 'downtimeLimitMs', 1),
     stallTimeoutMs: optNumber(b, 'stallTimeoutMs', 100),
     postcopy,
+    destination: b.destination === undefined || b.destination === null ? null : validateName(b.destination, 'destination host'),
   };
 }
 
@@ -273,6 +277,28 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
     return job.startPostcopy();
   });
 
+  app.post(`${BASE}/:id/postcopy-pause`, async (req) => {
+    const id = idParam(req);
+    const job = await sourceJob(id);
+    if (job === undefined) throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is not in post-copy on this agent.`);
+    return job.pausePostcopy();
+  });
+
+  app.post(`${BASE}/:id/postcopy-resume`, async (req) => {
+    const id = idParam(req);
+    const uri = body(req).uri;
+    if (typeof uri !== 'string') throw new FerryError('FERRY_E_BAD_INPUT', 'uri (from the destination\'s recover) is required.');
+    const job = await sourceJob(id);
+    if (job === undefined) throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is not in post-copy on this agent.`);
+    return job.resumePostcopy(uri);
+  });
+
+  app.post(`${BASE}/:id/recover`, async (req) => {
+    const id = idParam(req);
+    const rec = await record(id);
+    return host.exclusive(rec.view.vm, (vm) => recoverIncoming({ id, agentDir: host.dataDir, vm, listenAddress: host.migrationAddress }));
+  });
+
   app.post(`${BASE}/:id/tune`, async (req) => {
     const id = idParam(req);
     const b = body(req);
@@ -345,7 +371,7 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
     const ok = success(req);
     const rec = await record(id);
     return host.exclusive(rec.view.vm, async (vm) => {
-      const v = await finish({ id, agentDir: host.dataDir, success: ok, ...(vm === undefined ? {} : { vm }) });
+      const v = await finish({ id, agentDir: host.dataDir, success: ok, identity: ctx.tls, hostName: host.name, ...(vm === undefined ? {} : { vm }) });
       if (v.stage === 'discarded' && vm !== undefined) {
         host.forget(rec.view.vm);
         await host.releaseTaps(vm.spec).catch(() => undefined);
@@ -357,6 +383,7 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
   app.post(`${BASE}/:id/confirm`, async (req) => {
     const id = idParam(req);
     const ok = success(req);
+    const receipt = body(req).receipt;
     const job = await sourceJob(id);
     if (job !== undefined) {
       const st = job.view().stage;
@@ -367,7 +394,7 @@ export function registerMigrationRoutes(ctx: MigrationRoutesContext): void {
     }
     const rec = await record(id);
     return host.exclusive(rec.view.vm, async (vm) => {
-      const v = await confirm({ id, agentDir: host.dataDir, success: ok, ...(vm === undefined ? {} : { vm }) });
+      const v = await confirm({ id, agentDir: host.dataDir, success: ok, identity: ctx.tls, receipt, ...(vm === undefined ? {} : { vm }) });
       if (v.stage === 'confirmed' && vm !== undefined) {
         host.forget(rec.view.vm);
         await host.releaseTaps(vm.spec).catch(() => undefined);

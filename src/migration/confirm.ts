@@ -1,12 +1,16 @@
 /**
  * confirm: the source's verdict, last of the five phases. Success (the destination runs the guest): quit
  * the source QEMU and remove its run dir and local disks — never while the guest runs here. Failure: the
- * source resumes the guest if the migration left it paused. Idempotent both ways.
+ * source resumes the guest if the migration left it paused — but once its QEMU reported `completed` the
+ * destination may hold the only complete guest, so then only against the destination's signed discard
+ * receipt (receipt.ts), checked here. After post-copy began the source's memory is incomplete: it never
+ * resumes. Idempotent both ways.
  */
 import { rm } from 'node:fs/promises';
 import { FerryError } from '../common/errors.ts';
 import { LocalVm } from '../agent/vm.ts';
 import { resumeColdSource } from './cold.ts';
+import { checkReceipt } from './receipt.ts';
 import { saveRecord } from './record.ts';
 import { requireRecord, type OutcomeOptions } from './finish.ts';
 import type { AgentMigrationView } from './types.ts';
@@ -57,8 +61,12 @@ export async function confirm(o: OutcomeOptions): Promise<AgentMigrationView> {
     throw new FerryError('FERRY_E_SOURCE_LOST', `The source QEMU of VM ${v.vm} is gone: nothing to resume.`);
   }
   let st = await vm.qmp.execute('query-status');
-  if (!st.running && v.postcopyStarted) {
-    throw new FerryError('FERRY_E_VM_STATE', `Post-copy started: the source's memory is incomplete and VM ${v.vm} cannot resume here.`);
+  const mig = await vm.qmp.execute('query-migrate');
+  if (v.postcopyStarted || (mig.status ?? '').startsWith('postcopy')) {
+    throw new FerryError('FERRY_E_POSTCOPY_LOST', `Post-copy started: the source's memory of VM ${v.vm} is incomplete and it cannot resume here.`);
+  }
+  if (!st.running && (v.stage === 'completed' || (rec.performed !== undefined && mig.status === 'completed'))) {
+    checkReceipt(o.identity ?? null, o.receipt ?? null, { migration: o.id, vm: v.vm, destination: rec.performed?.destination ?? null });
   }
   if (!st.running && (rec.wasRunning ?? true)) {
     await vm.qmp.execute('cont');

@@ -1,9 +1,12 @@
 /**
- * finish: the destination's verdict. Success: the incoming stream has completed, the guest runs here (cont
- * when QEMU holds it paused — copied storage keeps it paused until the source's mirrors finished), the NBD
- * exports close, `announce-self` tells the switches where the guest's MACs live now, and the VM is an
- * ordinary VM of this host. Failure: the destination QEMU is killed and its disks and run dir removed.
- * Idempotent both ways: the controller calls it again after a crash and gets the same answer.
+ * finish: the destination's verdict. The destination QEMU was started paused (`-S`), so the guest runs
+ * here only when finish says so. Success: the incoming stream has completed, `cont`, the NBD exports close,
+ * `announce-self` tells the switches where the guest's MACs live now, and the VM is an ordinary VM of this
+ * host. Success during post-copy: `cont` at once (the guest runs here while its pages arrive; stage
+ * `postcopy`), the rest once the stream completed. Failure: the destination QEMU is killed, its disks and
+ * run dir removed, and a signed discard receipt is returned — the only thing that lets a source whose QEMU
+ * completed resume its own copy (receipt.ts). A failure is refused once the guest ran here (finished or in
+ * post-copy): this copy is then the truth. Idempotent both ways: a repeated call gets the same answer.
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,9 +14,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../common/errors.ts';
 import { LocalVm } from '../agent/vm.ts';
 import { startColdDestination } from './cold.ts';
+import { signReceipt } from './receipt.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { stopExports } from './storage.ts';
-import { TLS_OBJECT_ID } from './tls.ts';
+import { TLS_OBJECT_ID, type TlsIdentity } from './tls.ts';
 import type { AgentMigrationView } from './types.ts';
 
 export interface OutcomeOptions {
@@ -24,6 +28,12 @@ export interface OutcomeOptions {
   vm?: LocalVm;
   /** How long to wait for the incoming stream to complete (post-copy may take a while). */
   timeoutMs?: number;
+  /** Destination: the identity that signs discard receipts; source: the one that checks them. */
+  identity?: TlsIdentity | null;
+  /** This host's name (what a receipt says; its certificate's CN when it has one). */
+  hostName?: string;
+  /** confirm(false): the destination's discard receipt. */
+  receipt?: unknown;
 }
 
 /** How long finish asks the guest for its boot id before it settles without it. */
@@ -42,10 +52,10 @@ async function attachOrNull(agentDir: string, name: string, given?: LocalVm): Pr
   return LocalVm.attach(agentDir, name).catch(() => null);
 }
 
-async function settle(rec: MigrationRecord, agentDir: string, stage: AgentMigrationView['stage']): Promise<AgentMigrationView> {
+async function settle(rec: MigrationRecord, agentDir: string, stage: AgentMigrationView['stage'], final = true): Promise<AgentMigrationView> {
   rec.view.stage = stage;
   rec.view.updatedAt = new Date().toISOString();
-  rec.view.finishedAt = rec.view.updatedAt;
+  if (final) rec.view.finishedAt = rec.view.updatedAt;
   await saveRecord(agentDir, rec);
   return structuredClone(rec.view);
 }
@@ -61,14 +71,25 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
   const stage = rec.view.stage;
   if (o.success && stage === 'finished') return structuredClone(rec.view);
   if (!o.success && stage === 'discarded') return structuredClone(rec.view);
-  if (stage !== 'prepared') {
+  if (!o.success && stage !== 'prepared') {
+    throw new FerryError('FERRY_E_VM_STATE', `Migration ${o.id} is ${stage} here: the guest ran on this host, its copy is the truth and is not discarded.`);
+  }
+  if (stage !== 'prepared' && stage !== 'postcopy') {
     throw new FerryError('FERRY_E_VM_STATE', `Migration ${o.id} is ${stage} here; finish(${o.success}) cannot change that.`);
   }
   const vm = await attachOrNull(o.agentDir, rec.view.vm, o.vm);
   if (!o.success) {
+    // A QEMU that runs the guest (someone sent `cont`, or post-copy began) must not be killed on a "failed".
+    if (vm !== null && vm.pid !== null && rec.cold === undefined) {
+      const [st, mig] = await Promise.all([vm.qmp.execute('query-status'), vm.qmp.execute('query-migrate')]);
+      if (st.running || (mig.status ?? '').startsWith('postcopy')) {
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${rec.view.vm} runs here (${st.status}, migration ${mig.status ?? 'none'}): this copy is the truth and is not discarded.`);
+      }
+    }
     await discardDestination(vm, rec.runDir);
     rec.runDir = null;
     rec.view.runState = null;
+    rec.view.receipt = signReceipt(o.identity ?? null, o.id, rec.view.vm, o.hostName ?? '');
     return settle(rec, o.agentDir, 'discarded');
   }
   if (rec.cold !== undefined) {
@@ -86,6 +107,17 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
     const mig = await qmp.execute('query-migrate');
     rec.view.qemuStatus = mig.status ?? null;
     if (mig.status === 'completed') break;
+    if ((mig.status ?? '').startsWith('postcopy')) {
+      // Post-copy: the guest must run here now, its missing pages are pulled from the source on demand.
+      if (rec.view.stage !== 'postcopy') {
+        await runGuest(qmp, deadline);
+        rec.view.postcopyStarted = true;
+        rec.view.runState = (await qmp.execute('query-status')).status;
+        await qmp.execute('announce-self', ANNOUNCE).catch(() => undefined);
+        return settle(rec, o.agentDir, 'postcopy', false);
+      }
+      return structuredClone(rec.view);
+    }
     if (mig.status === 'failed' || mig.status === 'cancelled') {
       throw new FerryError('FERRY_E_MIGRATION_FAILED', `The incoming migration ${mig.status}${mig['error-desc'] ? `: ${mig['error-desc']}` : ''}.`);
     }
@@ -94,23 +126,10 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
     }
     await sleep(100);
   }
-  let st = await qmp.execute('query-status');
-  if (!st.running) {
-    if (st.status === 'inmigrate' || st.status === 'finish-migrate') {
-      // Loading the last device state: wait for QEMU to leave it.
-      while ((st.status === 'inmigrate' || st.status === 'finish-migrate') && Date.now() < deadline) {
-        await sleep(50);
-        st = await qmp.execute('query-status');
-      }
-    }
-    if (!st.running) {
-      await qmp.execute('cont');
-      st = await qmp.execute('query-status');
-    }
-  }
+  const st = await runGuest(qmp, deadline);
   rec.view.runState = st.status;
   await stopExports(qmp);
-  await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch(() => undefined);
+  if (rec.view.stage !== 'postcopy') await qmp.execute('announce-self', ANNOUNCE).catch(() => undefined);
   // The parameters still name the credentials; clear them first, or a later save or migration fails.
   await qmp.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => undefined);
   await qmp.execute('object-del', { id: TLS_OBJECT_ID.server }).catch(() => undefined);
@@ -121,4 +140,20 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
     await vm.refreshBootId({ timeoutMs: FINISH_BOOT_ID_TIMEOUT_MS }).catch(() => undefined);
   }
   return settle(rec, o.agentDir, 'finished');
+}
+
+const ANNOUNCE = { initial: 50, max: 550, rounds: 5, step: 100 };
+
+/** Lets the paused (-S) destination guest run, once QEMU left the states in which it loads device state. */
+async function runGuest(qmp: LocalVm['qmp'], deadline: number): Promise<{ running: boolean; status: string }> {
+  let st = await qmp.execute('query-status');
+  while ((st.status === 'inmigrate' || st.status === 'finish-migrate') && Date.now() < deadline) {
+    await sleep(20);
+    st = await qmp.execute('query-status');
+  }
+  if (!st.running) {
+    await qmp.execute('cont');
+    st = await qmp.execute('query-status');
+  }
+  return st;
 }

@@ -193,6 +193,31 @@ export class SourceMigration {
     return this.view();
   }
 
+  /**
+   * Post-copy recovery, source half: break the stream on purpose (`migrate-pause`) so that a connection
+   * that hangs on a cut link stops pretending to be alive. The guest runs nowhere meanwhile; its pages
+   * are split between the two hosts, so post-copy is never cancelled, only recovered.
+   */
+  async pausePostcopy(): Promise<AgentMigrationView> {
+    if (!this.record.view.postcopyStarted) throw new FerryError('FERRY_E_VM_STATE', 'Post-copy has not started: nothing to pause.');
+    const mig = await this.opts.vm.qmp.execute('query-migrate');
+    if (mig.status === 'postcopy-active') await this.opts.vm.qmp.execute('migrate-pause');
+    return this.view();
+  }
+
+  /** Post-copy recovery, source half: reconnect to the destination's `migrate-recover` address and go on. */
+  async resumePostcopy(uri: string): Promise<AgentMigrationView> {
+    parseTcpUri(uri);
+    const mig = await this.opts.vm.qmp.execute('query-migrate');
+    if (mig.status !== 'postcopy-paused') {
+      throw new FerryError('FERRY_E_VM_STATE', `Post-copy is ${mig.status ?? 'none'} here, not paused: nothing to resume.`);
+    }
+    await this.opts.vm.qmp.execute('migrate', { uri, resume: true });
+    this.record.view.uri = uri;
+    this.record.view.recoveries = (this.record.view.recoveries ?? 0) + 1;
+    return this.view();
+  }
+
   /** Applies an escalation: a new downtime limit or bandwidth, effective at once. */
   async tune(t: { downtimeLimitMs?: number; bandwidthBytesPerSec?: number }): Promise<AgentMigrationView> {
     const v = this.record.view;
@@ -252,9 +277,11 @@ export class SourceMigration {
     if (this.mirrorsRunning) await abortMirrors(qmp, this.opts.vm.localDiskIds).catch(() => undefined);
     this.mirrorsRunning = false;
     const st = await qmp.execute('query-status').catch(() => null);
+    // A QEMU that completed handed the guest over: only confirm, against a discard receipt, may resume it.
+    const handedOver = (await qmp.execute('query-migrate').catch(() => null))?.status === 'completed';
     if (st !== null) {
       this.record.view.runState = st.status;
-      if (!st.running && this.record.wasRunning === true && !this.record.view.postcopyStarted) {
+      if (!st.running && this.record.wasRunning === true && !this.record.view.postcopyStarted && !handedOver) {
         await qmp.execute('cont').catch(() => undefined);
         this.record.view.runState = (await qmp.execute('query-status').catch(() => st)).status;
       }
@@ -365,6 +392,7 @@ export class SourceMigration {
               this.record.view.postcopyStarted = true;
               await this.setStage('postcopy');
             }
+            if (this.record.view.error?.code === 'FERRY_E_POSTCOPY_PAUSED') this.record.view.error = null;
             break;
           case 'none':
             if (this.opts.resume !== undefined) {
@@ -372,10 +400,12 @@ export class SourceMigration {
             }
             break;
           case 'postcopy-paused':
-            // Neither side runs the guest now; only migrate-recover can save it (LAB.md). Say so loudly.
+            // Neither side runs the guest now; only migrate-recover on the destination and a resumed
+            // migrate here can save it (docs/qemu.md). The controller drives that; say so in the view.
+            this.record.view.postcopyStarted = true;
             this.record.view.error = {
-              code: 'FERRY_E_DESTINATION_LOST',
-              message: 'Post-copy paused: the link to the destination broke; the guest is frozen until it is recovered.',
+              code: 'FERRY_E_POSTCOPY_PAUSED',
+              message: 'Post-copy paused: the stream to the destination broke; the guest is frozen until it is recovered.',
             };
             break;
           default:

@@ -46,7 +46,7 @@ export function tcpUri(host: string, port: number | string): string {
 }
 
 /** The port QEMU bound for `migrate-incoming tcp:HOST:0`. */
-async function incomingPort(qmp: QmpClient): Promise<number> {
+export async function incomingPort(qmp: QmpClient): Promise<number> {
   const info = await qmp.execute('query-migrate');
   const addr = info['socket-address']?.find((a) => a.type === 'inet');
   const port = addr !== undefined && addr.type === 'inet' ? Number(addr.port) : NaN;
@@ -104,8 +104,8 @@ export async function prepare(o: PrepareOptions): Promise<Prepared> {
     const copied = r.storage === 'copy' ? spec.disks.filter((d) => !d.shared).map((d) => d.id) : [];
     let nbd: PrepareResponse['nbd'] = null;
     if (copied.length > 0) {
-      // The guest must not run before the source's last mirrored writes arrived (see storage.ts).
-      await qmp.execute('stop');
+      // QEMU waits paused (-S) until finish, so the guest cannot run before the source's last mirrored
+      // writes arrived (see storage.ts).
       nbd = await exportDisks(qmp, { host, diskIds: copied, tlsCredsId: credsId });
     }
     await qmp.execute('migrate-incoming', { uri: tcpUri(host, 0) });

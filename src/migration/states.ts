@@ -19,12 +19,40 @@
  *   switching --> failed
  *   preparing --> cancelled
  *   transferring --> cancelled
+ *   preparing --> awaiting_source
+ *   preparing --> awaiting_destination
+ *   transferring --> awaiting_source
+ *   transferring --> awaiting_destination
+ *   postcopy --> awaiting_destination
+ *   switching --> awaiting_destination
+ *   switching --> awaiting_source
+ *   awaiting_source --> awaiting_destination
+ *   awaiting_destination --> awaiting_source
+ *   awaiting_source --> transferring
+ *   awaiting_source --> postcopy
+ *   awaiting_source --> switching
+ *   awaiting_destination --> postcopy
+ *   awaiting_destination --> switching
+ *   awaiting_source --> failed
+ *   awaiting_destination --> failed
+ *   awaiting_source --> cancelled
+ *   awaiting_destination --> cancelled
  *   completed --> [*]
  *   failed --> [*]
  *   cancelled --> [*]
  * ```
- * Before post-copy starts the source is the truth; from `postcopy` on, the destination is, and a cancel is no
- * longer possible (a failure then loses the guest: post-copy is used only when the policy allows it).
+ *
+ * Who is the truth (src/controller/migrations/truth.ts decides, from what both agents answer):
+ * - `queued`, `preparing`, `transferring` (pre-copy, the source QEMU not `completed`): the source. A
+ *   failure resumes it; the destination (started paused, `-S`) is discarded.
+ * - From the moment the source QEMU reports `completed`, or post-copy began: no longer the source alone.
+ *   The source resumes only against the destination's signed discard receipt; the destination runs the
+ *   guest only when finish says so; `postcopy` and `switching` cannot be cancelled.
+ * - `awaiting_destination` / `awaiting_source`: the outcome depends on an agent that does not answer. The
+ *   job waits (retrying with backoff) and rolls forward if the destination holds the complete guest,
+ *   back if it discarded its copy or never had one. Nothing runs the guest twice meanwhile: the
+ *   destination waits paused, the source waits for a receipt.
+ * - After post-copy began the destination is the truth; if it dies the guest is lost (FERRY_E_POSTCOPY_LOST).
  */
 
 export const MIGRATION_STATES = [
@@ -33,6 +61,8 @@ export const MIGRATION_STATES = [
   'transferring',
   'postcopy',
   'switching',
+  'awaiting_destination',
+  'awaiting_source',
   'completed',
   'failed',
   'cancelled',
@@ -40,14 +70,27 @@ export const MIGRATION_STATES = [
 export type MigrationState = (typeof MIGRATION_STATES)[number];
 
 export const FINAL_STATES: readonly MigrationState[] = ['completed', 'failed', 'cancelled'];
-export const ACTIVE_STATES: readonly MigrationState[] = ['queued', 'preparing', 'transferring', 'postcopy', 'switching'];
+export const ACTIVE_STATES: readonly MigrationState[] = [
+  'queued',
+  'preparing',
+  'transferring',
+  'postcopy',
+  'switching',
+  'awaiting_destination',
+  'awaiting_source',
+];
+/** The states in which a job waits for an agent that does not answer. */
+export const AWAITING_STATES = ['awaiting_destination', 'awaiting_source'] as const;
+export type AwaitingState = (typeof AWAITING_STATES)[number];
 
 export const TRANSITIONS: Readonly<Record<MigrationState, readonly MigrationState[]>> = {
   queued: ['preparing', 'cancelled', 'failed'],
-  preparing: ['transferring', 'failed', 'cancelled'],
-  transferring: ['postcopy', 'switching', 'failed', 'cancelled'],
-  postcopy: ['switching', 'failed'],
-  switching: ['completed', 'failed'],
+  preparing: ['transferring', 'failed', 'cancelled', 'awaiting_source', 'awaiting_destination'],
+  transferring: ['postcopy', 'switching', 'failed', 'cancelled', 'awaiting_source', 'awaiting_destination'],
+  postcopy: ['switching', 'failed', 'awaiting_destination'],
+  switching: ['completed', 'failed', 'awaiting_destination', 'awaiting_source'],
+  awaiting_source: ['awaiting_destination', 'transferring', 'postcopy', 'switching', 'failed', 'cancelled'],
+  awaiting_destination: ['awaiting_source', 'postcopy', 'switching', 'failed', 'cancelled'],
   completed: [],
   failed: [],
   cancelled: [],

@@ -8,6 +8,7 @@ import type { MigrationProgress } from '../common/migration.ts';
 import type { MigrationCapabilities } from './capabilities.ts';
 import type { NbdTarget } from './storage.ts';
 import type { Prediction } from './progress.ts';
+import type { DiscardReceipt } from './receipt.ts';
 
 export type { MigrationCapabilities } from './capabilities.ts';
 export type { NbdTarget } from './storage.ts';
@@ -56,11 +57,20 @@ export interface PerformRequest {
   stallTimeoutMs?: number;
   /** `always`: switch to post-copy once the first pass is done; otherwise only on POST …/postcopy. */
   postcopy?: 'never' | 'auto' | 'always';
+  /** The destination host's name: only its signed discard receipt lets this source resume after completing. */
+  destination?: string | null;
 }
 
 /** POST …/finish and …/confirm. */
 export interface OutcomeRequest {
   success: boolean;
+  /** confirm(false) on a source whose QEMU completed (or began post-copy): the destination's discard receipt. */
+  receipt?: DiscardReceipt;
+}
+
+/** POST …/postcopy-resume (source): the address the destination's `migrate-recover` listens on. */
+export interface PostcopyResumeRequest {
+  uri: string;
 }
 
 /** POST …/tune: escalations applied by the controller's policy while a migration runs. */
@@ -70,8 +80,9 @@ export interface TuneRequest {
 }
 
 /**
- * The agent's own stage of a migration. Destination: prepared → finished | discarded. Source:
- * mirroring → transferring → (postcopy) → completed → confirmed, or failed | cancelled → resumed.
+ * The agent's own stage of a migration. Destination: prepared → (postcopy: the guest runs here while its
+ * pages arrive) → finished, or → discarded. Source: mirroring → transferring → (postcopy) → completed →
+ * confirmed, or failed | cancelled → resumed (after completed: only against a discard receipt).
  */
 export const AGENT_STAGES = [
   'preparing',
@@ -129,6 +140,10 @@ export interface AgentMigrationView {
   /** Disk mirror progress (copied storage). */
   mirror: { transferredBytes: number; totalBytes: number; ready: boolean } | null;
   error: { code: string; message: string } | null;
+  /** Source: how many times a paused post-copy was recovered. */
+  recoveries?: number;
+  /** Destination, once discarded: its signed word, which the source needs to resume after completing. */
+  receipt?: DiscardReceipt | null;
 }
 
 export type ColdMode = 'shutdown' | 'save';

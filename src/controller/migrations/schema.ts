@@ -51,3 +51,33 @@ export const MIGRATION_TIMELINE_SCHEMA: Migration = {
     db.exec(`ALTER TABLE migrations ADD COLUMN timeline TEXT NOT NULL DEFAULT '[]'`);
   },
 };
+
+/**
+ * Schema migration 4: the truth rule. Jobs waiting for an agent (`awaiting_*`) are active too, so the
+ * one-active-job index is rebuilt over the new list; and the agent calls a finished job still owes (discard
+ * a destination, confirm or resume a source whose agent did not answer) are persisted, so that a controller
+ * restart cannot forget them.
+ */
+export const MIGRATION_TRUTH_SCHEMA: Migration = {
+  version: 4,
+  name: 'awaiting states, pending agent calls',
+  up: (db) => {
+    db.exec(`
+      DROP INDEX migrations_one_active;
+      CREATE UNIQUE INDEX migrations_one_active ON migrations(vm)
+        WHERE state IN ('queued', 'preparing', 'transferring', 'postcopy', 'switching', 'awaiting_destination', 'awaiting_source');
+      ALTER TABLE migrations ADD COLUMN waiting TEXT;
+      CREATE TABLE migration_pending (
+        migration  TEXT NOT NULL REFERENCES migrations(id) ON DELETE CASCADE,
+        host       TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (migration, host, action)
+      ) STRICT;
+    `);
+  },
+};

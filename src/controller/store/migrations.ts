@@ -4,7 +4,7 @@
  * `schema_migrations`, so a restart applies only what is missing.
  */
 import type { Database } from 'better-sqlite3';
-import { MIGRATION_JOBS_SCHEMA, MIGRATION_TIMELINE_SCHEMA } from '../migrations/schema.ts';
+import { MIGRATION_JOBS_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -76,4 +76,5 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   MIGRATION_JOBS_SCHEMA,
   MIGRATION_TIMELINE_SCHEMA,
+  MIGRATION_TRUTH_SCHEMA,
 ];
