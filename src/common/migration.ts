@@ -62,6 +62,10 @@ export interface MigrationJson {
   error: { code: string; message: string } | null;
   /** Every state and phase the job entered, with the time: where the end-to-end time went. */
   timeline: { at: string; state: MigrationState; phase: MigrationPhase }[];
+  /** In `awaiting_destination` / `awaiting_source`: whom the job waits for, since when, and why. */
+  waiting: { host: string; role: 'source' | 'destination'; since: string; attempts: number; why: string } | null;
+  /** Agent calls still owed after the verdict (a discard, confirm or resume whose agent did not answer yet). */
+  pending: { host: string; action: string; attempts: number; nextAt: string; lastError: string | null }[];
 }
 
 /** The figures of a migration that reports and benchmarks quote (one place, so they agree). */

@@ -14,6 +14,8 @@ import type { VmGuard } from './guard.ts';
 import { freeMemory, type HostView, type VmLoad } from './scheduler.ts';
 import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
 import { consumeJoinToken } from './tokens.ts';
+import { hasActiveJob } from './migrations/jobs.ts';
+import { PendingCalls } from './migrations/pending.ts';
 
 export interface HostJson {
   name: string;
@@ -84,6 +86,10 @@ export class HostRegistry {
   private readonly o: Required<Omit<HostRegistryOptions, 'log'>> & { log: (line: string) => void };
   private readonly misses = new Map<string, number>();
   private readonly inFlight = new Map<string, Promise<void>>();
+  /** The VMs each host last reported running (a foreign copy is removed only while its owner runs it). */
+  private readonly lastRunning = new Map<string, Set<string>>();
+  private readonly resolving = new Set<string>();
+  private readonly flagged = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
 
@@ -228,14 +234,18 @@ export class HostRegistry {
 
   /**
    * Brings the store in line with one agent's report. Rows with an operation in flight (or changed
-   * after the report was fetched), rows being created, and rows being migrated are left alone: their
-   * owners write them.
+   * after the report was fetched), rows being created, and rows with an active migration are left alone:
+   * their owners write them. A row left `migrating` without an active job (a job that ended without
+   * putting it back) follows the agent again. A copy reported by a host that does not own the VM is
+   * resolved by `foreignCopy`.
    */
   reconcile(host: string, reported: readonly VmStatus[], fetchedAt: number): void {
     const { store, events, guard } = this.o;
     const get = store.sqlite.prepare('SELECT * FROM vms WHERE name = ?');
     const seen = new Set<string>();
     const now = nowIso();
+    this.lastRunning.set(host, new Set(reported.filter((r) => r.state === 'running').map((r) => r.name)));
+    const migrating = (row: VmsTable): boolean => row.state === 'migrating' && hasActiveJob(store.sqlite, row.name);
     for (const r of reported) {
       seen.add(r.name);
       if (guard.skip(r.name, fetchedAt)) continue;
@@ -255,7 +265,11 @@ export class HostRegistry {
         events.publish('vm.adopted', r.name, { host, state: r.state, bootId: r.bootId });
         continue;
       }
-      if (row.host !== host || row.state === 'creating' || row.state === 'migrating') continue;
+      if (row.host !== host) {
+        this.foreignCopy(host, row, r);
+        continue;
+      }
+      if (row.state === 'creating' || migrating(row)) continue;
       if (row.state !== r.state || row.boot_id !== r.bootId) {
         store.sqlite
           .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ? AND state = ?')
@@ -266,11 +280,41 @@ export class HostRegistry {
     const mine = store.sqlite.prepare('SELECT * FROM vms WHERE host = ?').all(host) as VmsTable[];
     for (const row of mine) {
       if (seen.has(row.name) || guard.skip(row.name, fetchedAt)) continue;
-      if (row.state === 'creating' || row.state === 'migrating' || row.state === 'stopped') continue;
+      if (row.state === 'creating' || migrating(row) || row.state === 'stopped') continue;
       store.sqlite
         .prepare("UPDATE vms SET state = 'stopped', updated_at = ? WHERE name = ? AND state = ?")
         .run(now, row.name, row.state);
       events.publish('vm.state', row.name, { host, from: row.state, to: 'stopped', bootId: row.boot_id, reason: 'agent no longer reports it' });
     }
+  }
+
+  /**
+   * A host reports a VM that the store places elsewhere: a copy nobody owns (a destination left behind by
+   * a migration whose controller died, an agent that re-attached a VM that moved). A copy that an active
+   * migration or an owed call (pending.ts) accounts for is left to them. Otherwise the copy is flagged; a
+   * running one is paused, for the VM must run on its owner only; a paused one is removed once the owner
+   * reports the VM running, so that the last copy of a guest is never the one deleted.
+   */
+  private foreignCopy(host: string, row: VmsTable, r: VmStatus): void {
+    const { store, events, pool } = this.o;
+    if (hasActiveJob(store.sqlite, row.name) || new PendingCalls(store.sqlite).owedTo(host, row.name)) return;
+    const key = `${host}/${row.name}`;
+    if (this.resolving.has(key)) return;
+    const ownerRuns = this.lastRunning.get(row.host)?.has(row.name) === true;
+    const action = r.state === 'running' ? 'pause' : ownerRuns ? 'remove' : 'keep';
+    const flag = `${key}:${r.state}:${action}`;
+    if (!this.flagged.has(flag)) {
+      this.flagged.add(flag);
+      events.publish('vm.foreign_copy', row.name, { host, owner: row.host, state: r.state, action });
+      this.o.log(`host ${host} runs a copy of VM ${row.name} (${r.state}) that ${row.host} owns: ${action}`);
+    }
+    if (action === 'keep') return;
+    const h = this.row(host);
+    if (!h) return;
+    const client = pool.client(host, h.url);
+    this.resolving.add(key);
+    void (action === 'pause' ? client.pauseVm(row.name) : client.deleteVm(row.name))
+      .catch((err: unknown) => this.o.log(`host ${host}: could not ${action} the foreign copy of ${row.name}: ${String(err)}`))
+      .finally(() => this.resolving.delete(key));
   }
 }

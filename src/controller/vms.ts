@@ -173,7 +173,7 @@ export class VmService {
   }
 
   /** Runs an agent call that returns the VM's new status, and records it. */
-  private async transition(name: string, op: 'start' | 'stop', call: (r: VmsTable) => Promise<VmStatus>): Promise<VmJson> {
+  private async transition(name: string, op: 'start' | 'stop' | 'pause' | 'resume', call: (r: VmsTable) => Promise<VmStatus>): Promise<VmJson> {
     return this.o.guard.exclusive(name, op, async () => {
       const r = this.row(name);
       this.assertSettled(r);
@@ -199,6 +199,37 @@ export class VmService {
 
   stop(name: string, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<VmJson> {
     return this.transition(name, 'stop', (r) => this.agentFor(r).stopVm(name, opts));
+  }
+
+  pause(name: string): Promise<VmJson> {
+    return this.transition(name, 'pause', (r) => this.agentFor(r).pauseVm(name));
+  }
+
+  /**
+   * Resumes a paused VM. A source left paused after a migration that failed once its QEMU had completed
+   * resumes only against the destination's signed discard receipt (the truth rule): ask the destination of
+   * its last migration to discard (or show that it discarded) its copy, then resume with the receipt.
+   */
+  resume(name: string): Promise<VmJson> {
+    return this.transition(name, 'resume', async (r) => {
+      const agent = this.agentFor(r);
+      try {
+        return await agent.resumeVm(name);
+      } catch (err) {
+        if (!(err instanceof FerryError && err.code === 'FERRY_E_RECEIPT_REQUIRED')) throw err;
+        const job = this.o.store.sqlite
+          .prepare("SELECT id, destination, state FROM migrations WHERE vm = ? AND source = ? ORDER BY started_at DESC LIMIT 1")
+          .get(name, r.host) as { id: string; destination: string; state: string } | undefined;
+        if (!job || (job.state !== 'failed' && job.state !== 'cancelled')) throw err;
+        const d = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(job.destination) as HostsTable | undefined;
+        if (!d) throw err;
+        const view = await this.o.pool
+          .client(d.name, d.url)
+          .call<{ receipt?: unknown }>('POST', `/agent/v1/migrations/${job.id}/finish`, { success: false }, { timeoutMs: 30_000 });
+        await agent.call('POST', `/agent/v1/migrations/${job.id}/confirm`, { success: false, receipt: view.receipt }, { timeoutMs: 30_000 });
+        return agent.getVm(name);
+      }
+    });
   }
 
   async delete(name: string): Promise<{ deleted: true; name: string }> {

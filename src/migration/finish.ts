@@ -107,16 +107,14 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
     const mig = await qmp.execute('query-migrate');
     rec.view.qemuStatus = mig.status ?? null;
     if (mig.status === 'completed') break;
-    if ((mig.status ?? '').startsWith('postcopy')) {
+    if ((mig.status ?? '').startsWith('postcopy') && rec.view.stage !== 'postcopy') {
       // Post-copy: the guest must run here now, its missing pages are pulled from the source on demand.
-      if (rec.view.stage !== 'postcopy') {
-        await runGuest(qmp, deadline);
-        rec.view.postcopyStarted = true;
-        rec.view.runState = (await qmp.execute('query-status')).status;
-        await qmp.execute('announce-self', ANNOUNCE).catch(() => undefined);
-        return settle(rec, o.agentDir, 'postcopy', false);
-      }
-      return structuredClone(rec.view);
+      // A later finish (the source completed) waits below until the last page arrived.
+      await runGuest(qmp, deadline);
+      rec.view.postcopyStarted = true;
+      rec.view.runState = (await qmp.execute('query-status')).status;
+      await qmp.execute('announce-self', ANNOUNCE).catch(() => undefined);
+      return settle(rec, o.agentDir, 'postcopy', false);
     }
     if (mig.status === 'failed' || mig.status === 'cancelled') {
       throw new FerryError('FERRY_E_MIGRATION_FAILED', `The incoming migration ${mig.status}${mig['error-desc'] ? `: ${mig['error-desc']}` : ''}.`);

@@ -133,6 +133,8 @@ export interface ConvergenceView {
 export type Escalation =
   | { kind: 'downtime-limit'; fromMs: number; toMs: number; reason: string }
   | { kind: 'postcopy'; reason: string }
+  /** Post-copy stalled or paused: pause both sides, `migrate-recover` on the destination, resume. */
+  | { kind: 'postcopy-recover'; reason: string }
   | { kind: 'abort'; code: 'FERRY_E_MIGRATION_TIMEOUT' | 'FERRY_E_MIGRATION_STALLED'; reason: string };
 
 /** True when the last passes did not shrink what is left to send (by at least 10 %). */
@@ -151,6 +153,8 @@ export function nextEscalation(v: ConvergenceView, p: MigrationPolicy): Escalati
     return { kind: 'abort', code: 'FERRY_E_MIGRATION_TIMEOUT', reason: `not finished within ${p.deadlineMs} ms` };
   }
   if (v.msSinceProgress > p.stallTimeoutMs) {
+    // Post-copy cannot be cancelled (the guest's pages are split between the hosts): reconnect instead.
+    if (v.postcopyActive) return { kind: 'postcopy-recover', reason: `post-copy: no bytes moved for ${Math.round(v.msSinceProgress)} ms (link down?)` };
     return {
       kind: 'abort',
       code: 'FERRY_E_MIGRATION_STALLED',

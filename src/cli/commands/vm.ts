@@ -1,5 +1,5 @@
 /**
- * `ferry vm create | list | show | start | stop | delete | console | guest`: VM lifecycle through the
+ * `ferry vm create | list | show | start | stop | pause | resume | delete | console | guest`: VM lifecycle through the
  * controller. Creation waits until the agent reports the guest up.
  */
 import type { Command } from 'commander';
@@ -96,8 +96,14 @@ export function registerVm(program: Command): void {
     }),
   );
 
-  for (const verb of ['start', 'stop'] as const) {
-    const cmd = vm.command(verb).argument('<name>', 'VM name').description(verb === 'start' ? 'Start a stopped VM' : 'Stop a VM (ACPI power-down, then quit)');
+  const verbs = {
+    start: 'Start a stopped VM',
+    stop: 'Stop a VM (ACPI power-down, then quit)',
+    pause: 'Pause a running VM',
+    resume: "Resume a paused VM (a source left paused by a failed migration: against the destination's discard receipt)",
+  } as const;
+  for (const verb of ['start', 'stop', 'pause', 'resume'] as const) {
+    const cmd = vm.command(verb).argument('<name>', 'VM name').description(verbs[verb]);
     if (verb === 'stop') cmd.option('--force', 'quit QEMU at once, no ACPI power-down');
     clusterOptions(cmd).action(
       action(async (name: string, f: ClusterFlags & { force?: boolean }) => {

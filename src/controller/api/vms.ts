@@ -26,6 +26,16 @@ export function registerVmRoutes(app: App, ctl: Controller): void {
     ctl.vms.stop(req.params.name, req.body),
   );
 
+  app.post('/api/v1/vms/:name/pause', { schema: { summary: 'Pause a running VM (the guest keeps its memory)', params: NameParams, body: Type.Object({}, { additionalProperties: false }) } }, async (req) =>
+    ctl.vms.pause(req.params.name),
+  );
+
+  app.post(
+    '/api/v1/vms/:name/resume',
+    { schema: { summary: "Resume a paused VM (after a failed migration, against the destination's discard receipt)", params: NameParams, body: Type.Object({}, { additionalProperties: false }) } },
+    async (req) => ctl.vms.resume(req.params.name),
+  );
+
   app.post('/api/v1/vms/:name/guest', { schema: { summary: "Pass a command to the guest tool; returns the guest's JSON reply", params: NameParams, body: GuestCommand } }, async (req) => {
     const reply = await ctl.vms.guest(req.params.name, req.body.command);
     // Wrapped, so that a guest reply of any JSON type (even null) is a well-formed body.

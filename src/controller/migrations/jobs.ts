@@ -47,6 +47,7 @@ interface Row {
   error_message: string | null;
   updated_at: string;
   timeline: string;
+  waiting: string | null;
 }
 
 /** Figures a transition may record along with the new state. */
@@ -64,6 +65,7 @@ export interface JobPatch {
   prediction?: MigrationJson['prediction'];
   progress?: MigrationProgress | null;
   prepared?: unknown;
+  waiting?: MigrationJson['waiting'];
   error?: { code: string; message: string } | null;
 }
 
@@ -81,6 +83,7 @@ const COLUMNS: Record<Exclude<keyof JobPatch, 'error'>, { col: string; json?: bo
   prediction: { col: 'prediction', json: true },
   progress: { col: 'progress', json: true },
   prepared: { col: 'prepared', json: true },
+  waiting: { col: 'waiting', json: true },
 };
 
 function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
@@ -106,6 +109,11 @@ function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
  * so the new state and phase are bound (NULL = unchanged, then the old value is the current one).
  */
 const TIMELINE_APPEND = `timeline = json_insert(timeline, '$[#]', json_object('at', ?, 'state', COALESCE(?, state), 'phase', COALESCE(?, phase)))`;
+
+/** Does `vm` have a migration job that is not final (its owner writes the VM's row meanwhile)? */
+export function hasActiveJob(sqlite: Database, vm: string): boolean {
+  return sqlite.prepare(`SELECT 1 FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')}) LIMIT 1`).get(vm, ...ACTIVE_STATES) !== undefined;
+}
 
 export type JobListener = (type: string, job: MigrationJson) => void;
 
@@ -152,7 +160,20 @@ export class JobStore {
 
   get(id: string): MigrationJson | null {
     const row = this.sqlite.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as Row | undefined;
-    return row ? toJson(row) : null;
+    return row ? this.toJson(row) : null;
+  }
+
+  private toJson(r: Row): MigrationJson {
+    const pending = (
+      this.sqlite.prepare('SELECT host, action, attempts, next_at, last_error FROM migration_pending WHERE migration = ?').all(r.id) as {
+        host: string;
+        action: string;
+        attempts: number;
+        next_at: string;
+        last_error: string | null;
+      }[]
+    ).map((p) => ({ host: p.host, action: p.action, attempts: p.attempts, nextAt: p.next_at, lastError: p.last_error }));
+    return { ...toJson(r), pending };
   }
 
   mustGet(id: string): MigrationJson {
@@ -169,14 +190,14 @@ export class JobStore {
             .prepare('SELECT * FROM migrations WHERE vm = ? ORDER BY started_at DESC LIMIT ?')
             .all(opts.vm, opts.limit ?? 100)
     ) as Row[];
-    return rows.map(toJson);
+    return rows.map((r) => this.toJson(r));
   }
 
   activeFor(vm: string): MigrationJson | null {
     const row = this.sqlite
       .prepare(`SELECT * FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
       .get(vm, ...ACTIVE_STATES) as Row | undefined;
-    return row ? toJson(row) : null;
+    return row ? this.toJson(row) : null;
   }
 
   listActive(): MigrationJson[] {
@@ -184,7 +205,7 @@ export class JobStore {
       this.sqlite
         .prepare(`SELECT * FROM migrations WHERE state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
         .all(...ACTIVE_STATES) as Row[]
-    ).map(toJson);
+    ).map((r) => this.toJson(r));
   }
 
   /**
@@ -236,6 +257,7 @@ export class JobStore {
   requestCancel(id: string): MigrationJson {
     const job = this.mustGet(id);
     if (isFinal(job.state)) return job;
+    // A job waiting for an agent may still be told to give up (it then rolls back if the truth allows it).
     if (job.state === 'postcopy' || job.state === 'switching') {
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${job.state}: past the point where it can be cancelled.`);
     }
@@ -258,7 +280,7 @@ function parse<T>(s: string | null): T | null {
   return s === null ? null : (JSON.parse(s) as T);
 }
 
-function toJson(r: Row): MigrationJson {
+function toJson(r: Row): Omit<MigrationJson, 'pending'> {
   return {
     id: r.id,
     vm: r.vm,
@@ -284,5 +306,6 @@ function toJson(r: Row): MigrationJson {
     why: parse(r.why),
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
     timeline: JSON.parse(r.timeline ?? '[]') as MigrationJson['timeline'],
+    waiting: parse(r.waiting ?? null),
   };
 }

@@ -22,14 +22,15 @@
  *   C->>S: confirm(success) — the source QEMU quits
  * ```
  */
-import { FerryError, isErrorCode, toFerryError, type ErrorCode } from '../../common/errors.ts';
+import { assertNever, FerryError, isErrorCode, toFerryError, type ErrorCode } from '../../common/errors.ts';
 import type { MigrationJson } from '../../common/migration.ts';
 import type { HostInventory, VmStatus } from '../../common/protocol.ts';
 import type { VmSpec } from '../../common/spec.ts';
 import { validateName } from '../../common/units.ts';
 import { Prober, type ProbeReport } from '../../guest/prober.ts';
 import { nextEscalation, resolvePolicy, type MigrationPolicy, type PolicyInput } from '../../migration/policy.ts';
-import type { MigrationState } from '../../migration/states.ts';
+import { canTransition, isFinal, type MigrationState } from '../../migration/states.ts';
+import type { DiscardReceipt } from '../../migration/receipt.ts';
 import type { AgentMigrationView, PrepareResponse, StorageCopy } from '../../migration/types.ts';
 import type { AgentClient, AgentPool } from '../agent-client.ts';
 import type { EventBus } from '../events.ts';
@@ -39,6 +40,8 @@ import type { HostsTable, Store } from '../store/db.ts';
 import { JobStore } from './jobs.ts';
 import { transferCold } from './cold.ts';
 import { holdAt, type HoldPoint } from './holds.ts';
+import { PendingCalls } from './pending.ts';
+import { decide, type SideFacts } from './truth.ts';
 
 export interface MigrateRequest extends PolicyInput {
   to?: string;
@@ -60,8 +63,23 @@ export interface OrchestratorOptions {
 const BASE = '/agent/v1/migrations';
 /** A source agent that does not answer for this long during a transfer is given up on. */
 const SOURCE_SILENCE_MS = 20_000;
-/** How long a rolled-back job keeps trying to reach a destination that still holds an incoming QEMU. */
-const DESTINATION_DISCARD_MS = 10 * 60_000;
+/** …but after this long the destination is asked whether it already holds the complete guest. */
+const DESTINATION_CHECK_AFTER_MS = 1500;
+/** How long a stalled post-copy waits for the destination to answer again before it gives up on it. */
+const POSTCOPY_RECOVER_MS = 10 * 60_000;
+/** How often owed agent calls (pending.ts) are tried. */
+const SWEEP_MS = 2000;
+/**
+ * Failures after which nobody knows yet how things stand (an agent went silent, the controller restarted):
+ * the migration goes on if it still runs. Any other failure means "stop": roll back if the truth allows it.
+ */
+const RECOVERABLE: ReadonlySet<string> = new Set([
+  'FERRY_E_SOURCE_LOST',
+  'FERRY_E_DESTINATION_LOST',
+  'FERRY_E_AGENT_UNREACHABLE',
+  'FERRY_E_CONTROLLER_RESTARTED',
+  'FERRY_E_QMP_TIMEOUT',
+]);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,10 +90,14 @@ export class MigrationOrchestrator {
   private readonly log: (line: string) => void;
   private lastProgressEvent = new Map<string, number>();
   private closed = false;
+  private readonly pending: PendingCalls;
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweeping = false;
 
   constructor(private readonly o: OrchestratorOptions) {
     this.pollMs = o.pollMs ?? 100;
     this.log = o.log ?? (() => {});
+    this.pending = new PendingCalls(o.store.sqlite);
     this.jobs = new JobStore(o.store.sqlite, (type, job) => {
       if (type === 'migration.progress') {
         // Progress is stored every poll, but published at most once a second.
@@ -130,17 +152,30 @@ export class MigrationOrchestrator {
     return this.jobs.requestCancel(id);
   }
 
-  /** Resumes or rolls back every job a previous controller left unfinished. */
+  /** Settles every job a previous controller left unfinished, and starts carrying out owed agent calls. */
   recover(): void {
     for (const job of this.jobs.listActive()) {
       if (this.running.has(job.id)) continue;
       this.log(`migration ${job.id}: recovering from state ${job.state}/${job.phase}`);
       this.spawn(job.id, () => this.resume(job));
     }
+    this.sweeper ??= setInterval(() => {
+      if (this.sweeping || this.closed) return;
+      this.sweeping = true;
+      void this.sweep()
+        .catch((err: unknown) => this.log(`pending calls: ${String(err)}`))
+        .finally(() => (this.sweeping = false));
+    }, SWEEP_MS);
+  }
+
+  /** Is a call still owed to `host` about `vm` (reconcile leaves such a copy alone)? */
+  owes(host: string, vm: string): boolean {
+    return this.pending.owedTo(host, vm);
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    clearInterval(this.sweeper);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -245,13 +280,14 @@ export class MigrationOrchestrator {
           downtimeLimitMs: job.policy.initialDowntimeMs,
           stallTimeoutMs: job.policy.stallTimeoutMs,
           postcopy: job.policy.postcopy,
+          destination: job.destination,
         },
         { timeoutMs: 60_000 },
       );
       await this.monitorAndFinish(id, prober);
       prober = null;
     } catch (err) {
-      await this.rollback(id, err, prober);
+      await this.settle(id, err, prober);
     }
   }
 
@@ -259,14 +295,15 @@ export class MigrationOrchestrator {
   private async monitorAndFinish(id: string, prober: Prober | null): Promise<void> {
     const view = await this.monitor(id);
     const job = this.jobs.mustGet(id);
-    this.jobs.transition(id, job.state, 'switching', { phase: 'finish', qemuStatus: view.qemuStatus });
+    if (job.state !== 'switching') this.jobs.transition(id, job.state, 'switching', { phase: 'finish', qemuStatus: view.qemuStatus, waiting: null });
     await this.hold(id, 'switchover');
-    await this.finishAndConfirm(id, view, prober);
+    await this.rollForward(id, view, prober);
   }
 
   private async monitor(id: string): Promise<AgentMigrationView> {
     const job0 = this.jobs.mustGet(id);
     const src = this.host(job0.source);
+    const dst = this.host(job0.destination);
     const policy = job0.policy;
     const t0 = Date.now();
     let lastOk = Date.now();
@@ -276,6 +313,8 @@ export class MigrationOrchestrator {
     const remainingByPass: number[] = [];
     let lastEscalationPass = 0;
     let cancelSent = false;
+    // Post-copy: the destination QEMU waits paused (-S) until told to run the guest, which must be at once.
+    let destinationRuns = false;
     for (;;) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       let v: AgentMigrationView;
@@ -283,7 +322,16 @@ export class MigrationOrchestrator {
         v = await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`);
         lastOk = Date.now();
       } catch (err) {
-        if (Date.now() - lastOk > SOURCE_SILENCE_MS) {
+        const silentMs = Date.now() - lastOk;
+        // A source agent that died just before its QEMU completed leaves the guest paused on both hosts:
+        // ask the destination early whether it holds the whole guest, and if so settle now (forward).
+        const destinationHasIt =
+          silentMs > DESTINATION_CHECK_AFTER_MS &&
+          (await dst.client.call<AgentMigrationView>('GET', `${BASE}/${id}`, undefined, { timeoutMs: 3000 }).then(
+            (d) => d.qemuStatus === 'completed' && d.runState !== null,
+            () => false,
+          ));
+        if (silentMs > SOURCE_SILENCE_MS || destinationHasIt) {
           throw new FerryError('FERRY_E_SOURCE_LOST', `The source agent ${job0.source} stopped answering during the transfer.`, { cause: err });
         }
         await sleep(this.pollMs);
@@ -291,6 +339,14 @@ export class MigrationOrchestrator {
       }
       let job = this.jobs.mustGet(id);
       if (v.postcopyStarted && job.state === 'transferring') job = this.jobs.transition(id, 'transferring', 'postcopy', { qemuStatus: v.qemuStatus });
+      if (v.postcopyStarted && !destinationRuns) {
+        destinationRuns = await dst.client
+          .call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 30_000 })
+          .then(
+            (d) => d.stage === 'postcopy' || d.stage === 'finished',
+            (e: unknown) => (this.log(`migration ${id}: post-copy run on ${job0.destination}: ${String(e)}`), false),
+          );
+      }
       this.jobs.update(id, {
         qemuStatus: v.qemuStatus,
         progress: v.progress,
@@ -319,13 +375,14 @@ export class MigrationOrchestrator {
         lastPass = pass;
         remainingByPass.push(v.remainingBytes ?? 0);
       }
+      const paused = v.qemuStatus === 'postcopy-paused';
       const step = nextEscalation(
         {
           elapsedMs: Date.now() - t0,
           passes: pass,
           remainingBytes: v.remainingBytes ?? 0,
           remainingByPass,
-          msSinceProgress: v.mirror && !v.mirror.ready ? 0 : Date.now() - lastProgressAt,
+          msSinceProgress: paused ? Number.POSITIVE_INFINITY : v.mirror && !v.mirror.ready ? 0 : Date.now() - lastProgressAt,
           downtimeLimitMs: v.downtimeLimitMs ?? policy.initialDowntimeMs,
           postcopyActive: v.postcopyStarted,
           lastEscalationPass,
@@ -341,6 +398,10 @@ export class MigrationOrchestrator {
           // A refusal here (pre-copy completed meanwhile, QEMU not in a state to switch) is not a failed
           // migration: the next poll says how it really stands, and the deadline still bounds it.
           await src.client.call('POST', `${BASE}/${id}/postcopy`).catch((e: unknown) => this.log(`postcopy: ${String(e)}`));
+        } else if (step.kind === 'postcopy-recover') {
+          await this.recoverPostcopy(id);
+          lastProgressAt = Date.now();
+          destinationRuns = false; // ask again: finish is idempotent, and a restarted destination must run
         } else {
           await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
           throw new FerryError(step.code, step.reason);
@@ -350,19 +411,61 @@ export class MigrationOrchestrator {
     }
   }
 
-  /** The destination takes over (finish), then the source lets go (confirm). Idempotent on both agents. */
-  private async finishAndConfirm(id: string, view: AgentMigrationView | null, prober: Prober | null): Promise<void> {
+  /**
+   * Post-copy lost its stream (a cut link leaves QEMU `postcopy-active` with nothing moving, or it paused by
+   * itself). Cancelling would lose the guest, so reconnect: pause the source, wait for the destination to
+   * answer (bounded), `migrate-recover` there, resume the source towards it (src/migration/postcopy.ts).
+   */
+  private async recoverPostcopy(id: string): Promise<void> {
     const job = this.jobs.mustGet(id);
+    const src = this.host(job.source).client;
+    const dst = this.host(job.destination).client;
+    this.log(`migration ${id}: post-copy stalled; recovering`);
+    this.o.events.publish('migration.recovering', id, { vm: job.vm, source: job.source, destination: job.destination });
+    await src.call('POST', `${BASE}/${id}/postcopy-pause`).catch((e: unknown) => this.log(`postcopy-pause: ${String(e)}`));
+    const deadline = Date.now() + POSTCOPY_RECOVER_MS;
+    for (let attempt = 0; ; attempt++) {
+      if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
+      try {
+        const { uri } = await dst.call<{ uri: string }>('POST', `${BASE}/${id}/recover`, {}, { timeoutMs: 20_000 });
+        await src.call('POST', `${BASE}/${id}/postcopy-resume`, { uri }, { timeoutMs: 20_000 });
+        this.log(`migration ${id}: post-copy resumed towards ${uri}`);
+        return;
+      } catch (err) {
+        const fe = toFerryError(err);
+        if (fe.code === 'FERRY_E_POSTCOPY_LOST') throw fe;
+        if (Date.now() > deadline) {
+          throw new FerryError('FERRY_E_DESTINATION_LOST', `Post-copy could not be recovered within ${POSTCOPY_RECOVER_MS / 1000} s: ${fe.message}`, { cause: err });
+        }
+        this.log(`migration ${id}: post-copy recovery, try ${attempt + 1}: ${fe.message}`);
+        await sleep(Math.min(5000, 500 * (attempt + 1)));
+      }
+    }
+  }
+
+  /**
+   * The destination takes over (finish), then the source lets go (confirm). Idempotent on both agents. A
+   * finish that fails throws (the caller settles by the truth rule); a confirm that fails is owed
+   * (persisted and retried), since the guest already runs on the destination.
+   */
+  private async rollForward(id: string, view: AgentMigrationView | null, prober: Prober | null): Promise<void> {
+    let job = this.jobs.mustGet(id);
     const src = this.host(job.source);
     const dst = this.host(job.destination);
     let report: ProbeReport | null = null;
     try {
-      try {
-        await retry(() => dst.client.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 60_000 }), 3);
-      } catch (err) {
-        // The destination cannot run the guest: the source still holds the complete state; resume it there.
-        throw new FerryError('FERRY_E_DESTINATION_LOST', `The destination could not take over: ${toFerryError(err).message}`, { cause: err });
+      const finish = () => retry(() => dst.client.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 60_000 }), 3);
+      let d = await finish();
+      // The source completed while the destination only now started running the guest: the second finish
+      // waits there for the last pages.
+      if (d.stage === 'postcopy' && job.state === 'switching') d = await finish();
+      if (d.stage === 'postcopy') {
+        // Post-copy: the guest runs on the destination and still pulls pages from the source; follow the
+        // source until the stream completed, then come back here.
+        if (job.state !== 'postcopy') job = this.jobs.transition(id, job.state, 'postcopy', { waiting: null });
+        return await this.monitorAndFinish(id, prober);
       }
+      if (job.state !== 'switching') job = this.jobs.transition(id, job.state, 'switching', { phase: 'finish', waiting: null });
       // From here on the destination is the truth.
       const status = await dst.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
       this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
@@ -370,9 +473,10 @@ export class MigrationOrchestrator {
       await this.hold(id, 'finish');
       this.jobs.update(id, { phase: 'confirm' });
       await retry(() => src.client.call('POST', `${BASE}/${id}/confirm`, { success: true }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
-        // The guest runs on the destination; the source QEMU is paused (post-migrate) and will be cleaned up
-        // by the next confirm. Record it, but the migration itself succeeded.
-        this.log(`migration ${id}: confirm on ${job.source} failed: ${String(err)}`);
+        // The guest runs on the destination; the source QEMU is paused (post-migrate) and can never resume
+        // without a discard receipt, which a destination that ran the guest never gives. Owe the confirm.
+        this.log(`migration ${id}: confirm on ${job.source} failed, owed: ${String(err)}`);
+        this.pending.add(id, job.source, 'confirm', { success: true }, String(err));
         this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
       });
       const endedAt = Date.now();
@@ -393,6 +497,7 @@ export class MigrationOrchestrator {
         transferredBytes: final?.transferredBytes ?? job.transferredBytes,
         iterations: final?.iterations ?? job.iterations,
         memoryBytes: final?.memoryBytes ?? job.memoryBytes,
+        waiting: null,
         error: null,
       });
     } finally {
@@ -400,87 +505,157 @@ export class MigrationOrchestrator {
     }
   }
 
-  /** A failure before the destination took over: resume the source, discard the destination. */
-  private async rollback(id: string, err: unknown, prober: Prober | null): Promise<void> {
-    await prober?.stop().catch(() => null);
-    // A controller shutting down leaves the job as it stands: the next start recovers it.
-    if (this.closed) return;
-    const fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
-    const job = this.jobs.mustGet(id);
-    this.log(`migration ${id}: ${fe.code} in ${job.phase}: ${fe.message}`);
-    if (job.state === 'postcopy') {
-      // The destination already runs the guest: there is no source to go back to.
-      this.jobs.transition(id, 'postcopy', 'failed', { error: { code: fe.code, message: `post-copy failed: ${fe.message}` }, totalMs: Date.now() - Date.parse(job.startedAt) });
-      this.setVm(job.vm, { state: 'stopped' });
-      return;
-    }
-    let src: AgentClient | null = null;
-    let dst: AgentClient | null = null;
-    try {
-      src = this.host(job.source).client;
-      dst = this.host(job.destination).client;
-    } catch {
-      // A host was removed meanwhile: clean up what can be reached.
-    }
-    if (src && job.state !== 'queued') await src.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
-    if (dst && job.state !== 'queued') {
-      // An unreachable destination (link down) still holds an incoming QEMU that nobody else will ever end:
-      // the source is the truth already, so finish the rollback now and keep asking in the background.
-      await dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 }).catch((e: unknown) => {
-        if (e instanceof FerryError && e.code === 'FERRY_E_AGENT_UNREACHABLE') this.discardDestinationLater(id, job.destination, dst);
-      });
-    }
-    if (src && job.state !== 'queued') await retry(() => src.call('POST', `${BASE}/${id}/confirm`, { success: false }, { timeoutMs: 30_000 }), 2).catch(() => {});
-    const status = src ? await src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null) : null;
-    this.setVm(job.vm, { host: job.source, state: status?.state ?? 'running' });
-    const to: MigrationState = fe.code === 'FERRY_E_MIGRATION_CANCELLED' && job.state !== 'switching' ? 'cancelled' : 'failed';
-    this.jobs.transition(id, job.state, to, { error: { code: fe.code, message: fe.message }, totalMs: Date.now() - Date.parse(job.startedAt) });
-  }
-
-  /** Retries the destination's discard until its agent answers (or the controller stops). */
-  private discardDestinationLater(id: string, host: string, dst: AgentClient): void {
-    const deadline = Date.now() + DESTINATION_DISCARD_MS;
-    const attempt = async (): Promise<void> => {
-      while (!this.closed && Date.now() < deadline) {
-        await sleep(2000);
-        try {
-          await dst.call('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 });
-          this.log(`migration ${id}: the destination ${host} discarded its incoming VM`);
-          return;
-        } catch (err) {
-          if (!(err instanceof FerryError && err.code === 'FERRY_E_AGENT_UNREACHABLE')) {
-            this.log(`migration ${id}: discarding on ${host} failed: ${String(err)}`);
-            return;
-          }
-        }
+  /** What each agent says about the migration now; an agent that does not answer is `reachable: false`. */
+  private async facts(job: MigrationJson): Promise<{ source: SideFacts; destination: SideFacts }> {
+    const ask = async (host: string): Promise<SideFacts> => {
+      try {
+        const view = await this.host(host).client.call<AgentMigrationView>('GET', `${BASE}/${job.id}`, undefined, { timeoutMs: 8_000 });
+        return { reachable: true, view };
+      } catch (err) {
+        if (err instanceof FerryError && err.code === 'FERRY_E_MIGRATION_NOT_FOUND') return { reachable: true, view: null };
+        return { reachable: false, view: null };
       }
     };
-    void attempt();
+    const [source, destination] = await Promise.all([ask(job.source), job.state === 'queued' ? Promise.resolve({ reachable: true, view: null }) : ask(job.destination)]);
+    return { source, destination };
   }
 
-  /** After a controller restart: roll each unfinished job forward or back, by who is the truth now. */
-  private async resume(job: MigrationJson): Promise<void> {
-    const restarted = new FerryError('FERRY_E_CONTROLLER_RESTARTED', `The controller restarted while the job was ${job.state}; it was rolled back.`);
-    try {
-      switch (job.state) {
-        case 'queued':
-        case 'preparing':
-          return await this.rollback(job.id, restarted, null);
-        case 'transferring':
-        case 'postcopy': {
-          const src = this.host(job.source).client;
-          const v = await src.call<AgentMigrationView>('GET', `${BASE}/${job.id}`).catch(() => null);
-          if (v === null && job.state === 'transferring') return await this.rollback(job.id, restarted, null);
-          return await this.monitorAndFinish(job.id, null);
+  /**
+   * Ends a job that left the straight path (a failure, a cancel, a fault, a restart) the way the truth rule
+   * (truth.ts) says, asking both agents again until it can: forward, back, on with the migration, or parked
+   * in an `awaiting_*` state while an agent that matters does not answer.
+   */
+  private async settle(id: string, err: unknown, prober: Prober | null): Promise<void> {
+    await prober?.stop().catch(() => null);
+    let fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
+    for (let attempt = 0; ; attempt++) {
+      // A controller shutting down leaves the job as it stands: the next start recovers it.
+      if (this.closed) return;
+      let job = this.jobs.mustGet(id);
+      if (isFinal(job.state)) return;
+      const intent = this.jobs.cancelRequested(id) || !RECOVERABLE.has(fe.code) ? 'abort' : 'recover';
+      const facts = await this.facts(job);
+      const verdict = decide({ state: job.state, source: facts.source, destination: facts.destination, intent });
+      this.log(`migration ${id}: ${fe.code} in ${job.state}/${job.phase}: ${verdict.kind} (${verdict.why})`);
+      try {
+        switch (verdict.kind) {
+          case 'back':
+            return await this.rollBack(id, fe, verdict.receiptNeeded, facts);
+          case 'lost': {
+            this.jobs.transition(id, job.state, 'failed', {
+              error: { code: 'FERRY_E_POSTCOPY_LOST', message: `${verdict.why}: the guest is lost (${fe.message})` },
+              totalMs: Date.now() - Date.parse(job.startedAt),
+              waiting: null,
+            });
+            this.setVm(job.vm, { state: 'stopped' });
+            return;
+          }
+          case 'forward':
+            return await this.rollForward(id, facts.source.view, null);
+          case 'continue': {
+            const back = facts.source.view?.postcopyStarted ? 'postcopy' : 'transferring';
+            if (job.state !== back) job = this.jobs.transition(id, job.state, back, { waiting: null });
+            return await this.monitorAndFinish(id, null);
+          }
+          case 'wait': {
+            const role = verdict.state === 'awaiting_destination' ? 'destination' : 'source';
+            const host = role === 'destination' ? job.destination : job.source;
+            const waiting = { host, role, since: job.waiting?.since ?? new Date().toISOString(), attempts: attempt + 1, why: verdict.why } as const;
+            if (job.state !== verdict.state) {
+              this.jobs.transition(id, job.state, verdict.state, { waiting });
+              this.o.events.publish('migration.waiting', id, { vm: job.vm, ...waiting });
+            } else this.jobs.update(id, { waiting });
+            await sleep(Math.min(15_000, 1000 * 2 ** Math.min(attempt, 4)));
+            continue;
+          }
+          default:
+            return assertNever(verdict);
         }
-        case 'switching':
-          return await this.finishAndConfirm(job.id, null, null);
-        default:
-          return;
+      } catch (e) {
+        // The verdict could not be carried out (an agent went away again): ask again.
+        fe = toFerryError(e, 'FERRY_E_MIGRATION_FAILED');
+        if (!RECOVERABLE.has(fe.code) && !this.jobs.cancelRequested(id)) fe = new FerryError('FERRY_E_DESTINATION_LOST', fe.message, { cause: e });
+        await sleep(Math.min(15_000, 1000 * 2 ** Math.min(attempt, 4)));
       }
-    } catch (err) {
-      await this.rollback(job.id, err, null);
     }
+  }
+
+  /**
+   * The source stays the truth: stop its migration, discard the destination (its signed receipt is what lets
+   * a source whose QEMU completed resume), resume the source. A call whose agent does not answer is owed.
+   */
+  private async rollBack(id: string, fe: FerryError, receiptNeeded: boolean, facts: { source: SideFacts; destination: SideFacts }): Promise<void> {
+    const job = this.jobs.mustGet(id);
+    const src = this.host(job.source).client;
+    const dst = this.host(job.destination).client;
+    const started = job.state !== 'queued';
+    if (started && facts.source.reachable) await src.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+    let receipt: DiscardReceipt | null = facts.destination.view?.receipt ?? null;
+    if (started && receipt === null && (facts.destination.view !== null || !facts.destination.reachable)) {
+      try {
+        const d = await dst.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 });
+        receipt = d.receipt ?? null;
+      } catch (err) {
+        const e = toFerryError(err);
+        if (receiptNeeded) throw e; // the source cannot resume without it: settle asks again
+        // The destination waits paused (-S) and never runs the guest on its own: discard it when it answers.
+        if (e.code !== 'FERRY_E_MIGRATION_NOT_FOUND') this.pending.add(id, job.destination, 'discard', { success: false }, e.message);
+      }
+    }
+    let status: VmStatus | null = null;
+    if (started && facts.source.view !== null) {
+      const body = { success: false, ...(receipt === null ? {} : { receipt }) };
+      try {
+        await retry(() => src.call('POST', `${BASE}/${id}/confirm`, body, { timeoutMs: 30_000 }), 2);
+      } catch (err) {
+        const e = toFerryError(err);
+        if (e.code === 'FERRY_E_AGENT_UNREACHABLE') this.pending.add(id, job.source, 'resume', body, e.message);
+        else this.log(`migration ${id}: resuming the source failed: ${e.message}`);
+      }
+    }
+    if (facts.source.reachable) status = await src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+    this.setVm(job.vm, { host: job.source, state: status?.state ?? 'paused' });
+    const to: MigrationState = fe.code === 'FERRY_E_MIGRATION_CANCELLED' && canTransition(job.state, 'cancelled') ? 'cancelled' : 'failed';
+    this.jobs.transition(id, job.state, to, { error: { code: fe.code, message: fe.message }, totalMs: Date.now() - Date.parse(job.startedAt), waiting: null });
+  }
+
+  /** Carries out the agent calls that finished jobs still owe, each when its backoff expired. */
+  private async sweep(): Promise<void> {
+    for (const c of this.pending.due()) {
+      if (this.closed) return;
+      const job = this.jobs.get(c.migration);
+      if (job === null) {
+        this.pending.done(c);
+        continue;
+      }
+      try {
+        const path = c.action === 'discard' ? 'finish' : 'confirm';
+        await this.host(c.host).client.call<AgentMigrationView>('POST', `${BASE}/${c.migration}/${path}`, c.body, { timeoutMs: 30_000 });
+        this.pending.done(c);
+        this.log(`migration ${c.migration}: owed ${c.action} on ${c.host} done`);
+        this.o.events.publish('migration.pending_done', c.migration, { host: c.host, action: c.action });
+        if (c.action === 'resume') {
+          const st = await this.host(c.host).client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+          if (st) this.setVm(job.vm, { state: st.state });
+        }
+      } catch (err) {
+        const fe = toFerryError(err);
+        if (fe.code === 'FERRY_E_MIGRATION_NOT_FOUND') this.pending.done(c);
+        else this.pending.retryLater(c, fe.message);
+      }
+    }
+  }
+
+  /** After a controller restart: every unfinished job is settled by the truth rule, from what agents say now. */
+  private async resume(job: MigrationJson): Promise<void> {
+    const restarted = new FerryError('FERRY_E_CONTROLLER_RESTARTED', `The controller restarted while the job was ${job.state}.`);
+    if (job.state === 'queued') {
+      this.jobs.transition(job.id, 'queued', 'failed', { error: { code: restarted.code, message: restarted.message } });
+      const row = this.o.store.sqlite.prepare('SELECT state FROM vms WHERE name = ?').get(job.vm) as { state: string } | undefined;
+      if (row?.state === 'migrating') this.setVm(job.vm, { state: 'running' });
+      return;
+    }
+    await this.settle(job.id, restarted, null);
   }
 
   /** Cold: stop or save, stream the files with checksums, start on the destination, then remove the source copy. */
@@ -494,10 +669,10 @@ export class MigrationOrchestrator {
       prober = await this.startProber(job.vm);
       const manifest = await transferCold({ jobs: this.jobs, pool: this.o.pool, src, dst }, id);
       this.jobs.transition(id, 'transferring', 'switching', { phase: 'finish', qemuStatus: manifest.mode === 'save' ? 'completed' : null });
-      await this.finishAndConfirm(id, null, prober);
+      await this.rollForward(id, null, prober);
       prober = null;
     } catch (err) {
-      await this.rollback(id, err, prober);
+      await this.settle(id, err, prober);
     }
   }
 }
