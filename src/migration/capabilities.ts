@@ -81,7 +81,7 @@ export interface SourceTuning {
   /** Bytes per second; 0 = no limit. */
   bandwidthBytesPerSec: number;
   downtimeLimitMs: number;
-  /** xbzrle cache; defaults to a quarter of guest memory (LAB.md: 64 MiB was too small for a busy guest). */
+  /** xbzrle cache; defaults to a quarter of guest memory (64 MiB was measured too small for a busy guest, docs/qemu.md). */
   xbzrleCacheBytes?: number;
 }
 
@@ -107,8 +107,9 @@ export function sourceParameters(
   const p: Record<string, unknown> = {
     'max-bandwidth': tuning.bandwidthBytesPerSec === 0 ? UNLIMITED_BANDWIDTH : Math.round(tuning.bandwidthBytesPerSec),
     'downtime-limit': tuning.downtimeLimitMs,
-    // Post-copy has its own cap (0 = none); leave it unlimited: the guest waits on every missing page.
-    'max-postcopy-bandwidth': 0,
+    // Post-copy has its own cap (0 = none). A bandwidth the user set is the link's budget and holds for
+    // post-copy too; without one it stays unlimited: the guest waits on every missing page.
+    'max-postcopy-bandwidth': tuning.bandwidthBytesPerSec === 0 ? 0 : Math.round(tuning.bandwidthBytesPerSec),
   };
   if (caps.multifd > 0) p['multifd-channels'] = caps.multifd;
   if (caps.xbzrle) {

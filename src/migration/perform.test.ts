@@ -27,7 +27,7 @@ test('migration URIs are tcp:HOST:PORT only', () => {
 
 /**
  * A QMP server speaking raw lines on a Unix socket: a QEMU whose migration stays `active` with the byte
- * counter frozen — what a cut link looks like from the source (LAB.md).
+ * counter frozen — what a cut link looks like from the source (docs/qemu.md).
  */
 async function frozenQemu(path: string): Promise<{ commands: string[]; close: () => Promise<void> }> {
   const commands: string[] = [];
