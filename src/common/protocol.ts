@@ -35,7 +35,8 @@
  *                                   a mismatch is FERRY_E_VERIFY_FAILED and replaces nothing)
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
- *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token)
+ *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token; from agentUrl's own
+ *                                   address; reserved or existing names refused)
  */
 
 export const AGENT_PROTOCOL = 1;
@@ -85,4 +86,10 @@ export interface JoinResponse {
   keyPem: string;
   /** The controller's URL as seen from the agent. */
   serverUrl: string;
+  /**
+   * `sha256:HEX` of the public key (SPKI) of the controller's client certificate. The agent stores it with
+   * its identity and serves only a caller presenting that key: the CA signs other hosts' certificates too,
+   * and a CN can be asked for at join.
+   */
+  controllerPin: string;
 }
