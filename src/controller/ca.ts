@@ -12,7 +12,7 @@
 import './reflect-shim.ts';
 import * as x509 from '@peculiar/x509';
 import { X509Certificate as NodeX509, randomBytes, webcrypto } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
@@ -136,7 +136,7 @@ class Ca implements ClusterCa {
     return this.issue(CLUSTER_CN.server, sans, { serverRole: true });
   }
 
-  issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
+  async issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
     const bad = ips.filter((ip) => isIP(ip) === 0);
     if (bad.length > 0) throw new FerryError('FERRY_E_BAD_INPUT', `Not IP addresses: ${bad.join(', ')}.`);
     // The join checks this too (with its own error); here it guards every other path to an agent certificate.
@@ -180,6 +180,7 @@ const write = (file: string, text: string, mode: number): void => writeFileSync(
  */
 export async function loadOrCreateCa(dir: string): Promise<{ ca: ClusterCa; created: boolean }> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700); // also when it existed already: it holds the CA key
   const f = (n: string): string => join(dir, n);
   let created = false;
   if (!existsSync(f('ca.key'))) {
