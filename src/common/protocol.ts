@@ -15,7 +15,7 @@
  *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
  *   GET    /vms/:name/console          → text/plain: the tail of the VM's serial log
  *   Migrations (src/agent/migrations.ts; bodies and views in src/migration/types.ts; :id is the controller's job id):
- *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?}
+ *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?, tlsPeer?}
  *                                   → 201 PrepareResponse {id, uri, nbd, tlsHostname}      (destination)
  *   POST   /migrations/:id/perform  PerformRequest {vm, uri, nbd?, tls?, tlsHostname?, storage, capabilities?,
  *                                   bandwidthBytesPerSec?, downtimeLimitMs?, stallTimeoutMs?, postcopy?}
