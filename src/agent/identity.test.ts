@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,9 +13,11 @@ import { certHash, ensureIdentity, joinCluster, parseCaHash } from './identity.t
 /** A stand-in for the controller's join route, at the wire: HTTPS with a cert from `ca`. */
 async function joinServer(
   ca: ClusterCa,
-  opts: { sendChain: boolean; token?: string },
+  opts: { sendChain: boolean; token?: string; serverRole?: boolean },
 ): Promise<{ url: string; seen: JoinRequest[]; server: Server }> {
-  const tls = await ca.issue('ferry-server', ['127.0.0.1']);
+  // serverRole false: a cluster certificate named ferry-server, but not issued as the controller's (a join's).
+  const tls =
+    opts.serverRole === false ? await ca.issue('ferry-server', ['127.0.0.1']) : await ca.issueServerCert(['127.0.0.1']);
   const seen: JoinRequest[] = [];
   const server = createServer(
     {
@@ -41,6 +43,7 @@ async function joinServer(
             certPem: cert.certPem,
             keyPem: cert.keyPem,
             serverUrl: 'https://127.0.0.1:1',
+            controllerPin: ca.controllerPin,
           };
           res.writeHead(200, { 'content-type': 'application/json' });
           res.end(JSON.stringify(r));
@@ -95,14 +98,17 @@ test('join with the right pin saves 0600 certificates; a restart reuses them wit
     assert.equal(first.joined, true);
     assert.deepEqual(srv.seen, [{ token: 'tok-1', name: 'h1', agentUrl: 'https://127.0.0.1:7443' }]);
     assert.match(logs.join('\n'), /matches the pinned/);
-    for (const f of ['ca.pem', 'cert.pem', 'key.pem']) {
+    for (const f of ['ca.pem', 'cert.pem', 'key.pem', 'controller.pin', 'agent.json']) {
       assert.equal((await stat(join(dir, f))).mode & 0o777, 0o600, f);
     }
+    assert.equal((await stat(dir)).mode & 0o777, 0o700);
     assert.equal(await readFile(join(dir, 'ca.pem'), 'utf8'), ca.caCertPem);
+    assert.equal(first.identity.controllerPin, ca.controllerPin);
 
     const again = await ensureIdentity({ dataDir: dir, name: 'h1', agentUrl: 'https://127.0.0.1:7443' });
     assert.equal(again.joined, false);
     assert.equal(again.identity.certPem, first.identity.certPem);
+    assert.equal(again.identity.controllerPin, ca.controllerPin);
     assert.equal(srv.seen.length, 1);
     await assert.rejects(
       ensureIdentity({ dataDir: dir, name: 'h2', agentUrl: 'https://127.0.0.1:7443' }),
@@ -193,4 +199,46 @@ test('a refused token comes back as FERRY_E_JOIN_TOKEN; no server as FERRY_E_SER
     joinCluster({ server: srv.url, token: 't', name: 'h1', agentUrl: 'https://127.0.0.1:7443' }),
     (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_SERVER_UNREACHABLE',
   );
+});
+
+test('a cluster certificate without the server role (what a join hands out) never gets the token', async () => {
+  const ca = await newCa();
+  const srv = await joinServer(ca, { sendChain: true, serverRole: false });
+  try {
+    for (const caHash of [ca.fingerprint, undefined]) {
+      await assert.rejects(
+        joinCluster({
+          server: srv.url,
+          token: 'tok-1',
+          name: 'h1',
+          agentUrl: 'https://127.0.0.1:7443',
+          ...(caHash === undefined ? {} : { caHash }),
+        }),
+        (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_TLS' && /server role/.test(e.message),
+      );
+    }
+    assert.equal(srv.seen.length, 0, 'the token must not reach a server without the server role');
+  } finally {
+    await closeServer(srv.server);
+  }
+});
+
+test('certificates without controller.pin (an older join) are refused with a fix, not served by CN', async () => {
+  const ca = await newCa();
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-agent-id-'));
+  try {
+    const mine = await ca.issueAgentCert('h1', ['127.0.0.1']);
+    await writeFile(join(dir, 'ca.pem'), ca.caCertPem, { mode: 0o600 });
+    await writeFile(join(dir, 'key.pem'), mine.keyPem, { mode: 0o600 });
+    await writeFile(join(dir, 'cert.pem'), mine.certPem, { mode: 0o600 });
+    await assert.rejects(
+      ensureIdentity({ dataDir: dir, name: 'h1', agentUrl: 'https://127.0.0.1:7443' }),
+      (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_CONFIG' && /controller\.pin/.test(e.message),
+    );
+    await writeFile(join(dir, 'controller.pin'), `${ca.controllerPin}\n`, { mode: 0o600 });
+    const ok = await ensureIdentity({ dataDir: dir, name: 'h1', agentUrl: 'https://127.0.0.1:7443' });
+    assert.equal(ok.identity.controllerPin, ca.controllerPin);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -1,26 +1,37 @@
 /**
- * The agent's identity in the cluster: the cluster CA, its own certificate and key (ca.pem, cert.pem,
- * key.pem, all 0600 in the data dir), and the join that obtains them with a one-time token.
+ * The agent's identity in the cluster: the cluster CA, its own certificate and key, and the pin of the
+ * controller's client key (ca.pem, cert.pem, key.pem, controller.pin, all 0600 in a 0700 data dir), and
+ * the join that obtains them with a one-time token.
  *
  * At join time the agent does not know the cluster CA yet. With `--ca-hash sha256:HEX` it pins it: the
  * server must present a chain that contains a certificate with that hash (of its DER, or of its public
  * key's SPKI) and the leaf must chain to it, checked before the token is sent. Without a pin it trusts on
  * first use and logs the CA's hash so an operator can compare it. Either way, the CA returned in the join
  * response must be the one that signed the server's certificate, and the issued certificate must chain to it.
+ * The server's certificate must also carry the server role (SERVER_ROLE_OID, src/common/identity.ts), which
+ * only the controller's own HTTPS certificate has: another host's CA-signed certificate cannot collect tokens.
+ *
+ * The join response names the controller's client key (`controllerPin`); the agent's API serves only a
+ * caller presenting that key (server.ts), whatever the CN of its certificate.
  */
 import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
+import { hasServerRole, spkiPin } from '../common/identity.ts';
 import type { JoinRequest, JoinResponse } from '../common/protocol.ts';
 
 export interface AgentIdentity {
   caPem: string;
   certPem: string;
   keyPem: string;
+  /** `sha256:HEX` of the controller client certificate's public key (JoinResponse.controllerPin). */
+  controllerPin: string;
 }
+
+const PIN_RE = /^sha256:[0-9a-f]{64}$/;
 
 /** What the agent remembers about its join, next to the certificates. */
 export interface JoinRecord {
@@ -34,6 +45,7 @@ export const IDENTITY_FILES = {
   ca: 'ca.pem',
   cert: 'cert.pem',
   key: 'key.pem',
+  controllerPin: 'controller.pin',
   record: 'agent.json',
 } as const;
 
@@ -45,10 +57,7 @@ export function certHash(pemOrCert: string | X509Certificate): string {
   return `sha256:${createHash('sha256').update(cert.raw).digest('hex')}`;
 }
 
-function spkiHash(cert: X509Certificate): string {
-  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
-  return `sha256:${createHash('sha256').update(spki).digest('hex')}`;
-}
+const spkiHash = (cert: X509Certificate): string => spkiPin(cert);
 
 export function parseCaHash(text: string): string {
   // Also takes the `AB:CD:…` form the controller prints (a fingerprint256 of the same DER).
@@ -113,8 +122,21 @@ export async function loadIdentity(dir: string): Promise<AgentIdentity | undefin
     const [caPem, certPem, keyPem] = await Promise.all(
       [IDENTITY_FILES.ca, IDENTITY_FILES.cert, IDENTITY_FILES.key].map((f) => readFile(join(dir, f), 'utf8')),
     );
-    return { caPem: caPem!, certPem: certPem!, keyPem: keyPem! };
+    let pin: string;
+    try {
+      pin = (await readFile(join(dir, IDENTITY_FILES.controllerPin), 'utf8')).trim();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      // Joined before agents pinned the controller: serving by CN alone is what this file exists to end.
+      throw new FerryError(
+        'FERRY_E_CONFIG',
+        `${dir} has certificates but no ${IDENTITY_FILES.controllerPin} (joined by an older Ferry): write the controller's pin there, ` +
+          "sha256:<hex of SHA-256 of the public key of the server's pki/controller.crt> (openssl x509 -in controller.crt -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum).",
+      );
+    }
+    return { caPem: caPem!, certPem: certPem!, keyPem: keyPem!, controllerPin: pin };
   } catch (err) {
+    if (err instanceof FerryError) throw err;
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new FerryError('FERRY_E_CONFIG', `Cannot read the agent's certificates in ${dir}: ${String(err)}`, {
       cause: err,
@@ -133,6 +155,8 @@ export async function loadJoinRecord(dir: string): Promise<JoinRecord | undefine
 /** Writes the identity; cert.pem goes last, since its presence is what marks the agent as joined. */
 export async function saveIdentity(dir: string, id: AgentIdentity, record: JoinRecord): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
+  // mkdir's mode applies only to a directory it creates: a data dir made beforehand gets 0700 too.
+  await chmod(dir, 0o700);
   const put = async (name: string, text: string): Promise<void> => {
     const tmp = join(dir, `.${name}.${process.pid}.tmp`);
     await writeFile(tmp, text, { mode: 0o600 });
@@ -140,6 +164,7 @@ export async function saveIdentity(dir: string, id: AgentIdentity, record: JoinR
   };
   await put(IDENTITY_FILES.ca, id.caPem);
   await put(IDENTITY_FILES.key, id.keyPem);
+  await put(IDENTITY_FILES.controllerPin, id.controllerPin + '\n');
   await put(IDENTITY_FILES.record, JSON.stringify(record, null, 2) + '\n');
   await put(IDENTITY_FILES.cert, id.certPem);
 }
@@ -152,6 +177,7 @@ export function checkIdentity(id: AgentIdentity): { cn: string; notAfter: string
     if (!issuedBy(cert, ca)) throw new Error('the certificate is not signed by the CA');
     if (!cert.checkPrivateKey(createPrivateKey(id.keyPem)))
       throw new Error('the key does not belong to the certificate');
+    if (!PIN_RE.test(id.controllerPin)) throw new Error(`the controller pin ${JSON.stringify(id.controllerPin)} is not sha256:<64 hex>`);
     const cn = /(?:^|\n)CN=([^\n]*)/.exec(cert.subject)?.[1] ?? '';
     return { cn, notAfter: cert.validTo };
   } catch (err) {
@@ -215,6 +241,17 @@ export async function joinCluster(
     req.on('socket', (s) => {
       s.once('secureConnect', () => {
         chain = presentedChain(s as TLSSocket);
+        if (!hasServerRole(chain[0]?.keyUsage)) {
+          // A certificate of the cluster CA, but not the controller's HTTPS one (a joined host's, say):
+          // the token must not reach it.
+          req.destroy(
+            new FerryError(
+              'FERRY_E_TLS',
+              `The server at ${url.host} presented a certificate without the Ferry server role: it is not the controller.`,
+            ),
+          );
+          return;
+        }
         if (pin !== undefined && !chainReachesPin(chain, pin)) {
           // Refusing here keeps the token from reaching a server that cannot prove it holds the pinned CA.
           req.destroy(
@@ -269,7 +306,10 @@ export async function joinCluster(
   if (typeof r.caCertPem !== 'string' || typeof r.certPem !== 'string' || typeof r.keyPem !== 'string') {
     throw new FerryError('FERRY_E_AGENT_PROTOCOL', 'The join response lacks caCertPem, certPem or keyPem.');
   }
-  const identity: AgentIdentity = { caPem: r.caCertPem, certPem: r.certPem, keyPem: r.keyPem };
+  if (typeof r.controllerPin !== 'string' || !PIN_RE.test(r.controllerPin)) {
+    throw new FerryError('FERRY_E_AGENT_PROTOCOL', 'The join response lacks the controller pin (controllerPin): upgrade the controller.');
+  }
+  const identity: AgentIdentity = { caPem: r.caCertPem, certPem: r.certPem, keyPem: r.keyPem, controllerPin: r.controllerPin };
   let ca: X509Certificate;
   try {
     ca = new X509Certificate(identity.caPem);

@@ -96,6 +96,7 @@ function parsePrepare(b: Record<string, unknown>, host: MigrationHost): PrepareR
     tls: optBool(b, 'tls') ?? true,
     storage: storageOf(b),
     capabilities: (b.capabilities ?? {}) as PrepareRequest['capabilities'],
+    ...(b.tlsPeer === undefined ? {} : { tlsPeer: validateName(b.tlsPeer, 'tlsPeer (source host name)') }),
   };
 }
 

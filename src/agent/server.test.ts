@@ -34,7 +34,7 @@ before(async () => {
     dataDir: dir,
     migrationAddress: '127.0.0.1',
     listen: { host: '127.0.0.1', port: 0 },
-    tls: { caPem: ca.caCertPem, certPem: mine.certPem, keyPem: mine.keyPem },
+    tls: { caPem: ca.caCertPem, certPem: mine.certPem, keyPem: mine.keyPem, controllerPin: ca.controllerPin },
     accel: 'tcg',
   });
 });
@@ -127,6 +127,16 @@ test('a cluster certificate that is not the controller’s (another host) gets 4
   assert.match(JSON.stringify(r.body), /h2/);
 });
 
+test('a CA-signed certificate with CN ferry-controller that is not the pinned controller key gets 403', async () => {
+  // What a stolen CA signature or a join as "ferry-controller" (refused now) would have produced.
+  const forged = await ca.issue('ferry-controller', []);
+  const r = await call('GET', '/agent/v1/vms', { client: forged });
+  assert.equal(r.status, 403);
+  assert.equal(codeOf(r), 'FERRY_E_FORBIDDEN');
+  // The real controller certificate still passes (the gate is its key, pinned at join).
+  assert.equal((await call('GET', '/agent/v1/vms')).status, 200);
+});
+
 test('a missing or different protocol version gets 400 FERRY_E_AGENT_PROTOCOL', async () => {
   for (const header of [null, '2', '']) {
     const r = await call('GET', '/agent/v1/inventory', { header });
@@ -192,7 +202,7 @@ test('extensions (the migration routes) mount behind the same gates and share th
       dataDir: d,
       migrationAddress: '127.0.0.1',
       listen: { host: '127.0.0.1', port: 0 },
-      tls: { caPem: ca.caCertPem, certPem: mine.certPem, keyPem: mine.keyPem },
+      tls: { caPem: ca.caCertPem, certPem: mine.certPem, keyPem: mine.keyPem, controllerPin: ca.controllerPin },
       accel: 'tcg',
       extend: ({ app, host }) => {
         app.get('/agent/v1/migrations/:id', async () => ({ accel: host.accel, dataDir: host.dataDir }));

@@ -1,9 +1,9 @@
 /**
  * The agent's HTTPS API (protocol.ts, under /agent/v1), served with mutual TLS. Three gates, in order:
  * the TLS handshake (a client certificate from the cluster CA, or no connection at all), the client
- * certificate's CN (only `ferry-controller` may drive an agent: another host's certificate is from the same
- * CA but must not), and the protocol version header. Errors leave as `{error:{code,message,details}}` with
- * the registry's HTTP status.
+ * certificate's public key (only the controller's, pinned at join, may drive an agent: every host's
+ * certificate is from the same CA, and a CN is just a string someone may have got signed), and the
+ * protocol version header. Errors leave as `{error:{code,message,details}}` with the registry's HTTP status.
  */
 import Fastify, {
   type FastifyError,
@@ -12,8 +12,10 @@ import Fastify, {
   type FastifyRequest,
 } from 'fastify';
 import type { AddressInfo } from 'node:net';
+import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import { FerryError, toFerryError } from '../common/errors.ts';
+import { spkiPin } from '../common/identity.ts';
 import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
@@ -21,8 +23,6 @@ import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
 import { withMigrationRoutes } from './migrations.ts';
 
-/** The only client certificate CN allowed to call an agent. */
-export const CONTROLLER_CN = 'ferry-controller';
 /** How much of a serial log the console route returns. */
 export const CONSOLE_TAIL_BYTES = 64 * 1024;
 
@@ -43,12 +43,13 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-function peerCn(req: FastifyRequest): string | undefined {
+/** The verified client certificate's key pin and CN (for messages), or undefined without one. */
+function peerIdentity(req: FastifyRequest): { pin: string; cn: unknown } | undefined {
   const sock = req.raw.socket as TLSSocket;
   if (typeof sock.getPeerCertificate !== 'function' || !sock.authorized) return undefined;
-  const cn = sock.getPeerCertificate().subject?.CN;
-  // A subject may carry several CNs; node then gives an array, and no array is the controller.
-  return typeof cn === 'string' ? cn : undefined;
+  const peer = sock.getPeerCertificate();
+  if (peer.raw === undefined) return undefined;
+  return { pin: spkiPin(new X509Certificate(peer.raw)), cn: peer.subject?.CN };
 }
 
 function sendError(reply: FastifyReply, err: FerryError, status = err.status): FastifyReply {
@@ -111,14 +112,16 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
     }
   });
 
+  // Pinned at join (identity.ts); a pin per connection would do, but hashing a key per request is cheap.
+  const controllerPin = opts.tls.controllerPin;
   app.addHook('onRequest', async (req, reply) => {
-    const cn = peerCn(req);
-    if (cn !== CONTROLLER_CN) {
+    const peer = peerIdentity(req);
+    if (peer === undefined || peer.pin !== controllerPin) {
       return sendError(
         reply,
         new FerryError(
           'FERRY_E_FORBIDDEN',
-          `Client certificate CN ${JSON.stringify(cn ?? null)} may not drive this agent: only ${CONTROLLER_CN}.`,
+          `The client certificate (CN ${JSON.stringify(peer?.cn ?? null)}) may not drive this agent: only the controller it joined, whose key is pinned (${controllerPin}).`,
         ),
       );
     }

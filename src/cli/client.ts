@@ -5,6 +5,7 @@
  */
 import { Agent, request } from 'undici';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
+import { checkControllerIdentity } from '../common/identity.ts';
 import { transportError } from '../controller/agent-client.ts';
 import { loadConfig, type ClientConfig, type ConfigOverrides } from './config.ts';
 
@@ -16,7 +17,7 @@ export interface RequestOptions {
 export class ApiClient {
   private readonly dispatcher: Agent;
   constructor(readonly config: ClientConfig) {
-    this.dispatcher = new Agent({ connect: { ca: config.caCertPem, timeout: 5_000 } });
+    this.dispatcher = new Agent({ connect: { ca: config.caCertPem, timeout: 5_000, checkServerIdentity: checkControllerIdentity } });
   }
 
   async request<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {

@@ -40,6 +40,9 @@ export const ERRORS = {
   FERRY_E_MEMORY_TOO_LARGE: def(400, 2, false, 'The memory asked for is more than the host has.'),
   FERRY_E_JOIN_TOKEN: def(401, 2, false, 'The join token is unknown or was used already: get a new one.'),
   FERRY_E_FORBIDDEN: def(403, 2, false, 'The client certificate is not allowed here: agents take orders from the controller only.'),
+  FERRY_E_HOST_NAME_RESERVED: def(403, 2, false, "That host name is reserved for the controller's own certificates (ferry-controller, ferry-server): choose another."),
+  FERRY_E_HOST_EXISTS: def(409, 2, false, 'A host of that name has joined already, and a join cannot take it over: choose another name.'),
+  FERRY_E_JOIN_ADDRESS: def(403, 2, false, "The join did not come from agentUrl's address: join from the agent's own address, which its certificate will carry."),
 
   // --- environment (exit 1) ---
   FERRY_E_NOT_ROOT: def(500, 1, false, 'This needs root (network namespaces, taps): run as root.'),

@@ -15,7 +15,7 @@
  *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
  *   GET    /vms/:name/console          → text/plain: the tail of the VM's serial log
  *   Migrations (src/agent/migrations.ts; bodies and views in src/migration/types.ts; :id is the controller's job id):
- *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?}
+ *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?, tlsPeer?}
  *                                   → 201 PrepareResponse {id, uri, nbd, tlsHostname}      (destination)
  *   POST   /migrations/:id/perform  PerformRequest {vm, uri, nbd?, tls?, tlsHostname?, storage, capabilities?,
  *                                   bandwidthBytesPerSec?, downtimeLimitMs?, stallTimeoutMs?, postcopy?}
@@ -35,7 +35,8 @@
  *                                   a mismatch is FERRY_E_VERIFY_FAILED and replaces nothing)
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
- *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token)
+ *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token; from agentUrl's own
+ *                                   address; reserved or existing names refused)
  */
 
 export const AGENT_PROTOCOL = 1;
@@ -85,4 +86,10 @@ export interface JoinResponse {
   keyPem: string;
   /** The controller's URL as seen from the agent. */
   serverUrl: string;
+  /**
+   * `sha256:HEX` of the public key (SPKI) of the controller's client certificate. The agent stores it with
+   * its identity and serves only a caller presenting that key: the CA signs other hosts' certificates too,
+   * and a CN can be asked for at join.
+   */
+  controllerPin: string;
 }

@@ -36,6 +36,8 @@ const TLS_CODES = new Set([
   'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
   'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
   'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+  // src/common/identity.ts: a cluster certificate that is not the controller's HTTPS one.
+  'ERR_FERRY_NOT_SERVER',
 ]);
 
 /** Every `code` along the cause chain (undici wraps socket errors; connect errors may be aggregates). */

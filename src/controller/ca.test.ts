@@ -4,9 +4,10 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
-import { connect, createServer, type TLSSocket } from 'node:tls';
+import { connect, createServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { caFromPem, createCaCert, loadOrCreateCa, type KeyPairPem } from './ca.ts';
+import { checkControllerIdentity, RESERVED_HOST_NAMES, SERVER_ROLE_OID, spkiPin } from '../common/identity.ts';
 
 /** Real TLS handshake on loopback: server presents `server`, client trusts `caPem` and presents `client`. */
 async function handshake(server: KeyPairPem, caPem: string, client: KeyPairPem, serverCaPem = caPem): Promise<string> {
@@ -61,4 +62,26 @@ test('agent certificates verify against the CA and work for mutual TLS; another 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('only the controller’s own HTTPS certificate has the server role; agent certificates carry their name; reserved names get none', async () => {
+  const { certPem, keyPem } = await createCaCert('roles');
+  const ca = await caFromPem(certPem, keyPem);
+  const server = new X509Certificate((await ca.issueServerCert(['127.0.0.1'])).certPem);
+  const agent = new X509Certificate((await ca.issueAgentCert('h1', ['127.0.0.1'])).certPem);
+  const named = new X509Certificate((await ca.issue('ferry-server', ['127.0.0.1'])).certPem);
+  assert.ok(server.keyUsage.includes(SERVER_ROLE_OID));
+  assert.ok(!agent.keyUsage.includes(SERVER_ROLE_OID));
+  assert.ok(!named.keyUsage.includes(SERVER_ROLE_OID), 'a CN is not a role');
+  assert.match(agent.subjectAltName ?? '', /DNS:h1/);
+  assert.equal(agent.checkHost('h1'), 'h1');
+  for (const name of RESERVED_HOST_NAMES) {
+    await assert.rejects(ca.issueAgentCert(name, ['127.0.0.1']), { code: 'FERRY_E_HOST_NAME_RESERVED' });
+  }
+  // What the CLI and the lab check on top of the CA (src/common/identity.ts).
+  const peer = (c: X509Certificate): PeerCertificate => ({ subject: { CN: '' }, subjectaltname: c.subjectAltName, ext_key_usage: c.keyUsage }) as unknown as PeerCertificate;
+  assert.equal(checkControllerIdentity('127.0.0.1', peer(server)), undefined);
+  assert.match(String(checkControllerIdentity('127.0.0.1', peer(named))), /not the controller's HTTPS certificate/);
+  assert.match(String(checkControllerIdentity('127.0.0.1', peer(agent))), /not the controller's HTTPS certificate/);
+  assert.equal(ca.controllerPin, spkiPin(ca.controllerClient.certPem));
 });

@@ -3,21 +3,27 @@
  * first start, it signs the controller's HTTPS certificate, the controller's client certificate for
  * calling agents (CN=ferry-controller), and each agent's certificate when it joins. Everyone pins this
  * CA; nothing trusts the system store.
+ *
+ * Chaining to the CA says "a member of this cluster", not which member: a joined agent holds a CA-signed
+ * certificate too. So the two identities of the controller are told apart by more than their CN
+ * (src/common/identity.ts): its HTTPS certificate carries SERVER_ROLE_OID, which only issueServerCert sets
+ * (clients require it), and agents pin its client certificate's public key, received at join.
  */
 import './reflect-shim.ts';
 import * as x509 from '@peculiar/x509';
 import { X509Certificate as NodeX509, randomBytes, webcrypto } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
+import { CLUSTER_CN, RESERVED_HOST_NAMES, SERVER_ROLE_OID, spkiPin } from '../common/identity.ts';
 
 const crypto = webcrypto as unknown as Crypto;
 x509.cryptoProvider.set(crypto);
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY = 86_400_000;
-export const CONTROLLER_CLIENT_CN = 'ferry-controller';
+export const CONTROLLER_CLIENT_CN = CLUSTER_CN.controller;
 
 export interface KeyPairPem {
   certPem: string;
@@ -30,10 +36,23 @@ export interface ClusterCa {
   readonly fingerprint: string;
   /** Client certificate the controller presents to agents. */
   readonly controllerClient: KeyPairPem;
+  /** `sha256:HEX` of the controller client certificate's public key: what agents pin at join. */
+  readonly controllerPin: string;
   /** Certificate for a server or agent reachable at these names/addresses (serverAuth + clientAuth). */
-  issue(commonName: string, sans: string[], opts?: { days?: number }): Promise<KeyPairPem>;
-  /** An agent's certificate: CN = host name, SAN IP = the agent's address. */
+  issue(commonName: string, sans: string[], opts?: IssueOptions): Promise<KeyPairPem>;
+  /** The controller's own HTTPS certificate (CN ferry-server, SERVER_ROLE_OID): never for anyone else. */
+  issueServerCert(sans: string[]): Promise<KeyPairPem>;
+  /**
+   * An agent's certificate: CN = host name, SAN DNS = the host name (what the migration source checks its
+   * destination against: `tls-hostname`), SAN IP = the agent's address as the controller verified it.
+   */
   issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem>;
+}
+
+export interface IssueOptions {
+  days?: number;
+  /** Adds SERVER_ROLE_OID to the extended key usages; only issueServerCert sets it. */
+  serverRole?: boolean;
 }
 
 const serial = (): string => {
@@ -80,12 +99,20 @@ class Ca implements ClusterCa {
     this.fingerprint = fingerprintOf(caCertPem);
   }
 
-  async issue(commonName: string, sans: string[], opts: { days?: number } = {}): Promise<KeyPairPem> {
+  get controllerPin(): string {
+    return spkiPin(this.controllerClient.certPem);
+  }
+
+  async issue(commonName: string, sans: string[], opts: IssueOptions = {}): Promise<KeyPairPem> {
     const keys = await generate();
     const extensions: x509.Extension[] = [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+      new x509.ExtendedKeyUsageExtension([
+        x509.ExtendedKeyUsage.serverAuth,
+        x509.ExtendedKeyUsage.clientAuth,
+        ...(opts.serverRole === true ? [SERVER_ROLE_OID] : []),
+      ]),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(this.caCert),
     ];
@@ -105,10 +132,16 @@ class Ca implements ClusterCa {
     return { certPem: cert.toString('pem'), keyPem: await keyToPem(keys.privateKey) };
   }
 
-  issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
+  issueServerCert(sans: string[]): Promise<KeyPairPem> {
+    return this.issue(CLUSTER_CN.server, sans, { serverRole: true });
+  }
+
+  async issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
     const bad = ips.filter((ip) => isIP(ip) === 0);
     if (bad.length > 0) throw new FerryError('FERRY_E_BAD_INPUT', `Not IP addresses: ${bad.join(', ')}.`);
-    return this.issue(name, ips);
+    // The join checks this too (with its own error); here it guards every other path to an agent certificate.
+    if (RESERVED_HOST_NAMES.includes(name)) throw new FerryError('FERRY_E_HOST_NAME_RESERVED', `No agent certificate for ${JSON.stringify(name)}.`);
+    return this.issue(name, [name, ...ips]);
   }
 }
 
@@ -147,6 +180,7 @@ const write = (file: string, text: string, mode: number): void => writeFileSync(
  */
 export async function loadOrCreateCa(dir: string): Promise<{ ca: ClusterCa; created: boolean }> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700); // also when it existed already: it holds the CA key
   const f = (n: string): string => join(dir, n);
   let created = false;
   if (!existsSync(f('ca.key'))) {

@@ -117,7 +117,7 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     const port = agent.port;
     await agent.stop();
     const { token } = createJoinToken(ctl.store);
-    const joined = await ctl.hosts.join({ token, name: 'h1', agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1');
+    const joined = await ctl.hosts.join({ token, name: 'h1', agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
     await agent.start({ caCertPem: joined.caCertPem, certPem: joined.certPem, keyPem: joined.keyPem }, port);
     listening = true;
 

@@ -3,7 +3,7 @@
  * host registry (heartbeats), VM service and metrics. The HTTP API (api/) and `ferry server` (server.ts)
  * sit on top; tests can build a Controller without any socket.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentPool } from './agent-client.ts';
 import { loadOrCreateCa, type ClusterCa } from './ca.ts';
@@ -60,6 +60,8 @@ export const ADMIN_TOKEN_FILE = 'admin-token';
 export async function createController(opts: ControllerOptions): Promise<Controller> {
   const log = opts.log ?? (() => {});
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+  // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
+  chmodSync(opts.dataDir, 0o700);
   const { ca, created } = await loadOrCreateCa(join(opts.dataDir, CA_DIR));
   const store = openStore(join(opts.dataDir, STORE_FILE));
   try {

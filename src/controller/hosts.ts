@@ -3,10 +3,11 @@
  * heartbeats (every ~2 s each agent's inventory and VM list; 3 misses → `unreachable`, an answer →
  * `ready`, each transition published), and reconciliation of the `vms` table from what agents report.
  */
+import { isIP } from 'node:net';
 import { FerryError } from '../common/errors.ts';
+import { validateHostName } from '../common/identity.ts';
 import type { HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
-import { validateName } from '../common/units.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { ClusterCa } from './ca.ts';
 import type { EventBus } from './events.ts';
@@ -82,6 +83,15 @@ function parseAgentUrl(text: string): { url: string; ip: string } {
   return { url: `https://${u.host}`, ip };
 }
 
+/** One spelling per address: IPv4-mapped IPv6 (`::ffff:10.0.0.2`, what a dual-stack socket reports) as IPv4. */
+export function canonicalIp(addr: string): string {
+  const a = addr.replace(/^\[|\]$/g, '').toLowerCase();
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/.exec(a);
+  if (mapped) return mapped[1]!;
+  // The URL parser writes IPv6 in its one compressed form.
+  return isIP(a) === 6 ? new URL(`http://[${a}]/`).hostname.replace(/^\[|\]$/g, '') : a;
+}
+
 export class HostRegistry {
   private readonly o: Required<Omit<HostRegistryOptions, 'log'>> & { log: (line: string) => void };
   private readonly misses = new Map<string, number>();
@@ -97,30 +107,46 @@ export class HostRegistry {
     this.o = { intervalMs: 2000, missesToUnreachable: 3, log: () => {}, ...opts };
   }
 
-  /** Registers (or re-registers) a host with a one-time token and issues its certificate. */
-  async join(req: JoinRequest, serverUrl: string): Promise<JoinResponse> {
-    const name = validateName(req.name, 'host name');
+  /**
+   * Registers a new host with a one-time token and issues its certificate. `peerAddress` is the source
+   * address of the join's TCP connection: the certificate's IP must be one the controller saw, not one
+   * the body claims, or a token would buy a certificate for any address. A reserved name or the name of
+   * a host that joined already is refused (a join is no takeover), and so is a mismatched address; none
+   * of these use up the token.
+   */
+  async join(req: JoinRequest, serverUrl: string, peerAddress: string | undefined): Promise<JoinResponse> {
+    const name = validateHostName(req.name);
     const { url, ip } = parseAgentUrl(req.agentUrl);
     const { store } = this.o;
-    // Check first (cheap, no side effect), issue, then use the token and register in one transaction,
-    // so a failure in between neither burns the token nor leaves a host without a certificate.
+    // The token first (a dry run uses nothing up), so that without one nobody learns which names exist.
     consumeJoinToken(store, req.token, name, { dryRun: true });
+    const taken = (): boolean => store.sqlite.prepare('SELECT 1 FROM hosts WHERE name = ?').get(name) !== undefined;
+    if (taken()) {
+      throw new FerryError('FERRY_E_HOST_EXISTS', `A host named ${JSON.stringify(name)} has joined already: a join cannot take it over; choose another name.`);
+    }
+    const seen = peerAddress === undefined ? undefined : canonicalIp(peerAddress);
+    if (seen === undefined || seen !== canonicalIp(ip)) {
+      throw new FerryError(
+        'FERRY_E_JOIN_ADDRESS',
+        `The join came from ${seen ?? 'an unknown address'}, but agentUrl says ${ip}: join from the agent's own address (its certificate carries the address the controller sees).`,
+        { details: { peerAddress: seen ?? null, agentAddress: ip } },
+      );
+    }
+    // Everything was checked without side effects; now issue, then use the token and register in one
+    // transaction, so a failure in between neither burns the token nor leaves a host without a certificate.
     const cert = await this.o.ca.issueAgentCert(name, [ip]);
-    const existed = store.sqlite.transaction(() => {
+    store.sqlite.transaction(() => {
+      // Again inside the transaction: two joins of one name with two tokens must not both win.
+      if (taken()) throw new FerryError('FERRY_E_HOST_EXISTS', `A host named ${JSON.stringify(name)} has joined already.`);
       consumeJoinToken(store, req.token, name);
-      const had = store.sqlite.prepare('SELECT 1 FROM hosts WHERE name = ?').get(name) !== undefined;
       store.sqlite
-        .prepare(
-          `INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, NULL, NULL, ?)
-           ON CONFLICT(name) DO UPDATE SET url = excluded.url, state = 'ready', joined_at = excluded.joined_at`,
-        )
+        .prepare(`INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, NULL, NULL, ?)`)
         .run(name, url, nowIso());
-      return had;
     })();
     this.misses.set(name, 0);
-    this.o.events.publish('host.joined', name, { url, rejoined: existed });
+    this.o.events.publish('host.joined', name, { url });
     this.o.log(`host ${name} joined from ${url}`);
-    return { caCertPem: this.o.ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl };
+    return { caCertPem: this.o.ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl, controllerPin: this.o.ca.controllerPin };
   }
 
   list(): HostJson[] {

@@ -67,8 +67,9 @@ export async function startServer(opts: StartServerOptions): Promise<RunningServ
   });
   let app: App | undefined;
   try {
-    // A fresh server certificate each start: the addresses may have changed, and clients pin the CA.
-    const leaf = await ctl.ca.issue('ferry-server', serverAddresses(host));
+    // A fresh server certificate each start: the addresses may have changed. Clients pin the CA and require
+    // the server role that only issueServerCert sets (src/common/identity.ts), so a new key each start is fine.
+    const leaf = await ctl.ca.issueServerCert(serverAddresses(host));
     app = await buildApp(ctl, { tls: { certPem: `${leaf.certPem.trim()}\n${ctl.ca.caCertPem.trim()}\n`, keyPem: leaf.keyPem } });
     await app.listen({ host, port });
   } catch (err) {

@@ -25,6 +25,7 @@ import { request } from 'node:https';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
+import { checkControllerIdentity } from '../common/identity.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
 import { configPath, writeConfig } from '../cli/config.ts';
 import {
@@ -344,6 +345,7 @@ export function labApi(state: Pick<LabState, 'server'>, path: string, timeoutMs 
     const req = request(url, {
       method: 'GET',
       ca: state.server.caCertPem,
+      checkServerIdentity: checkControllerIdentity,
       agent: false,
       timeout: timeoutMs,
       headers: { authorization: `Bearer ${state.server.adminToken}`, accept: 'application/json' },

@@ -87,8 +87,10 @@ export interface SourceTuning {
 
 export interface TlsParams {
   credsId: string;
-  /** The name the destination's certificate must carry (its migration address). Source only. */
+  /** The name the destination's certificate must carry (its host name; else its migration address). Source only. */
   hostname?: string;
+  /** The `authz-simple` object naming the one source admitted (tls.ts addTlsAuthz). Destination only. */
+  authzId?: string | null;
 }
 
 /** `migrate-set-parameters` for the source. */
@@ -126,6 +128,8 @@ export function sourceParameters(
 /** `migrate-set-parameters` for the destination: only what must match the source. */
 export function destinationParameters(caps: MigrationCapabilities, tls: TlsParams | null): Record<string, unknown> {
   const p: Record<string, unknown> = { 'tls-creds': tls?.credsId ?? '' };
+  // Set only when there is one: the destination QEMU is fresh, and an empty string is not "none" everywhere.
+  if (tls?.authzId) p['tls-authz'] = tls.authzId;
   if (caps.multifd > 0) p['multifd-channels'] = caps.multifd;
   return p;
 }

@@ -16,7 +16,7 @@ import { capabilityList, destinationParameters, negotiateCapabilities, validateC
 import { emptyView } from './perform.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { exportDisks } from './storage.ts';
-import { addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
+import { addTlsAuthz, addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
 import type { PrepareRequest, PrepareResponse } from './types.ts';
 
 export interface PrepareOptions {
@@ -96,17 +96,19 @@ export async function prepare(o: PrepareOptions): Promise<Prepared> {
     const supported = (await qmp.execute('query-migrate-capabilities')).map((c) => c.capability);
     await qmp.execute('migrate-set-capabilities', { capabilities: negotiateCapabilities(capabilityList(caps, 'destination'), supported) });
     let credsId: string | null = null;
+    let authzId: string | null = null; // admits only the source host's certificate (tls.ts)
     if (tls && o.identity !== null) {
       const dir = await writeQemuTlsDir(join(vm.runDir, 'migration-tls'), o.identity);
       credsId = await addTlsCreds(qmp, 'server', dir);
+      authzId = await addTlsAuthz(qmp, r.tlsPeer);
     }
-    await qmp.execute('migrate-set-parameters', destinationParameters(caps, credsId === null ? null : { credsId }));
+    await qmp.execute('migrate-set-parameters', destinationParameters(caps, credsId === null ? null : { credsId, authzId }));
     const copied = r.storage === 'copy' ? spec.disks.filter((d) => !d.shared).map((d) => d.id) : [];
     let nbd: PrepareResponse['nbd'] = null;
     if (copied.length > 0) {
       // QEMU waits paused (-S) until finish, so the guest cannot run before the source's last mirrored
       // writes arrived (see storage.ts).
-      nbd = await exportDisks(qmp, { host, diskIds: copied, tlsCredsId: credsId });
+      nbd = await exportDisks(qmp, { host, diskIds: copied, tlsCredsId: credsId, tlsAuthzId: authzId });
     }
     await qmp.execute('migrate-incoming', { uri: tcpUri(host, 0) });
     const uri = tcpUri(host, await incomingPort(qmp));

@@ -44,7 +44,7 @@ export async function freePort(host: string): Promise<number> {
 /** Starts the NBD server on the migration address and exports each disk writable under its disk id. */
 export async function exportDisks(
   qmp: QmpClient,
-  opts: { host: string; diskIds: readonly string[]; tlsCredsId: string | null },
+  opts: { host: string; diskIds: readonly string[]; tlsCredsId: string | null; tlsAuthzId?: string | null },
 ): Promise<NbdTarget> {
   // Safe to repeat: a retried prepare on the same QEMU starts over.
   await qmp.execute('nbd-server-stop').catch(() => undefined);
@@ -52,6 +52,8 @@ export async function exportDisks(
   await qmp.execute('nbd-server-start', {
     addr: { type: 'inet', data: { host: opts.host, port: String(port) } },
     ...(opts.tlsCredsId === null ? {} : { 'tls-creds': opts.tlsCredsId }),
+    // The disks take writes from the one source the controller chose, as the migration stream does (tls.ts).
+    ...(opts.tlsCredsId === null || !opts.tlsAuthzId ? {} : { 'tls-authz': opts.tlsAuthzId }),
   });
   const exports: Record<string, string> = {};
   for (const id of opts.diskIds) {

@@ -3,10 +3,19 @@
  * cluster identity. The agent's certificate carries both serverAuth and clientAuth, so the same pair serves
  * QEMU as server (destination) and as client (source); the cluster CA verifies the peer on both ends, so a
  * QEMU outside the cluster can neither send a guest nor receive one.
+ *
+ * The CA alone says "some host of this cluster", so each end also checks it talks to the host the controller
+ * chose: the source sets `tls-hostname` to the destination's host name (agent certificates carry it as a
+ * DNS SAN, ca.ts), and the destination admits only the source's certificate through `tls-authz`, an
+ * `authz-simple` object holding the source's distinguished name, for the migration stream and the NBD
+ * exports alike. QEMU checks `tls-authz` only on the server side, and `tls-hostname` only on the client
+ * side, hence one check per direction. Host names are unique and a join cannot take one over
+ * (controller/hosts.ts), so a name is an identity.
  */
 import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
+import { validateName } from '../common/units.ts';
 import type { ObjectOptionsTlsCredsX509 } from '../qemu/qmp-types.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 
@@ -21,6 +30,37 @@ export type TlsEndpoint = 'server' | 'client';
 
 /** QOM ids of the credentials objects Ferry adds to a QEMU for a migration. */
 export const TLS_OBJECT_ID: Record<TlsEndpoint, string> = { server: 'ferry-tls-server', client: 'ferry-tls-client' };
+/** QOM id of the destination's authorization object (the one peer it admits). */
+export const TLS_AUTHZ_ID = 'ferry-tls-peer';
+
+/**
+ * The distinguished name QEMU sees for a host's certificate: GnuTLS's RFC 4514 form of its subject, which
+ * ca.ts writes as the CN alone. Host names match [a-z0-9-], so nothing needs escaping.
+ */
+export function hostDistinguishedName(host: string): string {
+  return `CN=${validateName(host, 'TLS peer host name')}`;
+}
+
+export function tlsAuthzObject(peerHost: string): { 'qom-type': 'authz-simple'; id: string; identity: string } {
+  return { 'qom-type': 'authz-simple', id: TLS_AUTHZ_ID, identity: hostDistinguishedName(peerHost) };
+}
+
+/**
+ * On the destination: admits only `peerHost`'s certificate (QEMU refuses any other in the TLS handshake).
+ * Returns the object's id for `tls-authz`, or null when no peer was named (an older controller: the CA
+ * check alone, as before).
+ */
+export async function addTlsAuthz(qmp: QmpClient, peerHost: string | undefined): Promise<string | null> {
+  if (peerHost === undefined) return null;
+  const obj = tlsAuthzObject(peerHost);
+  await qmp.execute('object-del', { id: obj.id }).catch(() => undefined);
+  try {
+    await qmp.execute('object-add', obj);
+  } catch (err) {
+    throw new FerryError('FERRY_E_TLS', `QEMU refused the TLS authorization for ${obj.identity}: ${(err as Error).message}`, { cause: err });
+  }
+  return obj.id;
+}
 
 /**
  * Writes QEMU's x509 directory layout into `dir` (created 0700; keys 0600): `ca-cert.pem`, and the agent's

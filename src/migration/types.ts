@@ -27,6 +27,11 @@ export interface PrepareRequest {
   tls?: boolean;
   storage: StorageCopy;
   capabilities?: Partial<MigrationCapabilities>;
+  /**
+   * The source's host name: with TLS, the destination admits only its certificate (QEMU `tls-authz`, see
+   * tls.ts). Absent (an older controller): any certificate of the cluster CA, as before.
+   */
+  tlsPeer?: string;
 }
 
 export interface PrepareResponse {
@@ -45,7 +50,10 @@ export interface PerformRequest {
   uri: string;
   nbd?: NbdTarget | null;
   tls?: boolean;
-  /** Defaults to the host of `uri`. */
+  /**
+   * The name the destination's certificate must carry: the controller sends the destination's host name
+   * (agent certificates carry it as a DNS SAN). Defaults to the host of `uri`.
+   */
   tlsHostname?: string | null;
   storage: StorageCopy;
   capabilities?: Partial<MigrationCapabilities>;

@@ -13,13 +13,15 @@ function bareArgv(runDir: string): string[] {
     '-qmp', `unix:${f.qmpSocket},server=on,wait=off`, '-pidfile', f.pidfile];
 }
 
-test('launch, 0600 socket, pidfile, attach after the first client left, quit = QMP closed + process gone', async () => {
+test('launch, 0600 sockets, pidfile, attach after the first client left, quit = QMP closed + process gone', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ferry-proc-'));
   let h: QemuHandle | undefined;
   try {
-    h = await launchQemu(bareArgv(dir), { runDir: dir });
+    const g = runFiles(dir).guestSocket;
+    h = await launchQemu([...bareArgv(dir), '-chardev', `socket,id=guest0,path=${g},server=on,wait=off`], { runDir: dir });
     const f = runFiles(dir);
     assert.equal((await stat(f.qmpSocket)).mode & 0o777, 0o600);
+    assert.equal((await stat(f.guestSocket)).mode & 0o777, 0o600);
     assert.equal(await readPidfile(f.pidfile), h.pid);
     assert.ok(isOurQemu(h.pid, f.qmpSocket));
     assert.ok(!isOurQemu(h.pid, join(dir, 'other.sock')));

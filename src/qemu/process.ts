@@ -89,7 +89,8 @@ export interface LaunchOptions {
 
 /**
  * Starts QEMU with `argv` (built by buildQemuArgv with this run dir's files) and returns once QMP answers.
- * The QMP socket is made 0600 (the run dir is 0700 as well, which closes the window before the chmod).
+ * The QMP socket and the guest channel's socket are made 0600 (the run dir is 0700 as well, which closes
+ * the window before the chmod): whoever connects to either drives the VM.
  */
 export async function launchQemu(argv: readonly string[], opts: LaunchOptions): Promise<QemuHandle> {
   const files = runFiles(opts.runDir);
@@ -140,6 +141,10 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
     return fail(exited ?? `QMP did not answer within ${timeoutMs} ms`, err);
   }
   await chmod(files.qmpSocket, 0o600);
+  // QEMU creates its listening chardevs before the monitor answers; a VM without the guest channel has none.
+  await chmod(files.guestSocket, 0o600).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
   return { pid, qmp, child: true };
 }
 

@@ -2,8 +2,8 @@
  * The agent as a real process (`ferry agent`) with a real VM: create it over mutual TLS, SIGKILL the agent,
  * start another with the same data dir, and find the same QEMU and the same guest boot. Then SIGTERM: the
  * agent exits 0 and the VM still runs; a QEMU that died meanwhile is reported stopped. Certificates are
- * pre-placed in the data dir (what a join leaves), so no controller is needed; the join itself is covered
- * in src/agent/identity.test.ts.
+ * pre-placed in the data dir (what a join leaves, the controller's pin included), so no controller is
+ * needed; the join itself is covered in src/agent/identity.test.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -102,6 +102,7 @@ test('VMs outlive the agent: SIGKILL, restart, same QEMU and same boot; SIGTERM 
   const mine = await ca.issueAgentCert('h1', ['127.0.0.1']);
   await writeFile(join(dataDir, 'ca.pem'), ca.caCertPem, { mode: 0o600 });
   await writeFile(join(dataDir, 'key.pem'), mine.keyPem, { mode: 0o600 });
+  await writeFile(join(dataDir, 'controller.pin'), `${ca.controllerPin}\n`, { mode: 0o600 });
   await writeFile(join(dataDir, 'cert.pem'), mine.certPem, { mode: 0o600 });
 
   const agents: Agent[] = [];

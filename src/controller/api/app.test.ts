@@ -126,6 +126,36 @@ test('join tokens are single-use; the join issues a certificate and registers th
   });
 });
 
+test('join refuses the controller’s own names, an existing host and an address it did not see, and keeps the token', async () => {
+  await withApp(async ({ ctl, app, auth }) => {
+    const join1 = async (payload: Record<string, unknown>, remoteAddress = '127.0.0.1'): Promise<{ status: number; code: unknown; cert: boolean }> => {
+      const r = await app.inject({ method: 'POST', url: '/api/v1/join', payload, remoteAddress });
+      const b = r.json() as { error?: { code?: unknown }; certPem?: unknown };
+      return { status: r.statusCode, code: b.error?.code, cert: typeof b.certPem === 'string' };
+    };
+    const newToken = async (): Promise<string> =>
+      ((await app.inject({ method: 'POST', url: '/api/v1/join-tokens', headers: auth })).json() as { token: string }).token;
+    const token = await newToken();
+    const base = { token, agentUrl: 'https://127.0.0.1:9443' };
+    assert.deepEqual(await join1({ ...base, name: 'ferry-controller' }), { status: 403, code: 'FERRY_E_HOST_NAME_RESERVED', cert: false });
+    assert.deepEqual(await join1({ ...base, name: 'ferry-server' }), { status: 403, code: 'FERRY_E_HOST_NAME_RESERVED', cert: false });
+    assert.equal((await join1({ ...base, name: 'Ferry Server' })).status, 400);
+    // The body's address is not the connection's: no certificate for an address the controller did not see.
+    assert.deepEqual(await join1({ ...base, name: 'h1' }, '10.9.9.9'), { status: 403, code: 'FERRY_E_JOIN_ADDRESS', cert: false });
+    // A dual-stack socket reports IPv4 as ::ffff:a.b.c.d: that is the same address.
+    assert.deepEqual(await join1({ ...base, name: 'h1' }, '::ffff:127.0.0.1'), { status: 200, code: undefined, cert: true });
+    // None of the refusals used the token up: the last join did.
+    assert.equal((await join1({ ...base, name: 'h2' })).code, 'FERRY_E_JOIN_TOKEN');
+    const other = await newToken();
+    assert.deepEqual(await join1({ token: other, agentUrl: 'https://127.0.0.1:9444', name: 'h1' }), { status: 409, code: 'FERRY_E_HOST_EXISTS', cert: false });
+    assert.equal(ctl.hosts.get('h1').url, 'https://127.0.0.1:9443', 'the existing host was not taken over');
+    assert.deepEqual(ctl.hosts.list().map((h) => h.name), ['h1']);
+    assert.equal((await join1({ token: other, agentUrl: 'https://127.0.0.1:9444', name: 'h2' })).status, 200);
+    // Without a valid token nothing tells whether a name exists.
+    assert.equal((await join1({ token: other, agentUrl: 'https://127.0.0.1:9445', name: 'h1' })).code, 'FERRY_E_JOIN_TOKEN');
+  });
+});
+
 test('the OpenAPI document lists the routes; metrics are exposed', async () => {
   await withApp(async ({ app, auth }) => {
     const res = await app.inject({ method: 'GET', url: '/api/v1/openapi.json', headers: auth });

@@ -38,6 +38,7 @@ export const JoinReply = Type.Object({
   certPem: Type.String(),
   keyPem: Type.String(),
   serverUrl: Type.String(),
+  controllerPin: Type.String({ description: "sha256:HEX of the controller client certificate's public key; the agent accepts no other caller" }),
 });
 
 export const CreateVm = Type.Object(

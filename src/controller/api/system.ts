@@ -30,11 +30,12 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
         summary: "An agent joins with a one-time token and receives its certificate; public (the token is the credential)",
         security: [],
         body: JoinRequest,
-        response: { 200: JoinReply, 401: ErrorBody },
+        response: { 200: JoinReply, 401: ErrorBody, 403: ErrorBody, 409: ErrorBody },
       },
     },
-    // The agent reached us at this address, so it is the one to hand back.
-    async (req) => ctl.hosts.join(req.body, `https://${req.host}`),
+    // The agent reached us at this address, so it is the one to hand back. The socket's own remote address
+    // (never a forwarded header: no proxy is trusted) is what the agent's certificate may carry.
+    async (req) => ctl.hosts.join(req.body, `https://${req.host}`, req.socket.remoteAddress),
   );
 
   app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -257,7 +257,8 @@ export class MigrationOrchestrator {
       const prep = await dst.client.call<PrepareResponse>(
         'POST',
         `${BASE}/${id}/prepare`,
-        { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities },
+        // tlsPeer: the destination admits only the source host's certificate (src/migration/tls.ts).
+        { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source },
         { timeoutMs: 90_000 },
       );
       this.jobs.update(id, { prepared: prep });
@@ -273,7 +274,8 @@ export class MigrationOrchestrator {
           uri: prep.uri,
           nbd: prep.nbd,
           tls: job.policy.tls,
-          tlsHostname: prep.tlsHostname,
+          // The host the controller chose, not a name the destination reported (src/migration/tls.ts).
+          tlsHostname: job.destination,
           storage,
           capabilities,
           bandwidthBytesPerSec: job.policy.bandwidthBytesPerSec,

@@ -5,6 +5,7 @@
  */
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database } from 'better-sqlite3';
+import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import { Kysely, SqliteDialect, type Generated } from 'kysely';
 import { FerryError } from '../../common/errors.ts';
 import { MIGRATIONS, type Migration } from './migrations.ts';
@@ -117,12 +118,24 @@ export function migrate(sqlite: Database, migrations: readonly Migration[] = MIG
   return applied;
 }
 
+/** The store holds token hashes and the whole cluster's state: the file and its WAL and SHM are 0600. */
+export const STORE_FILE_MODE = 0o600;
+
+function restrictStoreFiles(file: string): void {
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) if (existsSync(f)) chmodSync(f, STORE_FILE_MODE);
+}
+
 export function openStore(file: string): Store {
+  // SQLite creates the WAL and SHM files with the database file's own mode, so the file is made 0600
+  // before SQLite opens it; a store created by an older Ferry (0644 under the usual umask) is fixed too.
+  closeSync(openSync(file, 'a', STORE_FILE_MODE));
+  restrictStoreFiles(file);
   const sqlite = new BetterSqlite3(file);
   sqlite.pragma('journal_mode = WAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   const applied = migrate(sqlite);
+  restrictStoreFiles(file); // the WAL and SHM files exist from here on
   const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
   return {
     db,
