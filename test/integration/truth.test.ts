@@ -169,6 +169,7 @@ describe('the truth rule: never lost, never twice', { timeout: 600_000 }, () => 
     }
     const end = await h.waitFinal(m.id, 180_000);
     assert.equal(end.state, 'completed', JSON.stringify(end));
+    assert.ok(end.escalations.some((e) => e.step.kind === 'postcopy-recover'), `recovered, not carried by TCP retransmits: ${JSON.stringify(end.escalations)}`);
     measured.push(`post-copy, link cut 10 s: ${end.state} after ${end.totalMs} ms`);
     await assertRunsOnlyOn(dst, bootId, 'post-copy link cut');
   });
