@@ -25,7 +25,7 @@ import { KeyedMutex } from './mutex.ts';
 import { ensureTaps, removeTaps } from './network.ts';
 import { runFiles } from '../qemu/process.ts';
 import { LocalVm, vmsDir } from './vm.ts';
-import { loadRecord, RUN_DIR_RECORD } from '../migration/record.ts';
+import { loadRecord, RUN_DIR_RECORD } from './migration/record.ts';
 
 /** What the HTTP layer needs from a host; AgentHost is the one implementation. */
 export interface VmHost {

@@ -21,7 +21,7 @@ import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
-import { withMigrationRoutes } from './migrations.ts';
+import { withMigrationRoutes } from './migration/routes.ts';
 
 /** How much of a serial log the console route returns. */
 export const CONSOLE_TAIL_BYTES = 64 * 1024;

@@ -12,7 +12,7 @@ import { migrationFigures, type MigrationJson } from '../common/migration.ts';
 import type { HostJson } from '../controller/hosts.ts';
 import { ApiClient, enc } from '../cli/client.ts';
 import { labDown, labUp } from '../lab/index.ts';
-import { isFinal } from '../migration/states.ts';
+import { isFinal } from '../common/states.ts';
 import {
   BENCH_RESULT_VERSION,
   fmtMs,

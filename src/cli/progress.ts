@@ -5,7 +5,7 @@
 import cliProgress from 'cli-progress';
 import type { MigrationJson } from '../common/migration.ts';
 import { formatBytes, formatDuration } from '../common/units.ts';
-import { isFinal } from '../migration/states.ts';
+import { isFinal } from '../common/states.ts';
 
 const MiB = 1024 * 1024;
 

@@ -2,8 +2,8 @@
  * A migration as the API and the CLI show it (`GET /api/v1/migrations/:id`, `ferry migration show --json`).
  * Field names are a contract for scripts and the web console: add fields, never rename them.
  */
-import type { MigrationMode, MigrationPhase, MigrationState } from '../migration/states.ts';
-import type { MigrationPolicy, Escalation } from '../migration/policy.ts';
+import type { MigrationMode, MigrationPhase, MigrationState } from './states.ts';
+import type { MigrationPolicy, Escalation } from './policy.ts';
 
 export interface MigrationProgress {
   /** 0–100, over memory and (when copied) disks. */

@@ -9,7 +9,7 @@
 import { FerryError } from '../common/errors.ts';
 import { parseDuration, validateName } from '../common/units.ts';
 import type { MigrationJson } from '../common/migration.ts';
-import { isFinal } from '../migration/states.ts';
+import { isFinal } from '../common/states.ts';
 import type { EventBus } from './events.ts';
 import type { MigrationOrchestrator } from './migrations/orchestrator.ts';
 import type { Store } from './store/db.ts';

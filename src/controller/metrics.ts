@@ -4,7 +4,7 @@
  */
 import { Counter, Gauge, Registry } from 'prom-client';
 import { HOST_STATES, VM_STATES } from '../common/protocol.ts';
-import { MIGRATION_STATES } from '../migration/states.ts';
+import { MIGRATION_STATES } from '../common/states.ts';
 import type { Store } from './store/db.ts';
 
 export interface ControllerMetrics {

@@ -13,10 +13,10 @@ import { join } from 'node:path';
 import { defaultVmSpec, MIB } from '../../src/common/spec.ts';
 import { LocalVm } from '../../src/agent/vm.ts';
 import type { GuestChannel } from '../../src/guest/client.ts';
-import { prepare } from '../../src/migration/prepare.ts';
-import { sourceVmOf, startPerform } from '../../src/migration/perform.ts';
-import { finish } from '../../src/migration/finish.ts';
-import { confirm } from '../../src/migration/confirm.ts';
+import { prepare } from '../../src/agent/migration/prepare.ts';
+import { sourceVmOf, startPerform } from '../../src/agent/migration/perform.ts';
+import { finish } from '../../src/agent/migration/finish.ts';
+import { confirm } from '../../src/agent/migration/confirm.ts';
 
 /** What "answers at once" means here: well under the 10 s a lost reply costs, with room for a busy CI. */
 const ANSWER_WITHIN_MS = 2000;

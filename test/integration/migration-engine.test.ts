@@ -18,12 +18,12 @@ import { LocalVm } from '../../src/agent/vm.ts';
 import type { GuestChannel } from '../../src/guest/client.ts';
 import { caFromPem, createCaCert } from '../../src/controller/ca.ts';
 import { processGone } from '../../src/qemu/process.ts';
-import { prepare, type Prepared } from '../../src/migration/prepare.ts';
-import { sourceVmOf, startPerform } from '../../src/migration/perform.ts';
-import { finish } from '../../src/migration/finish.ts';
-import { confirm } from '../../src/migration/confirm.ts';
-import type { TlsIdentity } from '../../src/migration/tls.ts';
-import { openColdFile, performCold, prepareCold, receiveColdFile } from '../../src/migration/cold.ts';
+import { prepare, type Prepared } from '../../src/agent/migration/prepare.ts';
+import { sourceVmOf, startPerform } from '../../src/agent/migration/perform.ts';
+import { finish } from '../../src/agent/migration/finish.ts';
+import { confirm } from '../../src/agent/migration/confirm.ts';
+import type { TlsIdentity } from '../../src/agent/migration/tls.ts';
+import { openColdFile, performCold, prepareCold, receiveColdFile } from '../../src/agent/migration/cold.ts';
 
 let base = '';
 let srcDir = '';

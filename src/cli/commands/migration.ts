@@ -10,7 +10,7 @@ import { formatDuration } from '../../common/units.ts';
 import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
 import { action, type Outcome } from '../output.ts';
 import { summaryLines, watchMigration } from '../progress.ts';
-import { resolvePolicy } from '../../migration/policy.ts';
+import { resolvePolicy } from '../../common/policy.ts';
 
 interface MigrateFlags extends ClusterFlags {
   to?: string;

@@ -3,8 +3,8 @@ import Type from 'typebox';
 import type { Controller } from '../controller.ts';
 import type { App } from './app.ts';
 import { Name, NameParams } from './schemas.ts';
-import { MIGRATION_MODES } from '../../migration/states.ts';
-import { POSTCOPY_MODES, STORAGE_MODES } from '../../migration/policy.ts';
+import { MIGRATION_MODES } from '../../common/states.ts';
+import { POSTCOPY_MODES, STORAGE_MODES } from '../../common/policy.ts';
 
 const Duration = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)?\\s*$', maxLength: 32 }), Type.Number({ minimum: 0 })]);
 

@@ -4,7 +4,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { migrate } from '../store/db.ts';
 import { MIGRATIONS } from '../store/migrations.ts';
 import { JobStore } from './jobs.ts';
-import { DEFAULT_POLICY } from '../../migration/policy.ts';
+import { DEFAULT_POLICY } from '../../common/policy.ts';
 import { FerryError } from '../../common/errors.ts';
 
 function store(): { jobs: JobStore; events: string[] } {

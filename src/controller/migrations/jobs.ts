@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { Database } from 'better-sqlite3';
 import { FerryError } from '../../common/errors.ts';
 import type { EscalationRecord, MigrationJson, MigrationProgress } from '../../common/migration.ts';
-import type { MigrationPolicy } from '../../migration/policy.ts';
+import type { MigrationPolicy } from '../../common/policy.ts';
 import {
   ACTIVE_STATES,
   canTransition,
@@ -16,7 +16,7 @@ import {
   type MigrationMode,
   type MigrationPhase,
   type MigrationState,
-} from '../../migration/states.ts';
+} from '../../common/states.ts';
 
 interface Row {
   id: string;

@@ -6,7 +6,7 @@
  * call succeeded or the agent said there is nothing left to do.
  */
 import type { Database } from 'better-sqlite3';
-import type { DiscardReceipt } from '../../migration/receipt.ts';
+import type { DiscardReceipt } from '../../common/agent-migration.ts';
 
 export const PENDING_ACTIONS = ['discard', 'confirm', 'resume'] as const;
 export type PendingAction = (typeof PENDING_ACTIONS)[number];

@@ -1,6 +1,6 @@
 /** Schema migration 2: the migration jobs table. At most one active job per VM is enforced by the store itself. */
 import type { Migration } from '../store/migrations.ts';
-import { ACTIVE_STATES } from '../../migration/states.ts';
+import { ACTIVE_STATES } from '../../common/states.ts';
 
 export const MIGRATION_JOBS_SCHEMA: Migration = {
   version: 2,

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { emptyView } from '../../migration/perform.ts';
-import { ACTIVE_STATES, type MigrationState } from '../../migration/states.ts';
-import type { AgentMigrationView, AgentStage } from '../../migration/types.ts';
+import { emptyView } from '../../common/agent-migration.ts';
+import { ACTIVE_STATES, type MigrationState } from '../../common/states.ts';
+import type { AgentMigrationView, AgentStage } from '../../common/agent-migration.ts';
 import { decide, type SideFacts, type Verdict } from './truth.ts';
 
 function view(role: 'source' | 'destination', stage: AgentStage, more: Partial<AgentMigrationView> = {}): AgentMigrationView {

@@ -15,8 +15,8 @@
  *    the stream may still be arriving.
  * 6. A source still migrating: go on (recovery) or stop it (abort); it failed or was cancelled: back.
  */
-import type { AgentMigrationView } from '../../migration/types.ts';
-import type { AwaitingState, MigrationState } from '../../migration/states.ts';
+import type { AgentMigrationView } from '../../common/agent-migration.ts';
+import type { AwaitingState, MigrationState } from '../../common/states.ts';
 
 /** What one agent says about the migration: `reachable: false` when it did not answer at all. */
 export interface SideFacts {

@@ -4,7 +4,7 @@
  * it end at all. The ETA is honest: a guest that dirties memory as fast as the link sends it never
  * converges, and then there is no ETA, only `converges: false`.
  */
-import type { MigrationProgress } from '../common/migration.ts';
+import type { MigrationProgress } from './migration.ts';
 
 /** The parts of QEMU's `query-migrate` answer the model reads (QEMU 7.2 and 10.x; all optional). */
 export interface QueryMigrateInfo {

@@ -3,15 +3,45 @@
  * (src/agent/migrations.ts): request bodies, responses, and the agent's view of one migration. The agent
  * keeps its side of a migration in a small versioned record file, so these types are also on disk.
  */
-import type { VmSpec } from '../common/spec.ts';
-import type { MigrationProgress } from '../common/migration.ts';
-import type { MigrationCapabilities } from './capabilities.ts';
-import type { NbdTarget } from './storage.ts';
+import type { VmSpec } from './spec.ts';
+import type { MigrationProgress } from './migration.ts';
 import type { Prediction } from './progress.ts';
-import type { DiscardReceipt } from './receipt.ts';
 
-export type { MigrationCapabilities } from './capabilities.ts';
-export type { NbdTarget } from './storage.ts';
+/** The QEMU migration switches a migration asks for; both sides set those that must match. */
+export interface MigrationCapabilities {
+  /** `postcopy-ram`: allows switching to post-copy later (needs userfaultfd on the destination: root). */
+  postcopy: boolean;
+  /** multifd channels; 0 = one stream. */
+  multifd: number;
+  /** XOR-delta compression of re-sent pages. */
+  xbzrle: boolean;
+  /** Throttle the guest's vCPUs when it dirties faster than we send (source only). */
+  autoConverge: boolean;
+}
+
+/** Where the destination exports the disks of a storage migration over NBD. */
+export interface NbdTarget {
+  host: string;
+  port: number;
+  /** Disk id → NBD export name. */
+  exports: Record<string, string>;
+}
+
+/**
+ * The destination's signed word that it destroyed its copy of a guest (src/agent/migration/receipt.ts
+ * signs and checks it): the only thing that lets a source whose QEMU completed resume its own copy.
+ */
+export interface DiscardReceipt {
+  version: 1;
+  migration: string;
+  vm: string;
+  /** The destination host: the CN of the certificate that signed. */
+  host: string;
+  at: string;
+  /** base64 signature over `payload()`; empty when the destination has no cluster identity (tests). */
+  signature: string;
+  certPem: string;
+}
 
 export type StorageCopy = 'shared' | 'copy';
 
@@ -169,4 +199,43 @@ export interface ColdManifest {
   vm: string;
   mode: ColdMode;
   files: ColdFile[];
+}
+
+/** A view with no figures yet, as an agent starts its side of a migration. */
+export function emptyView(p: {
+  id: string;
+  role: 'source' | 'destination';
+  vm: string;
+  stage: AgentStage;
+  storage: StorageCopy;
+  tls: boolean;
+  uri: string | null;
+}): AgentMigrationView {
+  const t = new Date().toISOString();
+  return {
+    protocol: 1,
+    ...p,
+    qemuStatus: null,
+    runState: null,
+    startedAt: t,
+    updatedAt: t,
+    finishedAt: null,
+    totalMs: null,
+    downtimeMs: null,
+    setupMs: null,
+    expectedDowntimeMs: null,
+    transferredBytes: null,
+    remainingBytes: null,
+    memoryBytes: null,
+    iterations: null,
+    dirtyRateBytesPerSec: null,
+    mbps: null,
+    downtimeLimitMs: null,
+    bandwidthBytesPerSec: null,
+    postcopyStarted: false,
+    progress: null,
+    prediction: null,
+    mirror: null,
+    error: null,
+  };
 }

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_POLICY, nextEscalation, parseBandwidth, resolvePolicy, type ConvergenceView } from './policy.ts';
-import { FerryError } from '../common/errors.ts';
+import { DEFAULT_POLICY, parseBandwidth, resolvePolicy } from '../../common/policy.ts';
+import { nextEscalation, type ConvergenceView } from './escalation.ts';
+import { FerryError } from '../../common/errors.ts';
 
 const view = (over: Partial<ConvergenceView>): ConvergenceView => ({
   elapsedMs: 5000,

@@ -7,8 +7,8 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { FerryError } from '../common/errors.ts';
-import { MIGRATION_ID_RE, type AgentMigrationView, type ColdManifest, type PerformRequest, type PrepareResponse } from './types.ts';
+import { FerryError } from '../../common/errors.ts';
+import { MIGRATION_ID_RE, type AgentMigrationView, type ColdManifest, type PerformRequest, type PrepareResponse } from '../../common/agent-migration.ts';
 
 export const RECORD_VERSION = 1;
 export const RUN_DIR_RECORD = 'migration.json';

@@ -13,17 +13,17 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError } from '../common/errors.ts';
-import { parseVmSpec, type VmSpec } from '../common/spec.ts';
-import { LocalVm } from '../agent/vm.ts';
-import type { Accel } from '../qemu/argv.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
+import { FerryError } from '../../common/errors.ts';
+import { parseVmSpec, type VmSpec } from '../../common/spec.ts';
+import { LocalVm } from '../vm.ts';
+import type { Accel } from '../../qemu/argv.ts';
+import type { QmpClient } from '../../qemu/qmp.ts';
 import { UNLIMITED_BANDWIDTH } from './capabilities.ts';
-import { emptyView } from './perform.ts';
+import { emptyView } from '../../common/agent-migration.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
-import type { AgentMigrationView, ColdFile, ColdManifest, ColdMode } from './types.ts';
+import type { AgentMigrationView, ColdFile, ColdManifest, ColdMode } from '../../common/agent-migration.ts';
 
-export type { ColdFile, ColdManifest, ColdMode } from './types.ts';
+export type { ColdFile, ColdManifest, ColdMode } from '../../common/agent-migration.ts';
 /** The saved device and memory state travels as one more file. */
 export const STATE_FILE = 'state';
 export const SHA256_HEADER = 'x-ferry-sha256';

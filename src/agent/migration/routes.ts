@@ -3,30 +3,60 @@
  * the rest of the agent): the agent's half of each phase — prepare (destination), perform (source, runs in
  * the background), finish (destination), confirm (source) — plus progress, cancel, post-copy and tuning.
  * Which VM a migration acts on comes from the agent's own record of it, never again from the caller, so a
- * retried or late call cannot hit another VM. See src/migration/index.ts for the phases.
+ * retried or late call cannot hit another VM.
+ *
+ * The migration engine, agent side: one file per concern in this folder, named after the phase or the thing
+ * it owns.
+ *
+ * ```mermaid
+ * sequenceDiagram
+ *   participant C as controller
+ *   participant S as source agent
+ *   participant D as destination agent
+ *   C->>S: begin (GET /vms/:name: spec)
+ *   C->>D: prepare: QEMU -S -incoming defer, capabilities, TLS creds, NBD exports, migrate-incoming
+ *   D-->>C: {uri, nbd, tlsHostname}
+ *   C->>S: perform: capabilities, parameters, mirrors until READY, migrate (background)
+ *   loop every ~150 ms
+ *     S->>S: query-migrate → progress model, stall watchdog
+ *     C->>S: GET /migrations/:id (escalate: tune, postcopy, cancel)
+ *   end
+ *   C->>D: finish {success}: cont, nbd-server-stop, announce-self | kill + remove + signed discard receipt
+ *   C->>S: confirm {success}: quit + remove | cont (after completed: only with the receipt)
+ * ```
+ *
+ * - prepare.ts (destination), perform.ts (source), finish.ts (destination), confirm.ts (source)
+ * - postcopy.ts: recovery of a post-copy whose stream broke (destination half; the source half is in perform.ts)
+ * - receipt.ts: the destination's signed discard receipt, which a source that completed needs to resume
+ * - capabilities.ts: which switches each side sets; storage.ts: NBD exports and disk mirrors
+ * - tls.ts: QEMU x509 credentials from the agent's identity
+ * - cold.ts: stop/save, checksummed disk streams, start on the destination
+ * - record.ts: the agent's per-migration record (survives agent restarts)
+ * The wire contract is src/common/agent-migration.ts; the progress model src/common/progress.ts; the job
+ * states, policy and truth rule live with the controller (src/common/states.ts, src/controller/migrations/).
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { FerryError } from '../common/errors.ts';
-import { parseVmSpec, type VmSpec } from '../common/spec.ts';
-import { validateName } from '../common/units.ts';
-import type { Accel } from '../qemu/argv.ts';
+import { FerryError } from '../../common/errors.ts';
+import { parseVmSpec, type VmSpec } from '../../common/spec.ts';
+import { validateName } from '../../common/units.ts';
+import type { Accel } from '../../qemu/argv.ts';
 import { Readable } from 'node:stream';
-import { openColdFile, performCold, prepareCold, receiveColdFile, SHA256_HEADER } from '../migration/cold.ts';
-import { confirm } from '../migration/confirm.ts';
-import { finish } from '../migration/finish.ts';
-import { sourceVmOf, startPerform, type SourceMigration } from '../migration/perform.ts';
-import { recoverIncoming } from '../migration/postcopy.ts';
-import { prepare } from '../migration/prepare.ts';
-import { loadRecord, validateMigrationId } from '../migration/record.ts';
-import type { TlsIdentity } from '../migration/tls.ts';
+import { openColdFile, performCold, prepareCold, receiveColdFile, SHA256_HEADER } from './cold.ts';
+import { confirm } from './confirm.ts';
+import { finish } from './finish.ts';
+import { sourceVmOf, startPerform, type SourceMigration } from './perform.ts';
+import { recoverIncoming } from './postcopy.ts';
+import { prepare } from './prepare.ts';
+import { loadRecord, validateMigrationId } from './record.ts';
+import type { TlsIdentity } from './tls.ts';
 import {
   FINAL_AGENT_STAGES,
   type AgentMigrationView,
   type PerformRequest,
   type PrepareRequest,
   type TuneRequest,
-} from '../migration/types.ts';
-import type { LocalVm } from './vm.ts';
+} from '../../common/agent-migration.ts';
+import type { LocalVm } from '../vm.ts';
 
 /** What the routes need of the agent's host (AgentHost implements it). */
 export interface MigrationHost {

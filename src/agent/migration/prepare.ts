@@ -7,17 +7,17 @@
  */
 import { join } from 'node:path';
 import { rm } from 'node:fs/promises';
-import { FerryError } from '../common/errors.ts';
-import { parseVmSpec } from '../common/spec.ts';
-import type { Accel } from '../qemu/argv.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
-import { LocalVm } from '../agent/vm.ts';
+import { FerryError } from '../../common/errors.ts';
+import { parseVmSpec } from '../../common/spec.ts';
+import type { Accel } from '../../qemu/argv.ts';
+import type { QmpClient } from '../../qemu/qmp.ts';
+import { LocalVm } from '../vm.ts';
 import { capabilityList, destinationParameters, negotiateCapabilities, validateCapabilities } from './capabilities.ts';
-import { emptyView } from './perform.ts';
+import { emptyView } from '../../common/agent-migration.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { exportDisks } from './storage.ts';
 import { addTlsAuthz, addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
-import type { PrepareRequest, PrepareResponse } from './types.ts';
+import type { PrepareRequest, PrepareResponse } from '../../common/agent-migration.ts';
 
 export interface PrepareOptions {
   id: string;

@@ -6,9 +6,9 @@
  * before switch-over, the guest keeps running here.
  */
 import { join } from 'node:path';
-import { FerryError, toFerryError, type ErrorCode } from '../common/errors.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
-import type { LocalVm } from '../agent/vm.ts';
+import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts';
+import type { QmpClient } from '../../qemu/qmp.ts';
+import type { LocalVm } from '../vm.ts';
 import {
   capabilityList,
   negotiateCapabilities,
@@ -16,11 +16,11 @@ import {
   validateCapabilities,
   type MigrationCapabilities,
 } from './capabilities.ts';
-import { ProgressModel, sampleFromQueryMigrate, toMigrationProgress, type MigrationSample, type MirrorProgress } from './progress.ts';
+import { ProgressModel, sampleFromQueryMigrate, toMigrationProgress, type MigrationSample, type MirrorProgress } from '../../common/progress.ts';
 import { saveRecord, type MigrationRecord } from './record.ts';
 import { abortMirrors, completeMirrors, mirrorProgress, startMirrors, type NbdTarget } from './storage.ts';
 import { addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
-import type { AgentMigrationView, AgentStage, PerformRequest, StorageCopy } from './types.ts';
+import { emptyView, type AgentMigrationView, type AgentStage, type PerformRequest, type StorageCopy } from '../../common/agent-migration.ts';
 
 /** What perform needs of the VM it moves (LocalVm provides it). */
 export interface SourceVm {
@@ -75,43 +75,6 @@ export function parseTcpUri(uri: string): { host: string; port: number } {
 
 const now = (): string => new Date().toISOString();
 
-export function emptyView(p: {
-  id: string;
-  role: 'source' | 'destination';
-  vm: string;
-  stage: AgentStage;
-  storage: StorageCopy;
-  tls: boolean;
-  uri: string | null;
-}): AgentMigrationView {
-  const t = now();
-  return {
-    protocol: 1,
-    ...p,
-    qemuStatus: null,
-    runState: null,
-    startedAt: t,
-    updatedAt: t,
-    finishedAt: null,
-    totalMs: null,
-    downtimeMs: null,
-    setupMs: null,
-    expectedDowntimeMs: null,
-    transferredBytes: null,
-    remainingBytes: null,
-    memoryBytes: null,
-    iterations: null,
-    dirtyRateBytesPerSec: null,
-    mbps: null,
-    downtimeLimitMs: null,
-    bandwidthBytesPerSec: null,
-    postcopyStarted: false,
-    progress: null,
-    prediction: null,
-    mirror: null,
-    error: null,
-  };
-}
 
 /** A running source-side migration. Create with `startPerform`; read `view()`; `done` settles at the end. */
 export class SourceMigration {

@@ -14,10 +14,10 @@
  */
 import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FerryError } from '../common/errors.ts';
-import { validateName } from '../common/units.ts';
-import type { ObjectOptionsTlsCredsX509 } from '../qemu/qmp-types.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
+import { FerryError } from '../../common/errors.ts';
+import { validateName } from '../../common/units.ts';
+import type { ObjectOptionsTlsCredsX509 } from '../../qemu/qmp-types.ts';
+import type { QmpClient } from '../../qemu/qmp.ts';
 
 /** The agent's PEMs (src/agent/identity.ts AgentIdentity has this shape). */
 export interface TlsIdentity {

@@ -7,20 +7,12 @@
  * this migration's discard.
  */
 import { X509Certificate, createPrivateKey, sign, verify } from 'node:crypto';
-import { FerryError } from '../common/errors.ts';
+import { FerryError } from '../../common/errors.ts';
 import type { TlsIdentity } from './tls.ts';
+import type { DiscardReceipt } from '../../common/agent-migration.ts';
 
-export interface DiscardReceipt {
-  version: 1;
-  migration: string;
-  vm: string;
-  /** The destination host: the CN of the certificate that signed. */
-  host: string;
-  at: string;
-  /** base64 signature over `payload()`; empty when the destination has no cluster identity (tests). */
-  signature: string;
-  certPem: string;
-}
+export type { DiscardReceipt };
+
 
 const payload = (r: Pick<DiscardReceipt, 'migration' | 'vm' | 'host' | 'at'>): Buffer =>
   Buffer.from(`ferry-discard-receipt/1\n${r.migration}\n${r.vm}\n${r.host}\n${r.at}\n`);

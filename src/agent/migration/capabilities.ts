@@ -3,19 +3,12 @@
  * negotiation against what a QEMU says it supports. Some capabilities change the stream format and must be
  * on at BOTH ends before the stream starts (post-copy, multifd, xbzrle); others only steer the sender.
  */
-import { FerryError } from '../common/errors.ts';
+import { FerryError } from '../../common/errors.ts';
+import type { MigrationCapabilities } from '../../common/agent-migration.ts';
+
+export type { MigrationCapabilities };
 
 /** What a migration uses; the same object goes to prepare (destination) and perform (source). */
-export interface MigrationCapabilities {
-  /** `postcopy-ram`: allows switching to post-copy later (needs userfaultfd on the destination: root). */
-  postcopy: boolean;
-  /** multifd channels; 0 = one stream. */
-  multifd: number;
-  /** XOR-delta compression of re-sent pages. */
-  xbzrle: boolean;
-  /** Throttle the guest's vCPUs when it dirties faster than we send (source only). */
-  autoConverge: boolean;
-}
 
 export const NO_CAPABILITIES: MigrationCapabilities = { postcopy: false, multifd: 0, xbzrle: false, autoConverge: false };
 

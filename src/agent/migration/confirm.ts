@@ -7,13 +7,13 @@
  * resumes. Idempotent both ways.
  */
 import { rm } from 'node:fs/promises';
-import { FerryError } from '../common/errors.ts';
-import { LocalVm } from '../agent/vm.ts';
+import { FerryError } from '../../common/errors.ts';
+import { LocalVm } from '../vm.ts';
 import { resumeColdSource } from './cold.ts';
 import { checkReceipt } from './receipt.ts';
 import { saveRecord } from './record.ts';
 import { requireRecord, type OutcomeOptions } from './finish.ts';
-import type { AgentMigrationView } from './types.ts';
+import type { AgentMigrationView } from '../../common/agent-migration.ts';
 
 export async function confirm(o: OutcomeOptions): Promise<AgentMigrationView> {
   const rec = await requireRecord(o.agentDir, o.id, 'source');

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient } from '../qemu/qmp.ts';
+import { QmpClient } from '../../qemu/qmp.ts';
 import { classifyFailure, parseTcpUri, startPerform } from './perform.ts';
 import { loadRecord } from './record.ts';
 

@@ -11,14 +11,14 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError } from '../common/errors.ts';
-import { LocalVm } from '../agent/vm.ts';
+import { FerryError } from '../../common/errors.ts';
+import { LocalVm } from '../vm.ts';
 import { startColdDestination } from './cold.ts';
 import { signReceipt } from './receipt.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { stopExports } from './storage.ts';
 import { TLS_OBJECT_ID, type TlsIdentity } from './tls.ts';
-import type { AgentMigrationView } from './types.ts';
+import type { AgentMigrationView } from '../../common/agent-migration.ts';
 
 export interface OutcomeOptions {
   id: string;

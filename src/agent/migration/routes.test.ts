@@ -4,12 +4,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Fastify from 'fastify';
-import { FerryError } from '../common/errors.ts';
-import { defaultVmSpec } from '../common/spec.ts';
-import { saveRecord } from '../migration/record.ts';
-import { emptyView } from '../migration/perform.ts';
-import { registerMigrationRoutes, type MigrationHost } from './migrations.ts';
-import type { LocalVm } from './vm.ts';
+import { FerryError } from '../../common/errors.ts';
+import { defaultVmSpec } from '../../common/spec.ts';
+import { saveRecord } from './record.ts';
+import { emptyView } from '../../common/agent-migration.ts';
+import { registerMigrationRoutes, type MigrationHost } from './routes.ts';
+import type { LocalVm } from '../vm.ts';
 
 /** A host with no VMs: enough for the route contract (validation, lookups, idempotent verdicts). */
 function emptyHost(dataDir: string): MigrationHost {

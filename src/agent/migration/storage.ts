@@ -10,18 +10,15 @@
  */
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError } from '../common/errors.ts';
-import { formatNode } from '../qemu/argv.ts';
-import type { BlockJobInfo, QmpClient } from '../qemu/qmp.ts';
-import type { MirrorProgress } from './progress.ts';
+import { FerryError } from '../../common/errors.ts';
+import { formatNode } from '../../qemu/argv.ts';
+import type { BlockJobInfo, QmpClient } from '../../qemu/qmp.ts';
+import type { MirrorProgress } from '../../common/progress.ts';
+import type { NbdTarget } from '../../common/agent-migration.ts';
+
+export type { NbdTarget };
 
 /** Where the source finds the destination's disk exports. */
-export interface NbdTarget {
-  host: string;
-  port: number;
-  /** Disk id → NBD export name. */
-  exports: Record<string, string>;
-}
 
 export const nbdNode = (diskId: string): string => `nbd-${diskId}`;
 export const mirrorJob = (diskId: string): string => `mirror-${diskId}`;

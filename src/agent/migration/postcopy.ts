@@ -17,9 +17,9 @@
  * ```
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError } from '../common/errors.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
-import type { LocalVm } from '../agent/vm.ts';
+import { FerryError } from '../../common/errors.ts';
+import type { QmpClient } from '../../qemu/qmp.ts';
+import type { LocalVm } from '../vm.ts';
 import { requireRecord } from './finish.ts';
 import { incomingPort, tcpUri, validateListenAddress } from './prepare.ts';
 import { saveRecord } from './record.ts';
