@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'build/', 'web/dist/', '**/*.js', '!src/**/*.js'] },
+  { ignores: ['node_modules/', 'build/', 'web/dist/', '**/*.js', '!src/**/*.js', '.dependency-cruiser.cjs'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -7,6 +7,7 @@ what=${1:-all}
 if [ "$what" = all ]; then
   echo "== typecheck"; npx tsc --noEmit -p .
   echo "== lint"; npx eslint .
+  echo "== layers"; npx depcruise src test --config .dependency-cruiser.cjs --output-type err
 fi
 run() { # node 20's --test takes paths, not globs
   local files; files=$(find "$@" -name '*.test.ts' -not -path '*/node_modules/*' | sort)

@@ -3,7 +3,7 @@
  * the per-variant summary (median, min, max, ratio to the baseline), and their two renderings: aligned
  * tables for the terminal and a Markdown section to paste into BENCHMARKS.md.
  */
-import { formatTable } from '../cli/client.ts';
+import { formatTable } from '../client/table.ts';
 import type { BenchScenario, MigrateRequest, SetupStep } from './scenarios.ts';
 import { ratio, spread, type Spread } from './stats.ts';
 

@@ -9,8 +9,8 @@ import { cpus, release } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
 import { migrationFigures, type MigrationJson } from '../common/migration.ts';
-import type { HostJson } from '../controller/hosts.ts';
-import { ApiClient, enc } from '../cli/client.ts';
+import type { HostJson } from '../common/api.ts';
+import { ApiClient, enc } from '../client/api.ts';
 import { labDown, labUp } from '../lab/index.ts';
 import { isFinal } from '../common/states.ts';
 import {

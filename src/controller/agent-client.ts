@@ -5,6 +5,7 @@
  */
 import { Agent, request } from 'undici';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
+import { transportError } from '../common/http.ts';
 import { AGENT_PROTOCOL, PROTOCOL_HEADER, type HostInventory, type VmStatus } from '../common/protocol.ts';
 import type { VmSpec } from '../common/spec.ts';
 
@@ -23,47 +24,6 @@ export interface CallOptions {
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
 export const CREATE_TIMEOUT_MS = 120_000;
-
-/** Node's TLS verification failures: these mean "wrong CA or name", not "host down". */
-const TLS_CODES = new Set([
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'CERT_SIGNATURE_FAILURE',
-  'CERT_HAS_EXPIRED',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
-  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
-  'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
-  // src/common/identity.ts: a cluster certificate that is not the controller's HTTPS one.
-  'ERR_FERRY_NOT_SERVER',
-]);
-
-/** Every `code` along the cause chain (undici wraps socket errors; connect errors may be aggregates). */
-function codesOf(err: unknown, out: string[] = []): string[] {
-  if (!(err instanceof Error) || out.length > 16) return out;
-  const c = (err as { code?: unknown }).code;
-  if (typeof c === 'string') out.push(c);
-  if (err instanceof AggregateError) for (const e of err.errors) codesOf(e, out);
-  return codesOf(err.cause, out);
-}
-
-/** Maps a failure of the transport (not an HTTP answer) to the error registry. */
-export function transportError(err: unknown, what: string, unreachable: 'FERRY_E_AGENT_UNREACHABLE' | 'FERRY_E_SERVER_UNREACHABLE'): FerryError {
-  if (err instanceof FerryError) return err;
-  const codes = codesOf(err);
-  const msg = err instanceof Error ? err.message : String(err);
-  const tls = codes.find((c) => TLS_CODES.has(c));
-  if (tls !== undefined) {
-    return new FerryError('FERRY_E_TLS', `TLS with ${what} failed (${tls}): ${msg}`, { cause: err });
-  }
-  const code = codes.find((c) => !c.startsWith('UND_ERR_')) ?? codes[0];
-  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) {
-    return new FerryError(unreachable, `${what} did not answer in time.`, { cause: err });
-  }
-  return new FerryError(unreachable, `${what} did not answer (${code ?? msg}).`, { cause: err });
-}
 
 /** One connection pool for all agents: they share the controller's client certificate and the CA. */
 export class AgentPool {

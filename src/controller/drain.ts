@@ -6,6 +6,7 @@
  * maintenance. The maintenance flag is stored; the drain's progress lives with the controller process, and
  * draining again after a restart picks up the VMs still there.
  */
+import type { DrainJson } from '../common/api.ts';
 import { FerryError } from '../common/errors.ts';
 import { parseDuration, validateName } from '../common/units.ts';
 import type { MigrationJson } from '../common/migration.ts';
@@ -14,23 +15,7 @@ import type { EventBus } from './events.ts';
 import type { MigrationOrchestrator } from './migrations/orchestrator.ts';
 import type { Store } from './store/db.ts';
 
-export interface DrainItem {
-  vm: string;
-  /** `pending` → `migrating` → `moved` | `failed`; `skipped` when the deadline passed first. */
-  status: 'pending' | 'migrating' | 'moved' | 'failed' | 'skipped';
-  migration: string | null;
-  destination: string | null;
-  error: { code: string; message: string } | null;
-}
 
-export interface DrainJson {
-  host: string;
-  state: 'draining' | 'drained' | 'incomplete';
-  startedAt: string;
-  finishedAt: string | null;
-  deadlineMs: number;
-  items: DrainItem[];
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -3,6 +3,7 @@
  * heartbeats (every ~2 s each agent's inventory and VM list; 3 misses → `unreachable`, an answer →
  * `ready`, each transition published), and reconciliation of the `vms` table from what agents report.
  */
+import type { HostJson } from '../common/api.ts';
 import { isIP } from 'node:net';
 import { FerryError } from '../common/errors.ts';
 import { validateHostName } from '../common/identity.ts';
@@ -18,18 +19,6 @@ import { consumeJoinToken } from './tokens.ts';
 import { hasActiveJob } from './migrations/jobs.ts';
 import { PendingCalls } from './migrations/pending.ts';
 
-export interface HostJson {
-  name: string;
-  url: string;
-  state: HostState;
-  maintenance: boolean;
-  inventory: HostInventory | null;
-  /** What the scheduler would still give (memory), after store-known VMs. */
-  freeMemoryBytes: number;
-  vms: string[];
-  lastSeenAt: string | null;
-  joinedAt: string;
-}
 
 export interface HostRegistryOptions {
   store: Store;

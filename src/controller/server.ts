@@ -7,7 +7,8 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { networkInterfaces } from 'node:os';
 import { isIP, type AddressInfo } from 'node:net';
 import { FerryError } from '../common/errors.ts';
-import { buildApp, type App } from './api/app.ts';
+import { buildApp } from './api/app.ts';
+import type { App } from './api/types.ts';
 import { ADMIN_TOKEN_FILE, createController, type Controller } from './controller.ts';
 import type { VmNetwork } from './networks.ts';
 

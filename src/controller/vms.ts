@@ -3,9 +3,10 @@
  * MAC and an address, build the spec, ask the agent, record the result — or undo everything), start,
  * stop, delete, and pass-throughs to the agent (guest commands, console). Every change is published.
  */
+import type { VmJson } from '../common/api.ts';
 import { createHash } from 'node:crypto';
 import { FerryError } from '../common/errors.ts';
-import type { VmState, VmStatus } from '../common/protocol.ts';
+import type { VmStatus } from '../common/protocol.ts';
 import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseSize, validateName } from '../common/units.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -26,17 +27,6 @@ export interface CreateVmRequest {
   network?: string;
 }
 
-export interface VmJson {
-  name: string;
-  host: string;
-  /** One of VM_STATES, or `creating` while the agent is still starting it. */
-  state: VmState | 'creating';
-  spec: VmSpec;
-  bootId: string | null;
-  ip: string | null;
-  createdAt: string;
-  updatedAt: string;
-}
 
 export interface VmServiceOptions {
   store: Store;

@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
 import { checkControllerIdentity } from '../common/identity.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { configPath, writeConfig } from '../cli/config.ts';
+import { configPath, writeConfig } from '../client/config.ts';
 import {
   DEFAULT_LAB,
   HOST_VM_BRIDGE,

@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { DrainJson } from '../../src/controller/drain.ts';
+import type { DrainJson } from '../../src/common/api.ts';
 import { readLabState } from '../../src/lab/index.ts';
 import { LabHarness, type VmView } from './helpers.ts';
 

@@ -8,9 +8,10 @@ import type { Command } from 'commander';
 import { FerryError } from '../../common/errors.ts';
 import { migrationFigures, type MigrationFigures, type MigrationJson } from '../../common/migration.ts';
 import { formatBytes, formatDuration } from '../../common/units.ts';
-import type { VmJson } from '../../controller/vms.ts';
-import { ApiClient, enc, formatTable } from '../client.ts';
-import { loadConfig } from '../config.ts';
+import type { VmJson } from '../../common/api.ts';
+import { ApiClient, enc } from '../../client/api.ts';
+import { formatTable } from '../../client/table.ts';
+import { loadConfig } from '../../client/config.ts';
 import { action } from '../output.ts';
 import { watchMigration } from '../progress.ts';
 

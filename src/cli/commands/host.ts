@@ -1,9 +1,10 @@
 /** `ferry host list | show H | drain H | undrain H`: the cluster's hosts as the controller sees them. */
 import type { Command } from 'commander';
-import type { HostJson } from '../../controller/hosts.ts';
-import type { DrainJson } from '../../controller/drain.ts';
+import type { DrainJson, HostJson } from '../../common/api.ts';
 import { formatBytes } from '../../common/units.ts';
-import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
+import { enc, withClient } from '../../client/api.ts';
+import { formatTable } from '../../client/table.ts';
+import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action } from '../output.ts';
 
 const ago = (iso: string | null): string => {

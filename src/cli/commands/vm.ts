@@ -5,8 +5,10 @@
 import type { Command } from 'commander';
 import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
-import type { VmJson } from '../../controller/vms.ts';
-import { clusterOptions, enc, formatTable, withClient, type ClusterFlags } from '../client.ts';
+import type { VmJson } from '../../common/api.ts';
+import { enc, withClient } from '../../client/api.ts';
+import { formatTable } from '../../client/table.ts';
+import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action } from '../output.ts';
 
 export function vmTable(vms: VmJson[]): string {

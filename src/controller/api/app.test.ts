@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createController, type Controller } from '../controller.ts';
 import { nowIso } from '../store/db.ts';
-import { buildApp, type App } from './app.ts';
+import { buildApp } from './app.ts';
+import type { App } from './types.ts';
 
 interface Env {
   ctl: Controller;

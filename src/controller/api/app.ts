@@ -4,24 +4,20 @@
  * route (validated, and published as OpenAPI at /api/v1/openapi.json), request metrics. Routes live one
  * file per noun beside this one. `buildApp` does not listen, so tests use `inject()`.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Server as HttpsServer } from 'node:https';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { FerryError, toFerryError } from '../../common/errors.ts';
 import { NAME_RE } from '../../common/units.ts';
 import type { Controller } from '../controller.ts';
 import { checkApiToken } from '../tokens.ts';
+import { API_VERSION, type App } from './types.ts';
 import { registerEventRoutes } from './events.ts';
 import { registerHostRoutes } from './hosts.ts';
 import { registerSystemRoutes } from './system.ts';
 import { registerVmRoutes } from './vms.ts';
 import { registerMigrationRoutes } from './migrations.ts';
 
-export type App = FastifyInstance<HttpsServer, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
-
-export const API_VERSION = '0.1.0';
 
 /** Routes anyone may call: the health check, and the join (it carries its own one-time token). */
 const PUBLIC = new Set(['/api/v1/health', '/api/v1/join']);

@@ -6,7 +6,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Controller } from '../controller.ts';
 import type { FerryEvent } from '../events.ts';
-import type { App } from './app.ts';
+import type { App } from './types.ts';
 import { EventsQuery } from './schemas.ts';
 
 const format = (e: FerryEvent): string =>

@@ -1,7 +1,7 @@
 /** Host routes: list and show (inventory, state, VMs, free memory); drain and undrain. */
 import Type from 'typebox';
 import type { Controller } from '../controller.ts';
-import type { App } from './app.ts';
+import type { App } from './types.ts';
 import { NameParams } from './schemas.ts';
 
 export function registerHostRoutes(app: App, ctl: Controller): void {

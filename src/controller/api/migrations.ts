@@ -1,7 +1,7 @@
 /** Migration routes: start one (`POST /vms/:name/migrate`), list, show, cancel. */
 import Type from 'typebox';
 import type { Controller } from '../controller.ts';
-import type { App } from './app.ts';
+import type { App } from './types.ts';
 import { Name, NameParams } from './schemas.ts';
 import { MIGRATION_MODES } from '../../common/states.ts';
 import { POSTCOPY_MODES, STORAGE_MODES } from '../../common/policy.ts';

@@ -1,8 +1,8 @@
 /** Health, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
 import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
-import type { App } from './app.ts';
-import { API_VERSION } from './app.ts';
+import type { App } from './types.ts';
+import { API_VERSION } from './types.ts';
 import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest } from './schemas.ts';
 
 export function registerSystemRoutes(app: App, ctl: Controller): void {

@@ -1,6 +1,6 @@
 /** VM routes: create, list, show, start, stop, delete, guest pass-through and the serial console. */
 import type { Controller } from '../controller.ts';
-import type { App } from './app.ts';
+import type { App } from './types.ts';
 import Type from 'typebox';
 import { CreateVm, GuestCommand, NameParams, StopVm } from './schemas.ts';
 

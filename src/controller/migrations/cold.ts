@@ -11,7 +11,8 @@ import { FerryError, fromErrorJSON } from '../../common/errors.ts';
 import type { MigrationProgress } from '../../common/migration.ts';
 import { AGENT_PROTOCOL, PROTOCOL_HEADER, type VmStatus } from '../../common/protocol.ts';
 import type { ColdManifest } from '../../common/agent-migration.ts';
-import { transportError, type AgentClient, type AgentPool } from '../agent-client.ts';
+import { transportError } from '../../common/http.ts';
+import type { AgentClient, AgentPool } from '../agent-client.ts';
 import type { JobStore } from './jobs.ts';
 
 const BASE = '/agent/v1/migrations';

@@ -1,5 +1,5 @@
 /** Schema migration 2: the migration jobs table. At most one active job per VM is enforced by the store itself. */
-import type { Migration } from '../store/migrations.ts';
+import type { Migration } from '../store/versions.ts';
 import { ACTIVE_STATES } from '../../common/states.ts';
 
 export const MIGRATION_JOBS_SCHEMA: Migration = {

@@ -8,7 +8,8 @@ import type { Database } from 'better-sqlite3';
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import { Kysely, SqliteDialect, type Generated } from 'kysely';
 import { FerryError } from '../../common/errors.ts';
-import { MIGRATIONS, type Migration } from './migrations.ts';
+import { MIGRATIONS } from './migrations.ts';
+import type { Migration } from './versions.ts';
 
 export interface HostsTable {
   name: string;

@@ -3,14 +3,9 @@
  * schema; never edit one that has shipped. Each runs in its own transaction and is recorded in
  * `schema_migrations`, so a restart applies only what is missing.
  */
-import type { Database } from 'better-sqlite3';
+import type { Migration } from './versions.ts';
 import { MIGRATION_JOBS_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
 
-export interface Migration {
-  readonly version: number;
-  readonly name: string;
-  readonly up: (db: Database) => void;
-}
 
 export const MIGRATIONS: readonly Migration[] = [
   {

@@ -1,12 +1,12 @@
 /**
- * The CLI's HTTP client for the controller's API: undici with the cluster CA pinned and the bearer
- * token, error envelopes decoded back into FerryErrors, transport failures as
- * FERRY_E_SERVER_UNREACHABLE (or FERRY_E_TLS). Also the table rendering the cluster commands share.
+ * The one HTTP client of Ferry's public API, used by the CLI, the lab, the benchmarks and the tests: undici
+ * with the cluster CA pinned and the bearer token, error envelopes decoded back into FerryErrors,
+ * transport failures as FERRY_E_SERVER_UNREACHABLE (or FERRY_E_TLS).
  */
 import { Agent, request } from 'undici';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
 import { checkControllerIdentity } from '../common/identity.ts';
-import { transportError } from '../controller/agent-client.ts';
+import { transportError } from '../common/http.ts';
 import { loadConfig, type ClientConfig, type ConfigOverrides } from './config.ts';
 
 export interface RequestOptions {
@@ -85,28 +85,4 @@ export async function withClient<T>(over: ConfigOverrides, fn: (c: ApiClient) =>
   }
 }
 
-/** Aligned columns, header first; cells are printed as given. */
-export function formatTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n');
-}
-
 export const enc = encodeURIComponent;
-
-/** The flags every cluster command takes. */
-export function clusterOptions<C extends import('commander').Command>(cmd: C): C {
-  return cmd
-    .option('--json', 'print one JSON document')
-    .option('--server <url>', 'controller URL (overrides the config)')
-    .option('--token <token>', 'API token (overrides the config)')
-    .option('--ca <file>', 'cluster CA certificate, PEM (overrides the config)') as C;
-}
-
-export interface ClusterFlags extends ConfigOverrides {
-  json?: boolean;
-}
