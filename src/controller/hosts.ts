@@ -17,6 +17,7 @@ import { freeMemory, type HostView, type VmLoad } from './scheduler.ts';
 import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
 import { consumeJoinToken } from './tokens.ts';
 import { hasActiveJob } from './migrations/jobs.ts';
+import { VmRows } from './store/vms.ts';
 import { PendingCalls } from './migrations/pending.ts';
 
 
@@ -256,7 +257,7 @@ export class HostRegistry {
    */
   reconcile(host: string, reported: readonly VmStatus[], fetchedAt: number): void {
     const { store, events, guard } = this.o;
-    const get = store.sqlite.prepare('SELECT * FROM vms WHERE name = ?');
+    const rows = new VmRows(store.sqlite);
     const seen = new Set<string>();
     const now = nowIso();
     this.lastRunning.set(host, new Set(reported.filter((r) => r.state === 'running').map((r) => r.name)));
@@ -264,7 +265,7 @@ export class HostRegistry {
     for (const r of reported) {
       seen.add(r.name);
       if (guard.skip(r.name, fetchedAt)) continue;
-      const row = get.get(r.name) as VmsTable | undefined;
+      const row = rows.get(r.name);
       if (!row) {
         let spec;
         try {
@@ -274,9 +275,7 @@ export class HostRegistry {
           continue;
         }
         const ip = spec.nics.find((n) => n.ip !== undefined)?.ip?.split('/')[0] ?? null;
-        store.sqlite
-          .prepare('INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
-          .run(r.name, host, r.state, JSON.stringify(spec), r.bootId, ip, r.startedAt ?? now, now);
+        rows.adopt({ name: r.name, host, state: r.state, spec, bootId: r.bootId, ip, createdAt: r.startedAt ?? now });
         events.publish('vm.adopted', r.name, { host, state: r.state, bootId: r.bootId });
         continue;
       }
@@ -286,19 +285,15 @@ export class HostRegistry {
       }
       if (row.state === 'creating' || migrating(row)) continue;
       if (row.state !== r.state || row.boot_id !== r.bootId) {
-        store.sqlite
-          .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ? AND state = ?')
-          .run(r.state, r.bootId, now, r.name, row.state);
+        rows.update(r.name, { state: r.state, bootId: r.bootId }, row.state);
         events.publish('vm.state', r.name, { host, from: row.state, to: r.state, bootId: r.bootId, reason: 'reported by agent' });
       }
     }
-    const mine = store.sqlite.prepare('SELECT * FROM vms WHERE host = ?').all(host) as VmsTable[];
+    const mine = rows.onHost(host);
     for (const row of mine) {
       if (seen.has(row.name) || guard.skip(row.name, fetchedAt)) continue;
       if (row.state === 'creating' || migrating(row) || row.state === 'stopped') continue;
-      store.sqlite
-        .prepare("UPDATE vms SET state = 'stopped', updated_at = ? WHERE name = ? AND state = ?")
-        .run(now, row.name, row.state);
+      rows.update(row.name, { state: 'stopped' }, row.state);
       events.publish('vm.state', row.name, { host, from: row.state, to: 'stopped', bootId: row.boot_id, reason: 'agent no longer reports it' });
     }
   }

@@ -15,7 +15,8 @@ import type { VmGuard } from './guard.ts';
 import { hostViews, vmLoads } from './hosts.ts';
 import { allocateIp, getNetwork } from './networks.ts';
 import { placeVm, type Judgement } from './scheduler.ts';
-import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
+import type { HostsTable, Store, VmsTable } from './store/db.ts';
+import { VmRows } from './store/vms.ts';
 
 export interface CreateVmRequest {
   name: string;
@@ -61,7 +62,10 @@ export function macFor(name: string, used: ReadonlySet<string>): string {
 }
 
 export class VmService {
-  constructor(private readonly o: VmServiceOptions) {}
+  private readonly rows: VmRows;
+  constructor(private readonly o: VmServiceOptions) {
+    this.rows = new VmRows(o.store.sqlite);
+  }
 
   list(): VmJson[] {
     return (this.o.store.sqlite.prepare('SELECT * FROM vms ORDER BY name').all() as VmsTable[]).map(vmJson);
@@ -108,10 +112,7 @@ export class VmService {
         throw new FerryError('FERRY_E_VM_EXISTS', `A VM named ${p.name} exists already: choose another name or delete it.`);
       }
       const placement = placeVm({ memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host }, hostViews(store), vmLoads(store));
-      const now = nowIso();
-      store.sqlite
-        .prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES (?, ?, 'creating', ?, NULL, NULL, ?, ?)")
-        .run(p.name, placement.host, JSON.stringify({ memoryBytes: p.memoryBytes, vcpus: p.vcpus }), now, now);
+      this.rows.reserve(p.name, placement.host, { memoryBytes: p.memoryBytes, vcpus: p.vcpus });
       const nics: NicSpec[] = [];
       let ip: string | null = null;
       if (p.network !== undefined) {
@@ -134,7 +135,7 @@ export class VmService {
         disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
         nics,
       });
-      store.sqlite.prepare('UPDATE vms SET spec = ?, ip = ? WHERE name = ?').run(JSON.stringify(spec), ip, p.name);
+      this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();
     const host = reserved.placement.host;
@@ -148,15 +149,12 @@ export class VmService {
         // Undo: the agent may have got halfway (disk created, QEMU started then failed), so ask it to
         // remove whatever it has, then drop the reservation (the address goes with it, ON DELETE CASCADE).
         await agent.deleteVm(p.name).catch(() => undefined);
-        store.sqlite.prepare("DELETE FROM vms WHERE name = ? AND state = 'creating'").run(p.name);
+        this.rows.remove(p.name, 'creating');
         const fe = err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err), { cause: err });
         events.publish('vm.create_failed', p.name, { host, error: fe.toJSON() });
         throw fe;
       }
-      const now = nowIso();
-      store.sqlite
-        .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ?')
-        .run(status.state, status.bootId, now, p.name);
+      this.rows.update(p.name, { state: status.state, bootId: status.bootId });
       events.publish('vm.created', p.name, { host, state: status.state, bootId: status.bootId, ip: reserved.ip });
       return { ...this.get(p.name), placement: reserved.placement.why };
     });
@@ -168,9 +166,7 @@ export class VmService {
       const r = this.row(name);
       this.assertSettled(r);
       const status = await call(r);
-      this.o.store.sqlite
-        .prepare('UPDATE vms SET state = ?, boot_id = ?, updated_at = ? WHERE name = ?')
-        .run(status.state, status.bootId, nowIso(), name);
+      this.rows.update(name, { state: status.state, bootId: status.bootId });
       if (status.state !== r.state || status.bootId !== r.boot_id) {
         this.o.events.publish('vm.state', name, { host: r.host, from: r.state, to: status.state, bootId: status.bootId, reason: op });
       }
@@ -232,7 +228,7 @@ export class VmService {
         // Already gone from the host is what we wanted; anything else keeps the row (and says why).
         if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) throw err;
       }
-      this.o.store.sqlite.prepare('DELETE FROM vms WHERE name = ?').run(name);
+      this.rows.remove(name);
       this.o.events.publish('vm.deleted', name, { host: r.host });
       return { deleted: true, name };
     });

@@ -42,6 +42,7 @@ import { JobStore } from './jobs.ts';
 import { transferCold } from './cold.ts';
 import { holdAt, type HoldPoint } from './holds.ts';
 import { PendingCalls } from './pending.ts';
+import { VmRows } from '../store/vms.ts';
 import { decide, type SideFacts } from './truth.ts';
 
 export interface MigrateRequest extends PolicyInput {
@@ -92,6 +93,7 @@ export class MigrationOrchestrator {
   private lastProgressEvent = new Map<string, number>();
   private closed = false;
   private readonly pending: PendingCalls;
+  private readonly vms: VmRows;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping = false;
 
@@ -99,6 +101,7 @@ export class MigrationOrchestrator {
     this.pollMs = o.pollMs ?? 100;
     this.log = o.log ?? (() => {});
     this.pending = new PendingCalls(o.store.sqlite);
+    this.vms = new VmRows(o.store.sqlite);
     this.jobs = new JobStore(o.store.sqlite, (type, job) => {
       if (type === 'migration.progress') {
         // Progress is stored every poll, but published at most once a second.
@@ -138,10 +141,7 @@ export class MigrationOrchestrator {
       }
       const placement = placeVm({ memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, host: req.to }, others, vmLoads(this.o.store));
       const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why });
-      const r = sqlite
-        .prepare("UPDATE vms SET state = 'migrating', updated_at = ? WHERE name = ? AND state = ?")
-        .run(new Date().toISOString(), vmName, vm.state);
-      if (r.changes !== 1) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
+      if (!this.vms.update(vmName, { state: 'migrating' }, vm.state)) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
       return created;
     })();
     this.o.events.publish('vm.state', vmName, { state: 'migrating', migration: job.id });
@@ -207,17 +207,8 @@ export class MigrationOrchestrator {
   }
 
   private setVm(name: string, patch: { host?: string; state: string; bootId?: string | null }): void {
-    const sets = ['state = ?', 'updated_at = ?'];
-    const values: unknown[] = [patch.state, new Date().toISOString()];
-    if (patch.host !== undefined) {
-      sets.push('host = ?');
-      values.push(patch.host);
-    }
-    if (patch.bootId) {
-      sets.push('boot_id = ?');
-      values.push(patch.bootId);
-    }
-    this.o.store.sqlite.prepare(`UPDATE vms SET ${sets.join(', ')} WHERE name = ?`).run(...values, name);
+    // A boot id the destination could not read yet keeps the one the VM had: it is the same guest.
+    this.vms.update(name, { state: patch.state, ...(patch.host === undefined ? {} : { host: patch.host }), ...(patch.bootId ? { bootId: patch.bootId } : {}) });
     this.o.events.publish('vm.state', name, { state: patch.state, ...(patch.host ? { host: patch.host } : {}) });
   }
 
