@@ -4,19 +4,10 @@
  * interprets them; nothing here talks to a lab.
  */
 import { FerryError } from '../common/errors.ts';
+import type { MigrateRequest as PolicyBody } from '../common/policy.ts';
 
 /** The policy part of `POST /api/v1/vms/:name/migrate` (the runner adds `to`). */
-export interface MigrateRequest {
-  mode?: 'live' | 'cold';
-  maxDowntime?: string;
-  /** MiB/s as a string, or a size per second (`100M`); '0' = no limit. */
-  bandwidth?: string;
-  tls?: boolean;
-  autoConverge?: boolean;
-  xbzrle?: boolean;
-  multifd?: number;
-  postcopy?: 'never' | 'auto' | 'always';
-}
+export type MigrateRequest = Omit<PolicyBody, 'to'>;
 
 export interface BenchVariant {
   /** Short id, used in JSON and file names: `[a-z0-9-]+`. */

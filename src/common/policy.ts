@@ -4,8 +4,9 @@
  * server; the controller resolves it again (it never trusts the client) and applies the escalation ladder
  * (src/controller/migrations/escalation.ts).
  */
+import Type, { type Static } from 'typebox';
 import { FerryError } from './errors.ts';
-import { parseDuration, parseSize } from './units.ts';
+import { NAME_RE, parseDuration, parseSize } from './units.ts';
 import { MIGRATION_MODES, type MigrationMode } from './states.ts';
 
 export const STORAGE_MODES = ['auto', 'shared', 'copy'] as const;
@@ -51,6 +52,31 @@ export const DEFAULT_POLICY: MigrationPolicy = {
   deadlineMs: 10 * 60_000,
   passesPerStep: 4,
 };
+
+const Duration = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)?\\s*$', maxLength: 32 }), Type.Number({ minimum: 0 })]);
+
+/**
+ * The body of `POST /api/v1/vms/:name/migrate`, declared once: the API validates it, the CLI and the
+ * benchmarks build it, the orchestrator takes it.
+ */
+export const MigrateBody = Type.Object(
+  {
+    to: Type.Optional(Type.String({ pattern: NAME_RE.source, description: 'destination host; default: the scheduler chooses' })),
+    mode: Type.Optional(Type.Enum(MIGRATION_MODES)),
+    storage: Type.Optional(Type.Enum(STORAGE_MODES)),
+    postcopy: Type.Optional(Type.Enum(POSTCOPY_MODES)),
+    maxDowntime: Type.Optional(Duration),
+    bandwidth: Type.Optional(Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })], { description: 'MiB/s, or a size per second (100M); 0 = no limit' })),
+    tls: Type.Optional(Type.Boolean()),
+    autoConverge: Type.Optional(Type.Boolean()),
+    xbzrle: Type.Optional(Type.Boolean()),
+    multifd: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })),
+    stallTimeout: Type.Optional(Duration),
+    deadline: Type.Optional(Duration),
+  },
+  { additionalProperties: false },
+);
+export type MigrateRequest = Static<typeof MigrateBody>;
 
 /** What a user may say (CLI flags / API body), each optional, as strings or numbers. */
 export interface PolicyInput {

@@ -12,7 +12,7 @@ import { formatTable } from '../../client/table.ts';
 import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action, type Outcome } from '../output.ts';
 import { summaryLines, watchMigration } from '../progress.ts';
-import { resolvePolicy } from '../../common/policy.ts';
+import { resolvePolicy, type MigrateRequest } from '../../common/policy.ts';
 
 interface MigrateFlags extends ClusterFlags {
   to?: string;
@@ -53,7 +53,7 @@ function outcome(m: MigrationJson): Outcome<MigrationJson> {
   return { json: m, human: () => summaryLines(m).join('\n'), exitCode: m.state === 'completed' ? 0 : ['failed', 'cancelled'].includes(m.state) ? 1 : 0 };
 }
 
-export function migrateBody(f: MigrateFlags): Record<string, unknown> {
+export function migrateBody(f: MigrateFlags): MigrateRequest {
   const body: Record<string, unknown> = {};
   for (const k of ['to', 'mode', 'storage', 'postcopy', 'maxDowntime', 'bandwidth', 'deadline', 'stallTimeout'] as const) if (f[k] !== undefined) body[k] = f[k];
   if (f.tls === false) body.tls = false;
@@ -64,7 +64,8 @@ export function migrateBody(f: MigrateFlags): Record<string, unknown> {
     if (!Number.isInteger(n) || n < 0 || n > 16) throw new FerryError('FERRY_E_BAD_INPUT', `Bad --multifd ${JSON.stringify(f.multifd)}: 0 to 16 channels.`);
     body.multifd = n;
   }
-  return body;
+  // Its values are the flags' strings as typed; resolvePolicy (called next) checks them as the server will.
+  return body as MigrateRequest;
 }
 
 export function registerMigration(program: Command): void {

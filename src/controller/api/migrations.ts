@@ -3,28 +3,7 @@ import Type from 'typebox';
 import type { Controller } from '../controller.ts';
 import type { App } from './types.ts';
 import { Name, NameParams } from './schemas.ts';
-import { MIGRATION_MODES } from '../../common/states.ts';
-import { POSTCOPY_MODES, STORAGE_MODES } from '../../common/policy.ts';
-
-const Duration = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)?\\s*$', maxLength: 32 }), Type.Number({ minimum: 0 })]);
-
-export const MigrateBody = Type.Object(
-  {
-    to: Type.Optional(Name),
-    mode: Type.Optional(Type.Union(MIGRATION_MODES.map((m) => Type.Literal(m)))),
-    storage: Type.Optional(Type.Union(STORAGE_MODES.map((m) => Type.Literal(m)))),
-    postcopy: Type.Optional(Type.Union(POSTCOPY_MODES.map((m) => Type.Literal(m)))),
-    maxDowntime: Type.Optional(Duration),
-    bandwidth: Type.Optional(Type.Union([Type.String({ maxLength: 32 }), Type.Number({ minimum: 0 })], { description: 'MiB/s, or a size per second (100M); 0 = no limit' })),
-    tls: Type.Optional(Type.Boolean()),
-    autoConverge: Type.Optional(Type.Boolean()),
-    xbzrle: Type.Optional(Type.Boolean()),
-    multifd: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })),
-    stallTimeout: Type.Optional(Duration),
-    deadline: Type.Optional(Duration),
-  },
-  { additionalProperties: false },
-);
+import { MigrateBody } from '../../common/policy.ts';
 
 const IdParams = Type.Object({ id: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$' }) });
 

@@ -28,7 +28,7 @@ import type { HostInventory, VmStatus } from '../../common/protocol.ts';
 import type { VmSpec } from '../../common/spec.ts';
 import { validateName } from '../../common/units.ts';
 import { Prober, type ProbeReport } from '../../guest/prober.ts';
-import { resolvePolicy, type MigrationPolicy, type PolicyInput } from '../../common/policy.ts';
+import { resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
 import { nextEscalation } from './escalation.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
@@ -45,9 +45,6 @@ import { PendingCalls } from './pending.ts';
 import { VmRows } from '../store/vms.ts';
 import { decide, type SideFacts } from './truth.ts';
 
-export interface MigrateRequest extends PolicyInput {
-  to?: string;
-}
 
 export interface OrchestratorOptions {
   store: Store;
