@@ -1,12 +1,14 @@
 /**
  * perform: the source side of a live migration. Sets capabilities and parameters, mirrors disks first when
  * storage is copied, starts `migrate`, and watches it to its end — polling `query-migrate` (and the
- * MIGRATION events) into the progress model, with a watchdog for a stream that stopped moving (a cut link
- * leaves QEMU `active` for ever). Cancel, post-copy and retuning act on the running job. Whatever happens
- * before switch-over, the guest keeps running here.
+ * MIGRATION events) into the progress model. Whether the stream stalled, when to switch to post-copy and
+ * what downtime to allow are the controller's policy (src/controller/migrations/escalation.ts); cancel,
+ * post-copy and retuning act on the running job when it says so. Whatever happens before switch-over, the
+ * guest keeps running here.
  */
 import { join } from 'node:path';
 import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts';
+import { DEFAULT_POLICY } from '../../common/policy.ts';
 import type { QmpClient } from '../../qemu/qmp.ts';
 import type { LocalVm } from '../vm.ts';
 import {
@@ -46,8 +48,8 @@ export interface PerformOptions {
   resume?: MigrationRecord;
 }
 
-export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
-export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
+/** The controller's policy owns the downtime limit; this is what an agent uses when a caller sends none. */
+const DEFAULT_DOWNTIME_LIMIT_MS = DEFAULT_POLICY.initialDowntimeMs;
 
 /** QEMU's error-desc when the other end vanished (process killed, host down, connection reset). */
 const PEER_GONE =
@@ -88,7 +90,6 @@ export class SourceMigration {
   private readonly abort = new AbortController();
   private record: MigrationRecord;
   private cancelRequested = false;
-  private postcopyRequested = false;
   private mirrorsRunning = false;
   private lastSample: MigrationSample | null = null;
   private lastMirror: MirrorProgress | null = null;
@@ -150,7 +151,6 @@ export class SourceMigration {
     if (this.record.view.stage !== 'transferring') {
       throw new FerryError('FERRY_E_VM_STATE', `Cannot switch to post-copy in stage ${this.record.view.stage}.`);
     }
-    this.postcopyRequested = true;
     await this.opts.vm.qmp.execute('migrate-start-postcopy');
     this.record.view.postcopyStarted = true;
     return this.view();
@@ -299,7 +299,6 @@ export class SourceMigration {
         tls,
         signal: this.abort.signal,
         pollMs: this.opts.pollMs ?? 150,
-        stallTimeoutMs: r.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
         onProgress: (p) => {
           this.lastMirror = p;
           this.absorb(sampleFromQueryMigrate({ status: 'none' }, performance.now(), p));
@@ -315,7 +314,6 @@ export class SourceMigration {
     const { vm, request: r } = this.opts;
     const qmp = vm.qmp;
     const pollMs = this.opts.pollMs ?? 150;
-    const stallMs = r.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
     // Events wake the poll loop early (MIGRATION status changes, MIGRATION_PASS), so ends are seen at once.
     const waker: { wake: (() => void) | null } = { wake: null };
     const events = qmp.events({ signal: this.abort.signal });
@@ -330,8 +328,6 @@ export class SourceMigration {
     })();
     try {
       if (this.opts.resume === undefined) await qmp.execute('migrate', { uri: r.uri });
-      let lastBytes = -1;
-      let lastMove = performance.now();
       for (;;) {
         const info = await qmp.execute('query-migrate');
         const mirror = this.mirrorsRunning ? await mirrorProgress(qmp, vm.localDiskIds).catch(() => this.lastMirror) : null;
@@ -373,17 +369,6 @@ export class SourceMigration {
             break;
           default:
             break;
-        }
-        if (s.transferredBytes !== lastBytes || s.status === 'setup' || s.status === 'device') {
-          lastBytes = s.transferredBytes;
-          lastMove = performance.now();
-        } else if (s.status === 'active' && performance.now() - lastMove > stallMs) {
-          await qmp.execute('migrate_cancel').catch(() => undefined);
-          throw new FerryError('FERRY_E_MIGRATION_STALLED', `No bytes moved for ${stallMs} ms (link down?); the migration was cancelled.`);
-        }
-        if (r.postcopy === 'always' && this.caps.postcopy && !this.postcopyRequested && s.status === 'active' && s.iterations >= 2) {
-          // The first pass is done: every page went once; the rest is faster to pull on demand.
-          await this.startPostcopy().catch(() => undefined);
         }
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, pollMs);

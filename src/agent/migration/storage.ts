@@ -73,8 +73,6 @@ export interface MirrorOptions {
   /** Called with mirror progress about every `pollMs`. */
   onProgress?: (p: MirrorProgress) => void;
   pollMs?: number;
-  /** No byte copied for this long → FERRY_E_MIGRATION_STALLED. */
-  stallTimeoutMs?: number;
 }
 
 export async function mirrorProgress(qmp: QmpClient, diskIds: readonly string[]): Promise<MirrorProgress & { jobs: BlockJobInfo[] }> {
@@ -115,8 +113,6 @@ export async function startMirrors(qmp: QmpClient, diskIds: readonly string[], o
       'on-source-error': 'report',
     });
   }
-  let lastDone = -1;
-  let lastMove = Date.now();
   for (;;) {
     o.signal?.throwIfAborted();
     const p = await mirrorProgress(qmp, diskIds);
@@ -129,12 +125,6 @@ export async function startMirrors(qmp: QmpClient, diskIds: readonly string[], o
     const failed = p.jobs.find((j) => j.error !== undefined || j['io-status'] !== 'ok');
     if (failed !== undefined) {
       throw new FerryError('FERRY_E_DESTINATION_LOST', `Disk mirror ${failed.device} failed: ${failed.error ?? failed['io-status']}.`);
-    }
-    if (p.doneBytes !== lastDone) {
-      lastDone = p.doneBytes;
-      lastMove = Date.now();
-    } else if (Date.now() - lastMove > (o.stallTimeoutMs ?? 10_000)) {
-      throw new FerryError('FERRY_E_MIGRATION_STALLED', `Disk mirror made no progress for ${o.stallTimeoutMs ?? 10_000} ms (link down?).`);
     }
     await sleep(pollMs, undefined, o.signal === undefined ? {} : { signal: o.signal }).catch(() => undefined);
   }

@@ -58,3 +58,12 @@ test('the deadline never aborts a migration in post-copy: the guest is already o
   const lateAndStalled = nextEscalation({ ...late, msSinceProgress: 11_000 }, DEFAULT_POLICY);
   assert.equal(lateAndStalled?.kind, 'postcopy-recover');
 });
+
+test('--postcopy always: post-copy once the first pass is done, asked once a pass, never before', () => {
+  const always = { ...DEFAULT_POLICY, postcopy: 'always' as const };
+  assert.equal(nextEscalation(view({ passes: 1 }), always), null, 'the first pass is still running');
+  assert.equal(nextEscalation(view({ passes: 2 }), always)?.kind, 'postcopy');
+  assert.equal(nextEscalation(view({ passes: 2, lastEscalationPass: 2 }), always), null, 'asked already in this pass');
+  assert.equal(nextEscalation(view({ passes: 3, postcopyActive: true }), always), null, 'running already');
+  assert.equal(nextEscalation(view({ passes: 2 }), DEFAULT_POLICY), null, 'never by default');
+});

@@ -54,6 +54,10 @@ export function nextEscalation(v: ConvergenceView, p: MigrationPolicy): Escalati
     };
   }
   if (v.postcopyActive) return null;
+  // `--postcopy always`: once the first pass is done every page went once; the rest is faster pulled on demand.
+  if (p.postcopy === 'always' && v.passes >= 2 && v.lastEscalationPass < v.passes) {
+    return { kind: 'postcopy', reason: `pass ${v.passes}: the first pass is done (--postcopy always)` };
+  }
   if (v.passes - v.lastEscalationPass < p.passesPerStep) return null;
   if (!isStuck(v.remainingByPass, p.passesPerStep - 1)) return null;
   if (v.downtimeLimitMs < p.maxDowntimeMs) {

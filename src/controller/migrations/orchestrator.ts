@@ -356,7 +356,8 @@ export class MigrationOrchestrator {
         throw new FerryError('FERRY_E_MIGRATION_CANCELLED', 'Cancelled by the user; the VM keeps running on the source.');
       }
       // The policy: watch convergence and escalate.
-      const transferred = v.transferredBytes ?? 0;
+      // Disk mirror bytes count as progress too: a mirror that stops moving is a stall like any other.
+      const transferred = (v.transferredBytes ?? 0) + (v.mirror?.transferredBytes ?? 0);
       if (transferred !== lastTransferred) {
         lastTransferred = transferred;
         lastProgressAt = Date.now();
@@ -373,7 +374,7 @@ export class MigrationOrchestrator {
           passes: pass,
           remainingBytes: v.remainingBytes ?? 0,
           remainingByPass,
-          msSinceProgress: paused ? Number.POSITIVE_INFINITY : v.mirror && !v.mirror.ready ? 0 : Date.now() - lastProgressAt,
+          msSinceProgress: paused ? Number.POSITIVE_INFINITY : Date.now() - lastProgressAt,
           downtimeLimitMs: v.downtimeLimitMs ?? policy.initialDowntimeMs,
           postcopyActive: v.postcopyStarted,
           lastEscalationPass,
