@@ -10,6 +10,16 @@ test('every error code is documented in docs/errors.md, and nothing else is', ()
   for (const code of documented) assert.ok(code! in ERRORS, `${code} documented but not in the registry`);
 });
 
+test("docs/errors.md gives each code the registry's status, exit code and retryable flag", () => {
+  const doc = readFileSync(new URL('../../docs/errors.md', import.meta.url), 'utf8');
+  const rows = [...doc.matchAll(/^\| `(FERRY_E_[A-Z0-9_]+)` +\| +(\d+) +\| +(\d) +\| +(yes|no) +\|/gm)];
+  assert.equal(rows.length, Object.keys(ERRORS).length, 'one table row per code');
+  for (const [, code, status, exit, retryable] of rows) {
+    const d = ERRORS[code as keyof typeof ERRORS];
+    assert.deepEqual([Number(status), Number(exit), retryable === 'yes'], [d.status, d.exit, d.retryable], code);
+  }
+});
+
 test('errors survive a JSON round trip with their code', () => {
   const e = new FerryError('FERRY_E_VM_EXISTS', 'vm a1 exists', { details: { name: 'a1' } });
   const back = fromErrorJSON(JSON.parse(JSON.stringify({ error: e })));

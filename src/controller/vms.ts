@@ -5,6 +5,8 @@
  */
 import type { VmJson } from '../common/api.ts';
 import { createHash } from 'node:crypto';
+import { statSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
 import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
@@ -61,6 +63,40 @@ export function macFor(name: string, used: ReadonlySet<string>): string {
   throw new FerryError('FERRY_E_INTERNAL', `No free MAC address for ${name}.`);
 }
 
+/**
+ * `tiny`, or an absolute directory that holds `vmlinuz` and `initramfs.gz` as the agent's resolveImage
+ * wants it. Checked here, before anything is reserved, so that a wrong path is the caller's 4xx rather than
+ * the agent's failure halfway through a create. Image directories are seen by the controller as by the
+ * agents (one machine in a lab, shared storage in a cluster).
+ */
+export function checkImage(image: string): string {
+  if (image === 'tiny') return image;
+  const bad = (why: string, cause?: unknown): FerryError =>
+    new FerryError('FERRY_E_BAD_IMAGE', `Bad image ${JSON.stringify(image)}: ${why}; use \`tiny\` or an absolute directory holding vmlinuz and initramfs.gz.`, {
+      ...(cause === undefined ? {} : { cause }),
+    });
+  if (!isAbsolute(image) || image.length > 4096 || image.includes('\0')) throw bad('not an absolute path');
+  // `..` would let the path mean something else on the agent than what was checked here.
+  if (image.split('/').some((seg) => seg === '.' || seg === '..')) throw bad('no . or .. segments');
+  let dir;
+  try {
+    dir = statSync(image);
+  } catch (err) {
+    throw bad('no such directory', err);
+  }
+  if (!dir.isDirectory()) throw bad('not a directory');
+  for (const file of ['vmlinuz', 'initramfs.gz']) {
+    let st;
+    try {
+      st = statSync(join(image, file));
+    } catch (err) {
+      throw bad(`no ${file} in it`, err);
+    }
+    if (!st.isFile()) throw bad(`${file} is not a file`);
+  }
+  return image;
+}
+
 export class VmService {
   private readonly rows: VmRows;
   constructor(private readonly o: VmServiceOptions) {
@@ -87,6 +123,11 @@ export class VmService {
     return this.o.pool.client(h.name, h.url);
   }
 
+  private networkNames(): string {
+    const names = (this.o.store.sqlite.prepare('SELECT name FROM networks ORDER BY name').all() as { name: string }[]).map((r) => r.name);
+    return names.length === 0 ? 'none (ferry server --vm-network NAME=CIDR adds one)' : names.join(', ');
+  }
+
   /** Parses and checks a create request; everything that can be refused before touching the store. */
   private parseRequest(req: CreateVmRequest) {
     const name = validateName(req.name, 'VM name');
@@ -94,11 +135,16 @@ export class VmService {
     const vcpus = req.vcpus ?? 1;
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
     const diskBytes = req.disk === undefined ? undefined : parseSize(req.disk, 'disk');
-    const image = req.image ?? 'tiny';
+    const image = checkImage(req.image ?? 'tiny');
     if (req.host !== undefined) validateName(req.host, 'host name');
     let network = req.network;
-    if (network !== undefined) validateName(network, 'network name');
-    else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
+    if (network !== undefined) {
+      validateName(network, 'network name');
+      // A NIC on a network the controller does not manage would get no address and a bridge no agent has.
+      if (!getNetwork(this.o.store.sqlite, network)) {
+        throw new FerryError('FERRY_E_NETWORK_NOT_FOUND', `No VM network named ${JSON.stringify(network)}: the server has ${this.networkNames()}.`);
+      }
+    } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
     return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host };
   }
 
@@ -145,7 +191,13 @@ export class VmService {
       let status: VmStatus;
       try {
         status = await agent.createVm(reserved.spec);
-      } catch (err) {
+      } catch (err0) {
+        // The directory was there when checked but the agent did not find it (gone since, or on another
+        // machine): still the request's image, so still the caller's mistake.
+        const err =
+          err0 instanceof FerryError && err0.code === 'FERRY_E_IMAGE_MISSING' && p.image !== 'tiny'
+            ? new FerryError('FERRY_E_BAD_IMAGE', `Image ${p.image} on ${host}: ${err0.message}`, { cause: err0 })
+            : err0;
         // Undo: the agent may have got halfway (disk created, QEMU started then failed), so ask it to
         // remove whatever it has, then drop the reservation (the address goes with it, ON DELETE CASCADE).
         await agent.deleteVm(p.name).catch(() => undefined);

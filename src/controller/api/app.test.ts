@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createController, type Controller } from '../controller.ts';
 import { nowIso } from '../store/db.ts';
-import { buildApp } from './app.ts';
+import { BODY_LIMIT, buildApp } from './app.ts';
 import type { App } from './types.ts';
 
 interface Env {
@@ -184,5 +184,35 @@ test('the OpenAPI document lists the routes; metrics are exposed', async () => {
     assert.match(m.body, /ferry_hosts\{state="ready"\} 0/);
     assert.match(m.body, /ferry_vms\{state="running"\} 0/);
     assert.match(m.body, /ferry_api_requests_total\{method="GET",route="\/api\/v1\/openapi.json",status="200"\} 1/);
+  });
+});
+
+test('a create with a bad image or an unknown network is a 4xx with its own code, and leaves nothing', async () => {
+  await withApp(async ({ ctl, app, auth }) => {
+    const before = ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
+    for (const image of ['/etc', '/nonexistent', '/etc/passwd', '/a/../etc', '/tmp']) {
+      const res = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'a1', image } });
+      assert.equal(res.statusCode, 400, `${image}: ${res.body}`);
+      assert.equal(res.json().error.code, 'FERRY_E_BAD_IMAGE', image);
+    }
+    const net = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'a1', network: 'nonet' } });
+    assert.equal(net.statusCode, 404, net.body);
+    assert.equal(net.json().error.code, 'FERRY_E_NETWORK_NOT_FOUND');
+    assert.match(net.json().error.message, /vm0/);
+    assert.deepEqual(ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
+  });
+});
+
+test('transport refusals keep their status in the envelope: 413 over the body limit, 415, a bad URL', async () => {
+  await withApp(async ({ app, auth }) => {
+    const big = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: { ...auth, 'content-type': 'application/json' }, payload: `{"name":"${'a'.repeat(BODY_LIMIT)}"}` });
+    assert.equal(big.statusCode, 413);
+    assert.equal(big.json().error.code, 'FERRY_E_BODY_TOO_LARGE');
+    const xml = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: { ...auth, 'content-type': 'application/xml' }, payload: '<vm name="a1"/>' });
+    assert.equal(xml.statusCode, 415);
+    assert.equal(xml.json().error.code, 'FERRY_E_MEDIA_TYPE');
+    const url = await app.inject({ method: 'GET', url: '/api/v1/vms/%zz', headers: auth });
+    assert.equal(url.statusCode, 400);
+    assert.equal(url.json().error.code, 'FERRY_E_BAD_INPUT');
   });
 });

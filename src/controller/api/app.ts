@@ -4,10 +4,12 @@
  * route (validated, and published as OpenAPI at /api/v1/openapi.json), request metrics. Routes live one
  * file per noun beside this one. `buildApp` does not listen, so tests use `inject()`.
  */
-import Fastify, { type FastifyError } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import Fastify, { type FastifyError, type FastifyReply } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { FerryError, toFerryError } from '../../common/errors.ts';
+import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts';
 import { NAME_RE } from '../../common/units.ts';
 import type { Controller } from '../controller.ts';
 import { checkApiToken } from '../tokens.ts';
@@ -19,12 +21,40 @@ import { registerVmRoutes } from './vms.ts';
 import { registerMigrationRoutes } from './migrations.ts';
 
 
+/** Largest request body the API reads (bytes); a larger one is refused with FERRY_E_BODY_TOO_LARGE (413). */
+export const BODY_LIMIT = 1024 * 1024;
+
 /** Routes anyone may call: the health check, and the join (it carries its own one-time token). */
 const PUBLIC = new Set(['/api/v1/health', '/api/v1/join']);
 
 export interface BuildAppOptions {
   /** TLS certificate chain (server certificate, then the CA) and key. */
   tls: { certPem: string; keyPem: string };
+}
+
+/** The HTTP statuses of fastify's and Node's own refusals that keep their status, each under its own code. */
+const CLIENT_ERRORS: Partial<Record<number, ErrorCode>> = {
+  408: 'FERRY_E_REQUEST_TIMEOUT',
+  413: 'FERRY_E_BODY_TOO_LARGE',
+  415: 'FERRY_E_MEDIA_TYPE',
+  431: 'FERRY_E_HEADERS_TOO_LARGE',
+};
+
+/**
+ * Requests Node's HTTP parser refuses (a broken request line, bad chunked encoding, headers too large)
+ * never reach fastify's error handler: they are answered here, on the raw socket, in the same envelope.
+ */
+function clientErrorHandler(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+  const fe = new FerryError(CLIENT_ERRORS[status] ?? 'FERRY_E_BAD_INPUT', `The request is not valid HTTP (${err.code ?? err.message}).`, { cause: err });
+  const body = JSON.stringify({ error: fe.toJSON() });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
 }
 
 function bearer(header: string | undefined): string | null {
@@ -34,11 +64,20 @@ function bearer(header: string | undefined): string | null {
 
 export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<App> {
   const app: App = Fastify({
-    https: { cert: opts.tls.certPem, key: opts.tls.keyPem },
+    // Node would answer a request without Host itself, with an empty 400; the onRequest hook below
+    // answers it in the envelope instead.
+    https: { cert: opts.tls.certPem, key: opts.tls.keyPem, requireHostHeader: false },
     logger: false,
     // SSE streams are closed by our own onClose hook; other idle keep-alive sockets are closed here.
     forceCloseConnections: 'idle',
-    bodyLimit: 1024 * 1024,
+    bodyLimit: BODY_LIMIT,
+    clientErrorHandler,
+    // The router's own refusals (a path that is not valid percent-encoding) skip the error handler.
+    frameworkErrors: (err, _req, reply) => {
+      const fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { cause: err, details: { fastifyCode: err.code } });
+      // The reply's generic types are those of a route that does not exist yet; only plain JSON is sent.
+      void (reply as unknown as FastifyReply).status(fe.status).type('application/json').send({ error: fe.toJSON() });
+    },
   })
     .withTypeProvider<TypeBoxTypeProvider>()
     .setValidatorCompiler(TypeBoxValidatorCompiler);
@@ -53,6 +92,9 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
   });
 
   app.addHook('onRequest', async (req) => {
+    if (req.raw.httpVersionMajor === 1 && req.raw.httpVersionMinor >= 1 && !req.headers.host) {
+      throw new FerryError('FERRY_E_BAD_INPUT', 'HTTP/1.1 requests need a Host header.');
+    }
     const path = req.url.split('?')[0]!;
     if (PUBLIC.has(path)) return;
     const token = bearer(req.headers.authorization);
@@ -86,7 +128,8 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
         : new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { validation } });
     } else if (typeof (err as FastifyError).statusCode === 'number' && (err as FastifyError).statusCode! < 500) {
       // fastify's own 4xx (bad JSON, wrong content type, body too large): the client sent something wrong.
-      fe = new FerryError('FERRY_E_BAD_INPUT', err.message, { details: { fastifyCode: (err as FastifyError).code } });
+      const status = (err as FastifyError).statusCode!;
+      fe = new FerryError(CLIENT_ERRORS[status] ?? 'FERRY_E_BAD_INPUT', err.message, { cause: err, details: { fastifyCode: (err as FastifyError).code } });
     } else {
       fe = toFerryError(err);
       ctl.log(`internal error: ${err.stack ?? err.message}`);
