@@ -9,8 +9,8 @@ import type { VmSpec } from './spec.ts';
 export interface VmJson {
   name: string;
   host: string;
-  /** One of VM_STATES, or `creating` while the agent is still starting it. */
-  state: VmState | 'creating';
+  /** One of VM_STATES, or `creating` / `deleting` while the agent is still starting or removing it. */
+  state: VmState | 'creating' | 'deleting';
   spec: VmSpec;
   bootId: string | null;
   ip: string | null;

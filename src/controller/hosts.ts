@@ -283,7 +283,7 @@ export class HostRegistry {
         this.foreignCopy(host, row, r);
         continue;
       }
-      if (row.state === 'creating' || migrating(row)) continue;
+      if (row.state === 'creating' || row.state === 'deleting' || migrating(row)) continue;
       if (row.state !== r.state || row.boot_id !== r.bootId) {
         rows.update(r.name, { state: r.state, bootId: r.bootId }, row.state);
         events.publish('vm.state', r.name, { host, from: row.state, to: r.state, bootId: r.bootId, reason: 'reported by agent' });
@@ -292,7 +292,7 @@ export class HostRegistry {
     const mine = rows.onHost(host);
     for (const row of mine) {
       if (seen.has(row.name) || guard.skip(row.name, fetchedAt)) continue;
-      if (row.state === 'creating' || migrating(row) || row.state === 'stopped') continue;
+      if (row.state === 'creating' || row.state === 'deleting' || migrating(row) || row.state === 'stopped') continue;
       rows.update(row.name, { state: 'stopped' }, row.state);
       events.publish('vm.state', row.name, { host, from: row.state, to: 'stopped', bootId: row.boot_id, reason: 'agent no longer reports it' });
     }

@@ -228,6 +228,7 @@ export class VmService {
 
   private assertSettled(r: VmsTable): void {
     if (r.state === 'creating') throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is still being created.`);
+    if (r.state === 'deleting') throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is being deleted.`);
     if (r.state === 'migrating') throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${r.name} is being migrated: wait for it or cancel it.`);
   }
 
@@ -274,11 +275,19 @@ export class VmService {
     return this.o.guard.exclusive(name, 'delete', async () => {
       const r = this.row(name);
       this.assertSettled(r);
+      // Claim the row first (compare-and-set), so that a migration asked for meanwhile finds the VM
+      // `deleting` and is refused, instead of moving a VM whose row this delete then removes.
+      if (!this.rows.update(name, { state: 'deleting' }, r.state)) {
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${name} changed state meanwhile (a migration?): try again.`);
+      }
       try {
         await this.agentFor(r).deleteVm(name);
       } catch (err) {
         // Already gone from the host is what we wanted; anything else keeps the row (and says why).
-        if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) throw err;
+        if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) {
+          this.rows.update(name, { state: r.state }, 'deleting');
+          throw err;
+        }
       }
       this.rows.remove(name);
       this.o.events.publish('vm.deleted', name, { host: r.host });

@@ -110,6 +110,8 @@ describe('racing requests for one VM in a two-host lab', { timeout: 300_000 }, (
       const [m, d] = order === 'migrate first' ? await Promise.all([migrate(), remove()]) : (await Promise.all([remove(), migrate()])).reverse();
       const outcome = `migrate ${m!.status} ${m!.body.error?.code ?? ''}, delete ${d!.status} ${d!.body.error?.code ?? ''}`;
       assert.ok(m!.status < 500 && d!.status < 500, outcome);
+      // Never both: a migration accepted for a VM that a delete removes would leave a guest nobody owns.
+      assert.ok(!(m!.status === 202 && d!.status === 200), `${outcome}: both were accepted`);
       await settled();
       const now = await api('GET', `/api/v1/vms/${VM}`);
       if (now.status === 404) {
