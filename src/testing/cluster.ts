@@ -64,6 +64,9 @@ export function pidGone(pid: number): boolean {
   }
 }
 
+/** Thrown inside a `waitUntil` callback: stop waiting at once, and throw this error. */
+export class StopWaiting extends Error {}
+
 export async function waitUntil<T>(
   what: string,
   fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
@@ -77,6 +80,7 @@ export async function waitUntil<T>(
       const v = await fn();
       if (v !== null && v !== undefined && v !== false) return v;
     } catch (err) {
+      if (err instanceof StopWaiting) throw err;
       lastErr = err;
     }
     if (Date.now() > deadline)

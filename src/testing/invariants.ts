@@ -148,6 +148,8 @@ export interface InvariantInput {
   /** Disk checksums taken before the case, when the VM has a disk: device → {mib, sum}. */
   disks?: Record<string, { mib: number; sum: string }>;
   watch?: RunningWatch;
+  /** Taps on each host before the case (host → names). */
+  tapsBefore?: Record<string, string[]>;
   /** How long the world may take to settle (cleanups in the background) before a check counts. */
   settleMs?: number;
 }
@@ -159,19 +161,26 @@ export interface InvariantResult {
   statuses: QemuStatus[];
 }
 
-/** Leftovers of the VM on a host it must not be on: QEMU, run dir, taps, listeners other than the agent's. */
-async function leftoversOn(cluster: TestCluster, host: string, vm: string): Promise<string[]> {
+/** The tap interfaces in a lab host's namespace. */
+export async function tapsOn(cluster: TestCluster, host: string): Promise<string[]> {
+  const links = await execInHost(cluster.lab, host, ['ip', '-j', '-d', 'link', 'show']);
+  if (links.code !== 0) return [];
+  return (JSON.parse(links.stdout || '[]') as { ifname: string; linkinfo?: { info_kind?: string } }[])
+    .filter((l) => l.linkinfo?.info_kind === 'tun')
+    .map((l) => l.ifname);
+}
+
+/**
+ * Leftovers of the VM on a host it must not be on: QEMU, run dir, taps (not there before the case: an
+ * earlier case's leftover is that case's finding), QEMU listeners (NBD exports, `migrate-incoming`).
+ */
+async function leftoversOn(cluster: TestCluster, host: string, vm: string, tapsBefore: readonly string[]): Promise<string[]> {
   const out: string[] = [];
   const q = cluster.qemus(vm).filter((x) => x.host === host);
   if (q.length > 0) out.push(`QEMU ${q.map((x) => x.pid).join(',')}`);
   if (cluster.runDirExists(host, vm)) out.push(`run dir ${cluster.runDir(host, vm)}`);
-  const links = await execInHost(cluster.lab, host, ['ip', '-j', '-d', 'link', 'show']);
-  if (links.code === 0) {
-    const taps = (JSON.parse(links.stdout || '[]') as { ifname: string; linkinfo?: { info_kind?: string } }[])
-      .filter((l) => l.linkinfo?.info_kind === 'tun')
-      .map((l) => l.ifname);
-    if (taps.length > 0) out.push(`tap ${taps.join(',')}`);
-  }
+  const taps = (await tapsOn(cluster, host)).filter((t) => !tapsBefore.includes(t));
+  if (taps.length > 0) out.push(`tap ${taps.join(',')}`);
   // An NBD export or a `migrate-incoming` listener is a TCP listener of a QEMU on that host.
   const ss = await execInHost(cluster.lab, host, ['ss', '-Htlnp']);
   if (ss.code === 0) {
@@ -288,9 +297,9 @@ export async function checkInvariants(input: InvariantInput): Promise<InvariantR
   for (const other of elsewhere) {
     if (host === null && other !== input.source && other !== input.destination) continue;
     try {
-      await waitUntil(`nothing left on ${other}`, async () => (await leftoversOn(cluster, other, vm)).length === 0, settleMs, 1000);
+      await waitUntil(`nothing left on ${other}`, async () => (await leftoversOn(cluster, other, vm, input.tapsBefore?.[other] ?? [])).length === 0, settleMs, 1000);
     } catch {
-      if (host !== null) add('leftover', `left on ${other}: ${(await leftoversOn(cluster, other, vm)).join('; ')}`);
+      if (host !== null) add('leftover', `left on ${other}: ${(await leftoversOn(cluster, other, vm, input.tapsBefore?.[other] ?? [])).join('; ')}`);
     }
   }
   return { violations: v, host, statuses };

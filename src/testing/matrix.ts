@@ -10,7 +10,7 @@ import { qemuBinary } from '../qemu/accel.ts';
 import { restoreTraffic } from '../lab/index.ts';
 import { FINAL_STATES, pidGone, waitUntil, type TestCluster, type VmJson } from './cluster.ts';
 import { MATRIX, OMITTED, PointMissed, armHold, cellName, inject, migrateArgs, reachPoint, releaseHold, type Cell } from './faults.ts';
-import { RunningWatch, VIOLATION_KINDS, checkInvariants, checkMigratesAgain, type Violation, type ViolationKind } from './invariants.ts';
+import { RunningWatch, VIOLATION_KINDS, checkInvariants, tapsOn, checkMigratesAgain, type Violation, type ViolationKind } from './invariants.ts';
 import type { MigrationJson } from '../common/migration.ts';
 
 /** A job that is not final this long after its fault was lifted fails the cell. */
@@ -110,6 +110,8 @@ export async function runCell(o: RunCellOptions): Promise<{ outcome: CellOutcome
   const before = await cluster.vmShow(vm.name);
   const source = before.host;
   const destination = cluster.current.hosts.map((h) => h.name).find((h) => h !== source)!;
+  const tapsBefore: Record<string, string[]> = {};
+  for (const h of cluster.current.hosts) tapsBefore[h.name] = await tapsOn(cluster, h.name);
   const watch = new RunningWatch(cluster, vm.name).start();
   try {
     armHold(cluster, cell.point);
@@ -161,6 +163,7 @@ export async function runCell(o: RunCellOptions): Promise<{ outcome: CellOutcome
     job: job !== null && FINAL_STATES.includes(job.state) ? job : null,
     expect: { host: expectHost },
     watch,
+    tapsBefore,
   });
   // A job that is not final was reported above already; checkInvariants repeats it only for a null job.
   violations.push(...inv.violations.filter((v) => !(v.kind === 'job' && job !== null && !FINAL_STATES.includes(job.state) && /never became final/.test(v.message))));
@@ -170,7 +173,8 @@ export async function runCell(o: RunCellOptions): Promise<{ outcome: CellOutcome
     violations.push(...again.violations);
     broken = again.host === null;
   }
-  if (violations.some((v) => v.kind === 'corrupt')) broken = true;
+  // A corrupt guest, or a copy of it left on the other host, would be every later cell's finding too.
+  if (violations.some((v) => v.kind === 'corrupt' || (v.kind === 'leftover' && /QEMU|run dir/.test(v.message)))) broken = true;
   const outcome: CellOutcome = {
     cell: name,
     point: cell.point,
