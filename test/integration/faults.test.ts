@@ -10,10 +10,12 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestCluster } from '../../src/testing/cluster.ts';
 import { MATRIX, cellName } from '../../src/testing/faults.ts';
-import { createVm, runCell, type CellOutcome, type VmUnderTest } from '../../src/testing/matrix.ts';
+import { writeFileSync } from 'node:fs';
+import { createVm, reliabilityReport, runCell, type CellOutcome, type VmUnderTest } from '../../src/testing/matrix.ts';
 
 const cluster = new TestCluster('fx');
 const outcomes: CellOutcome[] = [];
+const t0 = Date.now();
 let vm: VmUnderTest | null = null;
 
 describe('fault matrix: one repetition of every cell', { timeout: 40 * 60_000 }, () => {
@@ -26,6 +28,9 @@ describe('fault matrix: one repetition of every cell', { timeout: 40 * 60_000 },
     try {
       await cluster.down();
     } finally {
+      // The same report `npm run test:faults` writes, from this one repetition, when asked for.
+      const out = process.env.FERRY_RELIABILITY_OUT;
+      if (out) writeFileSync(out, reliabilityReport(outcomes, { reps: 1, totalMs: Date.now() - t0 }));
       console.log(
         `# cells:\n${outcomes.map((o) => `#   ${o.cell}: ${o.state ?? 'not final'}${o.errorCode ? ` ${o.errorCode}` : ''} on ${o.endedOn ?? '-'} in ${Math.round(o.durationMs / 100) / 10} s${o.violations.length ? ` — ${o.violations.length} broken` : ''}`).join('\n')}`,
       );
