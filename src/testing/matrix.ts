@@ -251,7 +251,7 @@ const KIND_LABEL: Record<ViolationKind, string> = {
   remigrate: 'VMs that did not migrate again',
 };
 
-export function reliabilityReport(outcomes: readonly CellOutcome[], opts: { date?: Date; reps: number; totalMs: number }): string {
+export function reliabilityReport(outcomes: readonly CellOutcome[], opts: { date?: Date; reps: number; totalMs: number; source?: string }): string {
   const date = (opts.date ?? new Date()).toISOString();
   const cells = [...new Set(outcomes.map((o) => o.cell))];
   const count = (k: ViolationKind): number => outcomes.filter((o) => o.violations.some((v) => v.kind === k)).length;
@@ -263,6 +263,7 @@ export function reliabilityReport(outcomes: readonly CellOutcome[], opts: { date
     'hosts after each. Do not edit by hand.',
     '',
     `- date: ${date}`,
+    `- run by: ${opts.source ?? 'npm run test:faults'}`,
     `- QEMU: ${qemuVersion()}`,
     `- cells × repetitions: ${cells.length} × ${opts.reps} = ${outcomes.length} cases, ${Math.round(opts.totalMs / 1000)} s in all`,
     `- cases with a broken invariant: ${outcomes.filter((o) => o.violations.length > 0).length}; points missed: ${outcomes.filter((o) => o.missed).length}`,

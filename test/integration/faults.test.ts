@@ -30,7 +30,7 @@ describe('fault matrix: one repetition of every cell', { timeout: 40 * 60_000 },
     } finally {
       // The same report `npm run test:faults` writes, from this one repetition, when asked for.
       const out = process.env.FERRY_RELIABILITY_OUT;
-      if (out) writeFileSync(out, reliabilityReport(outcomes, { reps: 1, totalMs: Date.now() - t0 }));
+      if (out) writeFileSync(out, reliabilityReport(outcomes, { reps: 1, totalMs: Date.now() - t0, source: 'test/integration/faults.test.ts (FERRY_RELIABILITY_OUT)' }));
       console.log(
         `# cells:\n${outcomes.map((o) => `#   ${o.cell}: ${o.state ?? 'not final'}${o.errorCode ? ` ${o.errorCode}` : ''} on ${o.endedOn ?? '-'} in ${Math.round(o.durationMs / 100) / 10} s${o.violations.length ? ` — ${o.violations.length} broken` : ''}`).join('\n')}`,
       );
