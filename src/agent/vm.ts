@@ -395,6 +395,7 @@ export class LocalVm {
     const spec = this.#spec;
     const paths: VmPaths = {
       qmpSocket: files.qmpSocket,
+      observeSocket: files.observeSocket,
       guestSocket: files.guestSocket,
       serialLog: files.serialLog,
       pidfile: files.pidfile,
@@ -436,6 +437,7 @@ export class LocalVm {
     }
     this.#qemu = undefined;
     await unlink(sock).catch(() => undefined);
+    await unlink(runFiles(this.runDir).observeSocket).catch(() => undefined);
     await unlink(runFiles(this.runDir).pidfile).catch(() => undefined);
   }
 }

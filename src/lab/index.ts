@@ -37,17 +37,22 @@ import {
   findLabIndex,
   findLabObjects,
   hostIndex,
+  cutTraffic as cutTrafficOnPorts,
   killPids,
   namespacePids,
   validateHostCount,
   validateLabName,
   type HostRef,
   type LabNetwork,
+  type TrafficKind,
 } from './net.ts';
 
 export {
   DEFAULT_LAB,
   execInHost,
+  restoreTraffic,
+  trafficCut,
+  type TrafficKind,
   labHostNamespace,
   linkDown,
   linkUp,
@@ -834,4 +839,12 @@ export async function labRestartServer(
     opts.timeoutMs ?? 60_000,
   );
   return state;
+}
+
+/**
+ * Cuts only the migration traffic (QEMU's stream, NBD) or only the management traffic (controller↔agent
+ * API) of a lab host, both directions; `restoreTraffic` undoes it. The two share one link in the lab.
+ */
+export function cutTraffic(lab: string, host: HostRef, kind: TrafficKind): Promise<void> {
+  return cutTrafficOnPorts(lab, host, kind, [AGENT_PORT, SERVER_PORT]);
 }

@@ -552,3 +552,83 @@ export async function execInHost(
   const ns = labHostNamespace(lab, host);
   return run('ip', ['netns', 'exec', ns, ...argv], opts.timeoutMs ?? 30_000);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// cutting one kind of traffic (fault tests)
+
+/**
+ * What a host's one link carries, told apart by TCP port: `management` is the controller↔agent API (the
+ * agent's fixed port, and the controller's for calls the agent makes), `migration` is everything else on
+ * TCP — QEMU's migration stream and NBD exports, whose ports QEMU and the agent choose.
+ */
+export type TrafficKind = 'migration' | 'management';
+
+/** The nftables table of a cut: one per namespace, so restoring deletes exactly what a cut added. */
+const CUT_TABLE = 'ferry_fault';
+
+async function nftInHost(lab: string, host: HostRef, args: string[]): Promise<ExecResult> {
+  const ns = labHostNamespace(lab, host);
+  const r = await run('ip', ['netns', 'exec', ns, 'nft', ...args]);
+  if (r.code !== 0 && /exec of "nft" failed/.test(r.stderr)) {
+    throw new FerryError('FERRY_E_MISSING_TOOL', '`nft` was not found: install nftables (scripts/setup.sh does).');
+  }
+  return r;
+}
+
+/**
+ * Drops one kind of TCP traffic on a host's management/migration link (eth0 inside its namespace), in both
+ * directions, silently (no reset): to both ends it looks like a cable pulled for that traffic only, so TCP
+ * retransmits and no one is told. `managementPorts` are the ports of the controller↔agent API. Undo with
+ * `restoreTraffic` (in a `finally`).
+ */
+export async function cutTraffic(
+  lab: string,
+  host: HostRef,
+  kind: TrafficKind,
+  managementPorts: readonly number[],
+): Promise<void> {
+  if (managementPorts.length === 0 || managementPorts.some((p) => !Number.isInteger(p) || p < 1 || p > 65535)) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `Bad management ports ${JSON.stringify(managementPorts)}.`);
+  }
+  const set = `{ ${managementPorts.join(', ')} }`;
+  const must = async (args: string[]): Promise<void> => {
+    const r = await nftInHost(lab, host, args);
+    if (r.code !== 0) throw new FerryError('FERRY_E_LAB', `nft ${args.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`);
+  };
+  await restoreTraffic(lab, host);
+  try {
+    await must(['add', 'table', 'inet', CUT_TABLE]);
+    for (const [chain, hook, dev] of [
+      ['in', 'input', 'iifname'],
+      ['out', 'output', 'oifname'],
+    ] as const) {
+      await must(['add', 'chain', 'inet', CUT_TABLE, chain, `{ type filter hook ${hook} priority 0; policy accept; }`]);
+      const rule =
+        kind === 'management'
+          ? [
+              [dev, HOST_MGMT_IF, 'tcp', 'dport', set, 'drop'],
+              [dev, HOST_MGMT_IF, 'tcp', 'sport', set, 'drop'],
+            ]
+          : [[dev, HOST_MGMT_IF, 'tcp', 'dport', '!=', set, 'tcp', 'sport', '!=', set, 'drop']];
+      for (const r of rule) await must(['add', 'rule', 'inet', CUT_TABLE, chain, ...r]);
+    }
+  } catch (err) {
+    await restoreTraffic(lab, host).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Removes a cut made by `cutTraffic`; a no-op when there is none (or the namespace is gone). */
+export async function restoreTraffic(lab: string, host: HostRef): Promise<void> {
+  const r = await nftInHost(lab, host, ['delete', 'table', 'inet', CUT_TABLE]);
+  if (r.code !== 0 && !/No such file or directory|does not exist|Cannot open network namespace/i.test(r.stderr)) {
+    throw new FerryError('FERRY_E_LAB', `nft delete table inet ${CUT_TABLE}: ${r.stderr.trim()}`);
+  }
+}
+
+/** Which cut is in place on a host, if any (read back from nftables, not remembered). */
+export async function trafficCut(lab: string, host: HostRef): Promise<TrafficKind | null> {
+  const r = await nftInHost(lab, host, ['list', 'table', 'inet', CUT_TABLE]);
+  if (r.code !== 0) return null;
+  return /dport != /.test(r.stdout) ? 'migration' : 'management';
+}

@@ -7,6 +7,7 @@ import { buildQemuArgv, kernelCmdline, type VmPaths } from './argv.ts';
 const run = '/var/lib/ferry/agents/h1/vms/a1';
 const paths = (over: Partial<VmPaths> = {}): VmPaths => ({
   qmpSocket: `${run}/qmp.sock`,
+  observeSocket: `${run}/qmp-observe.sock`,
   guestSocket: `${run}/guest.sock`,
   serialLog: `${run}/serial.log`,
   pidfile: `${run}/qemu.pid`,
@@ -20,6 +21,8 @@ const paths = (over: Partial<VmPaths> = {}): VmPaths => ({
 const common = [
   '-nodefaults', '-nographic', '-no-user-config',
   '-qmp', `unix:${run}/qmp.sock,server=on,wait=off`,
+  '-chardev', `socket,id=qmpobs,path=${run}/qmp-observe.sock,server=on,wait=off`,
+  '-mon', 'chardev=qmpobs,mode=control',
   '-serial', `file:${run}/serial.log`,
   '-pidfile', `${run}/qemu.pid`,
 ];

@@ -13,6 +13,11 @@ export type Accel = 'kvm' | 'tcg';
 /** Host-local paths of one VM: what differs between the source and the destination of a migration. */
 export interface VmPaths {
   qmpSocket: string;
+  /**
+   * A second, read-only-by-convention QMP monitor for test tooling (the fault matrix's invariants ask every
+   * QEMU `query-status` there): QEMU's QMP socket serves one client at a time and the agent holds it.
+   */
+  observeSocket: string;
   guestSocket: string;
   serialLog: string;
   pidfile: string;
@@ -99,6 +104,8 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     '-smp', String(spec.vcpus),
     '-nodefaults', '-nographic', '-no-user-config',
     '-qmp', `unix:${absPath(paths.qmpSocket, 'QMP socket')},server=on,wait=off`,
+    '-chardev', `socket,id=qmpobs,path=${absPath(paths.observeSocket, 'observer QMP socket')},server=on,wait=off`,
+    '-mon', 'chardev=qmpobs,mode=control',
     '-serial', `file:${absPath(paths.serialLog, 'serial log')}`,
     '-pidfile', absPath(paths.pidfile, 'pidfile'),
   ];

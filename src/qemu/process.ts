@@ -17,6 +17,8 @@ import { QmpClient } from './qmp.ts';
 /** Files of one QEMU in its run dir. The names are part of the on-disk layout: re-attach relies on them. */
 export interface RunFiles {
   qmpSocket: string;
+  /** The observer QMP monitor (argv.ts): for tooling that must not take the agent's connection. */
+  observeSocket: string;
   guestSocket: string;
   serialLog: string;
   pidfile: string;
@@ -26,6 +28,7 @@ export interface RunFiles {
 export function runFiles(runDir: string): RunFiles {
   return {
     qmpSocket: join(runDir, 'qmp.sock'),
+    observeSocket: join(runDir, 'qmp-observe.sock'),
     guestSocket: join(runDir, 'guest.sock'),
     serialLog: join(runDir, 'serial.log'),
     pidfile: join(runDir, 'qemu.pid'),
@@ -100,6 +103,7 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
   }
   // A stale socket from an earlier QEMU would look like this one being ready.
   await unlink(files.qmpSocket).catch(() => undefined);
+  await unlink(files.observeSocket).catch(() => undefined);
   await unlink(files.pidfile).catch(() => undefined);
 
   const errFd = openSync(files.stderr, 'a', 0o600);
@@ -145,6 +149,8 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
   await chmod(files.guestSocket, 0o600).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
   });
+  // The observer monitor exists by now when the argv asked for it.
+  if (argv.some((a) => a.includes(`path=${files.observeSocket},`))) await chmod(files.observeSocket, 0o600);
   return { pid, qmp, child: true };
 }
 
