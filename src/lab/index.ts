@@ -103,6 +103,8 @@ export interface LabState {
   hosts: LabHost[];
   /** The CLI config written by `up` (null when not asked to write one). */
   configPath: string | null;
+  /** Extra environment of the controller (kept here so that a restarted controller gets it too). */
+  serverEnv?: Record<string, string>;
 }
 
 export interface LabOptions {
@@ -119,6 +121,8 @@ export interface LabUpOptions extends LabOptions {
   timeoutMs?: number;
   /** Progress lines for humans (stderr in the CLI). */
   log?: (line: string) => void;
+  /** Extra environment of the controller, e.g. a test's FERRY_TEST_HOLD_DIR; kept across its restarts. */
+  serverEnv?: Record<string, string>;
 }
 
 export interface LabUpResult extends LabState {
@@ -214,7 +218,7 @@ interface Started {
  * Starts argv in its own session with stdout/stderr appended to `log`, and waits for the first JSON
  * object line it prints (the "I am listening" line of `ferry server` / `ferry agent --json`).
  */
-async function startDetached(argv: string[], log: string, timeoutMs: number, what: string): Promise<Started> {
+async function startDetached(argv: string[], log: string, timeoutMs: number, what: string, env: NodeJS.ProcessEnv = process.env): Promise<Started> {
   mkdirSync(dirname(log), { recursive: true, mode: 0o700 });
   const offset = existsSync(log) ? statSync(log).size : 0;
   const fd = openSync(log, 'a', 0o600);
@@ -224,7 +228,7 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
     const child = spawn(argv[0]!, argv.slice(1), {
       detached: true,
       stdio: ['ignore', fd, fd],
-      env: process.env,
+      env,
     });
     child.on('error', (err) => (exited = err.message));
     child.on('exit', (code, signal) => (exited = signal ? `killed by ${signal}` : `exit ${code}`));
@@ -444,6 +448,7 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
     s.log,
     timeoutMs,
     'the controller',
+    { ...process.env, ...state.serverEnv },
   );
   s.pid = started.pid;
   if (typeof started.line.url === 'string') s.url = started.line.url;
@@ -688,6 +693,7 @@ export async function labUp(opts: LabUpOptions = {}): Promise<LabUpResult> {
     log(`network: ${hosts} host namespaces, bridges`);
     const net = await createLabNetwork({ name, hosts });
     state = planState(name, dir, net);
+    if (opts.serverEnv !== undefined) state.serverEnv = opts.serverEnv;
     writeLabState(state);
     log(`controller on ${state.server.listen}`);
     await startServer(state, timeoutMs);

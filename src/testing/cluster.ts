@@ -4,9 +4,9 @@
  * what a user does (`ferry … --json` as a child process), the API for what is polled often (cheaper than a
  * CLI process per poll on 2 cores), and /proc for what really runs on each host.
  *
- * The lab's controller and agents are spawned with this process's environment (src/lab/index.ts), so
- * `up` sets FERRY_LAB_DIR, FERRY_CONFIG and FERRY_TEST_HOLD_DIR in `process.env`: a test file or the matrix
- * CLI owns its process, and a restarted controller must find the same hold dir.
+ * The hold dir reaches this lab's controller (and its restarts) through the lab's `serverEnv`, so several
+ * clusters can run in one process; `up` writes the CLI config to this cluster's own file (FERRY_CONFIG is
+ * set for the moment of `labUp`), and every CLI call gets this cluster's environment.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -117,10 +117,9 @@ export class TestCluster {
   }
 
   async up(hosts: number): Promise<LabState> {
-    process.env.FERRY_LAB_DIR = this.dataRoot;
-    process.env.FERRY_CONFIG = this.configFile;
-    process.env.FERRY_TEST_HOLD_DIR = this.holdDir;
-    this.state = await labUp({ name: this.lab, hosts, dataRoot: this.dataRoot, timeoutMs: 180_000 });
+    process.env.FERRY_CONFIG = this.configFile; // where labUp writes the CLI config
+    // The hold dir goes to this lab's controller only (and to its restarts): two clusters may run at once.
+    this.state = await labUp({ name: this.lab, hosts, dataRoot: this.dataRoot, timeoutMs: 180_000, serverEnv: { FERRY_TEST_HOLD_DIR: this.holdDir } });
     return this.state;
   }
 
