@@ -229,8 +229,8 @@ export class HostRegistry {
     try {
       const timeout = { timeoutMs: Math.max(1000, Math.min(5000, this.o.intervalMs * 1.5)) };
       [inventory, vms] = await Promise.all([
-        client.call<HostInventory>('GET', '/agent/v1/inventory', undefined, timeout),
-        client.call<VmStatus[]>('GET', '/agent/v1/vms', undefined, timeout),
+        client.call('inventory', {}, timeout),
+        client.call('listVms', {}, timeout),
       ]);
     } catch (err) {
       const n = (this.misses.get(name) ?? 0) + 1;
@@ -339,7 +339,7 @@ export class HostRegistry {
     if (!h) return;
     const client = pool.client(host, h.url);
     this.resolving.add(key);
-    void (action === 'pause' ? client.pauseVm(row.name) : client.deleteVm(row.name))
+    void (action === 'pause' ? client.call('pauseVm', { params: { name: row.name } }) : client.call('deleteVm', { params: { name: row.name } }))
       .catch((err: unknown) => this.o.log(`host ${host}: could not ${action} the foreign copy of ${row.name}: ${String(err)}`))
       .finally(() => this.resolving.delete(key));
   }
