@@ -34,7 +34,7 @@ import {
 } from '../common/agent-routes.ts';
 import { FerryError, toFerryError } from '../common/errors.ts';
 import { spkiPin } from '../common/identity.ts';
-import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
+import { PROTOCOL_HEADER } from '../common/protocol.ts';
 import { NAME_RE } from '../common/units.ts';
 import type { AgentIdentity, Log } from './identity.ts';
 
@@ -104,6 +104,8 @@ function peerIdentity(req: FastifyRequest): { pin: string; cn: unknown } | undef
 export interface AgentFastifyOptions {
   tls: AgentIdentity;
   log?: Log;
+  /** The versions served; this Ferry's (PROTOCOL_RANGE) unless a test plays an agent of another version. */
+  protocol?: { current: number; min: number };
 }
 
 /** The agent's fastify app, gated and with the error envelope, but no routes yet (not listening). */
@@ -119,7 +121,7 @@ export function agentFastify(opts: AgentFastifyOptions): FastifyInstance {
       minVersion: 'TLSv1.2',
     },
   }) as unknown as FastifyInstance; // fastify's https overload types the server as Http2/Https; routes are the same
-  addAgentGates(app, opts.tls.controllerPin);
+  addAgentGates(app, opts.tls.controllerPin, opts.protocol ?? PROTOCOL_RANGE);
   return agentBasics(app, opts.log);
 }
 
@@ -158,10 +160,10 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
 }
 
 /** The caller's key and protocol version, checked before any route; every answer carries the agent's version. */
-function addAgentGates(app: FastifyInstance, controllerPin: string): void {
+function addAgentGates(app: FastifyInstance, controllerPin: string, range: { current: number; min: number }): void {
   // Pinned at join (identity.ts); a pin per connection would do, but hashing a key per request is cheap.
   app.addHook('onRequest', async (req, reply) => {
-    void reply.header(PROTOCOL_HEADER, String(AGENT_PROTOCOL));
+    void reply.header(PROTOCOL_HEADER, String(range.current));
     const peer = peerIdentity(req);
     if (peer === undefined || peer.pin !== controllerPin) {
       return sendError(
@@ -174,15 +176,15 @@ function addAgentGates(app: FastifyInstance, controllerPin: string): void {
     }
     const raw = req.headers[PROTOCOL_HEADER];
     const version = parseProtocol(raw);
-    if (!protocolAccepted(version)) {
+    if (!protocolAccepted(version, range)) {
       // 400 here: the request is what is wrong. The registry's 502 is the controller's view of the same
       // mismatch (a bad gateway).
       return sendError(
         reply,
         new FerryError(
           'FERRY_E_AGENT_PROTOCOL',
-          `This agent speaks ${describeRange()}; the request has ${PROTOCOL_HEADER}: ${JSON.stringify(raw ?? null)}. Upgrade the older of the two.`,
-          { details: { agentProtocol: PROTOCOL_RANGE.current, agentMinProtocol: PROTOCOL_RANGE.min, requestProtocol: raw ?? null } },
+          `This agent speaks ${describeRange(range)}; the request has ${PROTOCOL_HEADER}: ${JSON.stringify(raw ?? null)}. Upgrade the older of the two.`,
+          { details: { agentProtocol: range.current, agentMinProtocol: range.min, requestProtocol: raw ?? null } },
         ),
         400,
       );

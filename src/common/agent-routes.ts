@@ -299,8 +299,8 @@ export function parseProtocol(raw: string | string[] | undefined): number | null
 }
 
 /** Whether an agent serves a request of `version`: its current and its previous version. */
-export function protocolAccepted(version: number | null): version is number {
-  return version !== null && version >= AGENT_PROTOCOL_MIN && version <= AGENT_PROTOCOL;
+export function protocolAccepted(version: number | null, range: { current: number; min: number } = PROTOCOL_RANGE): version is number {
+  return version !== null && version >= range.min && version <= range.current;
 }
 
 /**

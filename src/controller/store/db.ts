@@ -13,7 +13,7 @@ import { MIGRATIONS, type Migration } from './migrations.ts';
 export interface HostsTable {
   name: string;
   url: string;
-  /** Reachability as seen by heartbeats: `ready` or `unreachable`. Maintenance is its own flag. */
+  /** As seen by heartbeats: `ready`, `unreachable` or `incompatible` (protocol). Maintenance is its own flag. */
   state: string;
   maintenance: number;
   /** HostInventory JSON, from the last successful heartbeat. */
