@@ -305,9 +305,9 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       return { stream: Readable.from([b]), sha256: sha256(b), bytes: b.length };
     },
     coldUpload: async ({ params, headers, body }) => {
+      if (!(body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
       const m = known(params.id);
       if (m.view.role !== 'destination' || m.view.stage !== 'prepared') throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is not waiting for files here.`);
-      if (!(body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
       const parts: Buffer[] = [];
       for await (const chunk of body) parts.push(chunk as Buffer);
       const b = Buffer.concat(parts);
@@ -338,6 +338,11 @@ export class FakeAgent {
 
   constructor(private readonly opts: FakeAgentOptions = {}) {
     this.host = new FakeVmHost(opts.name ?? 'h1', { ...(opts.protocol === undefined ? {} : { protocol: opts.protocol.current }), ...opts.inventory });
+  }
+
+  /** Makes the agent know a migration in the state of `view` (its files none). */
+  seed(view: AgentMigrationView): void {
+    this.migrations.set(view.id, { view: structuredClone(view), files: new Map(), polls: 0 });
   }
 
   get protocol(): { current: number; min: number } {
