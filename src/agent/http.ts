@@ -11,7 +11,12 @@
  * every host's certificate is from the same CA, and a CN is just a string someone may have got signed), and
  * the protocol version (the agent's current and previous one). Every answer carries the agent's version.
  */
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
 import { X509Certificate } from 'node:crypto';
 import type { Readable } from 'node:stream';
@@ -56,14 +61,19 @@ export interface HandlerInput<N extends RouteName> {
 }
 
 /** A download answers a Download; an event stream writes to the reply itself and returns it. */
-export type HandlerResult<N extends RouteName> = StreamOf<N> extends 'download' ? Download : StreamOf<N> extends 'events' ? FastifyReply : ResponseOf<N>;
+export type HandlerResult<N extends RouteName> =
+  StreamOf<N> extends 'download' ? Download : StreamOf<N> extends 'events' ? FastifyReply : ResponseOf<N>;
 
-export type Handler<N extends RouteName> = (input: HandlerInput<N>) => HandlerResult<N> | Promise<HandlerResult<N>>;
+export type Handler<N extends RouteName> = (
+  input: HandlerInput<N>,
+) => HandlerResult<N> | Promise<HandlerResult<N>>;
 
 export type AgentHandlers = { [N in RouteName]: Handler<N> };
 
 /** The routes under /migrations (src/agent/migration/routes.ts) and the others (the host, server.ts). */
-export type MigrationRouteName = { [N in RouteName]: (typeof AGENT_ROUTES)[N]['path'] extends `/migrations/${string}` ? N : never }[RouteName];
+export type MigrationRouteName = {
+  [N in RouteName]: (typeof AGENT_ROUTES)[N]['path'] extends `/migrations/${string}` ? N : never;
+}[RouteName];
 export type HostRouteName = Exclude<RouteName, MigrationRouteName>;
 
 export function sendError(reply: FastifyReply, err: FerryError, status = err.status): FastifyReply {
@@ -78,13 +88,28 @@ export function toAgentError(err: unknown): FerryError {
     const v = fe.validation;
     // A bad VM spec gets its own code, as parseVmSpec gives it; a name that breaks the name rule the code users
     // see for it everywhere else.
-    if (fe.validationContext === 'body' && v.some((e) => e.instancePath === '/spec' || e.instancePath.startsWith('/spec/'))) {
-      return new FerryError('FERRY_E_BAD_SPEC', `Bad VM spec: ${fe.message ?? ''}`, { cause: err, details: { validation: v } });
+    if (
+      fe.validationContext === 'body' &&
+      v.some((e) => e.instancePath === '/spec' || e.instancePath.startsWith('/spec/'))
+    ) {
+      return new FerryError('FERRY_E_BAD_SPEC', `Bad VM spec: ${fe.message ?? ''}`, {
+        cause: err,
+        details: { validation: v },
+      });
     }
-    if (v.some((e) => e.keyword === 'pattern' && (e.params as { pattern?: unknown }).pattern === NAME_RE.source)) {
-      return new FerryError('FERRY_E_BAD_NAME', `${fe.message ?? 'Bad name'}: names must match [a-z0-9][a-z0-9-]{0,62}.`, { cause: err, details: { validation: v } });
+    if (
+      v.some((e) => e.keyword === 'pattern' && (e.params as { pattern?: unknown }).pattern === NAME_RE.source)
+    ) {
+      return new FerryError(
+        'FERRY_E_BAD_NAME',
+        `${fe.message ?? 'Bad name'}: names must match [a-z0-9][a-z0-9-]{0,62}.`,
+        { cause: err, details: { validation: v } },
+      );
     }
-    return new FerryError('FERRY_E_BAD_INPUT', fe.message ?? 'Bad request.', { cause: err, details: { validation: v } });
+    return new FerryError('FERRY_E_BAD_INPUT', fe.message ?? 'Bad request.', {
+      cause: err,
+      details: { validation: v },
+    });
   }
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
     return new FerryError('FERRY_E_BAD_INPUT', fe.message ?? 'Bad request.', { cause: err });
@@ -139,7 +164,12 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
     try {
       done(null, JSON.parse(text) as unknown);
     } catch (err) {
-      done(new FerryError('FERRY_E_BAD_INPUT', `The request body is not JSON: ${(err as Error).message}`, { cause: err }), undefined);
+      done(
+        new FerryError('FERRY_E_BAD_INPUT', `The request body is not JSON: ${(err as Error).message}`, {
+          cause: err,
+        }),
+        undefined,
+      );
     }
   });
   // Uploads stay a stream: disks are far larger than any JSON limit and are hashed as they arrive.
@@ -155,12 +185,18 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
     if (fe.code === 'FERRY_E_INTERNAL') log?.(`internal error: ${String((err as Error).stack ?? err)}`);
     return sendError(reply, fe);
   });
-  app.setNotFoundHandler((req, reply) => sendError(reply, new FerryError('FERRY_E_NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}.`)));
+  app.setNotFoundHandler((req, reply) =>
+    sendError(reply, new FerryError('FERRY_E_NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}.`)),
+  );
   return app;
 }
 
 /** The caller's key and protocol version, checked before any route; every answer carries the agent's version. */
-function addAgentGates(app: FastifyInstance, controllerPin: string, range: { current: number; min: number }): void {
+function addAgentGates(
+  app: FastifyInstance,
+  controllerPin: string,
+  range: { current: number; min: number },
+): void {
   // Pinned at join (identity.ts); a pin per connection would do, but hashing a key per request is cheap.
   app.addHook('onRequest', async (req, reply) => {
     void reply.header(PROTOCOL_HEADER, String(range.current));
@@ -184,7 +220,13 @@ function addAgentGates(app: FastifyInstance, controllerPin: string, range: { cur
         new FerryError(
           'FERRY_E_AGENT_PROTOCOL',
           `This agent speaks ${describeRange(range)}; the request has ${PROTOCOL_HEADER}: ${JSON.stringify(raw ?? null)}. Upgrade the older of the two.`,
-          { details: { agentProtocol: range.current, agentMinProtocol: range.min, requestProtocol: raw ?? null } },
+          {
+            details: {
+              agentProtocol: range.current,
+              agentMinProtocol: range.min,
+              requestProtocol: raw ?? null,
+            },
+          },
         ),
         400,
       );
@@ -200,7 +242,9 @@ function addAgentGates(app: FastifyInstance, controllerPin: string, range: { cur
 export function mountAgentRoutes(app: FastifyInstance, handlers: Partial<AgentHandlers>): void {
   for (const name of Object.keys(handlers) as RouteName[]) {
     // Indexing the map by a name of the union loses the pairing of name and handler type; the table keeps it.
-    const handler = handlers[name] as unknown as (input: HandlerInput<RouteName>) => Promise<unknown> | unknown;
+    const handler = handlers[name] as unknown as (
+      input: HandlerInput<RouteName>,
+    ) => Promise<unknown> | unknown;
     const def: RouteSpec = AGENT_ROUTES[name];
     const url = routePath(name);
     if (app.hasRoute({ method: def.method, url })) continue;
@@ -227,7 +271,11 @@ export function mountAgentRoutes(app: FastifyInstance, handlers: Partial<AgentHa
             return reply.type('text/plain; charset=utf-8').send(out);
           case 'download': {
             const d = out as Download;
-            return reply.header(SHA256_HEADER, d.sha256).header('content-length', String(d.bytes)).type('application/octet-stream').send(d.stream);
+            return reply
+              .header(SHA256_HEADER, d.sha256)
+              .header('content-length', String(d.bytes))
+              .type('application/octet-stream')
+              .send(d.stream);
           }
           case 'events':
             return out;

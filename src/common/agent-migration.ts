@@ -197,7 +197,9 @@ export const AgentMigrationView = Type.Object({
   progress: Nullable(MigrationProgress),
   prediction: Nullable(Prediction),
   /** Disk mirror progress (copied storage). */
-  mirror: Nullable(Type.Object({ transferredBytes: Type.Number(), totalBytes: Type.Number(), ready: Type.Boolean() })),
+  mirror: Nullable(
+    Type.Object({ transferredBytes: Type.Number(), totalBytes: Type.Number(), ready: Type.Boolean() }),
+  ),
   error: Nullable(Type.Object({ code: Type.String(), message: Type.String() })),
   /** Source: how many times a paused post-copy was recovered. */
   recoveries: Type.Optional(Type.Number()),

@@ -103,8 +103,22 @@ export const AGENT_ROUTES = {
     status: 200,
     timeoutMs: DEFAULT_TIMEOUT_MS,
   }),
-  inventory: route({ method: 'GET', path: '/inventory', summary: "The host's facts", response: HostInventory, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS }),
-  listVms: route({ method: 'GET', path: '/vms', summary: "The host's VMs", response: Type.Array(VmStatus), status: 200, timeoutMs: DEFAULT_TIMEOUT_MS }),
+  inventory: route({
+    method: 'GET',
+    path: '/inventory',
+    summary: "The host's facts",
+    response: HostInventory,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+  }),
+  listVms: route({
+    method: 'GET',
+    path: '/vms',
+    summary: "The host's VMs",
+    response: Type.Array(VmStatus),
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+  }),
   createVm: route({
     method: 'POST',
     path: '/vms',
@@ -114,7 +128,16 @@ export const AGENT_ROUTES = {
     status: 201,
     timeoutMs: CREATE_TIMEOUT_MS,
   }),
-  getVm: route({ method: 'GET', path: '/vms/:name', summary: 'One VM', params: NameParams, response: VmStatus, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_VM_NOT_FOUND' }),
+  getVm: route({
+    method: 'GET',
+    path: '/vms/:name',
+    summary: 'One VM',
+    params: NameParams,
+    response: VmStatus,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
   stopVm: route({
     method: 'POST',
     path: '/vms/:name/stop',
@@ -126,14 +149,50 @@ export const AGENT_ROUTES = {
     timeoutMs: (b: StopVmRequest) => (b.timeoutMs ?? STOP_WAIT_MS) + DEFAULT_TIMEOUT_MS,
     unknown: 'FERRY_E_VM_NOT_FOUND',
   }),
-  startVm: route({ method: 'POST', path: '/vms/:name/start', summary: 'Start a stopped VM', params: NameParams, response: VmStatus, status: 200, timeoutMs: CREATE_TIMEOUT_MS, unknown: 'FERRY_E_VM_NOT_FOUND' }),
-  pauseVm: route({ method: 'POST', path: '/vms/:name/pause', summary: 'Pause the guest', params: NameParams, response: VmStatus, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_VM_NOT_FOUND' }),
-  resumeVm: route({ method: 'POST', path: '/vms/:name/resume', summary: 'Resume the guest', params: NameParams, response: VmStatus, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_VM_NOT_FOUND' }),
-  deleteVm: route({ method: 'DELETE', path: '/vms/:name', summary: "Stop QEMU, remove the VM's files", params: NameParams, response: Deleted, status: 200, timeoutMs: 60_000, unknown: 'FERRY_E_VM_NOT_FOUND' }),
+  startVm: route({
+    method: 'POST',
+    path: '/vms/:name/start',
+    summary: 'Start a stopped VM',
+    params: NameParams,
+    response: VmStatus,
+    status: 200,
+    timeoutMs: CREATE_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  pauseVm: route({
+    method: 'POST',
+    path: '/vms/:name/pause',
+    summary: 'Pause the guest',
+    params: NameParams,
+    response: VmStatus,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  resumeVm: route({
+    method: 'POST',
+    path: '/vms/:name/resume',
+    summary: 'Resume the guest',
+    params: NameParams,
+    response: VmStatus,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  deleteVm: route({
+    method: 'DELETE',
+    path: '/vms/:name',
+    summary: "Stop QEMU, remove the VM's files",
+    params: NameParams,
+    response: Deleted,
+    status: 200,
+    timeoutMs: 60_000,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
   guest: route({
     method: 'POST',
     path: '/vms/:name/guest',
-    summary: "One command for the guest tool; its JSON reply (over the virtio-serial channel)",
+    summary: 'One command for the guest tool; its JSON reply (over the virtio-serial channel)',
     params: NameParams,
     body: GuestRequest,
     response: Type.Unknown(),
@@ -141,7 +200,17 @@ export const AGENT_ROUTES = {
     timeoutMs: 30_000,
     unknown: 'FERRY_E_VM_NOT_FOUND',
   }),
-  console: route({ method: 'GET', path: '/vms/:name/console', summary: "The tail of the VM's serial log", params: NameParams, response: Type.String(), status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, stream: 'text', unknown: 'FERRY_E_VM_NOT_FOUND' }),
+  console: route({
+    method: 'GET',
+    path: '/vms/:name/console',
+    summary: "The tail of the VM's serial log",
+    params: NameParams,
+    response: Type.String(),
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    stream: 'text',
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
 
   // --- migrations (src/agent/migration/routes.ts); :id is the controller's job id
   prepare: route({
@@ -164,11 +233,57 @@ export const AGENT_ROUTES = {
     status: 202,
     timeoutMs: 60_000,
   }),
-  migration: route({ method: 'GET', path: '/migrations/:id', summary: "This agent's view of a migration (also after an agent restart)", params: IdParams, response: AgentMigrationView, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
-  events: route({ method: 'GET', path: '/migrations/:id/events', summary: 'The view, as server-sent events, until the migration ends here', params: IdParams, response: AgentMigrationView, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, stream: 'events', unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
-  cancel: route({ method: 'POST', path: '/migrations/:id/cancel', summary: 'Source: migrate_cancel', params: IdParams, response: AgentMigrationView, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
-  postcopy: route({ method: 'POST', path: '/migrations/:id/postcopy', summary: 'Source: switch to post-copy', params: IdParams, response: AgentMigrationView, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
-  postcopyPause: route({ method: 'POST', path: '/migrations/:id/postcopy-pause', summary: 'Source: pause a post-copy whose stream broke', params: IdParams, response: AgentMigrationView, status: 200, timeoutMs: DEFAULT_TIMEOUT_MS, unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
+  migration: route({
+    method: 'GET',
+    path: '/migrations/:id',
+    summary: "This agent's view of a migration (also after an agent restart)",
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
+  events: route({
+    method: 'GET',
+    path: '/migrations/:id/events',
+    summary: 'The view, as server-sent events, until the migration ends here',
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    stream: 'events',
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
+  cancel: route({
+    method: 'POST',
+    path: '/migrations/:id/cancel',
+    summary: 'Source: migrate_cancel',
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
+  postcopy: route({
+    method: 'POST',
+    path: '/migrations/:id/postcopy',
+    summary: 'Source: switch to post-copy',
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
+  postcopyPause: route({
+    method: 'POST',
+    path: '/migrations/:id/postcopy-pause',
+    summary: 'Source: pause a post-copy whose stream broke',
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
   postcopyResume: route({
     method: 'POST',
     path: '/migrations/:id/postcopy-resume',
@@ -180,7 +295,16 @@ export const AGENT_ROUTES = {
     timeoutMs: 20_000,
     unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
   }),
-  recover: route({ method: 'POST', path: '/migrations/:id/recover', summary: 'Destination: migrate-recover; where it listens', params: IdParams, response: RecoverResponse, status: 200, timeoutMs: 20_000, unknown: 'FERRY_E_MIGRATION_NOT_FOUND' }),
+  recover: route({
+    method: 'POST',
+    path: '/migrations/:id/recover',
+    summary: 'Destination: migrate-recover; where it listens',
+    params: IdParams,
+    response: RecoverResponse,
+    status: 200,
+    timeoutMs: 20_000,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
   tune: route({
     method: 'POST',
     path: '/migrations/:id/tune',
@@ -206,7 +330,8 @@ export const AGENT_ROUTES = {
   confirm: route({
     method: 'POST',
     path: '/migrations/:id/confirm',
-    summary: 'Source: quit and remove (success) or resume (failure; after completed only with the receipt); idempotent',
+    summary:
+      'Source: quit and remove (success) or resume (failure; after completed only with the receipt); idempotent',
     params: IdParams,
     body: OutcomeRequest,
     response: AgentMigrationView,
@@ -250,7 +375,8 @@ export const AGENT_ROUTES = {
   coldUpload: route({
     method: 'PUT',
     path: '/migrations/:id/files/:name',
-    summary: 'Destination: one file, checked against x-ferry-sha256 as it arrives (a mismatch replaces nothing)',
+    summary:
+      'Destination: one file, checked against x-ferry-sha256 as it arrives (a mismatch replaces nothing)',
     params: FileParams,
     headers: Sha256Headers,
     response: ColdFile,
@@ -266,14 +392,20 @@ export type RouteName = keyof AgentRoutes;
 export const ROUTE_NAMES = Object.keys(AGENT_ROUTES) as RouteName[];
 
 type Def<N extends RouteName> = AgentRoutes[N];
-export type ParamsOf<N extends RouteName> = Def<N> extends { params: infer S extends TSchema } ? Static<S> : undefined;
-export type BodyOf<N extends RouteName> = Def<N> extends { body: infer S extends TSchema } ? Static<S> : undefined;
-export type HeadersOf<N extends RouteName> = Def<N> extends { headers: infer S extends TSchema } ? Static<S> : undefined;
+export type ParamsOf<N extends RouteName> =
+  Def<N> extends { params: infer S extends TSchema } ? Static<S> : undefined;
+export type BodyOf<N extends RouteName> =
+  Def<N> extends { body: infer S extends TSchema } ? Static<S> : undefined;
+export type HeadersOf<N extends RouteName> =
+  Def<N> extends { headers: infer S extends TSchema } ? Static<S> : undefined;
 export type ResponseOf<N extends RouteName> = Static<Def<N>['response']>;
-export type StreamOf<N extends RouteName> = Def<N> extends { stream: infer S extends RouteStream } ? S : undefined;
+export type StreamOf<N extends RouteName> =
+  Def<N> extends { stream: infer S extends RouteStream } ? S : undefined;
 
 /** The routes by how they carry their answer. */
-export type RoutesStreaming<S extends RouteStream | undefined> = { [N in RouteName]: StreamOf<N> extends S ? N : never }[RouteName];
+export type RoutesStreaming<S extends RouteStream | undefined> = {
+  [N in RouteName]: StreamOf<N> extends S ? N : never;
+}[RouteName];
 
 /** The full path of a route (fastify style), `/agent/v1/vms/:name`. */
 export function routePath(name: RouteName): string {
@@ -299,7 +431,10 @@ export function parseProtocol(raw: string | string[] | undefined): number | null
 }
 
 /** Whether an agent serves a request of `version`: its current and its previous version. */
-export function protocolAccepted(version: number | null, range: { current: number; min: number } = PROTOCOL_RANGE): version is number {
+export function protocolAccepted(
+  version: number | null,
+  range: { current: number; min: number } = PROTOCOL_RANGE,
+): version is number {
   return version !== null && version >= range.min && version <= range.current;
 }
 
@@ -314,5 +449,7 @@ export function answerAccepted(version: number | null): version is number {
 
 /** `protocol 2 (accepts 1–2)`, for messages. */
 export function describeRange(r: { current: number; min: number } = PROTOCOL_RANGE): string {
-  return r.min === r.current ? `protocol ${r.current}` : `protocol ${r.current} (accepts ${r.min}–${r.current})`;
+  return r.min === r.current
+    ? `protocol ${r.current}`
+    : `protocol ${r.current} (accepts ${r.min}–${r.current})`;
 }

@@ -43,7 +43,12 @@ export const HostInventory = Type.Object({
   name: Type.String(),
   /** The agent's current protocol version. */
   protocol: Type.Integer({ minimum: 1 }),
-  cpu: Type.Object({ model: Type.String(), vendor: Type.String(), flags: Type.Array(Type.String()), cores: Type.Integer({ minimum: 0 }) }),
+  cpu: Type.Object({
+    model: Type.String(),
+    vendor: Type.String(),
+    flags: Type.Array(Type.String()),
+    cores: Type.Integer({ minimum: 0 }),
+  }),
   memoryBytes: Type.Number({ minimum: 0 }),
   /** Memory not yet promised to VMs on this host (total less the VMs' memory and a reserve). */
   freeMemoryBytes: Type.Number(),
@@ -86,7 +91,9 @@ export const StopVmRequest = Type.Object({
 export type StopVmRequest = Static<typeof StopVmRequest>;
 
 /** POST /agent/v1/vms/:name/guest: one line for the guest tool (over the virtio-serial channel). */
-export const GuestRequest = Type.Object({ command: Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\n]*\\S[^\\n]*$' }) });
+export const GuestRequest = Type.Object({
+  command: Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\n]*\\S[^\\n]*$' }),
+});
 export type GuestRequest = Static<typeof GuestRequest>;
 
 export const Deleted = Type.Object({ deleted: Type.Boolean() });
@@ -97,7 +104,11 @@ export const JoinRequest = Type.Object(
     token: Type.String({ minLength: 1, maxLength: 256 }),
     name: Name,
     /** https://ADDR:PORT where the agent will listen (mTLS). */
-    agentUrl: Type.String({ minLength: 1, maxLength: 256, description: 'https://IP:PORT where the agent listens (mTLS)' }),
+    agentUrl: Type.String({
+      minLength: 1,
+      maxLength: 256,
+      description: 'https://IP:PORT where the agent listens (mTLS)',
+    }),
   },
   { additionalProperties: false },
 );
@@ -114,7 +125,10 @@ export const JoinResponse = Type.Object({
    * its identity and serves only a caller presenting that key: the CA signs other hosts' certificates too,
    * and a CN can be asked for at join.
    */
-  controllerPin: Type.String({ description: "sha256:HEX of the controller client certificate's public key; the agent accepts no other caller" }),
+  controllerPin: Type.String({
+    description:
+      "sha256:HEX of the controller client certificate's public key; the agent accepts no other caller",
+  }),
 });
 export type JoinResponse = Static<typeof JoinResponse>;
 

@@ -13,8 +13,6 @@ import { Compile } from 'typebox/compile';
 import type { TSchema } from 'typebox';
 import {
   AGENT_ROUTES,
-  CREATE_TIMEOUT_MS as TABLE_CREATE_TIMEOUT_MS,
-  DEFAULT_TIMEOUT_MS as TABLE_DEFAULT_TIMEOUT_MS,
   PROTOCOL_RANGE,
   SHA256_HEADER,
   answerAccepted,
@@ -42,9 +40,6 @@ export interface CallOptions {
   /** Whole-call deadline, instead of the route's (for streams: the wait for headers and each idle gap). */
   timeoutMs?: number;
 }
-
-export const DEFAULT_TIMEOUT_MS = TABLE_DEFAULT_TIMEOUT_MS;
-export const CREATE_TIMEOUT_MS = TABLE_CREATE_TIMEOUT_MS;
 
 /** Node's TLS verification failures: these mean "wrong CA or name", not "host down". */
 const TLS_CODES = new Set([

@@ -25,7 +25,14 @@ import type { TSchema } from 'typebox';
 import { Value } from 'typebox/value';
 import { request } from 'undici';
 import { emptyView, type AgentMigrationView } from '../common/agent-migration.ts';
-import { AGENT_ROUTES, ROUTE_NAMES, SHA256_HEADER, fillPath, type RouteName, type RouteSpec } from '../common/agent-routes.ts';
+import {
+  AGENT_ROUTES,
+  ROUTE_NAMES,
+  SHA256_HEADER,
+  fillPath,
+  type RouteName,
+  type RouteSpec,
+} from '../common/agent-routes.ts';
 import { ERRORS, FerryError, isErrorCode } from '../common/errors.ts';
 import { AGENT_PROTOCOL, AGENT_PROTOCOL_MIN, ErrorEnvelope, PROTOCOL_HEADER } from '../common/protocol.ts';
 import { defaultVmSpec, type VmSpec } from '../common/spec.ts';
@@ -34,7 +41,12 @@ import { registerMigrationRoutes, type MigrationHost } from '../agent/migration/
 import { saveRecord } from '../agent/migration/record.ts';
 import { buildAgentApp } from '../agent/server.ts';
 import { caFromPem, createCaCert, type ClusterCa } from '../controller/ca.ts';
-import { AgentPool, type AgentClient, type CallInput, type CallRouteName } from '../controller/agent-client.ts';
+import {
+  AgentPool,
+  type AgentClient,
+  type CallInput,
+  type CallRouteName,
+} from '../controller/agent-client.ts';
 import { FakeAgent, FakeVmHost } from './fake-agent.ts';
 
 /** What every implementation is started with: its identity, one VM it runs, two migrations it knows. */
@@ -112,7 +124,10 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   deleteVm: { params: { name: 'v2' } },
   guest: { params: { name: 'v1' }, body: { command: 'ping 1' } },
   console: { params: { name: 'v1' } },
-  prepare: { params: { id: 'm-in' }, body: { spec: defaultVmSpec('v3'), listenAddress: '127.0.0.1', storage: 'shared' } },
+  prepare: {
+    params: { id: 'm-in' },
+    body: { spec: defaultVmSpec('v3'), listenAddress: '127.0.0.1', storage: 'shared' },
+  },
   perform: { params: { id: 'm-out' }, body: { vm: 'v1', uri: 'tcp:127.0.0.1:49152', storage: 'shared' } },
   migration: { params: { id: 'm-src' } },
   cancel: { params: { id: 'm-src' } },
@@ -128,9 +143,35 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
 };
 
 /** Routes both implementations must answer with success in the contract's world. */
-const SUCCEED = new Set<RouteName>(['version', 'inventory', 'listVms', 'createVm', 'getVm', 'stopVm', 'startVm', 'pauseVm', 'resumeVm', 'deleteVm', 'guest', 'console', 'migration', 'events', 'cancel', 'finish', 'confirm']);
+const SUCCEED = new Set<RouteName>([
+  'version',
+  'inventory',
+  'listVms',
+  'createVm',
+  'getVm',
+  'stopVm',
+  'startVm',
+  'pauseVm',
+  'resumeVm',
+  'deleteVm',
+  'guest',
+  'console',
+  'migration',
+  'events',
+  'cancel',
+  'finish',
+  'confirm',
+]);
 /** What a valid request must never get back: it was valid, the route exists, the versions match. */
-const NEVER = new Set(['FERRY_E_BAD_INPUT', 'FERRY_E_BAD_SPEC', 'FERRY_E_BAD_NAME', 'FERRY_E_AGENT_PROTOCOL', 'FERRY_E_INTERNAL', 'FERRY_E_AGENT_UNREACHABLE', 'FERRY_E_FORBIDDEN']);
+const NEVER = new Set([
+  'FERRY_E_BAD_INPUT',
+  'FERRY_E_BAD_SPEC',
+  'FERRY_E_BAD_NAME',
+  'FERRY_E_AGENT_PROTOCOL',
+  'FERRY_E_INTERNAL',
+  'FERRY_E_AGENT_UNREACHABLE',
+  'FERRY_E_FORBIDDEN',
+]);
 
 interface Raw {
   status: number;
@@ -159,12 +200,21 @@ export function agentContract(label: string, factory: ContractFactory): void {
     const c = await createCaCert('contract CA');
     ca = await caFromPem(c.certPem, c.keyPem);
     const cert = await ca.issueAgentCert('h1', ['127.0.0.1']);
-    const view = (id: string, role: 'source' | 'destination', stage: AgentMigrationView['stage']): AgentMigrationView => ({
+    const view = (
+      id: string,
+      role: 'source' | 'destination',
+      stage: AgentMigrationView['stage'],
+    ): AgentMigrationView => ({
       ...emptyView({ id, role, vm: 'v9', stage, storage: 'shared', tls: true, uri: null }),
       finishedAt: new Date().toISOString(),
     });
     agent = await factory({
-      tls: { caPem: ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, controllerPin: ca.controllerPin },
+      tls: {
+        caPem: ca.caCertPem,
+        certPem: cert.certPem,
+        keyPem: cert.keyPem,
+        controllerPin: ca.controllerPin,
+      },
       vm: defaultVmSpec('v1'),
       migrations: [view('m-src', 'source', 'confirmed'), view('m-dst', 'destination', 'discarded')],
     });
@@ -179,7 +229,12 @@ export function agentContract(label: string, factory: ContractFactory): void {
 
   const raw = async (
     name: RouteName,
-    o: { params?: Record<string, string>; body?: unknown; headers?: Record<string, string>; protocol?: string | null } = {},
+    o: {
+      params?: Record<string, string>;
+      body?: unknown;
+      headers?: Record<string, string>;
+      protocol?: string | null;
+    } = {},
   ): Promise<Raw> => {
     const def: RouteSpec = AGENT_ROUTES[name];
     const headers: Record<string, string> = { ...o.headers };
@@ -190,7 +245,12 @@ export function agentContract(label: string, factory: ContractFactory): void {
       body = typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
       headers['content-type'] ??= 'application/json';
     }
-    const res = await request(new URL(fillPath(name, o.params), agent.url), { method: def.method, dispatcher: pool.dispatcher, headers, body });
+    const res = await request(new URL(fillPath(name, o.params), agent.url), {
+      method: def.method,
+      dispatcher: pool.dispatcher,
+      headers,
+      body,
+    });
     return { status: res.statusCode, headers: res.headers, text: await res.body.text() };
   };
 
@@ -200,7 +260,11 @@ export function agentContract(label: string, factory: ContractFactory): void {
     assert.ok(Value.Check(ErrorEnvelope, parsed), `${what}: not the error envelope: ${r.text}`);
     const code = (parsed as { error: { code: string } }).error.code;
     assert.ok(isErrorCode(code), `${what}: ${code} is not in the registry`);
-    assert.equal(r.status, code === 'FERRY_E_AGENT_PROTOCOL' ? 400 : ERRORS[code].status, `${what}: status of ${code}`);
+    assert.equal(
+      r.status,
+      code === 'FERRY_E_AGENT_PROTOCOL' ? 400 : ERRORS[code].status,
+      `${what}: status of ${code}`,
+    );
     return code;
   };
 
@@ -210,9 +274,19 @@ export function agentContract(label: string, factory: ContractFactory): void {
       if (def.stream === 'events' || def.stream === 'download' || def.stream === 'upload') {
         const r =
           def.stream === 'upload'
-            ? await raw(name, { params: { id: 'm-dst', name: 'vda' }, headers: { [SHA256_HEADER]: UPLOAD_SHA, 'content-type': 'application/octet-stream' }, body: Readable.from([UPLOAD]) })
-            : await raw(name, { params: def.stream === 'events' ? { id: 'm-src' } : { id: 'm-src', name: 'vda' } });
-        assert.equal(r.headers[PROTOCOL_HEADER], String(AGENT_PROTOCOL), `${name}: the answer carries the agent's version`);
+            ? await raw(name, {
+                params: { id: 'm-dst', name: 'vda' },
+                headers: { [SHA256_HEADER]: UPLOAD_SHA, 'content-type': 'application/octet-stream' },
+                body: Readable.from([UPLOAD]),
+              })
+            : await raw(name, {
+                params: def.stream === 'events' ? { id: 'm-src' } : { id: 'm-src', name: 'vda' },
+              });
+        assert.equal(
+          r.headers[PROTOCOL_HEADER],
+          String(AGENT_PROTOCOL),
+          `${name}: the answer carries the agent's version`,
+        );
         if (r.status >= 400) {
           assert.ok(!SUCCEED.has(name), `${name} must succeed: ${r.text}`);
           assert.ok(!NEVER.has(envelope(r, name)), `${name}: ${r.text}`);
@@ -227,7 +301,10 @@ export function agentContract(label: string, factory: ContractFactory): void {
       const call = name as CallRouteName;
       try {
         // A sample per route: the union of inputs is what the client's overloads take one at a time.
-        const out = await (client.call as (n: CallRouteName, i: unknown) => Promise<unknown>)(call, SAMPLES[call]);
+        const out = await (client.call as (n: CallRouteName, i: unknown) => Promise<unknown>)(
+          call,
+          SAMPLES[call],
+        );
         assert.ok(Value.Check(def.response, out), `${name}: the answer is not its schema`);
       } catch (err) {
         assert.ok(err instanceof FerryError, `${name}: ${String(err)}`);
@@ -250,9 +327,17 @@ export function agentContract(label: string, factory: ContractFactory): void {
   test(`${label}: a bad body is 400 with the error envelope`, async () => {
     for (const name of ROUTE_NAMES) {
       const def: RouteSpec = AGENT_ROUTES[name];
-      const sample = (SAMPLES as Partial<Record<RouteName, { params?: Record<string, string>; body?: Record<string, unknown> }>>)[name];
+      const sample = (
+        SAMPLES as Partial<
+          Record<RouteName, { params?: Record<string, string>; body?: Record<string, unknown> }>
+        >
+      )[name];
       if (def.stream === 'upload') {
-        const r = await raw(name, { params: { id: 'm-dst', name: 'vda' }, headers: { 'content-type': 'application/octet-stream' }, body: Readable.from([UPLOAD]) });
+        const r = await raw(name, {
+          params: { id: 'm-dst', name: 'vda' },
+          headers: { 'content-type': 'application/octet-stream' },
+          body: Readable.from([UPLOAD]),
+        });
         assert.equal(r.status, 400, `${name} without ${SHA256_HEADER}: ${r.text}`);
         envelope(r, name);
         continue;
@@ -280,16 +365,26 @@ export function agentContract(label: string, factory: ContractFactory): void {
       const params = { id: 'm-unknown', name: def.path.startsWith('/vms') ? 'nope' : 'vda' };
       const r =
         def.stream === 'upload'
-          ? await raw(name, { params, headers: { [SHA256_HEADER]: UPLOAD_SHA, 'content-type': 'application/octet-stream' }, body: Readable.from([UPLOAD]) })
+          ? await raw(name, {
+              params,
+              headers: { [SHA256_HEADER]: UPLOAD_SHA, 'content-type': 'application/octet-stream' },
+              body: Readable.from([UPLOAD]),
+            })
           : await raw(name, { params, ...(sample?.body === undefined ? {} : { body: sample.body }) });
       assert.equal(r.status, 404, `${name}: ${r.text}`);
       assert.equal(envelope(r, name), def.unknown, name);
     }
     const none = await raw('inventory', {});
     assert.equal(none.status, 200);
-    const nothing = await request(new URL('/agent/v1/nothing-here', agent.url), { dispatcher: pool.dispatcher, headers: { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL) } });
+    const nothing = await request(new URL('/agent/v1/nothing-here', agent.url), {
+      dispatcher: pool.dispatcher,
+      headers: { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL) },
+    });
     const text = await nothing.body.text();
-    assert.equal(envelope({ status: nothing.statusCode, headers: nothing.headers, text }, 'no route'), 'FERRY_E_NOT_FOUND');
+    assert.equal(
+      envelope({ status: nothing.statusCode, headers: nothing.headers, text }, 'no route'),
+      'FERRY_E_NOT_FOUND',
+    );
   });
 
   test(`${label}: the current and previous protocol versions are served, others refused naming both`, async () => {
@@ -301,9 +396,19 @@ export function agentContract(label: string, factory: ContractFactory): void {
     for (const v of [null, String(AGENT_PROTOCOL + 1), String(AGENT_PROTOCOL_MIN - 1), 'two']) {
       const r = await raw('inventory', { protocol: v });
       assert.equal(envelope(r, `version ${String(v)}`), 'FERRY_E_AGENT_PROTOCOL');
-      const e = (JSON.parse(r.text) as { error: { message: string; details: { agentProtocol: number; agentMinProtocol: number } } }).error;
-      assert.deepEqual([e.details.agentProtocol, e.details.agentMinProtocol], [AGENT_PROTOCOL, AGENT_PROTOCOL_MIN]);
-      assert.ok(e.message.includes(String(AGENT_PROTOCOL)) && e.message.includes(JSON.stringify(v)), e.message);
+      const e = (
+        JSON.parse(r.text) as {
+          error: { message: string; details: { agentProtocol: number; agentMinProtocol: number } };
+        }
+      ).error;
+      assert.deepEqual(
+        [e.details.agentProtocol, e.details.agentMinProtocol],
+        [AGENT_PROTOCOL, AGENT_PROTOCOL_MIN],
+      );
+      assert.ok(
+        e.message.includes(String(AGENT_PROTOCOL)) && e.message.includes(JSON.stringify(v)),
+        e.message,
+      );
       assert.equal(r.headers[PROTOCOL_HEADER], String(AGENT_PROTOCOL));
     }
     const version = await client.call('version');

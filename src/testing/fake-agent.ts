@@ -12,13 +12,23 @@ import { createHash } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
-import { emptyView, type AgentMigrationView, type ColdFile, type DiscardReceipt } from '../common/agent-migration.ts';
+import {
+  emptyView,
+  type AgentMigrationView,
+  type ColdFile,
+  type DiscardReceipt,
+} from '../common/agent-migration.ts';
 import { PROTOCOL_RANGE, SHA256_HEADER } from '../common/agent-routes.ts';
 import { FerryError, type ErrorCode } from '../common/errors.ts';
 import { PROTOCOL_HEADER, type HostInventory, type VmStatus } from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import type { VmHost } from '../agent/host.ts';
-import { agentFastify, mountAgentRoutes, type AgentHandlers, type MigrationRouteName } from '../agent/http.ts';
+import {
+  agentFastify,
+  mountAgentRoutes,
+  type AgentHandlers,
+  type MigrationRouteName,
+} from '../agent/http.ts';
 import type { AgentIdentity } from '../agent/identity.ts';
 import { hostHandlers } from '../agent/server.ts';
 
@@ -82,20 +92,38 @@ export class FakeVmHost implements VmHost {
   }
 
   async create(spec: VmSpec): Promise<VmStatus> {
-    if (this.vms.has(spec.name)) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists already on host ${this.name}.`);
+    if (this.vms.has(spec.name))
+      throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists already on host ${this.name}.`);
     if (this.failCreate) throw new FerryError(this.failCreate.code, this.failCreate.message);
     return structuredClone(this.put(spec));
   }
 
   async stop(name: string): Promise<VmStatus> {
-    return structuredClone(Object.assign(this.vm(name), { state: 'stopped', qemuStatus: null, pid: null, bootId: null, startedAt: null }));
+    return structuredClone(
+      Object.assign(this.vm(name), {
+        state: 'stopped',
+        qemuStatus: null,
+        pid: null,
+        bootId: null,
+        startedAt: null,
+      }),
+    );
   }
 
   async start(name: string): Promise<VmStatus> {
     const vm = this.vm(name);
-    if (vm.state !== 'stopped') throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${vm.state}, not stopped.`);
+    if (vm.state !== 'stopped')
+      throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${vm.state}, not stopped.`);
     this.boots += 1;
-    return structuredClone(Object.assign(vm, { state: 'running', qemuStatus: 'running', pid: 2000 + this.boots, bootId: `boot-${this.boots + 1}`, startedAt: new Date().toISOString() }));
+    return structuredClone(
+      Object.assign(vm, {
+        state: 'running',
+        qemuStatus: 'running',
+        pid: 2000 + this.boots,
+        bootId: `boot-${this.boots + 1}`,
+        startedAt: new Date().toISOString(),
+      }),
+    );
   }
 
   async pause(name: string): Promise<VmStatus> {
@@ -117,7 +145,8 @@ export class FakeVmHost implements VmHost {
 
   async guest(name: string, command: string): Promise<unknown> {
     const vm = this.vm(name);
-    if (vm.state !== 'running') throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${vm.state}: its guest does not answer.`);
+    if (vm.state !== 'running')
+      throw new FerryError('FERRY_E_VM_STATE', `VM ${name} is ${vm.state}: its guest does not answer.`);
     return { ok: true, echo: command };
   }
 
@@ -144,28 +173,45 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
   const { host, migrations } = agent;
   const known = (id: string): FakeMigration => {
     const m = migrations.get(id);
-    if (m === undefined) throw new FerryError('FERRY_E_MIGRATION_NOT_FOUND', `This agent knows no migration ${id}.`);
+    if (m === undefined)
+      throw new FerryError('FERRY_E_MIGRATION_NOT_FOUND', `This agent knows no migration ${id}.`);
     return m;
   };
   const as = (id: string, role: 'source' | 'destination'): FakeMigration => {
     const m = known(id);
-    if (m.view.role !== role) throw new FerryError('FERRY_E_MIGRATION_NOT_FOUND', `This agent is not the ${role} of migration ${id}.`);
+    if (m.view.role !== role)
+      throw new FerryError(
+        'FERRY_E_MIGRATION_NOT_FOUND',
+        `This agent is not the ${role} of migration ${id}.`,
+      );
     return m;
   };
   const stage = (m: FakeMigration, s: AgentMigrationView['stage']): AgentMigrationView => {
     m.view.stage = s;
     m.view.updatedAt = now();
-    if (s === 'finished' || s === 'discarded' || s === 'confirmed' || s === 'resumed') m.view.finishedAt = m.view.updatedAt;
+    if (s === 'finished' || s === 'discarded' || s === 'confirmed' || s === 'resumed')
+      m.view.finishedAt = m.view.updatedAt;
     return structuredClone(m.view);
   };
   const running = (id: string, what: string): FakeMigration => {
     const m = known(id);
     const st = m.view.stage;
-    if (m.view.role !== 'source' || (st !== 'transferring' && st !== 'postcopy')) throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is not ${what} on this agent.`);
+    if (m.view.role !== 'source' || (st !== 'transferring' && st !== 'postcopy'))
+      throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is not ${what} on this agent.`);
     return m;
   };
-  const begin = (id: string, role: 'source' | 'destination', vm: string, s: AgentMigrationView['stage'], tls: boolean): FakeMigration => {
-    const m: FakeMigration = { view: emptyView({ id, role, vm, stage: s, storage: 'shared', tls, uri: null }), files: new Map(), polls: 0 };
+  const begin = (
+    id: string,
+    role: 'source' | 'destination',
+    vm: string,
+    s: AgentMigrationView['stage'],
+    tls: boolean,
+  ): FakeMigration => {
+    const m: FakeMigration = {
+      view: emptyView({ id, role, vm, stage: s, storage: 'shared', tls, uri: null }),
+      files: new Map(),
+      polls: 0,
+    };
     migrations.set(id, m);
     return m;
   };
@@ -175,15 +221,22 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const spec = parseVmSpec(body.spec);
       const earlier = migrations.get(params.id);
       if (earlier !== undefined) {
-        if (earlier.view.role === 'destination' && earlier.view.stage === 'prepared') return { id: params.id, uri: earlier.view.uri!, nbd: null, tlsHostname: null };
+        if (earlier.view.role === 'destination' && earlier.view.stage === 'prepared')
+          return { id: params.id, uri: earlier.view.uri!, nbd: null, tlsHostname: null };
         throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `Migration ${params.id} was prepared here already.`);
       }
-      if (host.vms.has(spec.name)) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
+      if (host.vms.has(spec.name))
+        throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
       const m = begin(params.id, 'destination', spec.name, 'prepared', body.tls ?? true);
       m.view.uri = `tcp:${body.listenAddress}:49152`;
       host.put(spec, 'paused').qemuStatus = 'inmigrate';
       void reply.status(201);
-      return { id: params.id, uri: m.view.uri, nbd: null, tlsHostname: (body.tls ?? true) ? body.listenAddress : null };
+      return {
+        id: params.id,
+        uri: m.view.uri,
+        nbd: null,
+        tlsHostname: (body.tls ?? true) ? body.listenAddress : null,
+      };
     },
     perform: ({ params, body, reply }) => {
       const earlier = migrations.get(params.id);
@@ -192,15 +245,33 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
         return structuredClone(earlier.view);
       }
       const vm = host.vms.get(body.vm);
-      if (vm === undefined || vm.state === 'stopped') throw new FerryError('FERRY_E_VM_NOT_FOUND', `No running VM ${body.vm} on this host.`);
+      if (vm === undefined || vm.state === 'stopped')
+        throw new FerryError('FERRY_E_VM_NOT_FOUND', `No running VM ${body.vm} on this host.`);
       const m = begin(params.id, 'source', body.vm, 'transferring', body.tls ?? true);
-      Object.assign(m.view, { uri: body.uri, qemuStatus: 'active', memoryBytes: vm.spec.memoryBytes, transferredBytes: 0, remainingBytes: vm.spec.memoryBytes, iterations: 1 });
+      Object.assign(m.view, {
+        uri: body.uri,
+        qemuStatus: 'active',
+        memoryBytes: vm.spec.memoryBytes,
+        transferredBytes: 0,
+        remainingBytes: vm.spec.memoryBytes,
+        iterations: 1,
+      });
       return structuredClone(m.view);
     },
     migration: ({ params }) => {
       const m = known(params.id);
-      if (m.view.role === 'source' && m.view.stage === 'transferring' && ++m.polls >= agent.completeAfterPolls) {
-        Object.assign(m.view, { qemuStatus: 'completed', transferredBytes: m.view.memoryBytes, remainingBytes: 0, totalMs: 100, downtimeMs: 5 });
+      if (
+        m.view.role === 'source' &&
+        m.view.stage === 'transferring' &&
+        ++m.polls >= agent.completeAfterPolls
+      ) {
+        Object.assign(m.view, {
+          qemuStatus: 'completed',
+          transferredBytes: m.view.memoryBytes,
+          remainingBytes: 0,
+          totalMs: 100,
+          downtimeMs: 5,
+        });
         const vm = host.vms.get(m.view.vm);
         if (vm) Object.assign(vm, { state: 'paused', qemuStatus: 'postmigrate' });
         stage(m, 'completed');
@@ -209,7 +280,10 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
     },
     events: ({ params, reply }) => {
       const m = known(params.id);
-      reply.raw.writeHead(200, { [PROTOCOL_HEADER]: String(agent.protocol.current), 'content-type': 'text/event-stream' });
+      reply.raw.writeHead(200, {
+        [PROTOCOL_HEADER]: String(agent.protocol.current),
+        'content-type': 'text/event-stream',
+      });
       reply.raw.end(`event: migration\ndata: ${JSON.stringify(m.view)}\n\n`);
       return reply;
     },
@@ -239,7 +313,11 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
     },
     recover: ({ params }) => {
       const m = as(params.id, 'destination');
-      if (!m.view.postcopyStarted) throw new FerryError('FERRY_E_VM_STATE', `The incoming migration ${params.id} is not a paused post-copy.`);
+      if (!m.view.postcopyStarted)
+        throw new FerryError(
+          'FERRY_E_VM_STATE',
+          `The incoming migration ${params.id} is not a paused post-copy.`,
+        );
       return { uri: 'tcp:127.0.0.1:49153' };
     },
     tune: ({ params, body }) => {
@@ -253,15 +331,28 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const st = m.view.stage;
       if (body.success) {
         if (st === 'finished') return structuredClone(m.view);
-        if (st !== 'prepared' && st !== 'postcopy') throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is ${st} here.`);
+        if (st !== 'prepared' && st !== 'postcopy')
+          throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is ${st} here.`);
         const vm = host.vms.get(m.view.vm);
         if (vm) Object.assign(vm, { state: 'running', qemuStatus: 'running' });
         return stage(m, 'finished');
       }
       if (st === 'discarded') return structuredClone(m.view);
-      if (st === 'finished') throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is finished here: the guest ran on this host.`);
+      if (st === 'finished')
+        throw new FerryError(
+          'FERRY_E_VM_STATE',
+          `Migration ${params.id} is finished here: the guest ran on this host.`,
+        );
       host.vms.delete(m.view.vm);
-      const receipt: DiscardReceipt = { version: 1, migration: params.id, vm: m.view.vm, host: host.name, at: now(), signature: '', certPem: '' };
+      const receipt: DiscardReceipt = {
+        version: 1,
+        migration: params.id,
+        vm: m.view.vm,
+        host: host.name,
+        at: now(),
+        signature: '',
+        certPem: '',
+      };
       m.view.receipt = receipt;
       return stage(m, 'discarded');
     },
@@ -270,20 +361,33 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const st = m.view.stage;
       if (body.success) {
         if (st === 'confirmed') return structuredClone(m.view);
-        if (st !== 'completed') throw new FerryError(st === 'transferring' ? 'FERRY_E_MIGRATION_ACTIVE' : 'FERRY_E_VM_STATE', `Migration ${params.id} is ${st} here.`);
+        if (st !== 'completed')
+          throw new FerryError(
+            st === 'transferring' ? 'FERRY_E_MIGRATION_ACTIVE' : 'FERRY_E_VM_STATE',
+            `Migration ${params.id} is ${st} here.`,
+          );
         host.vms.delete(m.view.vm);
         return stage(m, 'confirmed');
       }
       if (st === 'resumed') return structuredClone(m.view);
-      if (st === 'confirmed') throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} was confirmed: the source copy is gone.`);
-      if (st === 'completed' && body.receipt === undefined) throw new FerryError('FERRY_E_RECEIPT_REQUIRED', `Migration ${params.id} completed here: the source resumes only against the discard receipt.`);
+      if (st === 'confirmed')
+        throw new FerryError(
+          'FERRY_E_VM_STATE',
+          `Migration ${params.id} was confirmed: the source copy is gone.`,
+        );
+      if (st === 'completed' && body.receipt === undefined)
+        throw new FerryError(
+          'FERRY_E_RECEIPT_REQUIRED',
+          `Migration ${params.id} completed here: the source resumes only against the discard receipt.`,
+        );
       const vm = host.vms.get(m.view.vm);
       if (vm && vm.state !== 'stopped') Object.assign(vm, { state: 'running', qemuStatus: 'running' });
       return stage(m, 'resumed');
     },
     coldPrepare: ({ params, body }) => {
       const spec = parseVmSpec(body.spec);
-      if (host.vms.has(spec.name) && !migrations.has(params.id)) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
+      if (host.vms.has(spec.name) && !migrations.has(params.id))
+        throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
       const m = migrations.get(params.id) ?? begin(params.id, 'destination', spec.name, 'prepared', false);
       if (!host.vms.has(spec.name)) host.put(spec, 'stopped');
       return structuredClone(m.view);
@@ -292,27 +396,45 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const vm = host.vms.get(body.vm);
       if (vm === undefined) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${body.vm} on this host.`);
       const mode = body.mode ?? 'shutdown';
-      if (mode === 'save' && vm.state === 'stopped') throw new FerryError('FERRY_E_VM_STATE', `VM ${body.vm} is stopped: there is no state to save.`);
+      if (mode === 'save' && vm.state === 'stopped')
+        throw new FerryError('FERRY_E_VM_STATE', `VM ${body.vm} is stopped: there is no state to save.`);
       const m = migrations.get(params.id) ?? begin(params.id, 'source', body.vm, 'completed', false);
       if (mode === 'save') m.files.set('state', Buffer.from(`saved state of ${body.vm}\n`));
-      Object.assign(vm, { state: mode === 'save' ? 'paused' : 'stopped', qemuStatus: mode === 'save' ? 'postmigrate' : null });
-      const files: ColdFile[] = [...m.files].map(([name, b]) => ({ name, bytes: b.length, sha256: sha256(b) }));
+      Object.assign(vm, {
+        state: mode === 'save' ? 'paused' : 'stopped',
+        qemuStatus: mode === 'save' ? 'postmigrate' : null,
+      });
+      const files: ColdFile[] = [...m.files].map(([name, b]) => ({
+        name,
+        bytes: b.length,
+        sha256: sha256(b),
+      }));
       return { id: params.id, vm: body.vm, mode, files };
     },
     coldDownload: ({ params }) => {
       const b = known(params.id).files.get(params.name);
-      if (b === undefined) throw new FerryError('FERRY_E_NOT_FOUND', `Migration ${params.id} offers no file ${JSON.stringify(params.name)} here.`);
+      if (b === undefined)
+        throw new FerryError(
+          'FERRY_E_NOT_FOUND',
+          `Migration ${params.id} offers no file ${JSON.stringify(params.name)} here.`,
+        );
       return { stream: Readable.from([b]), sha256: sha256(b), bytes: b.length };
     },
     coldUpload: async ({ params, headers, body }) => {
-      if (!(body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
+      if (!(body instanceof Readable))
+        throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
       const m = known(params.id);
-      if (m.view.role !== 'destination' || m.view.stage !== 'prepared') throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is not waiting for files here.`);
+      if (m.view.role !== 'destination' || m.view.stage !== 'prepared')
+        throw new FerryError('FERRY_E_VM_STATE', `Migration ${params.id} is not waiting for files here.`);
       const parts: Buffer[] = [];
       for await (const chunk of body) parts.push(chunk as Buffer);
       const b = Buffer.concat(parts);
       const want = headers[SHA256_HEADER].toLowerCase();
-      if (sha256(b) !== want) throw new FerryError('FERRY_E_VERIFY_FAILED', `File ${params.name}: sha256 ${sha256(b)} received, ${want} sent; nothing was replaced.`);
+      if (sha256(b) !== want)
+        throw new FerryError(
+          'FERRY_E_VERIFY_FAILED',
+          `File ${params.name}: sha256 ${sha256(b)} received, ${want} sent; nothing was replaced.`,
+        );
       m.files.set(params.name, b);
       return { name: params.name, bytes: b.length, sha256: want };
     },
@@ -337,7 +459,10 @@ export class FakeAgent {
   port = 0;
 
   constructor(private readonly opts: FakeAgentOptions = {}) {
-    this.host = new FakeVmHost(opts.name ?? 'h1', { ...(opts.protocol === undefined ? {} : { protocol: opts.protocol.current }), ...opts.inventory });
+    this.host = new FakeVmHost(opts.name ?? 'h1', {
+      ...(opts.protocol === undefined ? {} : { protocol: opts.protocol.current }),
+      ...opts.inventory,
+    });
   }
 
   /** Makes the agent know a migration in the state of `view` (its files none). */
@@ -354,7 +479,10 @@ export class FakeAgent {
   }
 
   async start(tls: AgentIdentity, port = 0): Promise<void> {
-    const app = agentFastify({ tls, ...(this.opts.protocol === undefined ? {} : { protocol: this.opts.protocol }) });
+    const app = agentFastify({
+      tls,
+      ...(this.opts.protocol === undefined ? {} : { protocol: this.opts.protocol }),
+    });
     app.addHook('onRequest', async (req) => {
       this.calls.push(`${req.method} ${req.url}`);
     });
