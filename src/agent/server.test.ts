@@ -5,7 +5,7 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { caFromPem, createCaCert, type ClusterCa, type KeyPairPem } from '../controller/ca.ts';
-import { AGENT_PROTOCOL, PROTOCOL_HEADER, type HostInventory } from '../common/protocol.ts';
+import { AGENT_PROTOCOL, AGENT_PROTOCOL_MIN, PROTOCOL_HEADER, type HostInventory } from '../common/protocol.ts';
 import { defaultVmSpec } from '../common/spec.ts';
 import { startAgent, type RunningAgent } from './server.ts';
 
@@ -137,8 +137,12 @@ test('a CA-signed certificate with CN ferry-controller that is not the pinned co
   assert.equal((await call('GET', '/agent/v1/vms')).status, 200);
 });
 
-test('a missing or different protocol version gets 400 FERRY_E_AGENT_PROTOCOL', async () => {
-  for (const header of [null, '2', '']) {
+test('the current and the previous protocol version are served; others get 400 FERRY_E_AGENT_PROTOCOL', async () => {
+  for (const header of [String(AGENT_PROTOCOL), String(AGENT_PROTOCOL_MIN)]) {
+    const r = await call('GET', '/agent/v1/inventory', { header });
+    assert.equal(r.status, 200, `header ${header}`);
+  }
+  for (const header of [null, String(AGENT_PROTOCOL + 1), String(AGENT_PROTOCOL_MIN - 1), '', 'x']) {
     const r = await call('GET', '/agent/v1/inventory', { header });
     assert.equal(r.status, 400, `header ${String(header)}`);
     assert.equal(codeOf(r), 'FERRY_E_AGENT_PROTOCOL');

@@ -1,26 +1,20 @@
 /**
- * The agent's HTTPS API (protocol.ts, under /agent/v1), served with mutual TLS. Three gates, in order:
- * the TLS handshake (a client certificate from the cluster CA, or no connection at all), the client
- * certificate's public key (only the controller's, pinned at join, may drive an agent: every host's
- * certificate is from the same CA, and a CN is just a string someone may have got signed), and the
- * protocol version header. Errors leave as `{error:{code,message,details}}` with the registry's HTTP status.
+ * The agent's HTTPS API: the host's routes of the table (src/common/agent-routes.ts) — inventory, version,
+ * VMs, guest commands, console — served with mutual TLS behind the gates of http.ts (the client certificate
+ * from the cluster CA, the controller's pinned key, the protocol version range); the migration routes
+ * (migration/routes.ts) are mounted beside them. Params and bodies are validated against the table's
+ * schemas before a handler runs; errors leave as `{error:{code,message,details}}` with the registry's status.
  */
-import Fastify, {
-  type FastifyError,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyRequest,
-} from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
-import { X509Certificate } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
-import { FerryError, toFerryError } from '../common/errors.ts';
-import { spkiPin } from '../common/identity.ts';
-import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
+import { PROTOCOL_RANGE } from '../common/agent-routes.ts';
+import { FerryError } from '../common/errors.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
+import { agentFastify, mountAgentRoutes, type AgentHandlers, type HostRouteName } from './http.ts';
+import { readAgentVersion } from './inventory.ts';
 import { withMigrationRoutes } from './migration/routes.ts';
 
 /** How much of a serial log the console route returns. */
@@ -43,165 +37,36 @@ export interface RunningAgent {
   close(): Promise<void>;
 }
 
-/** The verified client certificate's key pin and CN (for messages), or undefined without one. */
-function peerIdentity(req: FastifyRequest): { pin: string; cn: unknown } | undefined {
-  const sock = req.raw.socket as TLSSocket;
-  if (typeof sock.getPeerCertificate !== 'function' || !sock.authorized) return undefined;
-  const peer = sock.getPeerCertificate();
-  if (peer.raw === undefined) return undefined;
-  return { pin: spkiPin(new X509Certificate(peer.raw)), cn: peer.subject?.CN };
-}
-
-function sendError(reply: FastifyReply, err: FerryError, status = err.status): FastifyReply {
-  return reply.status(status).type('application/json').send({ error: err.toJSON() });
-}
-
-/** Maps what fastify itself throws (bad JSON, body too large, validation) onto registry codes. */
-function toAgentError(err: unknown): FerryError {
-  if (err instanceof FerryError) return err;
-  const fe = err as Partial<FastifyError>;
-  if (
-    fe.validation !== undefined ||
-    (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500)
-  ) {
-    return new FerryError('FERRY_E_BAD_INPUT', fe.message ?? 'Bad request.', { cause: err });
-  }
-  return toFerryError(err);
-}
-
-function objectBody(req: FastifyRequest): Record<string, unknown> {
-  const b = req.body;
-  if (b === undefined || b === null || b === '') return {};
-  if (typeof b !== 'object' || Array.isArray(b))
-    throw new FerryError('FERRY_E_BAD_INPUT', 'The request body must be a JSON object.');
-  return b as Record<string, unknown>;
-}
-
-function nameParam(req: FastifyRequest): string {
-  return validateName((req.params as { name?: unknown }).name, 'VM name');
-}
-
-/** Builds the fastify app (not listening); exported for tests that want `inject`. */
-export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): FastifyInstance {
-  const { host } = opts;
-  const app = Fastify({
-    logger: false,
-    https: {
-      key: opts.tls.keyPem,
-      cert: opts.tls.certPem,
-      ca: opts.tls.caPem,
-      requestCert: true,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.2',
+/** The host's routes, one handler per route of the table that is not a migration's. */
+export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
+  const vm = (p: { name: string }): string => validateName(p.name, 'VM name');
+  return {
+    version: () => ({ agentVersion: readAgentVersion(), protocol: { ...PROTOCOL_RANGE } }),
+    inventory: () => host.inventory(),
+    listVms: () => host.list(),
+    createVm: ({ body }) => host.create(parseVmSpec(body.spec)),
+    getVm: ({ params }) => host.get(vm(params)),
+    stopVm: ({ params, body }) =>
+      host.stop(vm(params), {
+        ...(body.timeoutMs === undefined ? {} : { timeoutMs: body.timeoutMs }),
+        ...(body.force === undefined ? {} : { force: body.force }),
+      }),
+    startVm: ({ params }) => host.start(vm(params)),
+    pauseVm: ({ params }) => host.pause(vm(params)),
+    resumeVm: ({ params }) => host.resume(vm(params)),
+    deleteVm: async ({ params }) => {
+      await host.destroy(vm(params));
+      return { deleted: true };
     },
-  }) as unknown as FastifyInstance; // fastify's https overload types the server as Http2/Https; routes are the same
+    guest: ({ params, body }) => host.guest(vm(params), body.command),
+    console: ({ params }) => host.console(vm(params), CONSOLE_TAIL_BYTES),
+  };
+}
 
-  // An empty body with a JSON content type (POST /vms/x/start from some clients) is not an error.
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
-    const text = typeof body === 'string' ? body : body.toString('utf8');
-    if (text.trim() === '') return done(null, undefined);
-    try {
-      done(null, JSON.parse(text) as unknown);
-    } catch (err) {
-      done(
-        new FerryError('FERRY_E_BAD_INPUT', `The request body is not JSON: ${(err as Error).message}`, {
-          cause: err,
-        }),
-        undefined,
-      );
-    }
-  });
-
-  // Pinned at join (identity.ts); a pin per connection would do, but hashing a key per request is cheap.
-  const controllerPin = opts.tls.controllerPin;
-  app.addHook('onRequest', async (req, reply) => {
-    const peer = peerIdentity(req);
-    if (peer === undefined || peer.pin !== controllerPin) {
-      return sendError(
-        reply,
-        new FerryError(
-          'FERRY_E_FORBIDDEN',
-          `The client certificate (CN ${JSON.stringify(peer?.cn ?? null)}) may not drive this agent: only the controller it joined, whose key is pinned (${controllerPin}).`,
-        ),
-      );
-    }
-    const raw = req.headers[PROTOCOL_HEADER];
-    if (raw !== String(AGENT_PROTOCOL)) {
-      // 400 here, as protocol.ts promises: the request is what is wrong. The registry's 502 is the
-      // controller's view of the same mismatch (a bad gateway).
-      return sendError(
-        reply,
-        new FerryError(
-          'FERRY_E_AGENT_PROTOCOL',
-          `This agent speaks protocol ${AGENT_PROTOCOL}; the request has ${PROTOCOL_HEADER}: ${JSON.stringify(raw ?? null)}. Upgrade the older of the two.`,
-          { details: { agentProtocol: AGENT_PROTOCOL, requestProtocol: raw ?? null } },
-        ),
-        400,
-      );
-    }
-    return undefined;
-  });
-
-  app.setErrorHandler((err, _req, reply) => {
-    const fe = toAgentError(err);
-    if (fe.code === 'FERRY_E_INTERNAL') opts.log?.(`internal error: ${String((err as Error).stack ?? err)}`);
-    return sendError(reply, fe);
-  });
-  app.setNotFoundHandler((req, reply) =>
-    sendError(reply, new FerryError('FERRY_E_NOT_FOUND', `No route ${req.method} ${req.url.split('?')[0]}.`)),
-  );
-
-  const base = '/agent/v1';
-  app.get(`${base}/inventory`, () => host.inventory());
-  app.get(`${base}/vms`, () => host.list());
-  app.post(`${base}/vms`, async (req, reply) => {
-    const body = objectBody(req);
-    const status = await host.create(parseVmSpec(body.spec));
-    return reply.status(201).send(status);
-  });
-  app.get(`${base}/vms/:name`, (req) => host.get(nameParam(req)));
-  app.post(`${base}/vms/:name/stop`, (req) => {
-    const body = objectBody(req);
-    const timeoutMs = body.timeoutMs;
-    if (
-      timeoutMs !== undefined &&
-      (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0)
-    ) {
-      throw new FerryError('FERRY_E_BAD_INPUT', 'timeoutMs must be a number of milliseconds ≥ 0.');
-    }
-    if (body.force !== undefined && typeof body.force !== 'boolean')
-      throw new FerryError('FERRY_E_BAD_INPUT', 'force must be a boolean.');
-    return host.stop(nameParam(req), {
-      ...(timeoutMs === undefined ? {} : { timeoutMs }),
-      ...(body.force === undefined ? {} : { force: body.force }),
-    });
-  });
-  app.post(`${base}/vms/:name/start`, (req) => host.start(nameParam(req)));
-  app.post(`${base}/vms/:name/pause`, (req) => host.pause(nameParam(req)));
-  app.post(`${base}/vms/:name/resume`, (req) => host.resume(nameParam(req)));
-  app.delete(`${base}/vms/:name`, async (req) => {
-    await host.destroy(nameParam(req));
-    return { deleted: true };
-  });
-  app.post(`${base}/vms/:name/guest`, (req) => {
-    const { command } = objectBody(req);
-    if (
-      typeof command !== 'string' ||
-      command.trim() === '' ||
-      command.includes('\n') ||
-      command.length > 4096
-    ) {
-      throw new FerryError(
-        'FERRY_E_BAD_INPUT',
-        'command must be one non-empty line of at most 4096 characters.',
-      );
-    }
-    return host.guest(nameParam(req), command);
-  });
-  app.get(`${base}/vms/:name/console`, async (req, reply) => {
-    const text = await host.console(nameParam(req), CONSOLE_TAIL_BYTES);
-    return reply.type('text/plain; charset=utf-8').send(text);
-  });
+/** Builds the fastify app with the host's routes (not listening); exported for tests that want `inject`. */
+export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): FastifyInstance {
+  const app = agentFastify({ tls: opts.tls, ...(opts.log === undefined ? {} : { log: opts.log }) });
+  mountAgentRoutes(app, hostHandlers(opts.host));
   return app;
 }
 

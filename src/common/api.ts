@@ -3,7 +3,7 @@
  * The controller builds them; the CLI, the web console, the benchmarks and scripts read them. Field names
  * are a contract: add fields, never rename them.
  */
-import type { HostInventory, HostState, VmState } from './protocol.ts';
+import type { AgentVersion, HostInventory, HostState, VmState } from './protocol.ts';
 import type { VmSpec } from './spec.ts';
 
 export interface VmJson {
@@ -24,6 +24,10 @@ export interface HostJson {
   state: HostState;
   maintenance: boolean;
   inventory: HostInventory | null;
+  /** The agent's Ferry version and the protocol versions it serves (GET /agent/v1/version), once heard. */
+  agent: AgentVersion | null;
+  /** Why the host is `incompatible` (FERRY_E_AGENT_PROTOCOL, naming both versions); null otherwise. */
+  error: { code: string; message: string } | null;
   /** What the scheduler would still give (memory), after store-known VMs. */
   freeMemoryBytes: number;
   vms: string[];

@@ -72,7 +72,7 @@ export const ERRORS = {
 
   // --- cluster (exit 1) ---
   FERRY_E_AGENT_UNREACHABLE: def(503, 1, true, 'The host agent did not answer.'),
-  FERRY_E_AGENT_PROTOCOL: def(502, 1, false, 'The agent speaks another protocol version.'),
+  FERRY_E_AGENT_PROTOCOL: def(502, 1, false, 'The agent and the controller speak protocol versions too far apart (each side serves its current and previous version): upgrade the older of the two. `ferry host list` shows such a host as incompatible.'),
   FERRY_E_SERVER_UNREACHABLE: def(503, 1, true, 'The Ferry server did not answer: is it running?'),
   FERRY_E_TLS: def(495, 1, false, 'TLS handshake failed (certificate not signed by the cluster CA?).'),
 

@@ -2,28 +2,31 @@
  * A migration as the API and the CLI show it (`GET /api/v1/migrations/:id`, `ferry migration show --json`).
  * Field names are a contract for scripts and the web console: add fields, never rename them.
  */
+import Type, { type Static } from 'typebox';
 import type { MigrationMode, MigrationPhase, MigrationState } from './states.ts';
 import type { MigrationPolicy, Escalation } from './policy.ts';
 
-export interface MigrationProgress {
+/** A migration's progress; also what an agent reports in its view (agent-migration.ts), so a schema. */
+export const MigrationProgress = Type.Object({
   /** 0–100, over memory and (when copied) disks. */
-  percent: number;
-  transferredBytes: number;
-  totalBytes: number;
-  remainingBytes: number;
+  percent: Type.Number(),
+  transferredBytes: Type.Number(),
+  totalBytes: Type.Number(),
+  remainingBytes: Type.Number(),
   /** Smoothed transfer rate. */
-  rateBytesPerSec: number;
+  rateBytesPerSec: Type.Number(),
   /** How fast the guest dirties memory (QEMU's dirty-pages-rate × page size). */
-  dirtyRateBytesPerSec: number;
+  dirtyRateBytesPerSec: Type.Number(),
   /** Pre-copy pass (QEMU's dirty-sync-count). */
-  pass: number;
+  pass: Type.Number(),
   /** Honest remaining time; null while unknown or when not converging. */
-  etaMs: number | null;
-  converges: boolean | null;
+  etaMs: Type.Union([Type.Number(), Type.Null()]),
+  converges: Type.Union([Type.Boolean(), Type.Null()]),
   /** Disk mirror progress when storage is copied. */
-  disk: { transferredBytes: number; totalBytes: number; ready: boolean } | null;
-  sampledAt: string;
-}
+  disk: Type.Union([Type.Object({ transferredBytes: Type.Number(), totalBytes: Type.Number(), ready: Type.Boolean() }), Type.Null()]),
+  sampledAt: Type.String(),
+});
+export type MigrationProgress = Static<typeof MigrationProgress>;
 
 export interface EscalationRecord {
   at: string;

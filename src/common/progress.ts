@@ -4,6 +4,7 @@
  * it end at all. The ETA is honest: a guest that dirties memory as fast as the link sends it never
  * converges, and then there is no ETA, only `converges: false`.
  */
+import Type, { type Static } from 'typebox';
 import type { MigrationProgress } from './migration.ts';
 
 /** The parts of QEMU's `query-migrate` answer the model reads (QEMU 7.2 and 10.x; all optional). */
@@ -85,13 +86,15 @@ export function sampleFromQueryMigrate(info: QueryMigrateInfo, atMs: number, mir
   };
 }
 
-export interface Prediction {
+/** What the progress model predicts; part of an agent's migration view (agent-migration.ts), so a schema. */
+export const Prediction = Type.Object({
   /** Predicted end-to-end time from the start of the migration, null when it does not converge. */
-  totalMs: number | null;
+  totalMs: Type.Union([Type.Number(), Type.Null()]),
   /** Predicted pause of the guest at switch-over. */
-  downtimeMs: number | null;
-  converges: boolean;
-}
+  downtimeMs: Type.Union([Type.Number(), Type.Null()]),
+  converges: Type.Boolean(),
+});
+export type Prediction = Static<typeof Prediction>;
 
 export interface ProgressView {
   status: string;

@@ -1,95 +1,143 @@
 /**
- * The controller ↔ agent contract (HTTPS with mutual TLS, JSON bodies). Versioned: every request carries
- * `x-ferry-protocol: <AGENT_PROTOCOL>`; an agent answers a request of another version with
- * FERRY_E_AGENT_PROTOCOL (HTTP 400). Errors travel as `{ error: { code, message, details? } }`.
+ * The controller ↔ agent wire types (HTTPS with mutual TLS, JSON bodies), each declared once as a TypeBox
+ * schema with its type derived (`Static<>`): the agent validates what it receives against them and the
+ * controller checks what it gets back. Field names are the contract: add fields, never rename them.
  *
- * Agent routes (all under /agent/v1):
- *   GET    /inventory                  → HostInventory
- *   GET    /vms                        → VmStatus[]
- *   POST   /vms            {spec}      → VmStatus      (creates disks, starts QEMU, waits for the guest READY)
- *   GET    /vms/:name                  → VmStatus
- *   POST   /vms/:name/stop {timeoutMs?, force?} → VmStatus (ACPI power-down, then quit)
- *   POST   /vms/:name/start            → VmStatus
- *   POST   /vms/:name/pause | /resume  → VmStatus
- *   DELETE /vms/:name                  → {deleted: true}  (stops QEMU, removes the VM's files)
- *   POST   /vms/:name/guest {command}  → the guest tool's JSON reply (over the virtio-serial channel)
- *   GET    /vms/:name/console          → text/plain: the tail of the VM's serial log
- *   Migrations (src/agent/migrations.ts; bodies and views in src/migration/types.ts; :id is the controller's job id):
- *   POST   /migrations/:id/prepare  PrepareRequest {spec, listenAddress?, tls?, storage, capabilities?, tlsPeer?}
- *                                   → 201 PrepareResponse {id, uri, nbd, tlsHostname}      (destination)
- *   POST   /migrations/:id/perform  PerformRequest {vm, uri, nbd?, tls?, tlsHostname?, storage, capabilities?,
- *                                   bandwidthBytesPerSec?, downtimeLimitMs?, stallTimeoutMs?, postcopy?}
- *                                   → 202 AgentMigrationView (runs in the background)       (source)
- *   GET    /migrations/:id          → AgentMigrationView (also after an agent restart)
- *   GET    /migrations/:id/events   → text/event-stream of `migration` events (the view) until it ends
- *   POST   /migrations/:id/cancel   → AgentMigrationView   POST /migrations/:id/postcopy → AgentMigrationView
- *   POST   /migrations/:id/tune {downtimeLimitMs?, bandwidthBytesPerSec?} → AgentMigrationView
- *   POST   /migrations/:id/finish  {success} → AgentMigrationView (destination; idempotent)
- *   POST   /migrations/:id/confirm {success} → AgentMigrationView (source; idempotent)
- *   Cold (the controller streams each file from the source's GET to the destination's PUT):
- *   POST   /migrations/:id/cold/prepare {spec, start?} → 201 view   (destination lays out the VM; start=false
- *                                   keeps a VM that was stopped stopped)
- *   POST   /migrations/:id/cold/perform {vm, mode: shutdown|save} → ColdManifest {files: [{name, bytes, sha256}]}
- *   GET    /migrations/:id/files/:name → octet-stream + x-ferry-sha256   (source)
- *   PUT    /migrations/:id/files/:name  octet-stream + x-ferry-sha256 → {name, bytes, sha256} (destination;
- *                                   a mismatch is FERRY_E_VERIFY_FAILED and replaces nothing)
+ * The routes themselves — method, path, these schemas as params, body and response, success status,
+ * timeout, streaming — are data in src/common/agent-routes.ts: the agent's fastify routes, the controller's
+ * typed client and the fake agent of the unit tests are all made from that one table.
+ *
+ * Versioned: every request carries `x-ferry-protocol: <AGENT_PROTOCOL>` and every answer the agent's own
+ * current version. An agent accepts requests of its current and previous version
+ * ([AGENT_PROTOCOL_MIN, AGENT_PROTOCOL]) and answers any other with FERRY_E_AGENT_PROTOCOL (HTTP 400) naming
+ * both versions; the controller then shows the host as `incompatible` with that error. Errors travel as
+ * `{ error: { code, message, details? } }`.
+ *
+ * Protocol 2 (this one) added GET /agent/v1/version and the version header on answers; a protocol-2 agent
+ * still serves a protocol-1 controller (upgrade the agents first, then the controller).
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
  *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token; from agentUrl's own
  *                                   address; reserved or existing names refused)
  */
+import Type, { type Static } from 'typebox';
+import { VmSpec } from './spec.ts';
+import { NAME_RE } from './units.ts';
 
-export const AGENT_PROTOCOL = 1;
+/** This side's protocol version; what every request and answer carries in PROTOCOL_HEADER. */
+export const AGENT_PROTOCOL = 2;
+/** The oldest protocol an agent still serves (the previous one). 0 is never valid. */
+export const AGENT_PROTOCOL_MIN = 1;
 export const PROTOCOL_HEADER = 'x-ferry-protocol';
 
 export const VM_STATES = ['running', 'paused', 'stopped', 'migrating'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
-export const HOST_STATES = ['ready', 'unreachable', 'maintenance'] as const;
+/** `incompatible`: the agent answers, but speaks a protocol outside the controller's range. */
+export const HOST_STATES = ['ready', 'unreachable', 'incompatible', 'maintenance'] as const;
 export type HostState = (typeof HOST_STATES)[number];
 
-export interface HostInventory {
-  name: string;
-  protocol: number;
-  cpu: { model: string; vendor: string; flags: string[]; cores: number };
-  memoryBytes: number;
+const Name = Type.String({ pattern: NAME_RE.source });
+
+export const HostInventory = Type.Object({
+  name: Type.String(),
+  /** The agent's current protocol version. */
+  protocol: Type.Integer({ minimum: 1 }),
+  cpu: Type.Object({
+    model: Type.String(),
+    vendor: Type.String(),
+    flags: Type.Array(Type.String()),
+    cores: Type.Integer({ minimum: 0 }),
+  }),
+  memoryBytes: Type.Number({ minimum: 0 }),
   /** Memory not yet promised to VMs on this host (total less the VMs' memory and a reserve). */
-  freeMemoryBytes: number;
-  accel: 'kvm' | 'tcg';
-  qemu: { version: string; machineTypes: string[] };
+  freeMemoryBytes: Type.Number(),
+  accel: Type.Enum(['kvm', 'tcg']),
+  qemu: Type.Object({ version: Type.String(), machineTypes: Type.Array(Type.String()) }),
   /** Address that QEMU migration streams and NBD exports of this host listen on. */
-  migrationAddress: string;
-  agentVersion: string;
-}
+  migrationAddress: Type.String(),
+  agentVersion: Type.String(),
+});
+export type HostInventory = Static<typeof HostInventory>;
 
-export interface VmStatus {
-  name: string;
-  state: VmState;
+/** GET /agent/v1/version: which Ferry the agent runs and the protocol versions it serves. */
+export const AgentVersion = Type.Object({
+  agentVersion: Type.String(),
+  protocol: Type.Object({ current: Type.Integer({ minimum: 1 }), min: Type.Integer({ minimum: 1 }) }),
+});
+export type AgentVersion = Static<typeof AgentVersion>;
+
+export const VmStatus = Type.Object({
+  name: Type.String(),
+  state: Type.Enum(VM_STATES),
   /** QEMU's own run state string, verbatim (`running`, `paused`, `inmigrate`, `postmigrate`, ...). */
-  qemuStatus: string | null;
-  pid: number | null;
-  bootId: string | null;
-  spec: import('./spec.ts').VmSpec;
-  startedAt: string | null;
-}
+  qemuStatus: Type.Union([Type.String(), Type.Null()]),
+  pid: Type.Union([Type.Integer(), Type.Null()]),
+  bootId: Type.Union([Type.String(), Type.Null()]),
+  spec: VmSpec,
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export type VmStatus = Static<typeof VmStatus>;
 
-export interface JoinRequest {
-  token: string;
-  name: string;
-  /** https://ADDR:PORT where the agent will listen (mTLS). */
-  agentUrl: string;
-}
+/** POST /agent/v1/vms */
+export const CreateVmRequest = Type.Object({ spec: VmSpec });
+export type CreateVmRequest = Static<typeof CreateVmRequest>;
 
-export interface JoinResponse {
-  caCertPem: string;
-  certPem: string;
-  keyPem: string;
+/** POST /agent/v1/vms/:name/stop: ACPI power-down, waiting up to timeoutMs, then quit (force: at once). */
+export const StopVmRequest = Type.Object({
+  timeoutMs: Type.Optional(Type.Number({ minimum: 0 })),
+  force: Type.Optional(Type.Boolean()),
+});
+export type StopVmRequest = Static<typeof StopVmRequest>;
+
+/** POST /agent/v1/vms/:name/guest: one line for the guest tool (over the virtio-serial channel). */
+export const GuestRequest = Type.Object({
+  command: Type.String({ minLength: 1, maxLength: 4096, pattern: '^[^\\n]*\\S[^\\n]*$' }),
+});
+export type GuestRequest = Static<typeof GuestRequest>;
+
+export const Deleted = Type.Object({ deleted: Type.Boolean() });
+export type Deleted = Static<typeof Deleted>;
+
+export const JoinRequest = Type.Object(
+  {
+    token: Type.String({ minLength: 1, maxLength: 256 }),
+    name: Name,
+    /** https://ADDR:PORT where the agent will listen (mTLS). */
+    agentUrl: Type.String({
+      minLength: 1,
+      maxLength: 256,
+      description: 'https://IP:PORT where the agent listens (mTLS)',
+    }),
+  },
+  { additionalProperties: false },
+);
+export type JoinRequest = Static<typeof JoinRequest>;
+
+export const JoinResponse = Type.Object({
+  caCertPem: Type.String(),
+  certPem: Type.String(),
+  keyPem: Type.String(),
   /** The controller's URL as seen from the agent. */
-  serverUrl: string;
+  serverUrl: Type.String(),
   /**
    * `sha256:HEX` of the public key (SPKI) of the controller's client certificate. The agent stores it with
    * its identity and serves only a caller presenting that key: the CA signs other hosts' certificates too,
    * and a CN can be asked for at join.
    */
-  controllerPin: string;
-}
+  controllerPin: Type.String({
+    description:
+      "sha256:HEX of the controller client certificate's public key; the agent accepts no other caller",
+  }),
+});
+export type JoinResponse = Static<typeof JoinResponse>;
+
+/** Every failure, from the agent as from the controller's API. */
+export const ErrorEnvelope = Type.Object({
+  error: Type.Object({
+    code: Type.String({ pattern: '^FERRY_E_[A-Z0-9_]+$' }),
+    message: Type.String(),
+    details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  }),
+});
+export type ErrorEnvelope = Static<typeof ErrorEnvelope>;

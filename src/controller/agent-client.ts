@@ -1,13 +1,35 @@
 /**
- * How the controller calls host agents: HTTPS with mutual TLS (the controller's client certificate,
- * the cluster CA pinned), the protocol version header on every request, timeouts on every call, agent
- * errors decoded back into FerryErrors, and network failures as FERRY_E_AGENT_UNREACHABLE.
+ * How the controller calls host agents: one typed client made from the route table
+ * (src/common/agent-routes.ts) — `client.call('prepare', { params: { id }, body })` answers the route's
+ * response type, checked against its schema on arrival, and the cold-migration file streams go through
+ * `download` and `upload` of the same table. HTTPS with mutual TLS (the controller's client certificate,
+ * the cluster CA pinned), the protocol version header on every request and checked on every answer,
+ * timeouts on every call (the table's, unless the caller gives one), the error envelope decoded back into
+ * a FerryError in one place (`decodeAgentError`), and network failures as FERRY_E_AGENT_UNREACHABLE.
  */
-import { Agent, request } from 'undici';
-import { FerryError, fromErrorJSON } from '../common/errors.ts';
+import type { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { Compile } from 'typebox/compile';
+import type { TSchema } from 'typebox';
+import {
+  AGENT_ROUTES,
+  PROTOCOL_RANGE,
+  SHA256_HEADER,
+  answerAccepted,
+  describeRange,
+  fillPath,
+  parseProtocol,
+  type BodyOf,
+  type HeadersOf,
+  type ParamsOf,
+  type ResponseOf,
+  type RouteName,
+  type RouteSpec,
+  type RoutesStreaming,
+} from '../common/agent-routes.ts';
+import { FerryError, fromErrorJSON, type ErrorCode } from '../common/errors.ts';
 import { transportError } from '../common/http.ts';
-import { AGENT_PROTOCOL, PROTOCOL_HEADER, type HostInventory, type VmStatus } from '../common/protocol.ts';
-import type { VmSpec } from '../common/spec.ts';
+import { AGENT_PROTOCOL, ErrorEnvelope, PROTOCOL_HEADER } from '../common/protocol.ts';
 
 export interface AgentTls {
   caCertPem: string;
@@ -16,14 +38,10 @@ export interface AgentTls {
 }
 
 export interface CallOptions {
-  /** Whole-call deadline; creating a VM waits for the guest to boot, so it gets a longer one. */
+  /** Whole-call deadline, instead of the route's (for streams: the wait for headers and each idle gap). */
   timeoutMs?: number;
-  /** `text` for routes that answer text/plain (the console log). */
-  as?: 'json' | 'text';
 }
 
-export const DEFAULT_TIMEOUT_MS = 10_000;
-export const CREATE_TIMEOUT_MS = 120_000;
 
 /** One connection pool for all agents: they share the controller's client certificate and the CA. */
 export class AgentPool {
@@ -52,6 +70,61 @@ export class AgentPool {
   }
 }
 
+/** The routes `call` serves: JSON and text answers (the file streams have `download`/`upload`, events none). */
+export type CallRouteName = RoutesStreaming<undefined | 'text'>;
+export type DownloadRouteName = RoutesStreaming<'download'>;
+export type UploadRouteName = RoutesStreaming<'upload'>;
+
+type ParamsPart<N extends RouteName> = ParamsOf<N> extends undefined ? { params?: undefined } : { params: ParamsOf<N> };
+type BodyPart<N extends RouteName> = BodyOf<N> extends undefined ? { body?: undefined } : object extends BodyOf<N> ? { body?: BodyOf<N> } : { body: BodyOf<N> };
+/** What one call of route N takes: its params and body, typed by the table; optional where nothing is required. */
+export type CallInput<N extends RouteName> = ParamsPart<N> & BodyPart<N>;
+type CallArgs<N extends RouteName> = object extends CallInput<N> ? [input?: CallInput<N>, opts?: CallOptions] : [input: CallInput<N>, opts?: CallOptions];
+
+export interface UploadInput<N extends UploadRouteName> {
+  params: ParamsOf<N>;
+  headers: HeadersOf<N>;
+  body: Readable;
+}
+
+/** A file as the source agent sends it: the bytes, and the sha256 it announced. */
+export interface DownloadResult {
+  body: Readable;
+  sha256: string;
+  bytes: number | null;
+}
+
+/** One compiled checker per schema of the table, made on first use. */
+const checkers = new Map<TSchema, ReturnType<typeof Compile>>();
+function checker(schema: TSchema): ReturnType<typeof Compile> {
+  let c = checkers.get(schema);
+  if (c === undefined) {
+    c = Compile(schema);
+    checkers.set(schema, c);
+  }
+  return c;
+}
+
+function headerOf(headers: Record<string, string | string[] | undefined>, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * The one place an agent's error answer becomes a FerryError: the envelope `{error:{code,message,details?}}`
+ * (a code outside the registry becomes `fallback`); anything else is reported with its status and start.
+ */
+export function decodeAgentError(status: number, text: string, what: string, fallback: ErrorCode = 'FERRY_E_INTERNAL'): FerryError {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  if (checker(ErrorEnvelope).Check(parsed)) return fromErrorJSON(parsed, fallback);
+  return new FerryError(fallback, `${what} answered HTTP ${status}: ${text.slice(0, 200)}`);
+}
+
 export class AgentClient {
   constructor(
     readonly host: string,
@@ -59,84 +132,133 @@ export class AgentClient {
     private readonly dispatcher: Agent,
   ) {}
 
-  /** Any agent route. Answers of 4xx/5xx become the agent's FerryError. */
-  async call<T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, opts: CallOptions = {}): Promise<T> {
-    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const what = `The agent of ${this.host} (${this.url})`;
-    let res;
+  private get what(): string {
+    return `The agent of ${this.host} (${this.url})`;
+  }
+
+  /** A successful answer from an agent too old for this controller's range (one that did not check) is refused. */
+  private checkProtocol(res: Dispatcher.ResponseData): void {
+    const raw = headerOf(res.headers, PROTOCOL_HEADER);
+    const version = parseProtocol(raw);
+    if (answerAccepted(version)) return;
+    throw new FerryError(
+      'FERRY_E_AGENT_PROTOCOL',
+      `${this.what} speaks ${version === null ? `an unknown protocol (${PROTOCOL_HEADER}: ${JSON.stringify(raw ?? null)})` : `protocol ${version}`}; this controller speaks ${describeRange()}. Upgrade the older of the two.`,
+      { details: { agentProtocol: version, controllerProtocol: PROTOCOL_RANGE.current, controllerMinProtocol: PROTOCOL_RANGE.min } },
+    );
+  }
+
+  private async send(
+    name: RouteName,
+    init: { params: Record<string, string> | undefined; body: string | Readable | null; headers: Record<string, string>; timeoutMs: number; whole: boolean },
+  ): Promise<Dispatcher.ResponseData> {
+    const def: RouteSpec = AGENT_ROUTES[name];
     try {
-      res = await request(new URL(path, this.url), {
-        method,
+      return await request(new URL(fillPath(name, init.params), this.url), {
+        method: def.method,
         dispatcher: this.dispatcher,
-        headers: {
-          [PROTOCOL_HEADER]: String(AGENT_PROTOCOL),
-          accept: opts.as === 'text' ? 'text/plain' : 'application/json',
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-        body: body === undefined ? null : JSON.stringify(body),
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs,
-        signal: AbortSignal.timeout(timeoutMs),
+        headers: { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL), ...init.headers },
+        body: init.body,
+        headersTimeout: init.timeoutMs,
+        bodyTimeout: init.timeoutMs,
+        ...(init.whole ? { signal: AbortSignal.timeout(init.timeoutMs) } : {}),
       });
     } catch (err) {
-      throw transportError(err, what, 'FERRY_E_AGENT_UNREACHABLE');
-    }
-    let text: string;
-    try {
-      text = await res.body.text();
-    } catch (err) {
-      throw transportError(err, what, 'FERRY_E_AGENT_UNREACHABLE');
-    }
-    if (res.statusCode >= 400) {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        parsed = { error: { code: 'FERRY_E_INTERNAL', message: `${what} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}` } };
-      }
-      throw fromErrorJSON(parsed);
-    }
-    if (opts.as === 'text') return text as T;
-    try {
-      return (text === '' ? undefined : JSON.parse(text)) as T;
-    } catch (err) {
-      throw new FerryError('FERRY_E_AGENT_PROTOCOL', `${what} sent a body that is not JSON.`, { cause: err });
+      throw transportError(err, this.what, 'FERRY_E_AGENT_UNREACHABLE');
     }
   }
 
-  inventory(): Promise<HostInventory> {
-    return this.call('GET', '/agent/v1/inventory');
+  private async text(res: Dispatcher.ResponseData): Promise<string> {
+    try {
+      return await res.body.text();
+    } catch (err) {
+      throw transportError(err, this.what, 'FERRY_E_AGENT_UNREACHABLE');
+    }
   }
-  listVms(): Promise<VmStatus[]> {
-    return this.call('GET', '/agent/v1/vms');
+
+  /** The answer's body as route N's response, or the agent's error. */
+  private async answer<N extends RouteName>(name: N, res: Dispatcher.ResponseData, fallback: ErrorCode = 'FERRY_E_INTERNAL'): Promise<ResponseOf<N>> {
+    const def: RouteSpec = AGENT_ROUTES[name];
+    const text = await this.text(res);
+    if (res.statusCode >= 400) throw decodeAgentError(res.statusCode, text, this.what, fallback);
+    this.checkProtocol(res);
+    let value: unknown;
+    if (def.stream === 'text') value = text;
+    else {
+      try {
+        value = text === '' ? undefined : JSON.parse(text);
+      } catch (err) {
+        throw new FerryError('FERRY_E_AGENT_PROTOCOL', `${this.what} sent a body that is not JSON (${name}).`, { cause: err });
+      }
+    }
+    const check = checker(def.response);
+    if (!check.Check(value)) {
+      const problems = check.Errors(value).slice(0, 4).map((e) => `${e.instancePath || '/'} ${e.message}`);
+      throw new FerryError('FERRY_E_AGENT_PROTOCOL', `${this.what} answered ${name} with a body that is not the protocol's: ${problems.join('; ')}.`, { details: { problems } });
+    }
+    // Checked against the route's schema just above; Static<> of that schema is ResponseOf<N>.
+    return value as ResponseOf<N>;
   }
-  getVm(name: string): Promise<VmStatus> {
-    return this.call('GET', `/agent/v1/vms/${encodeURIComponent(name)}`);
-  }
-  createVm(spec: VmSpec, opts: CallOptions = {}): Promise<VmStatus> {
-    return this.call('POST', '/agent/v1/vms', { spec }, { timeoutMs: CREATE_TIMEOUT_MS, ...opts });
-  }
-  startVm(name: string): Promise<VmStatus> {
-    return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/start`, {}, { timeoutMs: CREATE_TIMEOUT_MS });
-  }
-  stopVm(name: string, body: { timeoutMs?: number; force?: boolean } = {}): Promise<VmStatus> {
-    return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/stop`, body, {
-      timeoutMs: (body.timeoutMs ?? 30_000) + DEFAULT_TIMEOUT_MS,
+
+  /** One call of a route of the table, answering its response type. Answers of 4xx/5xx become the agent's FerryError. */
+  async call<N extends CallRouteName>(name: N, ...args: CallArgs<N>): Promise<ResponseOf<N>> {
+    const [input, opts = {}] = args;
+    const def: RouteSpec = AGENT_ROUTES[name];
+    // The table types `input` per route; here, for any route, only its shape matters.
+    const { params, body } = (input ?? {}) as { params?: Record<string, string>; body?: unknown };
+    const sent = body ?? (def.body === undefined ? undefined : {});
+    const timeoutMs = opts.timeoutMs ?? (typeof def.timeoutMs === 'function' ? (def.timeoutMs as (b: unknown) => number)(sent ?? {}) : def.timeoutMs);
+    const res = await this.send(name, {
+      params,
+      body: sent === undefined ? null : JSON.stringify(sent),
+      headers: {
+        accept: def.stream === 'text' ? 'text/plain' : 'application/json',
+        ...(sent === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      timeoutMs,
+      whole: true,
     });
+    return this.answer(name, res);
   }
-  pauseVm(name: string): Promise<VmStatus> {
-    return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/pause`, {});
+
+  /** A file from a `download` route (the source of a cold migration), as a stream; its error is the agent's. */
+  async download<N extends DownloadRouteName>(name: N, input: { params: ParamsOf<N> }, opts: CallOptions = {}): Promise<DownloadResult> {
+    const def: RouteSpec = AGENT_ROUTES[name];
+    const res = await this.send(name, {
+      // Params of the table are strings (ids, names); Static<> of a params schema is that record.
+      params: input.params as Record<string, string>,
+      body: null,
+      headers: { accept: 'application/octet-stream' },
+      timeoutMs: opts.timeoutMs ?? (def.timeoutMs as number),
+      whole: false,
+    });
+    if (res.statusCode >= 400) throw decodeAgentError(res.statusCode, await this.text(res), this.what, 'FERRY_E_MIGRATION_FAILED');
+    try {
+      this.checkProtocol(res);
+    } catch (err) {
+      res.body.destroy();
+      throw err;
+    }
+    const sha256 = headerOf(res.headers, SHA256_HEADER);
+    if (sha256 === undefined) {
+      res.body.destroy();
+      throw new FerryError('FERRY_E_AGENT_PROTOCOL', `${this.what} sent a file without ${SHA256_HEADER}.`);
+    }
+    const length = Number(headerOf(res.headers, 'content-length'));
+    return { body: res.body, sha256, bytes: Number.isFinite(length) ? length : null };
   }
-  resumeVm(name: string): Promise<VmStatus> {
-    return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/resume`, {});
-  }
-  deleteVm(name: string): Promise<{ deleted: boolean }> {
-    return this.call('DELETE', `/agent/v1/vms/${encodeURIComponent(name)}`, undefined, { timeoutMs: 60_000 });
-  }
-  guest(name: string, command: string, opts: CallOptions = {}): Promise<unknown> {
-    return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/guest`, { command }, { timeoutMs: 30_000, ...opts });
-  }
-  console(name: string): Promise<string> {
-    return this.call('GET', `/agent/v1/vms/${encodeURIComponent(name)}/console`, undefined, { as: 'text' });
+
+  /** A stream to an `upload` route (the destination of a cold migration); answers the route's response type. */
+  async upload<N extends UploadRouteName>(name: N, input: UploadInput<N>, opts: CallOptions = {}): Promise<ResponseOf<N>> {
+    const def: RouteSpec = AGENT_ROUTES[name];
+    const res = await this.send(name, {
+      params: input.params as Record<string, string>,
+      body: input.body,
+      // No content-length: the destination counts and checks the sha256 of what arrives.
+      headers: { accept: 'application/json', 'content-type': 'application/octet-stream', ...(input.headers as Record<string, string>) },
+      timeoutMs: opts.timeoutMs ?? (def.timeoutMs as number),
+      whole: false,
+    });
+    return this.answer(name, res, 'FERRY_E_VERIFY_FAILED');
   }
 }

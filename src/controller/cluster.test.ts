@@ -1,94 +1,21 @@
 /**
- * The controller against a fake agent at the wire: a real HTTPS server with mutual TLS, using the
- * certificate the controller issued at join. Covers join → heartbeat → create (and its undo when the
- * agent fails) → reconcile (adopt, vanish) → guest/console pass-through → unreachable after 3 misses.
+ * The controller against the fake agent (src/testing/fake-agent.ts) at the wire: a real HTTPS server with
+ * mutual TLS, using the certificate the controller issued at join, made from the agent route table. Covers join → heartbeat → create (and its undo when the
+ * agent fails) → reconcile (adopt, vanish) → guest/console pass-through → unreachable after 3 misses; an
+ * agent of another protocol version → incompatible, with the error naming both versions.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
 import { FerryError } from '../common/errors.ts';
-import { AGENT_PROTOCOL, PROTOCOL_HEADER, type HostInventory, type VmStatus } from '../common/protocol.ts';
-import { parseVmSpec, type VmSpec } from '../common/spec.ts';
+import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
+import { parseVmSpec } from '../common/spec.ts';
+import { FakeAgent } from '../testing/fake-agent.ts';
 import { createController, type Controller } from './controller.ts';
 import type { FerryEvent } from './events.ts';
 import { createJoinToken } from './tokens.ts';
-
-const MiB = 1024 * 1024;
-
-class FakeAgent {
-  vms = new Map<string, VmStatus>();
-  failCreate: { code: string; message: string } | null = null;
-  calls: string[] = [];
-  server!: Server;
-  port = 0;
-
-  inventory(): HostInventory {
-    return {
-      name: 'h1',
-      protocol: AGENT_PROTOCOL,
-      cpu: { model: 'qemu64', vendor: 'x', flags: [], cores: 2 },
-      memoryBytes: 2048 * MiB,
-      freeMemoryBytes: 1500 * MiB,
-      accel: 'tcg',
-      qemu: { version: '10.0.2', machineTypes: ['pc-q35-10.0'] },
-      migrationAddress: '127.0.0.1',
-      agentVersion: 'fake',
-    };
-  }
-
-  async start(tls: { caCertPem: string; certPem: string; keyPem: string }, port = 0): Promise<void> {
-    this.server = createServer({ ca: tls.caCertPem, cert: tls.certPem, key: tls.keyPem, requestCert: true, rejectUnauthorized: true }, (req, res) => {
-      let body = '';
-      req.on('data', (d: Buffer) => (body += d.toString()));
-      req.on('end', () => {
-        const send = (status: number, v: unknown, type = 'application/json'): void => {
-          res.writeHead(status, { 'content-type': type });
-          res.end(type === 'application/json' ? JSON.stringify(v) : String(v));
-        };
-        const cn = (req.socket as TLSSocket).getPeerCertificate().subject?.CN;
-        this.calls.push(`${req.method} ${req.url}`);
-        if (cn !== 'ferry-controller' || req.headers[PROTOCOL_HEADER] !== String(AGENT_PROTOCOL)) {
-          return send(400, { error: { code: 'FERRY_E_AGENT_PROTOCOL', message: 'bad caller' } });
-        }
-        const m = /^\/agent\/v1\/vms\/([a-z0-9-]+)(?:\/(\w+))?$/.exec(req.url ?? '');
-        if (req.method === 'GET' && req.url === '/agent/v1/inventory') return send(200, this.inventory());
-        if (req.method === 'GET' && req.url === '/agent/v1/vms') return send(200, [...this.vms.values()]);
-        if (req.method === 'POST' && req.url === '/agent/v1/vms') {
-          const spec = parseVmSpec((JSON.parse(body) as { spec: VmSpec }).spec);
-          if (this.failCreate) return send(500, { error: this.failCreate });
-          const st: VmStatus = { name: spec.name, state: 'running', qemuStatus: 'running', pid: 1, bootId: `boot-${spec.name}`, spec, startedAt: new Date().toISOString() };
-          this.vms.set(spec.name, st);
-          return send(200, st);
-        }
-        const vm = m ? this.vms.get(m[1]!) : undefined;
-        if (m && !vm) return send(404, { error: { code: 'FERRY_E_VM_NOT_FOUND', message: 'no such VM' } });
-        if (m && vm) {
-          if (req.method === 'DELETE') {
-            this.vms.delete(vm.name);
-            return send(200, { deleted: true });
-          }
-          if (m[2] === 'stop') return send(200, Object.assign(vm, { state: 'stopped', qemuStatus: null, bootId: null }));
-          if (m[2] === 'start') return send(200, Object.assign(vm, { state: 'running', bootId: 'boot-2' }));
-          if (m[2] === 'guest') return send(200, { ok: true, echo: (JSON.parse(body) as { command: string }).command });
-          if (m[2] === 'console') return send(200, 'Linux version 6.1\nferry-guest ready\n', 'text/plain');
-        }
-        return send(404, { error: { code: 'FERRY_E_NOT_FOUND', message: 'no route' } });
-      });
-    });
-    await new Promise<void>((r) => this.server.listen(port, '127.0.0.1', r));
-    this.port = (this.server.address() as AddressInfo).port;
-  }
-
-  async stop(): Promise<void> {
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
 
 const code = async (p: Promise<unknown>): Promise<string> => {
   try {
@@ -113,18 +40,21 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     // The agent's port must be known before the join (its URL is registered), so bind first with a
     // throwaway certificate, then restart on the same port with the issued one.
     const boot = await ctl.ca.issueAgentCert('h1', ['127.0.0.1']);
-    await agent.start({ caCertPem: ctl.ca.caCertPem, ...boot });
+    await agent.start({ caPem: ctl.ca.caCertPem, ...boot, controllerPin: ctl.ca.controllerPin });
     const port = agent.port;
     await agent.stop();
     const { token } = createJoinToken(ctl.store);
     const joined = await ctl.hosts.join({ token, name: 'h1', agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
-    await agent.start({ caCertPem: joined.caCertPem, certPem: joined.certPem, keyPem: joined.keyPem }, port);
+    const identity = { caPem: joined.caCertPem, certPem: joined.certPem, keyPem: joined.keyPem, controllerPin: joined.controllerPin };
+    await agent.start(identity, port);
     listening = true;
 
     await ctl.hosts.poll('h1');
     const h = ctl.hosts.get('h1');
     assert.equal(h.state, 'ready');
     assert.equal(h.inventory?.cpu.cores, 2);
+    assert.equal(h.agent?.protocol.current, AGENT_PROTOCOL, 'GET /version, through the typed client');
+    assert.equal(h.error, null);
     assert.ok(events.some((e) => e.type === 'host.ready' && e.subject === 'h1'));
 
     const v1 = await ctl.vms.create({ name: 'v1', memory: '128M' });
@@ -139,13 +69,13 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     assert.equal(await code(ctl.vms.create({ name: 'toobig', memory: '1800M' })), 'FERRY_E_NO_CAPACITY');
 
     // The agent fails: the error comes back as the agent's code, and nothing of v2 remains.
-    agent.failCreate = { code: 'FERRY_E_QEMU_START', message: 'QEMU exited 1' };
+    agent.host.failCreate = { code: 'FERRY_E_QEMU_START', message: 'QEMU exited 1' };
     assert.equal(await code(ctl.vms.create({ name: 'v2' })), 'FERRY_E_QEMU_START');
     assert.deepEqual(ctl.vms.list().map((v) => v.name), ['v1']);
     assert.equal((ctl.store.sqlite.prepare("SELECT COUNT(*) AS n FROM ip_allocations WHERE vm = 'v2'").get() as { n: number }).n, 0);
     assert.ok(agent.calls.includes('DELETE /agent/v1/vms/v2'), 'the agent was asked to remove what it had');
     assert.ok(events.some((e) => e.type === 'vm.create_failed' && e.subject === 'v2'));
-    agent.failCreate = null;
+    agent.host.failCreate = null;
 
     // Stop and start go through the agent and are recorded.
     assert.equal((await ctl.vms.stop('v1')).state, 'stopped');
@@ -155,8 +85,8 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
 
     // Reconcile: an unknown VM is adopted; one the agent no longer reports becomes stopped.
     const spec = parseVmSpec({ ...v1.spec, name: 'stray', nics: [] });
-    agent.vms.set('stray', { name: 'stray', state: 'running', qemuStatus: 'running', pid: 2, bootId: 'b-stray', spec, startedAt: null });
-    agent.vms.delete('v1');
+    agent.host.vms.set('stray', { name: 'stray', state: 'running', qemuStatus: 'running', pid: 2, bootId: 'b-stray', spec, startedAt: null });
+    agent.host.vms.delete('v1');
     await ctl.hosts.poll('h1');
     assert.equal(ctl.vms.get('stray').state, 'running');
     assert.equal(ctl.vms.get('v1').state, 'stopped');
@@ -177,10 +107,39 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     assert.equal(await code(ctl.vms.create({ name: 'v3' })), 'FERRY_E_NO_CAPACITY');
 
     // Back → ready.
-    await agent.start({ caCertPem: joined.caCertPem, certPem: joined.certPem, keyPem: joined.keyPem }, port);
+    await agent.start(identity, port);
     listening = true;
     await ctl.hosts.poll('h1');
     assert.equal(ctl.hosts.get('h1').state, 'ready');
+
+    // Upgraded past the controller's range (speaks 2 versions ahead, serves only the last two): not
+    // unreachable but incompatible at the first answer, with an error naming both versions; back when it is not.
+    await agent.stop();
+    listening = false;
+    const newer = new FakeAgent({ protocol: { current: AGENT_PROTOCOL + 2, min: AGENT_PROTOCOL + 1 } });
+    await newer.start(identity, port);
+    try {
+      await ctl.hosts.poll('h1');
+      const inc = ctl.hosts.get('h1');
+      assert.equal(inc.state, 'incompatible');
+      assert.equal(inc.error?.code, 'FERRY_E_AGENT_PROTOCOL');
+      assert.match(inc.error?.message ?? '', new RegExp(`protocol ${AGENT_PROTOCOL + 2}.*${PROTOCOL_HEADER}: "${AGENT_PROTOCOL}"`));
+      assert.ok(events.some((e) => e.type === 'host.incompatible' && e.subject === 'h1'));
+      assert.equal(ctl.hosts.list()[0]?.state, 'incompatible');
+      assert.equal(await code(ctl.vms.create({ name: 'v4' })), 'FERRY_E_NO_CAPACITY');
+    } finally {
+      await newer.stop();
+    }
+    // One that still serves the controller's version (a rolling upgrade does the agents first) is ready.
+    const next = new FakeAgent({ protocol: { current: AGENT_PROTOCOL + 1, min: AGENT_PROTOCOL } });
+    await next.start(identity, port);
+    try {
+      await ctl.hosts.poll('h1');
+      assert.deepEqual([ctl.hosts.get('h1').state, ctl.hosts.get('h1').error], ['ready', null]);
+      assert.equal(ctl.hosts.get('h1').agent?.protocol.current, AGENT_PROTOCOL + 1);
+    } finally {
+      await next.stop();
+    }
   } finally {
     if (listening) await agent.stop();
     await ctl?.close();

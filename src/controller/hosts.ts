@@ -1,13 +1,14 @@
 /**
  * The host registry: joins (a one-time token buys an agent certificate and a row in `hosts`),
- * heartbeats (every ~2 s each agent's inventory and VM list; 3 misses → `unreachable`, an answer →
- * `ready`, each transition published), and reconciliation of the `vms` table from what agents report.
+ * heartbeats (every ~2 s each agent's inventory, VM list and version; 3 misses → `unreachable`, an agent
+ * speaking a protocol outside the range → `incompatible` with its error, an answer → `ready`, each
+ * transition published), and reconciliation of the `vms` table from what agents report.
  */
 import type { HostJson } from '../common/api.ts';
 import { isIP } from 'node:net';
 import { FerryError } from '../common/errors.ts';
 import { validateHostName } from '../common/identity.ts';
-import type { HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
+import type { AgentVersion, HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { ClusterCa } from './ca.ts';
@@ -35,6 +36,7 @@ export interface HostRegistryOptions {
 
 export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostState {
   if (row.state === 'unreachable') return 'unreachable';
+  if (row.state === 'incompatible') return 'incompatible';
   return row.maintenance ? 'maintenance' : 'ready';
 }
 
@@ -90,6 +92,9 @@ export class HostRegistry {
   private readonly lastRunning = new Map<string, Set<string>>();
   private readonly resolving = new Set<string>();
   private readonly flagged = new Set<string>();
+  /** Each host's last answer to GET /version, and the protocol error of an incompatible one. */
+  private readonly versions = new Map<string, AgentVersion>();
+  private readonly errors = new Map<string, { code: string; message: string }>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
 
@@ -169,6 +174,8 @@ export class HostRegistry {
       state: view.state,
       maintenance: view.maintenance,
       inventory: view.inventory,
+      agent: this.versions.get(r.name) ?? null,
+      error: view.state === 'incompatible' ? (this.errors.get(r.name) ?? null) : null,
       freeMemoryBytes: freeMemory(view, loads),
       vms,
       lastSeenAt: r.last_seen_at,
@@ -216,13 +223,17 @@ export class HostRegistry {
     const fetchedAt = performance.now();
     let inventory: HostInventory;
     let vms: VmStatus[];
+    let version: AgentVersion;
     try {
       const timeout = { timeoutMs: Math.max(1000, Math.min(5000, this.o.intervalMs * 1.5)) };
-      [inventory, vms] = await Promise.all([
-        client.call<HostInventory>('GET', '/agent/v1/inventory', undefined, timeout),
-        client.call<VmStatus[]>('GET', '/agent/v1/vms', undefined, timeout),
+      [inventory, vms, version] = await Promise.all([
+        client.call('inventory', {}, timeout),
+        client.call('listVms', {}, timeout),
+        client.call('version', {}, timeout),
       ]);
     } catch (err) {
+      // An agent that answers in a protocol outside the range is not unreachable: it says so at once.
+      if (err instanceof FerryError && err.code === 'FERRY_E_AGENT_PROTOCOL') return this.incompatible(name, err);
       const n = (this.misses.get(name) ?? 0) + 1;
       this.misses.set(name, n);
       if (n >= this.o.missesToUnreachable) {
@@ -237,6 +248,8 @@ export class HostRegistry {
       return;
     }
     this.misses.set(name, 0);
+    this.versions.set(name, version);
+    this.errors.delete(name);
     const wasReady = row.state === 'ready' && row.inventory !== null;
     store.sqlite
       .prepare("UPDATE hosts SET state = 'ready', inventory = ?, last_seen_at = ? WHERE name = ?")
@@ -246,6 +259,18 @@ export class HostRegistry {
       this.o.log(`host ${name} ready`);
     }
     this.reconcile(name, vms, fetchedAt);
+  }
+
+  /** The agent answered with FERRY_E_AGENT_PROTOCOL: the host is `incompatible` (never scheduled) until it speaks ours. */
+  private incompatible(name: string, err: FerryError): void {
+    this.misses.set(name, 0);
+    const error = { code: err.code, message: err.message };
+    this.errors.set(name, error);
+    const res = this.o.store.sqlite.prepare("UPDATE hosts SET state = 'incompatible' WHERE name = ? AND state != 'incompatible'").run(name);
+    if (res.changes === 1) {
+      this.o.events.publish('host.incompatible', name, { error });
+      this.o.log(`host ${name} incompatible: ${err.message}`);
+    }
   }
 
   /**
@@ -323,7 +348,7 @@ export class HostRegistry {
     if (!h) return;
     const client = pool.client(host, h.url);
     this.resolving.add(key);
-    void (action === 'pause' ? client.pauseVm(row.name) : client.deleteVm(row.name))
+    void (action === 'pause' ? client.call('pauseVm', { params: { name: row.name } }) : client.call('deleteVm', { params: { name: row.name } }))
       .catch((err: unknown) => this.o.log(`host ${host}: could not ${action} the foreign copy of ${row.name}: ${String(err)}`))
       .finally(() => this.resolving.delete(key));
   }

@@ -67,6 +67,7 @@ export function judgeHost(
   const refuse = (reason: string, free?: number): Judgement =>
     free === undefined ? { host: h.name, accepted: false, reason } : { host: h.name, accepted: false, reason, freeMemoryBytes: free };
   if (h.state === 'unreachable') return refuse('host is unreachable');
+  if (h.state === 'incompatible') return refuse("host's agent speaks another protocol version");
   if (h.maintenance || h.state === 'maintenance') return refuse('host is in maintenance');
   if (!h.inventory) return refuse('no inventory yet (agent not heard from)');
   const free = freeMemory(h, vms, reserveBytes);

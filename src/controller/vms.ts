@@ -190,7 +190,7 @@ export class VmService {
       const agent = this.agentFor(this.row(p.name));
       let status: VmStatus;
       try {
-        status = await agent.createVm(reserved.spec);
+        status = await agent.call('createVm', { body: { spec: reserved.spec } });
       } catch (err0) {
         // The directory was there when checked but the agent did not find it (gone since, or on another
         // machine): still the request's image, so still the caller's mistake.
@@ -200,7 +200,7 @@ export class VmService {
             : err0;
         // Undo: the agent may have got halfway (disk created, QEMU started then failed), so ask it to
         // remove whatever it has, then drop the reservation (the address goes with it, ON DELETE CASCADE).
-        await agent.deleteVm(p.name).catch(() => undefined);
+        await agent.call('deleteVm', { params: { name: p.name } }).catch(() => undefined);
         this.rows.remove(p.name, 'creating');
         const fe = err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err), { cause: err });
         events.publish('vm.create_failed', p.name, { host, error: fe.toJSON() });
@@ -233,15 +233,15 @@ export class VmService {
   }
 
   start(name: string): Promise<VmJson> {
-    return this.transition(name, 'start', (r) => this.agentFor(r).startVm(name));
+    return this.transition(name, 'start', (r) => this.agentFor(r).call('startVm', { params: { name } }));
   }
 
   stop(name: string, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<VmJson> {
-    return this.transition(name, 'stop', (r) => this.agentFor(r).stopVm(name, opts));
+    return this.transition(name, 'stop', (r) => this.agentFor(r).call('stopVm', { params: { name }, body: opts }));
   }
 
   pause(name: string): Promise<VmJson> {
-    return this.transition(name, 'pause', (r) => this.agentFor(r).pauseVm(name));
+    return this.transition(name, 'pause', (r) => this.agentFor(r).call('pauseVm', { params: { name } }));
   }
 
   /**
@@ -253,7 +253,7 @@ export class VmService {
     return this.transition(name, 'resume', async (r) => {
       const agent = this.agentFor(r);
       try {
-        return await agent.resumeVm(name);
+        return await agent.call('resumeVm', { params: { name } });
       } catch (err) {
         if (!(err instanceof FerryError && err.code === 'FERRY_E_RECEIPT_REQUIRED')) throw err;
         const job = this.o.store.sqlite
@@ -264,9 +264,9 @@ export class VmService {
         if (!d) throw err;
         const view = await this.o.pool
           .client(d.name, d.url)
-          .call<{ receipt?: unknown }>('POST', `/agent/v1/migrations/${job.id}/finish`, { success: false }, { timeoutMs: 30_000 });
-        await agent.call('POST', `/agent/v1/migrations/${job.id}/confirm`, { success: false, receipt: view.receipt }, { timeoutMs: 30_000 });
-        return agent.getVm(name);
+          .call('finish', { params: { id: job.id }, body: { success: false } }, { timeoutMs: 30_000 });
+        await agent.call('confirm', { params: { id: job.id }, body: { success: false, ...(view.receipt ? { receipt: view.receipt } : {}) } }, { timeoutMs: 30_000 });
+        return agent.call('getVm', { params: { name } });
       }
     });
   }
@@ -281,7 +281,7 @@ export class VmService {
         throw new FerryError('FERRY_E_VM_STATE', `VM ${name} changed state meanwhile (a migration?): try again.`);
       }
       try {
-        await this.agentFor(r).deleteVm(name);
+        await this.agentFor(r).call('deleteVm', { params: { name } });
       } catch (err) {
         // Already gone from the host is what we wanted; anything else keeps the row (and says why).
         if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) {
@@ -300,11 +300,11 @@ export class VmService {
     // The guest tool reads one command line; an argv-style array is joined into one.
     const line = Array.isArray(command) ? command.join(' ') : command;
     if (line.trim() === '' || line.includes('\n')) throw new FerryError('FERRY_E_BAD_INPUT', 'The guest command must be one non-empty line.');
-    return this.agentFor(r).guest(name, line);
+    return this.agentFor(r).call('guest', { params: { name }, body: { command: line } });
   }
 
   async console(name: string): Promise<string> {
     const r = this.row(name);
-    return this.agentFor(r).console(name);
+    return this.agentFor(r).call('console', { params: { name } });
   }
 }

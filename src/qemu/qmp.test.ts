@@ -1,6 +1,6 @@
 /**
- * Tests of the QMP client: edge cases against a fake QMP server that speaks raw bytes on a temporary Unix
- * socket (what real QEMU will not do on demand: garbled lines, replies out of order, silence, storms), and
+ * Tests of the QMP client: edge cases against the fake QMP server (src/testing/fake-qmp.ts) that speaks raw
+ * bytes on a temporary Unix socket (what real QEMU will not do on demand: garbled lines, replies out of order, silence, storms), and
  * the capability itself against a real QEMU (`-machine none`, no guest, a fraction of a second).
  */
 import { test } from 'node:test';
@@ -8,97 +8,13 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../common/errors.ts';
 import { QMP_CHANNEL, QmpClient, isEvent, type QmpDiagnostic, type QmpEvent } from './qmp.ts';
-
-const GREETING =
-  '{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "Debian 1:10.0.2"}, ' +
-  '"capabilities": ["oob"]}}\r\n';
-
-interface Command {
-  execute: string;
-  arguments?: Record<string, unknown>;
-  id: unknown;
-}
-
-/** One client connection as the fake server sees it. */
-class FakeConn {
-  readonly received: Command[] = [];
-  constructor(readonly socket: Socket) {}
-  raw(text: string): void {
-    this.socket.write(text);
-  }
-  reply(id: unknown, ret: unknown = {}): void {
-    this.raw(JSON.stringify({ return: ret, id }) + '\r\n');
-  }
-  error(id: unknown, cls: string, desc: string): void {
-    this.raw(JSON.stringify({ error: { class: cls, desc }, id }) + '\r\n');
-  }
-  eventLine(event: string, data?: Record<string, unknown>, seconds = 1700000000): string {
-    const ev: Record<string, unknown> = { event, timestamp: { seconds, microseconds: 42 } };
-    if (data) ev.data = data;
-    return JSON.stringify(ev) + '\r\n';
-  }
-  event(event: string, data?: Record<string, unknown>): void {
-    this.raw(this.eventLine(event, data));
-  }
-}
-
-type Handler = (cmd: Command, conn: FakeConn) => void;
-
-interface FakeServer {
-  path: string;
-  conns: FakeConn[];
-  close(): Promise<void>;
-}
-
-/** A QMP server on a fresh Unix socket; `qmp_capabilities` is answered unless the handler takes it. */
-async function fakeQmp(
-  dir: string,
-  handler: Handler,
-  opts: { greeting?: boolean; path?: string } = {},
-): Promise<FakeServer> {
-  const path = opts.path ?? join(dir, `qmp-${Math.random().toString(36).slice(2)}.sock`);
-  const conns: FakeConn[] = [];
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => {});
-    const conn = new FakeConn(socket);
-    conns.push(conn);
-    if (opts.greeting !== false) socket.write(GREETING);
-    let buf = '';
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      buf += chunk;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const cmd = JSON.parse(buf.slice(0, nl)) as Command;
-        buf = buf.slice(nl + 1);
-        conn.received.push(cmd);
-        if (cmd.execute === 'qmp_capabilities') conn.reply(cmd.id);
-        else handler(cmd, conn);
-      }
-    });
-  });
-  server.listen(path);
-  await once(server, 'listening');
-  return {
-    path,
-    conns,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      server.close();
-      await once(server, 'close');
-    },
-  };
-}
+import { fakeQmp, type Command, type FakeServer } from '../testing/fake-qmp.ts';
 
 /** A temporary directory, the fake servers and the clients of one test, all cleaned up in `finally`. */
 async function withFixture(

@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { QmpClient } from '../../qemu/qmp.ts';
+import { fakeQmp } from '../../testing/fake-qmp.ts';
 import { classifyFailure, parseTcpUri, startPerform } from './perform.ts';
 import { loadRecord } from './record.ts';
 
@@ -26,44 +26,29 @@ test('migration URIs are tcp:HOST:PORT only', () => {
 });
 
 /**
- * A QMP server speaking raw lines on a Unix socket: a QEMU whose migration stays `active` with the byte
+ * The shared fake QMP server (src/testing/fake-qmp.ts) playing a QEMU whose migration stays `active` with the byte
  * counter frozen — what a cut link looks like from the source (docs/qemu.md).
  */
 async function frozenQemu(path: string): Promise<{ commands: string[]; close: () => Promise<void> }> {
   const commands: string[] = [];
-  const sockets: Socket[] = [];
   let status = 'none';
-  const server = createServer((s) => {
-    sockets.push(s);
-    s.write('{"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": ""}, "capabilities": []}}\n');
-    let buf = '';
-    s.on('data', (d) => {
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, i)) as { execute: string; id?: unknown };
-        buf = buf.slice(i + 1);
-        commands.push(msg.execute);
-        let ret: unknown = {};
-        if (msg.execute === 'query-status') ret = { running: true, status: 'running' };
-        if (msg.execute === 'query-migrate-capabilities') ret = [{ capability: 'events', state: false }, { capability: 'postcopy-ram', state: false }, { capability: 'multifd', state: false }, { capability: 'xbzrle', state: false }, { capability: 'auto-converge', state: false }];
-        if (msg.execute === 'migrate') status = 'active';
-        if (msg.execute === 'migrate_cancel') status = 'cancelled';
-        if (msg.execute === 'query-migrate') {
-          ret = status === 'none' ? {} : { status, 'total-time': 1, ram: { transferred: 1000, remaining: 5000, total: 6000, 'dirty-sync-count': 1 } };
-        }
-        s.write(`${JSON.stringify({ return: ret, id: msg.id })}\n`);
+  const server = await fakeQmp(
+    dirname(path),
+    (cmd, conn) => {
+      commands.push(cmd.execute);
+      let ret: unknown = {};
+      if (cmd.execute === 'query-status') ret = { running: true, status: 'running' };
+      if (cmd.execute === 'query-migrate-capabilities') ret = [{ capability: 'events', state: false }, { capability: 'postcopy-ram', state: false }, { capability: 'multifd', state: false }, { capability: 'xbzrle', state: false }, { capability: 'auto-converge', state: false }];
+      if (cmd.execute === 'migrate') status = 'active';
+      if (cmd.execute === 'migrate_cancel') status = 'cancelled';
+      if (cmd.execute === 'query-migrate') {
+        ret = status === 'none' ? {} : { status, 'total-time': 1, ram: { transferred: 1000, remaining: 5000, total: 6000, 'dirty-sync-count': 1 } };
       }
-    });
-  });
-  await new Promise<void>((r) => server.listen(path, r));
-  return {
-    commands,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
+      conn.reply(cmd.id, ret);
     },
-  };
+    { path },
+  );
+  return { commands, close: () => server.close() };
 }
 
 test('a frozen stream is the controller\'s to judge: the agent reports it, and its cancel ends it (migrate_cancel, cancelled)', async () => {

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Fastify from 'fastify';
-import { FerryError } from '../../common/errors.ts';
+import { agentBasics } from '../http.ts';
 import { defaultVmSpec } from '../../common/spec.ts';
 import { saveRecord } from './record.ts';
 import { emptyView } from '../../common/agent-migration.ts';
@@ -28,11 +28,7 @@ function emptyHost(dataDir: string): MigrationHost {
 }
 
 async function app(dataDir: string) {
-  const a = Fastify();
-  a.setErrorHandler((err, _req, reply) => {
-    const fe = err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err));
-    return reply.status(fe.status).send({ error: fe.toJSON() });
-  });
+  const a = agentBasics(Fastify());
   registerMigrationRoutes({ app: a, host: emptyHost(dataDir), tls: null });
   await a.ready();
   return a;
@@ -60,7 +56,7 @@ test('migration routes: bad ids and bodies are 400, unknown migrations 404, verd
     r = await a.inject({
       method: 'POST',
       url: '/agent/v1/migrations/m1/prepare',
-      payload: { spec: defaultVmSpec('v1'), storage: 'shared' },
+      payload: { spec: defaultVmSpec('v1'), listenAddress: '127.0.0.1', storage: 'shared' },
     });
     assert.equal(code(r), 'FERRY_E_TLS');
   } finally {

@@ -36,7 +36,12 @@ export function registerHost(program: Command): void {
   clusterOptions(host.command('list').description('List hosts')).action(
     action(async (flags: ClusterFlags) => {
       const hosts = await withClient(flags, (c) => c.get<HostJson[]>('/api/v1/hosts'));
-      return { json: hosts, human: () => (hosts.length === 0 ? 'no hosts (an agent joins with `ferry agent --join-token`)' : hostTable(hosts)) };
+      // An incompatible host's error under the table: which versions the two sides speak, and what to do.
+      const errors = hosts.filter((h) => h.error).map((h) => `${h.name}: ${h.error!.code}: ${h.error!.message}`);
+      return {
+        json: hosts,
+        human: () => (hosts.length === 0 ? 'no hosts (an agent joins with `ferry agent --join-token`)' : [hostTable(hosts), ...errors].join('\n')),
+      };
     }),
   );
   clusterOptions(host.command('show').argument('<host>', 'host name').description('Show one host: inventory, state, VMs')).action(
@@ -55,6 +60,8 @@ export function registerHost(program: Command): void {
             ['free memory', formatBytes(h.freeMemoryBytes)],
             ['vms', h.vms.join(', ') || '-'],
           ];
+          if (h.error) rows.push(['error', `${h.error.code}: ${h.error.message}`]);
+          if (h.agent) rows.push(['protocol', `${h.agent.protocol.current} (serves ${h.agent.protocol.min}–${h.agent.protocol.current})`]);
           if (inv) {
             rows.push(
               ['memory', formatBytes(inv.memoryBytes)],

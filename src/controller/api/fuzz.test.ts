@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { Agent, request } from 'undici';
 import { ERRORS, isErrorCode } from '../../common/errors.ts';
-import type { HostInventory } from '../../common/protocol.ts';
+import { AGENT_PROTOCOL, PROTOCOL_HEADER, type HostInventory } from '../../common/protocol.ts';
 import { defaultVmSpec } from '../../common/spec.ts';
 import { createController, type Controller } from '../controller.ts';
 import { nowIso } from '../store/db.ts';
@@ -170,7 +170,8 @@ async function startFakeAgent(ctl: Controller): Promise<HttpsServer> {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const send = (status: number, body: unknown, type = 'application/json'): void => {
-        res.writeHead(status, { 'content-type': type });
+        // An agent states its protocol on every answer; the controller refuses one that does not.
+        res.writeHead(status, { 'content-type': type, [PROTOCOL_HEADER]: String(AGENT_PROTOCOL) });
         res.end(type === 'application/json' ? JSON.stringify(body) : String(body));
       };
       const m = /^\/agent\/v1\/vms(?:\/([^/]+))?(?:\/(\w+))?$/.exec(req.url ?? '');

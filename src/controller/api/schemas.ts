@@ -25,21 +25,8 @@ export const JoinTokenRequest = Type.Object(
 );
 export const JoinTokenReply = Type.Object({ token: Type.String(), expiresAt: Type.String() });
 
-export const JoinRequest = Type.Object(
-  {
-    token: Type.String({ minLength: 1, maxLength: 256 }),
-    name: Name,
-    agentUrl: Type.String({ minLength: 1, maxLength: 256, description: 'https://IP:PORT where the agent listens (mTLS)' }),
-  },
-  { additionalProperties: false },
-);
-export const JoinReply = Type.Object({
-  caCertPem: Type.String(),
-  certPem: Type.String(),
-  keyPem: Type.String(),
-  serverUrl: Type.String(),
-  controllerPin: Type.String({ description: "sha256:HEX of the controller client certificate's public key; the agent accepts no other caller" }),
-});
+// The join is part of the agent protocol: its shapes live with the other wire types.
+export { JoinRequest, JoinResponse as JoinReply } from '../../common/protocol.ts';
 
 export const CreateVm = Type.Object(
   {

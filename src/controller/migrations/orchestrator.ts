@@ -32,7 +32,7 @@ import { resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../
 import { nextEscalation } from './escalation.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
-import type { AgentMigrationView, PrepareResponse, StorageCopy } from '../../common/agent-migration.ts';
+import type { AgentMigrationView, StorageCopy } from '../../common/agent-migration.ts';
 import type { AgentClient, AgentPool } from '../agent-client.ts';
 import type { EventBus } from '../events.ts';
 import { hostViews, vmLoads } from '../hosts.ts';
@@ -59,7 +59,6 @@ export interface OrchestratorOptions {
   holdDir?: string;
 }
 
-const BASE = '/agent/v1/migrations';
 /** A source agent that does not answer for this long during a transfer is given up on. */
 const SOURCE_SILENCE_MS = 20_000;
 /** …but after this long the destination is asked whether it already holds the complete guest. */
@@ -233,7 +232,7 @@ export class MigrationOrchestrator {
       const dst = this.host(job.destination);
       // begin: the source describes the VM as it runs now.
       job = this.jobs.transition(id, 'queued', 'preparing', { phase: 'begin' });
-      const status = await src.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`);
+      const status = await src.client.call('getVm', { params: { name: job.vm } });
       if (status.state !== 'running' && status.state !== 'paused') {
         throw new FerryError('FERRY_E_VM_STATE', `VM ${job.vm} is ${status.state} on ${job.source}.`);
       }
@@ -243,11 +242,10 @@ export class MigrationOrchestrator {
       this.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
       const listenAddress = dst.inventory?.migrationAddress;
       if (!listenAddress) throw new FerryError('FERRY_E_AGENT_UNREACHABLE', `Host ${job.destination} has not reported its migration address yet.`);
-      const prep = await dst.client.call<PrepareResponse>(
-        'POST',
-        `${BASE}/${id}/prepare`,
+      const prep = await dst.client.call(
+        'prepare',
         // tlsPeer: the destination admits only the source host's certificate (src/migration/tls.ts).
-        { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source },
+        { params: { id }, body: { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source } },
         { timeoutMs: 90_000 },
       );
       this.jobs.update(id, { prepared: prep });
@@ -255,10 +253,9 @@ export class MigrationOrchestrator {
       // perform: QEMU starts sending.
       job = this.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
       prober = await this.startProber(job.vm);
-      await src.client.call<AgentMigrationView>(
-        'POST',
-        `${BASE}/${id}/perform`,
-        {
+      await src.client.call(
+        'perform',
+        { params: { id }, body: {
           vm: job.vm,
           uri: prep.uri,
           nbd: prep.nbd,
@@ -269,10 +266,8 @@ export class MigrationOrchestrator {
           capabilities,
           bandwidthBytesPerSec: job.policy.bandwidthBytesPerSec,
           downtimeLimitMs: job.policy.initialDowntimeMs,
-          stallTimeoutMs: job.policy.stallTimeoutMs,
-          postcopy: job.policy.postcopy,
           destination: job.destination,
-        },
+        } },
         { timeoutMs: 60_000 },
       );
       await this.monitorAndFinish(id, prober);
@@ -310,7 +305,7 @@ export class MigrationOrchestrator {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       let v: AgentMigrationView;
       try {
-        v = await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`);
+        v = await src.client.call('migration', { params: { id } });
         lastOk = Date.now();
       } catch (err) {
         const silentMs = Date.now() - lastOk;
@@ -318,7 +313,7 @@ export class MigrationOrchestrator {
         // ask the destination early whether it holds the whole guest, and if so settle now (forward).
         const destinationHasIt =
           silentMs > DESTINATION_CHECK_AFTER_MS &&
-          (await dst.client.call<AgentMigrationView>('GET', `${BASE}/${id}`, undefined, { timeoutMs: 3000 }).then(
+          (await dst.client.call('migration', { params: { id } }, { timeoutMs: 3000 }).then(
             (d) => d.qemuStatus === 'completed' && d.runState !== null,
             () => false,
           ));
@@ -332,7 +327,7 @@ export class MigrationOrchestrator {
       if (v.postcopyStarted && job.state === 'transferring') job = this.jobs.transition(id, 'transferring', 'postcopy', { qemuStatus: v.qemuStatus });
       if (v.postcopyStarted && !destinationRuns) {
         destinationRuns = await dst.client
-          .call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 30_000 })
+          .call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 30_000 })
           .then(
             (d) => d.stage === 'postcopy' || d.stage === 'finished',
             (e: unknown) => (this.log(`migration ${id}: post-copy run on ${job0.destination}: ${String(e)}`), false),
@@ -352,7 +347,7 @@ export class MigrationOrchestrator {
       }
       if (this.jobs.cancelRequested(id) && !cancelSent && job.state === 'transferring') {
         cancelSent = true;
-        await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+        await src.client.call('cancel', { params: { id } }).catch(() => {});
         throw new FerryError('FERRY_E_MIGRATION_CANCELLED', 'Cancelled by the user; the VM keeps running on the source.');
       }
       // The policy: watch convergence and escalate.
@@ -385,17 +380,17 @@ export class MigrationOrchestrator {
         this.jobs.addEscalation(id, { at: new Date().toISOString(), step });
         lastEscalationPass = pass;
         if (step.kind === 'downtime-limit') {
-          await src.client.call('POST', `${BASE}/${id}/tune`, { downtimeLimitMs: step.toMs }).catch((e: unknown) => this.log(`tune: ${String(e)}`));
+          await src.client.call('tune', { params: { id }, body: { downtimeLimitMs: step.toMs } }).catch((e: unknown) => this.log(`tune: ${String(e)}`));
         } else if (step.kind === 'postcopy') {
           // A refusal here (pre-copy completed meanwhile, QEMU not in a state to switch) is not a failed
           // migration: the next poll says how it really stands, and the deadline still bounds it.
-          await src.client.call('POST', `${BASE}/${id}/postcopy`).catch((e: unknown) => this.log(`postcopy: ${String(e)}`));
+          await src.client.call('postcopy', { params: { id } }).catch((e: unknown) => this.log(`postcopy: ${String(e)}`));
         } else if (step.kind === 'postcopy-recover') {
           await this.recoverPostcopy(id);
           lastProgressAt = Date.now();
           destinationRuns = false; // ask again: finish is idempotent, and a restarted destination must run
         } else {
-          await src.client.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+          await src.client.call('cancel', { params: { id } }).catch(() => {});
           throw new FerryError(step.code, step.reason);
         }
       }
@@ -414,13 +409,13 @@ export class MigrationOrchestrator {
     const dst = this.host(job.destination).client;
     this.log(`migration ${id}: post-copy stalled; recovering`);
     this.o.events.publish('migration.recovering', id, { vm: job.vm, source: job.source, destination: job.destination });
-    await src.call('POST', `${BASE}/${id}/postcopy-pause`).catch((e: unknown) => this.log(`postcopy-pause: ${String(e)}`));
+    await src.call('postcopyPause', { params: { id } }).catch((e: unknown) => this.log(`postcopy-pause: ${String(e)}`));
     const deadline = Date.now() + POSTCOPY_RECOVER_MS;
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       try {
-        const { uri } = await dst.call<{ uri: string }>('POST', `${BASE}/${id}/recover`, {}, { timeoutMs: 20_000 });
-        await src.call('POST', `${BASE}/${id}/postcopy-resume`, { uri }, { timeoutMs: 20_000 });
+        const { uri } = await dst.call('recover', { params: { id } }, { timeoutMs: 20_000 });
+        await src.call('postcopyResume', { params: { id }, body: { uri } }, { timeoutMs: 20_000 });
         this.log(`migration ${id}: post-copy resumed towards ${uri}`);
         return;
       } catch (err) {
@@ -446,7 +441,7 @@ export class MigrationOrchestrator {
     const dst = this.host(job.destination);
     let report: ProbeReport | null = null;
     try {
-      const finish = () => retry(() => dst.client.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: true }, { timeoutMs: 60_000 }), 3);
+      const finish = () => retry(() => dst.client.call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 60_000 }), 3);
       let d = await finish();
       // The source completed while the destination only now started running the guest: the second finish
       // waits there for the last pages.
@@ -459,12 +454,12 @@ export class MigrationOrchestrator {
       }
       if (job.state !== 'switching') job = this.jobs.transition(id, job.state, 'switching', { phase: 'finish', waiting: null });
       // From here on the destination is the truth.
-      const status = await dst.client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+      const status = await dst.client.call('getVm', { params: { name: job.vm } }).catch(() => null);
       this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
       const switchedAt = Date.now();
       await this.hold(id, 'finish');
       this.jobs.update(id, { phase: 'confirm' });
-      await retry(() => src.client.call('POST', `${BASE}/${id}/confirm`, { success: true }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
+      await retry(() => src.client.call('confirm', { params: { id }, body: { success: true } }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
         // The guest runs on the destination; the source QEMU is paused (post-migrate) and can never resume
         // without a discard receipt, which a destination that ran the guest never gives. Owe the confirm.
         this.log(`migration ${id}: confirm on ${job.source} failed, owed: ${String(err)}`);
@@ -473,7 +468,7 @@ export class MigrationOrchestrator {
       });
       const endedAt = Date.now();
       await this.hold(id, 'confirm');
-      const final = view ?? (await src.client.call<AgentMigrationView>('GET', `${BASE}/${id}`).catch(() => null));
+      const final = view ?? (await src.client.call('migration', { params: { id } }).catch(() => null));
       // Probe a little past the switch so the guest's first replies from the destination are seen; this wait
       // is not part of the migration's end-to-end time.
       if (prober) await sleep(Math.max(0, 300 - (Date.now() - switchedAt)));
@@ -501,7 +496,7 @@ export class MigrationOrchestrator {
   private async facts(job: MigrationJson): Promise<{ source: SideFacts; destination: SideFacts }> {
     const ask = async (host: string): Promise<SideFacts> => {
       try {
-        const view = await this.host(host).client.call<AgentMigrationView>('GET', `${BASE}/${job.id}`, undefined, { timeoutMs: 8_000 });
+        const view = await this.host(host).client.call('migration', { params: { id: job.id } }, { timeoutMs: 8_000 });
         return { reachable: true, view };
       } catch (err) {
         if (err instanceof FerryError && err.code === 'FERRY_E_MIGRATION_NOT_FOUND') return { reachable: true, view: null };
@@ -581,11 +576,11 @@ export class MigrationOrchestrator {
     const src = this.host(job.source).client;
     const dst = this.host(job.destination).client;
     const started = job.state !== 'queued';
-    if (started && facts.source.reachable) await src.call('POST', `${BASE}/${id}/cancel`).catch(() => {});
+    if (started && facts.source.reachable) await src.call('cancel', { params: { id } }).catch(() => {});
     let receipt: DiscardReceipt | null = facts.destination.view?.receipt ?? null;
     if (started && receipt === null && (facts.destination.view !== null || !facts.destination.reachable)) {
       try {
-        const d = await dst.call<AgentMigrationView>('POST', `${BASE}/${id}/finish`, { success: false }, { timeoutMs: 30_000 });
+        const d = await dst.call('finish', { params: { id }, body: { success: false } }, { timeoutMs: 30_000 });
         receipt = d.receipt ?? null;
       } catch (err) {
         const e = toFerryError(err);
@@ -598,14 +593,14 @@ export class MigrationOrchestrator {
     if (started && facts.source.view !== null) {
       const body = { success: false, ...(receipt === null ? {} : { receipt }) };
       try {
-        await retry(() => src.call('POST', `${BASE}/${id}/confirm`, body, { timeoutMs: 30_000 }), 2);
+        await retry(() => src.call('confirm', { params: { id }, body }, { timeoutMs: 30_000 }), 2);
       } catch (err) {
         const e = toFerryError(err);
         if (e.code === 'FERRY_E_AGENT_UNREACHABLE') this.pending.add(id, job.source, 'resume', body, e.message);
         else this.log(`migration ${id}: resuming the source failed: ${e.message}`);
       }
     }
-    if (facts.source.reachable) status = await src.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+    if (facts.source.reachable) status = await src.call('getVm', { params: { name: job.vm } }).catch(() => null);
     this.setVm(job.vm, { host: job.source, state: status?.state ?? 'paused' });
     const to: MigrationState = fe.code === 'FERRY_E_MIGRATION_CANCELLED' && canTransition(job.state, 'cancelled') ? 'cancelled' : 'failed';
     this.jobs.transition(id, job.state, to, { error: { code: fe.code, message: fe.message }, totalMs: Date.now() - Date.parse(job.startedAt), waiting: null });
@@ -621,13 +616,13 @@ export class MigrationOrchestrator {
         continue;
       }
       try {
-        const path = c.action === 'discard' ? 'finish' : 'confirm';
-        await this.host(c.host).client.call<AgentMigrationView>('POST', `${BASE}/${c.migration}/${path}`, c.body, { timeoutMs: 30_000 });
+        const route = c.action === 'discard' ? 'finish' : 'confirm';
+        await this.host(c.host).client.call(route, { params: { id: c.migration }, body: c.body }, { timeoutMs: 30_000 });
         this.pending.done(c);
         this.log(`migration ${c.migration}: owed ${c.action} on ${c.host} done`);
         this.o.events.publish('migration.pending_done', c.migration, { host: c.host, action: c.action });
         if (c.action === 'resume') {
-          const st = await this.host(c.host).client.call<VmStatus>('GET', `/agent/v1/vms/${job.vm}`).catch(() => null);
+          const st = await this.host(c.host).client.call('getVm', { params: { name: job.vm } }).catch(() => null);
           if (st) this.setVm(job.vm, { state: st.state });
         }
       } catch (err) {

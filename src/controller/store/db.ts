@@ -14,7 +14,7 @@ import type { Migration } from './versions.ts';
 export interface HostsTable {
   name: string;
   url: string;
-  /** Reachability as seen by heartbeats: `ready` or `unreachable`. Maintenance is its own flag. */
+  /** As seen by heartbeats: `ready`, `unreachable` or `incompatible` (protocol). Maintenance is its own flag. */
   state: string;
   maintenance: number;
   /** HostInventory JSON, from the last successful heartbeat. */
