@@ -10,13 +10,11 @@ import { FerryError } from '../../common/errors.ts';
 import type { MigrationProgress } from '../../common/migration.ts';
 import type { ColdManifest } from '../../common/agent-migration.ts';
 import { SHA256_HEADER } from '../../common/agent-routes.ts';
-import type { AgentClient, AgentPool } from '../agent-client.ts';
+import type { AgentClient } from '../agent-client.ts';
 import type { JobStore } from './jobs.ts';
 
 export interface ColdDeps {
   jobs: JobStore;
-  /** Not needed any more: the file streams go through the clients (AgentClient.download / upload). */
-  pool?: AgentPool;
   src: AgentClient;
   dst: AgentClient;
 }

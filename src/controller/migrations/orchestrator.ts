@@ -165,11 +165,6 @@ export class MigrationOrchestrator {
     }, SWEEP_MS);
   }
 
-  /** Is a call still owed to `host` about `vm` (reconcile leaves such a copy alone)? */
-  owes(host: string, vm: string): boolean {
-    return this.pending.owedTo(host, vm);
-  }
-
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sweeper);
@@ -654,7 +649,7 @@ export class MigrationOrchestrator {
       const src = this.host(job.source).client;
       const dst = this.host(job.destination).client;
       prober = await this.startProber(job.vm);
-      const manifest = await transferCold({ jobs: this.jobs, pool: this.o.pool, src, dst }, id);
+      const manifest = await transferCold({ jobs: this.jobs, src, dst }, id);
       this.jobs.transition(id, 'transferring', 'switching', { phase: 'finish', qemuStatus: manifest.mode === 'save' ? 'completed' : null });
       await this.rollForward(id, null, prober);
       prober = null;
