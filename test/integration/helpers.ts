@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import { PACKAGE_ROOT } from '../../src/common/paths.ts';
 import { labDown, type LabState } from '../../src/lab/index.ts';
+import { cmdlineOf as cmdline, pidGone, waitUntil as waitFor } from '../../src/testing/cluster.ts';
 
 export const FERRY = join(PACKAGE_ROOT, 'bin', 'ferry.js');
 export const FINAL_STATES = ['completed', 'failed', 'cancelled'];
@@ -32,44 +32,11 @@ export interface VmView {
 
 export const otherHost = (host: string): string => (host === 'h1' ? 'h2' : 'h1');
 
-export function cmdline(pid: string): string[] {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-  } catch {
-    return [];
-  }
-}
+/** The same waits and /proc readings as the fault tooling's (src/testing/cluster.ts). */
+export { cmdlineOf as cmdline, waitUntil as waitFor } from '../../src/testing/cluster.ts';
 
 /** A process that exited but was not reaped yet counts as gone. */
-export function isZombie(pid: string): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
-  }
-}
-
-export async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | null | undefined | false> | T | null | undefined | false,
-  timeoutMs: number,
-  everyMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== null && v !== undefined && v !== false) return v;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
-    await sleep(everyMs);
-  }
-}
+export const isZombie = (pid: string): boolean => pidGone(Number(pid));
 
 /** One lab of one test file: unique lab name, private config and data dirs. */
 export class LabHarness {
