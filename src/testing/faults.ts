@@ -15,12 +15,11 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { MigrationJson } from '../common/migration.ts';
 import { cutTraffic, labRestartAgent, labRestartServer, restoreTraffic } from '../lab/index.ts';
+import { goPath, holdPath, isHoldPoint, reachedPath } from '../controller/migrations/holds.ts';
 import { FINAL_STATES, StopWaiting, pidGone, waitUntil, type TestCluster } from './cluster.ts';
 
 export const POINTS = ['precopy', 'postcopy', 'prepare', 'switchover', 'finish', 'confirm'] as const;
 export type Point = (typeof POINTS)[number];
-/** The points the controller itself stops at (holds.ts); the others are seen in the job's figures. */
-const HOLD_POINTS: readonly Point[] = ['prepare', 'switchover', 'finish', 'confirm'];
 
 export const FAULTS = [
   'kill-dst-qemu',
@@ -122,14 +121,15 @@ export interface CaseContext {
 /** Arms the hold at `point` (before the migration starts) when the point is a hold point. */
 export function armHold(cluster: TestCluster, point: Point): void {
   for (const f of readdirSync(cluster.holdDir)) rmSync(join(cluster.holdDir, f), { force: true });
-  if (HOLD_POINTS.includes(point)) writeFileSync(join(cluster.holdDir, `hold-${point}`), '');
+  // The controller itself stops at its hold points (holds.ts); the other points are seen in the job's figures.
+  if (isHoldPoint(point)) writeFileSync(holdPath(cluster.holdDir, point), '');
 }
 
 /** Lets every held job go on, and holds no more. */
 export function releaseHold(cluster: TestCluster, point: Point, job: string): void {
-  if (!HOLD_POINTS.includes(point)) return;
-  writeFileSync(join(cluster.holdDir, `${job}.${point}.go`), '');
-  rmSync(join(cluster.holdDir, `hold-${point}`), { force: true });
+  if (!isHoldPoint(point)) return;
+  writeFileSync(goPath(cluster.holdDir, job, point), '');
+  rmSync(holdPath(cluster.holdDir, point), { force: true });
 }
 
 /** Options of the migration a point needs. */
@@ -150,8 +150,8 @@ export class PointMissed extends StopWaiting {}
 
 /** Waits until the job stands at `point`; throws PointMissed when it ended (or moved past) first. */
 export async function reachPoint(cluster: TestCluster, point: Point, job: string, timeoutMs = 90_000): Promise<MigrationJson> {
-  if (HOLD_POINTS.includes(point)) {
-    const reached = join(cluster.holdDir, `${job}.${point}.reached`);
+  if (isHoldPoint(point)) {
+    const reached = reachedPath(cluster.holdDir, job, point);
     return waitUntil(
       `job ${job} held at ${point}`,
       async () => {

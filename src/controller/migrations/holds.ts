@@ -28,16 +28,20 @@ export type HoldPoint = (typeof HOLD_POINTS)[number];
 /** A hold never lasts longer than this: a test that died must not wedge a controller for ever. */
 export const MAX_HOLD_MS = 10 * 60_000;
 
-export function holdFiles(dir: string, job: string, point: HoldPoint): { hold: string; reached: string; go: string } {
-  return { hold: join(dir, `hold-${point}`), reached: join(dir, `${job}.${point}.reached`), go: join(dir, `${job}.${point}.go`) };
-}
+/** The files of the protocol above: the one a test writes to hold `point`, and a held job's two. */
+export const holdPath = (dir: string, point: HoldPoint): string => join(dir, `hold-${point}`);
+export const reachedPath = (dir: string, job: string, point: HoldPoint): string => join(dir, `${job}.${point}.reached`);
+export const goPath = (dir: string, job: string, point: HoldPoint): string => join(dir, `${job}.${point}.go`);
+
+export const isHoldPoint = (p: string): p is HoldPoint => (HOLD_POINTS as readonly string[]).includes(p);
 
 /** Stops here while the test holds `point`; returns at once when holds are off or the point is not held. */
 export async function holdAt(dir: string | undefined, job: string, point: HoldPoint, stopped: () => boolean = () => false): Promise<void> {
   if (dir === undefined) return;
-  const f = holdFiles(dir, job, point);
-  if (!existsSync(f.hold)) return;
-  await writeFile(f.reached, JSON.stringify({ at: new Date().toISOString() }) + '\n');
+  const hold = holdPath(dir, point);
+  if (!existsSync(hold)) return;
+  await writeFile(reachedPath(dir, job, point), JSON.stringify({ at: new Date().toISOString() }) + '\n');
+  const go = goPath(dir, job, point);
   const deadline = Date.now() + MAX_HOLD_MS;
-  while (existsSync(f.hold) && !existsSync(f.go) && !stopped() && Date.now() < deadline) await sleep(25);
+  while (existsSync(hold) && !existsSync(go) && !stopped() && Date.now() < deadline) await sleep(25);
 }

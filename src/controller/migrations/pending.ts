@@ -63,9 +63,6 @@ export class PendingCalls {
     return (this.sqlite.prepare('SELECT * FROM migration_pending WHERE next_at <= ? ORDER BY next_at').all(now.toISOString()) as Row[]).map(toCall);
   }
 
-  forMigration(migration: string): PendingCall[] {
-    return (this.sqlite.prepare('SELECT * FROM migration_pending WHERE migration = ?').all(migration) as Row[]).map(toCall);
-  }
 
   /** Is there any call owed to `host` about `vm`? (Reconcile leaves such a copy to the sweeper.) */
   owedTo(host: string, vm: string): boolean {

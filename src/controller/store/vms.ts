@@ -20,13 +20,7 @@ export class VmRows {
     return this.sqlite.prepare('SELECT * FROM vms WHERE name = ?').get(name) as VmsTable | undefined;
   }
 
-  exists(name: string): boolean {
-    return this.sqlite.prepare('SELECT 1 FROM vms WHERE name = ?').get(name) !== undefined;
-  }
 
-  list(): VmsTable[] {
-    return this.sqlite.prepare('SELECT * FROM vms ORDER BY name').all() as VmsTable[];
-  }
 
   onHost(host: string): VmsTable[] {
     return this.sqlite.prepare('SELECT * FROM vms WHERE host = ?').all(host) as VmsTable[];
