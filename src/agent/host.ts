@@ -321,7 +321,7 @@ export async function tailFile(path: string, maxBytes: number): Promise<string> 
 /**
  * A plain resume must not revive a source that handed its guest over: once its QEMU completed a migration
  * (or began post-copy) the destination may run the only true copy. Only confirm(false), against the
- * destination's signed discard receipt, may resume it (src/migration/confirm.ts) — and a VM that was
+ * destination's signed discard receipt, may resume it (src/agent/migration/confirm.ts) — and a VM that was
  * resumed so is free again.
  */
 async function assertNotHandedOver(vm: LocalVm): Promise<void> {

@@ -58,7 +58,7 @@ test('source parameters: 0 lifts QEMU’s 128 MiB/s cap; TLS set or explicitly c
   assert.throws(() => sourceParameters(NO_CAPABILITIES, { bandwidthBytesPerSec: -1, downtimeLimitMs: 300 }, null, 1), { code: 'FERRY_E_BAD_INPUT' });
   assert.throws(() => sourceParameters(NO_CAPABILITIES, { bandwidthBytesPerSec: 0, downtimeLimitMs: 0.5 }, null, 1), { code: 'FERRY_E_BAD_INPUT' });
   assert.deepEqual(destinationParameters({ ...NO_CAPABILITIES, multifd: 2 }, { credsId: 's' }), { 'tls-creds': 's', 'multifd-channels': 2 });
-  // The destination admits only the source the controller named (src/migration/tls.ts).
+  // The destination admits only the source the controller named (src/agent/migration/tls.ts).
   assert.deepEqual(destinationParameters(NO_CAPABILITIES, { credsId: 's', authzId: 'ferry-tls-peer' }), { 'tls-creds': 's', 'tls-authz': 'ferry-tls-peer' });
   assert.deepEqual(tlsAuthzObject('h1'), { 'qom-type': 'authz-simple', id: 'ferry-tls-peer', identity: 'CN=h1' });
   assert.throws(() => tlsAuthzObject('CN=x,O=y'), { code: 'FERRY_E_BAD_NAME' });

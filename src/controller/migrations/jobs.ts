@@ -1,6 +1,6 @@
 /**
  * The durable migration job: one row per migration, whose `state` changes only through `transition`, an
- * SQL compare-and-set (`UPDATE … WHERE id = ? AND state = ?`) along the edges of src/migration/states.ts.
+ * SQL compare-and-set (`UPDATE … WHERE id = ? AND state = ?`) along the edges of src/common/states.ts.
  * The phase is persisted before each step that cannot be undone, so that a controller restarted at any
  * moment knows exactly where each job stood. Every change is published as an event.
  */

@@ -239,7 +239,7 @@ export class MigrationOrchestrator {
       if (!listenAddress) throw new FerryError('FERRY_E_AGENT_UNREACHABLE', `Host ${job.destination} has not reported its migration address yet.`);
       const prep = await dst.client.call(
         'prepare',
-        // tlsPeer: the destination admits only the source host's certificate (src/migration/tls.ts).
+        // tlsPeer: the destination admits only the source host's certificate (src/agent/migration/tls.ts).
         { params: { id }, body: { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source } },
         { timeoutMs: 90_000 },
       );
@@ -255,7 +255,7 @@ export class MigrationOrchestrator {
           uri: prep.uri,
           nbd: prep.nbd,
           tls: job.policy.tls,
-          // The host the controller chose, not a name the destination reported (src/migration/tls.ts).
+          // The host the controller chose, not a name the destination reported (src/agent/migration/tls.ts).
           tlsHostname: job.destination,
           storage,
           capabilities,
@@ -396,7 +396,7 @@ export class MigrationOrchestrator {
   /**
    * Post-copy lost its stream (a cut link leaves QEMU `postcopy-active` with nothing moving, or it paused by
    * itself). Cancelling would lose the guest, so reconnect: pause the source, wait for the destination to
-   * answer (bounded), `migrate-recover` there, resume the source towards it (src/migration/postcopy.ts).
+   * answer (bounded), `migrate-recover` there, resume the source towards it (src/agent/migration/postcopy.ts).
    */
   private async recoverPostcopy(id: string): Promise<void> {
     const job = this.jobs.mustGet(id);
