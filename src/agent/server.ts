@@ -20,7 +20,8 @@ import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
-import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
+import { AgentHost, type AgentHostOptions, type CreateVmOptions, type VmHost } from './host.ts';
+import type { Readiness } from './vm.ts';
 import { withMigrationRoutes } from './migration/routes.ts';
 
 /** How much of a serial log the console route returns. */
@@ -79,6 +80,22 @@ function objectBody(req: FastifyRequest): Record<string, unknown> {
 
 function nameParam(req: FastifyRequest): string {
   return validateName((req.params as { name?: unknown }).name, 'VM name');
+}
+
+// --- readiness on create (issue #9): optional body fields next to `spec`; absent = `require` as before ---
+const READINESS = ['require', 'wait', 'skip'] as const;
+function createOptions(body: Record<string, unknown>): CreateVmOptions {
+  const { readiness, readyTimeoutMs } = body;
+  if (readiness !== undefined && !READINESS.includes(readiness as (typeof READINESS)[number])) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `readiness must be one of ${READINESS.join(', ')}.`);
+  }
+  if (readyTimeoutMs !== undefined && (typeof readyTimeoutMs !== 'number' || !Number.isInteger(readyTimeoutMs) || readyTimeoutMs < 1 || readyTimeoutMs > 3_600_000)) {
+    throw new FerryError('FERRY_E_BAD_INPUT', 'readyTimeoutMs must be a whole number of milliseconds, 1 to 3600000.');
+  }
+  return {
+    ...(readiness === undefined ? {} : { readiness: readiness as Readiness }),
+    ...(readyTimeoutMs === undefined ? {} : { readyTimeoutMs }),
+  };
 }
 
 /** Builds the fastify app (not listening); exported for tests that want `inject`. */
@@ -156,7 +173,7 @@ export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): Fastify
   app.get(`${base}/vms`, () => host.list());
   app.post(`${base}/vms`, async (req, reply) => {
     const body = objectBody(req);
-    const status = await host.create(parseVmSpec(body.spec));
+    const status = await host.create(parseVmSpec(body.spec), createOptions(body));
     return reply.status(201).send(status);
   });
   app.get(`${base}/vms/:name`, (req) => host.get(nameParam(req)));

@@ -6,7 +6,9 @@
  * Agent routes (all under /agent/v1):
  *   GET    /inventory                  → HostInventory
  *   GET    /vms                        → VmStatus[]
- *   POST   /vms            {spec}      → VmStatus      (creates disks, starts QEMU, waits for the guest READY)
+ *   POST   /vms            {spec, readiness?, readyTimeoutMs?} → VmStatus (creates disks, starts QEMU; readiness
+ *                                   `require` (default): waits for the guest to answer, else fails; `wait`: waits,
+ *                                   then answers with ready=false; `skip`: answers once QEMU runs)
  *   GET    /vms/:name                  → VmStatus
  *   POST   /vms/:name/stop {timeoutMs?, force?} → VmStatus (ACPI power-down, then quit)
  *   POST   /vms/:name/start            → VmStatus
@@ -69,6 +71,11 @@ export interface VmStatus {
   qemuStatus: string | null;
   pid: number | null;
   bootId: string | null;
+  /**
+   * The guest answered during this boot (ferry-guest's READY, or qemu-guest-agent's ping): `running` says
+   * only that QEMU runs it. Optional: agents from before it do not send it.
+   */
+  ready?: boolean;
   spec: import('./spec.ts').VmSpec;
   startedAt: string | null;
 }

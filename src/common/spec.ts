@@ -61,6 +61,12 @@ export const VmSpec = Type.Object({
   nics: Type.Array(NicSpec, { maxItems: 4 }),
   /** A virtio-serial port to the tiny guest's `ferry-guest` (commands without guest networking). */
   guestChannel: Type.Boolean(),
+  /**
+   * A virtio-serial port `org.qemu.guest_agent.0` for the guest's qemu-guest-agent (stock distributions):
+   * readiness (`guest-ping`) and the boot id for guests without ferry-guest. Optional: specs from before it
+   * mean false.
+   */
+  guestAgent: Type.Optional(Type.Boolean()),
 });
 export type VmSpec = Static<typeof VmSpec>;
 

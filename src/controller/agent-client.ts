@@ -113,8 +113,9 @@ export class AgentClient {
   getVm(name: string): Promise<VmStatus> {
     return this.call('GET', `/agent/v1/vms/${encodeURIComponent(name)}`);
   }
-  createVm(spec: VmSpec, opts: CallOptions = {}): Promise<VmStatus> {
-    return this.call('POST', '/agent/v1/vms', { spec }, { timeoutMs: CREATE_TIMEOUT_MS, ...opts });
+  /** `ready`: how the agent treats the guest's readiness (protocol.ts POST /vms); absent = the agent's default. */
+  createVm(spec: VmSpec, opts: CallOptions = {}, ready: { readiness?: 'require' | 'wait' | 'skip'; readyTimeoutMs?: number } = {}): Promise<VmStatus> {
+    return this.call('POST', '/agent/v1/vms', { spec, ...ready }, { timeoutMs: CREATE_TIMEOUT_MS + (ready.readyTimeoutMs ?? 0), ...opts });
   }
   startVm(name: string): Promise<VmStatus> {
     return this.call('POST', `/agent/v1/vms/${encodeURIComponent(name)}/start`, {}, { timeoutMs: CREATE_TIMEOUT_MS });

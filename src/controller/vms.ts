@@ -10,7 +10,7 @@ import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
 import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
-import { parseSize, validateName } from '../common/units.ts';
+import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
 import type { VmGuard } from './guard.ts';
@@ -28,7 +28,13 @@ export interface CreateVmRequest {
   disk?: string | number;
   image?: string;
   network?: string;
+  /** Wait until the guest answers; default: true for the tiny guest only. A guest that does not answer in time still runs. */
+  waitReady?: boolean;
+  readyTimeout?: string | number;
 }
+
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+const MAX_READY_TIMEOUT_MS = 30 * 60_000;
 
 
 export interface VmServiceOptions {
@@ -47,6 +53,7 @@ export function vmJson(r: VmsTable): VmJson {
     state: r.state as VmJson['state'],
     spec: JSON.parse(r.spec) as VmSpec,
     bootId: r.boot_id,
+    ready: r.ready === 1,
     ip: r.ip,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -145,7 +152,14 @@ export class VmService {
         throw new FerryError('FERRY_E_NETWORK_NOT_FOUND', `No VM network named ${JSON.stringify(network)}: the server has ${this.networkNames()}.`);
       }
     } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
-    return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host };
+    // The tiny guest answers ~2 s after QEMU starts, and clients have always got its boot id from create; any
+    // other guest may take a minute or never answer, and is a running VM either way.
+    const waitReady = req.waitReady ?? image === 'tiny';
+    const readyTimeoutMs = req.readyTimeout === undefined ? DEFAULT_READY_TIMEOUT_MS : parseDuration(req.readyTimeout, 'ready timeout');
+    if (readyTimeoutMs < 1 || readyTimeoutMs > MAX_READY_TIMEOUT_MS) {
+      throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
+    }
+    return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host, waitReady, readyTimeoutMs };
   }
 
   async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
@@ -190,7 +204,7 @@ export class VmService {
       const agent = this.agentFor(this.row(p.name));
       let status: VmStatus;
       try {
-        status = await agent.createVm(reserved.spec);
+        status = await agent.createVm(reserved.spec, {}, p.waitReady ? { readiness: 'wait', readyTimeoutMs: p.readyTimeoutMs } : { readiness: 'skip' });
       } catch (err0) {
         // The directory was there when checked but the agent did not find it (gone since, or on another
         // machine): still the request's image, so still the caller's mistake.
@@ -206,8 +220,8 @@ export class VmService {
         events.publish('vm.create_failed', p.name, { host, error: fe.toJSON() });
         throw fe;
       }
-      this.rows.update(p.name, { state: status.state, bootId: status.bootId });
-      events.publish('vm.created', p.name, { host, state: status.state, bootId: status.bootId, ip: reserved.ip });
+      this.rows.update(p.name, { state: status.state, bootId: status.bootId, ready: status.ready === true });
+      events.publish('vm.created', p.name, { host, state: status.state, ready: status.ready === true, bootId: status.bootId, ip: reserved.ip });
       return { ...this.get(p.name), placement: reserved.placement.why };
     });
   }
@@ -218,7 +232,7 @@ export class VmService {
       const r = this.row(name);
       this.assertSettled(r);
       const status = await call(r);
-      this.rows.update(name, { state: status.state, bootId: status.bootId });
+      this.rows.update(name, { state: status.state, bootId: status.bootId, ...(status.ready === undefined ? {} : { ready: status.ready }) });
       if (status.state !== r.state || status.bootId !== r.boot_id) {
         this.o.events.publish('vm.state', name, { host: r.host, from: r.state, to: status.state, bootId: status.bootId, reason: op });
       }

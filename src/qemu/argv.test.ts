@@ -117,3 +117,15 @@ test('argv is data: no shell, no element is a shell command line', () => {
   assert.ok(!argv.some((a) => /^(sh|bash|-c)$/.test(a) || a.includes('exec:')));
   assert.equal(kernelCmdline(defaultVmSpec('x9')), 'console=ttyS0 quiet panic=-1 ferry.name=x9');
 });
+
+test('qemu-guest-agent port: one virtio-serial controller for both channels; the guest agent alone also gets one', () => {
+  const both = buildQemuArgv(defaultVmSpec('a1', { guestAgent: true }), paths({ qgaSocket: '/run/ferry/a1/qga.sock' }), { accel: 'tcg' });
+  assert.equal(both.filter((a) => a === 'virtio-serial-pci,id=vser0').length, 1);
+  assert.ok(both.includes('socket,id=qga0,path=/run/ferry/a1/qga.sock,server=on,wait=off'));
+  assert.ok(both.includes('virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0'));
+  const alone = buildQemuArgv(defaultVmSpec('a1', { guestChannel: false, guestAgent: true }), paths({ qgaSocket: '/q.sock' }), { accel: 'tcg' });
+  assert.ok(alone.includes('virtio-serial-pci,id=vser0') && !alone.some((a) => a.includes('guest0')));
+  const none = buildQemuArgv(defaultVmSpec('a1', { guestChannel: false }), paths(), { accel: 'tcg' });
+  assert.ok(!none.some((a) => a.includes('vser0')));
+  assert.throws(() => buildQemuArgv(defaultVmSpec('a1', { guestAgent: true }), paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_INPUT' });
+});

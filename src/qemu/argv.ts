@@ -14,6 +14,8 @@ export type Accel = 'kvm' | 'tcg';
 export interface VmPaths {
   qmpSocket: string;
   guestSocket: string;
+  /** qemu-guest-agent's socket; required when spec.guestAgent. */
+  qgaSocket?: string;
   serialLog: string;
   pidfile: string;
   /** Required when spec.boot.kind is `kernel`. */
@@ -42,6 +44,8 @@ export interface HostArgs {
 export const TLS_CREDS_ID = 'tls0';
 /** The virtio-serial port name `ferry-guest` opens inside the guest. */
 export const GUEST_PORT_NAME = 'org.ferry.guest.0';
+/** The virtio-serial port name qemu-guest-agent opens inside the guest (its default; Debian's unit uses it). */
+export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
 
 /** Block node names, stable across hosts (mirror, NBD export and `query-named-block-nodes` use them). */
 export const fileNode = (diskId: string): string => `disk-${diskId}`;
@@ -134,13 +138,18 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     );
   }
 
+  // One virtio-serial controller carries both ports; a spec without either has none (the device list, and
+  // so migration compatibility, depends on the spec alone).
+  const ports: string[] = [];
   if (spec.guestChannel) {
-    argv.push(
-      '-chardev', `socket,id=guest0,path=${absPath(paths.guestSocket, 'guest socket')},server=on,wait=off`,
-      '-device', 'virtio-serial-pci,id=vser0',
-      '-device', `virtserialport,bus=vser0.0,chardev=guest0,name=${GUEST_PORT_NAME}`,
-    );
+    argv.push('-chardev', `socket,id=guest0,path=${absPath(paths.guestSocket, 'guest socket')},server=on,wait=off`);
+    ports.push(`virtserialport,bus=vser0.0,chardev=guest0,name=${GUEST_PORT_NAME}`);
   }
+  if (spec.guestAgent === true) {
+    argv.push('-chardev', `socket,id=qga0,path=${absPath(paths.qgaSocket, 'guest agent socket')},server=on,wait=off`);
+    ports.push(`virtserialport,bus=vser0.0,chardev=qga0,name=${QGA_PORT_NAME}`);
+  }
+  if (ports.length > 0) argv.push('-device', 'virtio-serial-pci,id=vser0', ...ports.flatMap((p) => ['-device', p]));
 
   if (host.tlsCredsDir !== undefined) {
     const { dir, endpoint } = host.tlsCredsDir;

@@ -18,6 +18,8 @@ import { QmpClient } from './qmp.ts';
 export interface RunFiles {
   qmpSocket: string;
   guestSocket: string;
+  /** qemu-guest-agent's channel (VmSpec.guestAgent). */
+  qgaSocket: string;
   serialLog: string;
   pidfile: string;
   stderr: string;
@@ -27,6 +29,7 @@ export function runFiles(runDir: string): RunFiles {
   return {
     qmpSocket: join(runDir, 'qmp.sock'),
     guestSocket: join(runDir, 'guest.sock'),
+    qgaSocket: join(runDir, 'qga.sock'),
     serialLog: join(runDir, 'serial.log'),
     pidfile: join(runDir, 'qemu.pid'),
     stderr: join(runDir, 'qemu.stderr'),
@@ -142,9 +145,11 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
   }
   await chmod(files.qmpSocket, 0o600);
   // QEMU creates its listening chardevs before the monitor answers; a VM without the guest channel has none.
-  await chmod(files.guestSocket, 0o600).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
-  });
+  for (const sock of [files.guestSocket, files.qgaSocket]) {
+    await chmod(sock, 0o600).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
   return { pid, qmp, child: true };
 }
 

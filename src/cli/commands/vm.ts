@@ -13,11 +13,12 @@ import { action } from '../output.ts';
 
 export function vmTable(vms: VmJson[]): string {
   return formatTable(
-    ['NAME', 'HOST', 'STATE', 'MEMORY', 'VCPUS', 'IP', 'BOOT ID'],
+    ['NAME', 'HOST', 'STATE', 'READY', 'MEMORY', 'VCPUS', 'IP', 'BOOT ID'],
     vms.map((v) => [
       v.name,
       v.host,
       v.state,
+      v.ready ? 'yes' : 'no',
       v.spec.memoryBytes ? formatBytes(v.spec.memoryBytes) : '-',
       String(v.spec.vcpus ?? '-'),
       v.ip ?? '-',
@@ -31,6 +32,7 @@ function vmDetail(v: VmJson): string {
     ['name', v.name],
     ['host', v.host],
     ['state', v.state],
+    ['ready', v.ready ? 'yes (the guest answered)' : 'no'],
     ['memory', formatBytes(v.spec.memoryBytes)],
     ['vcpus', String(v.spec.vcpus)],
     ['ip', v.ip ?? '-'],
@@ -50,6 +52,8 @@ interface CreateFlags extends ClusterFlags {
   image?: string;
   host?: string;
   net?: string;
+  waitReady?: boolean;
+  readyTimeout?: string;
 }
 
 export function registerVm(program: Command): void {
@@ -65,6 +69,9 @@ export function registerVm(program: Command): void {
       .option('--image <image>', '`tiny` or a directory with vmlinuz + initramfs.gz (default tiny)')
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
+      .option('--wait-ready', 'wait until the guest answers (default for the tiny guest); exit 1 if it does not in time (the VM keeps running)')
+      .option('--no-wait-ready', 'return as soon as QEMU runs the guest')
+      .option('--ready-timeout <duration>', 'how long --wait-ready waits (default 60s)')
       .description('Create and boot a VM'),
   ).action(
     action(async (name: string, f: CreateFlags) => {
@@ -79,8 +86,16 @@ export function registerVm(program: Command): void {
       if (f.image !== undefined) body.image = f.image;
       if (f.host !== undefined) body.host = f.host;
       if (f.net !== undefined) body.network = f.net;
+      if (f.waitReady !== undefined) body.waitReady = f.waitReady;
+      if (f.readyTimeout !== undefined) body.readyTimeout = f.readyTimeout;
       const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
-      return { json: v, human: `created ${v.name} on ${v.host}: ${v.state}${v.ip ? `, ${v.ip}` : ''}` };
+      if (f.waitReady === true && !v.ready) {
+        // Asked to wait, and the guest did not answer: the operation failed, but the VM exists and runs.
+        throw new FerryError('FERRY_E_GUEST_TIMEOUT', `VM ${v.name} runs on ${v.host} (${v.state}), but its guest did not answer within ${f.readyTimeout ?? '60s'}: see \`ferry vm console ${v.name}\`.`, {
+          details: { vm: v },
+        });
+      }
+      return { json: v, human: `created ${v.name} on ${v.host}: ${v.state}, ${v.ready ? 'ready' : 'not ready yet'}${v.ip ? `, ${v.ip}` : ''}` };
     }),
   );
 

@@ -50,6 +50,12 @@ export const CreateVm = Type.Object(
     disk: Type.Optional(Size),
     image: Type.Optional(Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' })),
     network: Type.Optional(Name),
+    waitReady: Type.Optional(
+      Type.Boolean({ description: 'wait until the guest answers (default: true for the tiny guest, which answers in ~2 s; false otherwise)' }),
+    ),
+    readyTimeout: Type.Optional(
+      Type.Union([Type.String({ maxLength: 32 }), Type.Integer({ minimum: 1 })], { description: 'how long waitReady waits, e.g. 90s (default 60s)' }),
+    ),
   },
   { additionalProperties: false },
 );

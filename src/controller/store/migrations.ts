@@ -72,4 +72,10 @@ export const MIGRATIONS: readonly Migration[] = [
   MIGRATION_JOBS_SCHEMA,
   MIGRATION_TIMELINE_SCHEMA,
   MIGRATION_TRUTH_SCHEMA,
+  {
+    version: 5,
+    name: 'vm readiness',
+    // `running` says QEMU runs the guest; `ready` that the guest answered (issue #9). 0 for rows from before.
+    up: (db) => db.exec('ALTER TABLE vms ADD COLUMN ready INTEGER NOT NULL DEFAULT 0'),
+  },
 ];
