@@ -192,6 +192,10 @@ export class LocalVm {
       if (d.path !== undefined && !existsSync(d.path)) {
         throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: ${d.path} does not exist.`);
       }
+      // The base of an overlay must be here before anything is laid out (a migration's destination too).
+      if (d.backing !== undefined && !existsSync(d.backing.path)) {
+        throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: its base image ${d.backing.path} is not on this host.`, { details: { disk: d.id, base: d.backing.path } });
+      }
     }
     if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
 
@@ -206,7 +210,9 @@ export class LocalVm {
       await vm.#saveState();
       for (const d of spec.disks) {
         if (d.path === undefined) {
-          await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
+          // An overlay names its base by absolute path and format (-F), so QEMU never probes the format.
+          const base = d.backing === undefined ? [] : ['-b', d.backing.path, '-F', d.backing.format];
+          await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', ...base, vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
         }
       }
       await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, readiness: opts.readiness, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });

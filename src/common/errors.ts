@@ -29,6 +29,7 @@ export const ERRORS = {
   FERRY_E_BAD_DURATION: def(400, 2, false, 'Durations are a number with a unit: 300ms, 10s, 5m.'),
   FERRY_E_BAD_SPEC: def(400, 2, false, 'The VM spec is not valid.'),
   FERRY_E_BAD_IMAGE: def(400, 2, false, 'Images are `tiny` or an absolute directory holding vmlinuz and initramfs.gz.'),
+  FERRY_E_BAD_IMAGE_FORMAT: def(400, 2, false, 'Disk images are qcow2 or raw, as `qemu-img info` says (never the file name), without a backing file of their own.'),
   FERRY_E_BODY_TOO_LARGE: def(413, 2, false, 'The request body is larger than the API accepts (1 MiB).'),
   FERRY_E_MEDIA_TYPE: def(415, 2, false, 'The API takes JSON bodies: send them as application/json.'),
   FERRY_E_HEADERS_TOO_LARGE: def(431, 2, false, 'The request headers are larger than the API accepts.'),

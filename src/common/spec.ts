@@ -24,6 +24,17 @@ export const DiskSpec = Type.Object({
   shared: Type.Boolean(),
   /** Absolute path of a qcow2 image; when absent the agent creates one in the VM's directory. */
   path: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+  /**
+   * The read-only base under the VM's own qcow2 overlay (created in the VM's directory, `-b` this): creating
+   * the VM copies nothing, and a storage migration copies only the overlay (`sync: top`), the destination
+   * opening the same base at the same path. `format` is what qemu-img said at create, never guessed again.
+   */
+  backing: Type.Optional(
+    Type.Object({
+      path: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+      format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
+    }),
+  ),
 });
 export type DiskSpec = Static<typeof DiskSpec>;
 

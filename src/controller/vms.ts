@@ -11,6 +11,7 @@ import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
 import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
+import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
 import type { VmGuard } from './guard.ts';
@@ -28,6 +29,10 @@ export interface CreateVmRequest {
   disk?: string | number;
   image?: string;
   network?: string;
+  /** Boot from this disk (qcow2 or raw, seen at the same path by the controller and every host) under a VM overlay. */
+  diskImage?: string;
+  /** A qemu-guest-agent port; default true with diskImage. */
+  guestAgent?: boolean;
   /** Wait until the guest answers; default: true for the tiny guest only. A guest that does not answer in time still runs. */
   waitReady?: boolean;
   readyTimeout?: string | number;
@@ -136,13 +141,34 @@ export class VmService {
   }
 
   /** Parses and checks a create request; everything that can be refused before touching the store. */
-  private parseRequest(req: CreateVmRequest) {
+  private async parseRequest(req: CreateVmRequest) {
     const name = validateName(req.name, 'VM name');
     const memoryBytes = req.memory === undefined ? 256 * 1024 * 1024 : parseSize(req.memory, 'memory');
     const vcpus = req.vcpus ?? 1;
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
     const diskBytes = req.disk === undefined ? undefined : parseSize(req.disk, 'disk');
+    if (req.diskImage !== undefined && req.image !== undefined) {
+      throw new FerryError('FERRY_E_USAGE', 'Give either an image (kernel + initramfs) or a disk image to boot from, not both.');
+    }
     const image = checkImage(req.image ?? 'tiny');
+    let base: (DiskImageInfo & { path: string }) | undefined;
+    if (req.diskImage !== undefined) {
+      const path = req.diskImage;
+      if (path.split('/').some((seg) => seg === '.' || seg === '..')) throw new FerryError('FERRY_E_BAD_IMAGE', `Bad disk image ${JSON.stringify(path)}: no . or .. segments.`);
+      let st;
+      try {
+        st = statSync(path);
+      } catch (err) {
+        throw new FerryError('FERRY_E_BAD_IMAGE', `No disk image at ${path}.`, { cause: err });
+      }
+      // Never let qemu-img read a FIFO or a character device (it would wait for ever on /dev/random).
+      if (!st.isFile() && !st.isBlockDevice()) throw new FerryError('FERRY_E_BAD_IMAGE', `${path} is not a file or a block device.`);
+      // Before anything is reserved: a vmdk or a text file named disk.qcow2 is the caller's 4xx.
+      base = { path, ...(await inspectDiskImage(path)) };
+      if (diskBytes !== undefined && diskBytes < base.virtualSizeBytes) {
+        throw new FerryError('FERRY_E_BAD_SIZE', `--disk ${diskBytes} bytes is smaller than the image (${base.virtualSizeBytes} bytes): an overlay can grow a disk, never shrink it.`);
+      }
+    }
     if (req.host !== undefined) validateName(req.host, 'host name');
     let network = req.network;
     if (network !== undefined) {
@@ -154,16 +180,16 @@ export class VmService {
     } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
     // The tiny guest answers ~2 s after QEMU starts, and clients have always got its boot id from create; any
     // other guest may take a minute or never answer, and is a running VM either way.
-    const waitReady = req.waitReady ?? image === 'tiny';
+    const waitReady = req.waitReady ?? (image === 'tiny' && base === undefined);
     const readyTimeoutMs = req.readyTimeout === undefined ? DEFAULT_READY_TIMEOUT_MS : parseDuration(req.readyTimeout, 'ready timeout');
     if (readyTimeoutMs < 1 || readyTimeoutMs > MAX_READY_TIMEOUT_MS) {
       throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
     }
-    return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host, waitReady, readyTimeoutMs };
+    return { name, memoryBytes, vcpus, diskBytes, image, base, guestAgent: req.guestAgent ?? base !== undefined, network, host: req.host, waitReady, readyTimeoutMs };
   }
 
   async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
-    const p = this.parseRequest(req);
+    const p = await this.parseRequest(req);
     const { store, events } = this.o;
     // Reserve the name, place, and allocate in one synchronous transaction: two creates racing for the
     // same name, address or last bit of a host's memory cannot both win.
@@ -188,13 +214,25 @@ export class VmService {
         }
         nics.push(nic);
       }
-      const spec = defaultVmSpec(p.name, {
-        memoryBytes: p.memoryBytes,
-        vcpus: p.vcpus,
-        boot: { kind: 'kernel', image: p.image },
-        disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
-        nics,
-      });
+      const spec = p.base
+        ? defaultVmSpec(p.name, {
+            memoryBytes: p.memoryBytes,
+            vcpus: p.vcpus,
+            // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
+            boot: { kind: 'disk' },
+            disks: [{ id: 'vda', sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes, shared: false, backing: { path: p.base.path, format: p.base.format } }],
+            nics,
+            guestChannel: false,
+            guestAgent: p.guestAgent,
+          })
+        : defaultVmSpec(p.name, {
+            memoryBytes: p.memoryBytes,
+            vcpus: p.vcpus,
+            boot: { kind: 'kernel', image: p.image },
+            disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+            nics,
+            ...(p.guestAgent ? { guestAgent: true } : {}),
+          });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();

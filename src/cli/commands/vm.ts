@@ -3,6 +3,7 @@
  * controller. Creation waits until the agent reports the guest up.
  */
 import type { Command } from 'commander';
+import { resolve } from 'node:path';
 import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
 import type { VmJson } from '../../common/api.ts';
@@ -37,8 +38,9 @@ function vmDetail(v: VmJson): string {
     ['vcpus', String(v.spec.vcpus)],
     ['ip', v.ip ?? '-'],
     ['boot id', v.bootId ?? '-'],
-    ['image', v.spec.boot.kind === 'kernel' ? v.spec.boot.image : 'disk'],
-    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}`).join(', ') || '-'],
+    ['boot', v.spec.boot.kind === 'kernel' ? `kernel, image ${v.spec.boot.image}` : 'disk (SeaBIOS, first disk)'],
+    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
+    ['guest agent', v.spec.guestAgent === true ? 'qemu-guest-agent port' : '-'],
     ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
     ['created', v.createdAt],
   ];
@@ -54,6 +56,8 @@ interface CreateFlags extends ClusterFlags {
   net?: string;
   waitReady?: boolean;
   readyTimeout?: string;
+  diskImage?: string;
+  guestAgent?: boolean;
 }
 
 export function registerVm(program: Command): void {
@@ -69,6 +73,9 @@ export function registerVm(program: Command): void {
       .option('--image <image>', '`tiny` or a directory with vmlinuz + initramfs.gz (default tiny)')
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
+      .option('--disk-image <file>', 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied')
+      .option('--guest-agent', 'add a qemu-guest-agent port (default with --disk-image)')
+      .option('--no-guest-agent', 'no qemu-guest-agent port')
       .option('--wait-ready', 'wait until the guest answers (default for the tiny guest); exit 1 if it does not in time (the VM keeps running)')
       .option('--no-wait-ready', 'return as soon as QEMU runs the guest')
       .option('--ready-timeout <duration>', 'how long --wait-ready waits (default 60s)')
@@ -87,6 +94,8 @@ export function registerVm(program: Command): void {
       if (f.host !== undefined) body.host = f.host;
       if (f.net !== undefined) body.network = f.net;
       if (f.waitReady !== undefined) body.waitReady = f.waitReady;
+      if (f.diskImage !== undefined) body.diskImage = resolve(f.diskImage); // the server resolves nothing relative
+      if (f.guestAgent !== undefined) body.guestAgent = f.guestAgent;
       if (f.readyTimeout !== undefined) body.readyTimeout = f.readyTimeout;
       const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
       if (f.waitReady === true && !v.ready) {

@@ -50,6 +50,10 @@ export const CreateVm = Type.Object(
     disk: Type.Optional(Size),
     image: Type.Optional(Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' })),
     network: Type.Optional(Name),
+    diskImage: Type.Optional(
+      Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', maxLength: 4096, description: 'boot from this qcow2 or raw disk (absolute path every host sees), under an overlay of the VM' }),
+    ),
+    guestAgent: Type.Optional(Type.Boolean({ description: "a qemu-guest-agent port (default: true with diskImage)" })),
     waitReady: Type.Optional(
       Type.Boolean({ description: 'wait until the guest answers (default: true for the tiny guest, which answers in ~2 s; false otherwise)' }),
     ),
