@@ -14,6 +14,7 @@ import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
+import type { ImageService } from './images.ts';
 import type { VmGuard } from './guard.ts';
 import { hostViews, vmLoads } from './hosts.ts';
 import { allocateIp, getNetwork } from './networks.ts';
@@ -47,6 +48,8 @@ export interface VmServiceOptions {
   events: EventBus;
   pool: AgentPool;
   guard: VmGuard;
+  /** The image store `image: NAME` resolves in (absent in tests that need none). */
+  images?: ImageService;
   /** Network a VM joins when the request names none (when it is configured). */
   defaultNetwork?: string;
 }
@@ -150,8 +153,15 @@ export class VmService {
     if (req.diskImage !== undefined && req.image !== undefined) {
       throw new FerryError('FERRY_E_USAGE', 'Give either an image (kernel + initramfs) or a disk image to boot from, not both.');
     }
-    const image = checkImage(req.image ?? 'tiny');
+    // An image name (not `tiny`, not a directory) is a disk image of the store, booted under an overlay.
+    const stored = req.image !== undefined && req.image !== 'tiny' && !req.image.startsWith('/') ? req.image : undefined;
+    const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
     let base: (DiskImageInfo & { path: string }) | undefined;
+    if (stored !== undefined) {
+      validateName(stored, 'image name');
+      if (!this.o.images) throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `No image store here to find ${stored} in.`);
+      base = this.o.images.resolve(stored);
+    }
     if (req.diskImage !== undefined) {
       const path = req.diskImage;
       if (path.split('/').some((seg) => seg === '.' || seg === '..')) throw new FerryError('FERRY_E_BAD_IMAGE', `Bad disk image ${JSON.stringify(path)}: no . or .. segments.`);
@@ -165,6 +175,8 @@ export class VmService {
       if (!st.isFile() && !st.isBlockDevice()) throw new FerryError('FERRY_E_BAD_IMAGE', `${path} is not a file or a block device.`);
       // Before anything is reserved: a vmdk or a text file named disk.qcow2 is the caller's 4xx.
       base = { path, ...(await inspectDiskImage(path)) };
+    }
+    if (base !== undefined) {
       if (diskBytes !== undefined && diskBytes < base.virtualSizeBytes) {
         throw new FerryError('FERRY_E_BAD_SIZE', `--disk ${diskBytes} bytes is smaller than the image (${base.virtualSizeBytes} bytes): an overlay can grow a disk, never shrink it.`);
       }

@@ -1,5 +1,6 @@
 /**
- * Booting a user's own disk (issue #9), through the real CLI in a two-host lab: SeaBIOS boots a raw disk
+ * Booting a user's own disk (issue #9), through the real CLI in a two-host lab: images imported into the
+ * server's store (qemu-img decides the format, sha256 recorded), booted by name; SeaBIOS boots a raw disk
  * whose boot sector prints a line on the serial port, under a qcow2 overlay of the VM (the base is never
  * written); the VM is `running` but not `ready` (its qemu-guest-agent port has nobody behind it), which is
  * not a failure; a live migration with copied storage moves only the overlay, the destination opening the
@@ -63,9 +64,18 @@ describe('boot from a disk image under an overlay, in a two-host lab', { timeout
 
   after(() => h.down());
 
-  it('refuses a disk image that is neither qcow2 nor raw, and an unknown path, creating nothing', async () => {
+  it('imports the base into the store; refuses a vmdk, an unknown image name and an unknown path, creating nothing', async () => {
+    const img = await h.ferryJson<{ name: string; format: string; virtualSizeBytes: number; sha256: string; path: string }>(['image', 'import', 'boot1', base]);
+    assert.deepEqual([img.format, img.virtualSizeBytes, img.sha256], ['raw', BASE_MIB * 2 ** 20, baseSum]);
+    const unknown = await h.ferry(['vm', 'create', 'bad0', '--image', 'nope', '--host', 'h1', '--json']);
+    assert.equal(unknown.code, 2, unknown.stdout + unknown.stderr);
+    assert.equal((JSON.parse(unknown.stdout) as { error: { code: string } }).error.code, 'FERRY_E_IMAGE_NOT_FOUND');
     const vmdk = join(h.root, 'disk.qcow2'); // the name lies: qemu-img decides
     execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', vmdk, '1M']);
+    const badImport = await h.ferry(['image', 'import', 'bad2', vmdk, '--json']);
+    assert.equal(badImport.code, 2);
+    assert.equal((JSON.parse(badImport.stdout) as { error: { code: string } }).error.code, 'FERRY_E_BAD_IMAGE_FORMAT');
+    assert.deepEqual((await h.ferryJson<{ name: string }[]>(['image', 'list'])).map((i) => i.name), ['boot1']);
     for (const [file, code] of [[vmdk, 'FERRY_E_BAD_IMAGE_FORMAT'], [join(h.root, 'nope.raw'), 'FERRY_E_BAD_IMAGE']] as const) {
       const r = await h.ferry(['vm', 'create', 'bad1', '--disk-image', file, '--host', 'h1', '--json']);
       assert.equal(r.code, 2, `${file}: ${r.stdout}${r.stderr}`);
@@ -77,18 +87,27 @@ describe('boot from a disk image under an overlay, in a two-host lab', { timeout
 
   it('SeaBIOS boots the disk through the overlay; running, not ready, and that is no failure', async () => {
     const t0 = Date.now();
-    const v = await h.ferryJson<VmDoc>(['vm', 'create', VM, '--disk-image', base, '--memory', '64M', '--host', 'h1']);
+    const v = await h.ferryJson<VmDoc>(['vm', 'create', VM, '--image', 'boot1', '--memory', '64M', '--host', 'h1']);
     assert.equal(v.state, 'running');
     assert.equal(v.ready, false);
     assert.equal(v.spec.boot.kind, 'disk');
-    assert.deepEqual(v.spec.disks[0]?.backing, { path: base, format: 'raw' });
-    assert.equal(v.spec.disks[0]?.sizeBytes, BASE_MIB * 2 ** 20);
-    assert.equal(v.spec.guestAgent, true);
+    const stored = (await h.ferryJson<{ path: string }>(['image', 'show', 'boot1'])).path;
+    assert.deepEqual(v.spec.disks[0]?.backing, { path: stored, format: 'raw' });
+    const inUse = await h.ferry(['image', 'delete', 'boot1', '--json']);
+    assert.equal(inUse.code, 2);
+    assert.equal((JSON.parse(inUse.stdout) as { error: { code: string } }).error.code, 'FERRY_E_IMAGE_IN_USE');
     await waitFor('the boot sector line on the serial console', async () => {
       const c = await h.ferryJson<{ console: string }>(['vm', 'console', VM]);
       return c.console.includes(MARK);
     }, 60_000, 250);
     console.log(`disk boot: create → boot sector on the console in ${Date.now() - t0} ms`);
+    // The same disk given by path, not imported: booted the same way.
+    const byPath = await h.ferryJson<VmDoc>(['vm', 'create', 'disk2', '--disk-image', base, '--memory', '64M', '--host', 'h2', '--no-guest-agent']);
+    assert.deepEqual([byPath.state, byPath.spec.disks[0]?.backing?.path, byPath.spec.guestAgent], ['running', base, false]);
+    assert.equal(v.spec.disks[0]?.sizeBytes, BASE_MIB * 2 ** 20);
+    assert.equal(v.spec.guestAgent, true);
+    await waitFor('the path-given disk to boot too', async () => (await h.ferryJson<{ console: string }>(['vm', 'console', 'disk2'])).console.includes(MARK), 60_000, 250);
+    await h.ferryJson(['vm', 'delete', 'disk2']);
   });
 
   it('a live migration with copied storage moves only the overlay; the base stays untouched', async () => {
@@ -103,5 +122,9 @@ describe('boot from a disk image under an overlay, in a two-host lab', { timeout
     assert.deepEqual([v.host, v.state], ['h2', 'running']);
     await h.ferryJson(['vm', 'delete', VM]);
     assert.equal(sha(base), baseSum, 'the base image was never written');
+    const stored = await h.ferryJson<{ path: string; sha256: string }>(['image', 'show', 'boot1']);
+    assert.equal(sha(stored.path), stored.sha256, 'nor the stored copy');
+    await h.ferryJson(['image', 'delete', 'boot1']);
+    assert.deepEqual(await h.ferryJson<unknown[]>(['image', 'list']), []);
   });
 });

@@ -70,7 +70,7 @@ export function registerVm(program: Command): void {
       .option('--memory <size>', 'memory, e.g. 256M (default 256M)')
       .option('--vcpus <n>', 'virtual CPUs (default 1)')
       .option('--disk <size>', 'a local disk of this size, e.g. 1G')
-      .option('--image <image>', '`tiny` or a directory with vmlinuz + initramfs.gz (default tiny)')
+      .option('--image <image>', '`tiny`, a directory with vmlinuz + initramfs.gz, or an imported disk image (`ferry image list`) to boot from (default tiny)')
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
       .option('--disk-image <file>', 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied')

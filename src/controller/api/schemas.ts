@@ -48,7 +48,9 @@ export const CreateVm = Type.Object(
     vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     host: Type.Optional(Name),
     disk: Type.Optional(Size),
-    image: Type.Optional(Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' })),
+    image: Type.Optional(
+      Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+|[a-z0-9][a-z0-9-]{0,62})$', description: '`tiny`, a directory with vmlinuz + initramfs.gz, or the name of an imported disk image' }),
+    ),
     network: Type.Optional(Name),
     diskImage: Type.Optional(
       Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', maxLength: 4096, description: 'boot from this qcow2 or raw disk (absolute path every host sees), under an overlay of the VM' }),
