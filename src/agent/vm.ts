@@ -198,6 +198,11 @@ export class LocalVm {
       }
     }
     if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
+    if (spec.boot.kind === 'direct') {
+      for (const f of [spec.boot.kernel, spec.boot.initrd]) {
+        if (f !== undefined && !existsSync(f)) throw new FerryError('FERRY_E_BAD_BOOT', `VM ${spec.name}: ${f} is not on this host.`, { details: { file: f } });
+      }
+    }
 
     const runDir = join(vmsDir(agentDir), spec.name);
     await mkdir(vmsDir(agentDir), { recursive: true, mode: 0o700 });

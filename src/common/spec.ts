@@ -16,6 +16,13 @@ export const MIB = 1024 * 1024;
 
 const Name = Type.String({ pattern: NAME_RE.source });
 
+/**
+ * A kernel command line Ferry passes on: letters, digits and `. _ = , : / + @ -` and spaces. No quotes,
+ * `;`, `$`, backslashes or control characters: the kernel has its own quoting rules, and a line that
+ * needed them is one we would mean differently from the kernel.
+ */
+export const APPEND_PATTERN = '^[A-Za-z0-9._=,:/+@ -]*$';
+
 export const DiskSpec = Type.Object({
   /** Device id inside QEMU and the guest's view (virtio: vda, vdb ...). */
   id: Type.String({ pattern: '^vd[a-z]$' }),
@@ -57,6 +64,17 @@ export const BootSpec = Type.Union([
     cmdline: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._=,:/ -]*$', maxLength: 1024 })),
   }),
   Type.Object({ kind: Type.Literal('disk') }),
+  /**
+   * Direct kernel boot of a distribution's own kernel (issue #9): the files by absolute path (every host
+   * sees them at the same path, like a base image), and the command line exactly as given — validated, never
+   * through a shell, nothing of Ferry's added (the root disk is usually `root=/dev/vda`).
+   */
+  Type.Object({
+    kind: Type.Literal('direct'),
+    kernel: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+    initrd: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+    append: Type.String({ pattern: APPEND_PATTERN, maxLength: 2048 }),
+  }),
 ]);
 export type BootSpec = Static<typeof BootSpec>;
 

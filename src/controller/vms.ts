@@ -9,7 +9,7 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, defaultVmSpec, type BootSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -32,6 +32,12 @@ export interface CreateVmRequest {
   network?: string;
   /** Boot from this disk (qcow2 or raw, seen at the same path by the controller and every host) under a VM overlay. */
   diskImage?: string;
+  /** Direct kernel boot: the kernel, an initrd and the command line (validated, never through a shell). */
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  /** Reserve this address (`A.B.C.D/LEN`) on the VM network instead of the next free one. */
+  ip?: string;
   /** A qemu-guest-agent port; default true with diskImage. */
   guestAgent?: boolean;
   /** Wait until the guest answers; default: true for the tiny guest only. A guest that does not answer in time still runs. */
@@ -192,12 +198,38 @@ export class VmService {
     } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
     // The tiny guest answers ~2 s after QEMU starts, and clients have always got its boot id from create; any
     // other guest may take a minute or never answer, and is a running VM either way.
-    const waitReady = req.waitReady ?? (image === 'tiny' && base === undefined);
+    let direct: Extract<BootSpec, { kind: 'direct' }> | undefined;
+    if (req.kernel !== undefined) {
+      if (req.image !== undefined) throw new FerryError('FERRY_E_USAGE', 'Give either an image or a kernel to boot, not both (the root disk of a kernel is --disk-image).');
+      const file = (f: string, what: string): string => {
+        if (!f.startsWith('/') || !/^\/[A-Za-z0-9._/-]+$/.test(f) || f.split('/').some((s) => s === '.' || s === '..')) {
+          throw new FerryError('FERRY_E_BAD_BOOT', `Bad ${what} ${JSON.stringify(f)}: an absolute path of letters, digits and . _ / -.`);
+        }
+        let st;
+        try {
+          st = statSync(f);
+        } catch (err) {
+          throw new FerryError('FERRY_E_BAD_BOOT', `No ${what} at ${f}.`, { cause: err });
+        }
+        if (!st.isFile()) throw new FerryError('FERRY_E_BAD_BOOT', `The ${what} ${f} is not a file.`);
+        return f;
+      };
+      const append = req.append ?? 'console=ttyS0';
+      if (!new RegExp(APPEND_PATTERN).test(append)) {
+        throw new FerryError('FERRY_E_BAD_CMDLINE', `Bad --append ${JSON.stringify(append)}: letters, digits, spaces and . _ = , : / + @ - only (no quotes, ; $ or backslash).`);
+      }
+      direct = { kind: 'direct', kernel: file(req.kernel, 'kernel'), ...(req.initrd === undefined ? {} : { initrd: file(req.initrd, 'initrd') }), append };
+    } else if (req.initrd !== undefined || req.append !== undefined) {
+      throw new FerryError('FERRY_E_USAGE', '--initrd and --append go with --kernel.');
+    }
+    if (req.ip !== undefined && network === undefined) throw new FerryError('FERRY_E_USAGE', '--ip needs a VM network (--net).');
+    const waitReady = req.waitReady ?? (image === 'tiny' && base === undefined && direct === undefined);
     const readyTimeoutMs = req.readyTimeout === undefined ? DEFAULT_READY_TIMEOUT_MS : parseDuration(req.readyTimeout, 'ready timeout');
     if (readyTimeoutMs < 1 || readyTimeoutMs > MAX_READY_TIMEOUT_MS) {
       throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
     }
-    return { name, memoryBytes, vcpus, diskBytes, image, base, guestAgent: req.guestAgent ?? base !== undefined, network, host: req.host, waitReady, readyTimeoutMs };
+    const guestAgent = req.guestAgent ?? (base !== undefined || direct !== undefined);
+    return { name, memoryBytes, vcpus, diskBytes, image, base, direct, guestAgent, ip: req.ip, network, host: req.host, waitReady, readyTimeoutMs };
   }
 
   async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
@@ -221,12 +253,26 @@ export class VmService {
         );
         const nic: NicSpec = { id: 'net0', mac: macFor(p.name, used), network: p.network };
         if (getNetwork(store.sqlite, p.network)) {
-          nic.ip = allocateIp(store.sqlite, p.network, p.name);
+          nic.ip = allocateIp(store.sqlite, p.network, p.name, p.ip);
           ip = nic.ip.split('/')[0]!;
         }
         nics.push(nic);
       }
-      const spec = p.base
+      const spec = p.direct
+        ? defaultVmSpec(p.name, {
+            memoryBytes: p.memoryBytes,
+            vcpus: p.vcpus,
+            boot: p.direct,
+            disks: p.base
+              ? [{ id: 'vda', sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes, shared: false, backing: { path: p.base.path, format: p.base.format } }]
+              : p.diskBytes === undefined
+                ? []
+                : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+            nics,
+            guestChannel: false,
+            guestAgent: p.guestAgent,
+          })
+        : p.base
         ? defaultVmSpec(p.name, {
             memoryBytes: p.memoryBytes,
             vcpus: p.vcpus,

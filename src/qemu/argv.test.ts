@@ -129,3 +129,20 @@ test('qemu-guest-agent port: one virtio-serial controller for both channels; the
   assert.ok(!none.some((a) => a.includes('vser0')));
   assert.throws(() => buildQemuArgv(defaultVmSpec('a1', { guestAgent: true }), paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_INPUT' });
 });
+
+test('direct kernel boot: the files and the command line exactly as the spec gives them; no bootindex; bad lines refused', () => {
+  const spec = defaultVmSpec('k1', {
+    boot: { kind: 'direct', kernel: '/img/vmlinuz-6.1', initrd: '/img/initrd.img-6.1', append: 'root=/dev/vda rw console=ttyS0 net.ifnames=0' },
+    guestChannel: false,
+    disks: [{ id: 'vda', sizeBytes: MIB, shared: false, backing: { path: '/img/root.raw', format: 'raw' } }],
+  });
+  const argv = buildQemuArgv(spec, paths({ kernel: undefined, initrd: undefined }), { accel: 'tcg' });
+  const at = argv.indexOf('-kernel');
+  assert.deepEqual(argv.slice(at, at + 6), ['-kernel', '/img/vmlinuz-6.1', '-initrd', '/img/initrd.img-6.1', '-append', 'root=/dev/vda rw console=ttyS0 net.ifnames=0']);
+  assert.ok(argv.includes('virtio-blk-pci,id=vda,drive=fmt-vda'), 'a kernel boot gives no disk a bootindex');
+  for (const append of ['root=/dev/vda init="/bin/sh"', 'a; reboot', 'x=$(id)', 'a\\b']) {
+    assert.throws(() => buildQemuArgv({ ...spec, boot: { ...spec.boot, append } as typeof spec.boot }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_CMDLINE' }, append);
+  }
+  const noInitrd = buildQemuArgv({ ...spec, boot: { kind: 'direct', kernel: '/k', append: '' } }, paths(), { accel: 'tcg' });
+  assert.ok(!noInitrd.includes('-initrd'));
+});

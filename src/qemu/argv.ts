@@ -6,7 +6,7 @@
  * them. Nothing here touches the file system, the environment or a shell.
  */
 import { FerryError } from '../common/errors.ts';
-import { MIB, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, MIB, type VmSpec } from '../common/spec.ts';
 
 export type Accel = 'kvm' | 'tcg';
 
@@ -113,6 +113,13 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
       '-initrd', absPath(paths.initrd, 'initrd'),
       '-append', kernelCmdline(spec),
     );
+  } else if (spec.boot.kind === 'direct') {
+    if (!new RegExp(APPEND_PATTERN).test(spec.boot.append)) {
+      throw new FerryError('FERRY_E_BAD_CMDLINE', `QEMU argv: kernel command line ${JSON.stringify(spec.boot.append)} has a character Ferry does not pass on.`);
+    }
+    argv.push('-kernel', absPath(spec.boot.kernel, 'kernel'));
+    if (spec.boot.initrd !== undefined) argv.push('-initrd', absPath(spec.boot.initrd, 'initrd'));
+    argv.push('-append', spec.boot.append);
   } else if (spec.disks.length === 0) {
     throw new FerryError('FERRY_E_BAD_SPEC', 'A VM that boots from disk needs a disk.');
   }

@@ -4,7 +4,10 @@
  * whose boot sector prints a line on the serial port, under a qcow2 overlay of the VM (the base is never
  * written); the VM is `running` but not `ready` (its qemu-guest-agent port has nobody behind it), which is
  * not a failure; a live migration with copied storage moves only the overlay, the destination opening the
- * same base; a disk image that is neither qcow2 nor raw is refused with exit 2 and creates nothing.
+ * same base; a disk image that is neither qcow2 nor raw is refused with exit 2 and creates nothing. Direct
+ * kernel boot (the tiny guest's kernel and initramfs standing in for a distribution's, the disk attached as
+ * root) with an address reserved by --ip; a bad --append, a missing kernel, a taken or outside address are
+ * refused with exit 2 and their stable codes.
  *
  * The boot sector (16-bit real mode, loaded at 0x7c00) is 17 bytes of code, assembled here by hand:
  *   mov dx,0x3f8 · mov si,msg · l: lodsb · test al,al · jz h · out dx,al · jmp l · h: hlt · jmp h · msg: …
@@ -17,6 +20,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import type { VmSpec } from '../../src/common/spec.ts';
+import { resolveImage } from '../../src/guest/image.ts';
 import { readLabState } from '../../src/lab/index.ts';
 import { LabHarness, waitFor } from './helpers.ts';
 
@@ -108,6 +112,33 @@ describe('boot from a disk image under an overlay, in a two-host lab', { timeout
     assert.equal(v.spec.guestAgent, true);
     await waitFor('the path-given disk to boot too', async () => (await h.ferryJson<{ console: string }>(['vm', 'console', 'disk2'])).console.includes(MARK), 60_000, 250);
     await h.ferryJson(['vm', 'delete', 'disk2']);
+  });
+
+  it('direct kernel boot with the disk as root and a reserved address; bad input refused, nothing created', async () => {
+    const { kernel, initrd } = await resolveImage('tiny');
+    assert.ok(h.state);
+    const [net, len] = h.state.network.vmCidr.split('/') as [string, string];
+    const ip = `${net.split('.').slice(0, 3).join('.')}.200/${len}`;
+    const common = ['--initrd', initrd, '--disk-image', base, '--host', 'h1', '--memory', '128M', '--json'];
+    const v = await h.ferryJson<VmDoc & { ip: string }>(['vm', 'create', 'k1', '--kernel', kernel, '--append', 'console=ttyS0 ferry.name=k1', '--ip', ip, ...common.slice(0, -1)]);
+    assert.equal(v.spec.boot.kind, 'direct');
+    assert.equal(v.ip, ip.split('/')[0]);
+    assert.equal(v.spec.nics[0]?.ip, ip);
+    await waitFor('the directly booted kernel to reach ferry-guest', async () => (await h.ferryJson<{ console: string }>(['vm', 'console', 'k1'])).console.includes('FERRY-GUEST READY'), 90_000, 250);
+    const refusals: [string[], string][] = [
+      [['--kernel', kernel, '--append', 'console=ttyS0 ferry.name=x"', '--net', 'vm0'], 'FERRY_E_BAD_CMDLINE'],
+      [['--kernel', kernel, '--append', 'console=ttyS0; reboot'], 'FERRY_E_BAD_CMDLINE'],
+      [['--kernel', join(h.root, 'no-vmlinuz')], 'FERRY_E_BAD_BOOT'],
+      [['--kernel', kernel, '--ip', ip], 'FERRY_E_IP_TAKEN'],
+      [['--kernel', kernel, '--ip', '192.0.2.9/24'], 'FERRY_E_BAD_IP'],
+    ];
+    for (const [args, code] of refusals) {
+      const r = await h.ferry(['vm', 'create', 'k2', ...args, ...common]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+      assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, args.join(' '));
+    }
+    assert.ok(!(await h.ferryJson<VmDoc[]>(['vm', 'list'])).some((x) => x.name === 'k2'), 'refusals create nothing');
+    await h.ferryJson(['vm', 'delete', 'k1']);
   });
 
   it('a live migration with copied storage moves only the overlay; the base stays untouched', async () => {

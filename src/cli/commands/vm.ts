@@ -38,7 +38,14 @@ function vmDetail(v: VmJson): string {
     ['vcpus', String(v.spec.vcpus)],
     ['ip', v.ip ?? '-'],
     ['boot id', v.bootId ?? '-'],
-    ['boot', v.spec.boot.kind === 'kernel' ? `kernel, image ${v.spec.boot.image}` : 'disk (SeaBIOS, first disk)'],
+    [
+      'boot',
+      v.spec.boot.kind === 'kernel'
+        ? `kernel, image ${v.spec.boot.image}`
+        : v.spec.boot.kind === 'direct'
+          ? `direct kernel ${v.spec.boot.kernel}${v.spec.boot.initrd ? ` + ${v.spec.boot.initrd}` : ''}: ${v.spec.boot.append}`
+          : 'disk (SeaBIOS, first disk)',
+    ],
     ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
     ['guest agent', v.spec.guestAgent === true ? 'qemu-guest-agent port' : '-'],
     ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
@@ -58,6 +65,10 @@ interface CreateFlags extends ClusterFlags {
   readyTimeout?: string;
   diskImage?: string;
   guestAgent?: boolean;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  ip?: string;
 }
 
 export function registerVm(program: Command): void {
@@ -74,6 +85,10 @@ export function registerVm(program: Command): void {
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
       .option('--disk-image <file>', 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied')
+      .option('--kernel <file>', 'direct kernel boot of this kernel (root disk: --disk-image)')
+      .option('--initrd <file>', 'direct kernel boot: its initrd')
+      .option('--append <cmdline>', 'direct kernel boot: the kernel command line, e.g. "root=/dev/vda rw console=ttyS0" (no quotes, ; $ or \\ inside)')
+      .option('--ip <a.b.c.d/len>', 'reserve this address on the VM network (refused when taken or outside it)')
       .option('--guest-agent', 'add a qemu-guest-agent port (default with --disk-image)')
       .option('--no-guest-agent', 'no qemu-guest-agent port')
       .option('--wait-ready', 'wait until the guest answers (default for the tiny guest); exit 1 if it does not in time (the VM keeps running)')
@@ -96,6 +111,10 @@ export function registerVm(program: Command): void {
       if (f.waitReady !== undefined) body.waitReady = f.waitReady;
       if (f.diskImage !== undefined) body.diskImage = resolve(f.diskImage); // the server resolves nothing relative
       if (f.guestAgent !== undefined) body.guestAgent = f.guestAgent;
+      if (f.kernel !== undefined) body.kernel = resolve(f.kernel);
+      if (f.initrd !== undefined) body.initrd = resolve(f.initrd);
+      if (f.append !== undefined) body.append = f.append;
+      if (f.ip !== undefined) body.ip = f.ip;
       if (f.readyTimeout !== undefined) body.readyTimeout = f.readyTimeout;
       const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
       if (f.waitReady === true && !v.ready) {
