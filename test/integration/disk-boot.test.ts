@@ -112,6 +112,13 @@ describe('boot from a disk image under an overlay, in a two-host lab', { timeout
     assert.equal(v.spec.guestAgent, true);
     await waitFor('the path-given disk to boot too', async () => (await h.ferryJson<{ console: string }>(['vm', 'console', 'disk2'])).console.includes(MARK), 60_000, 250);
     await h.ferryJson(['vm', 'delete', 'disk2']);
+    // Asked to wait for a guest that never answers: the command fails (exit 1), the VM runs on, not ready.
+    const waited = await h.ferry(['vm', 'create', 'disk3', '--disk-image', base, '--memory', '64M', '--host', 'h2', '--wait-ready', '--ready-timeout', '2s', '--json']);
+    assert.equal(waited.code, 1, waited.stdout + waited.stderr);
+    assert.equal((JSON.parse(waited.stdout) as { error: { code: string } }).error.code, 'FERRY_E_GUEST_TIMEOUT');
+    const d3 = await h.ferryJson<VmDoc>(['vm', 'show', 'disk3']);
+    assert.deepEqual([d3.state, d3.ready], ['running', false]);
+    await h.ferryJson(['vm', 'delete', 'disk3']);
   });
 
   it('direct kernel boot with the disk as root and a reserved address; bad input refused, nothing created', async () => {
