@@ -24,7 +24,13 @@ import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './i
 import { KeyedMutex } from './mutex.ts';
 import { ensureTaps, removeTaps } from './network.ts';
 import { runFiles } from '../qemu/process.ts';
-import { LocalVm, vmsDir } from './vm.ts';
+import { LocalVm, vmsDir, type Readiness } from './vm.ts';
+
+/** How a create treats the guest's readiness (see Readiness); the default is `require`. */
+export interface CreateVmOptions {
+  readiness?: Readiness;
+  readyTimeoutMs?: number;
+}
 import { loadRecord, RUN_DIR_RECORD } from './migration/record.ts';
 
 /** What the HTTP layer needs from a host; AgentHost is the one implementation. */
@@ -32,7 +38,7 @@ export interface VmHost {
   inventory(): Promise<HostInventory>;
   list(): Promise<VmStatus[]>;
   get(name: string): Promise<VmStatus>;
-  create(spec: VmSpec): Promise<VmStatus>;
+  create(spec: VmSpec, opts?: CreateVmOptions): Promise<VmStatus>;
   stop(name: string, opts?: { timeoutMs?: number; force?: boolean }): Promise<VmStatus>;
   start(name: string): Promise<VmStatus>;
   pause(name: string): Promise<VmStatus>;
@@ -94,6 +100,7 @@ export class AgentHost implements VmHost {
       try {
         const vm = await LocalVm.attach(this.opts.dataDir, name);
         this.vms.set(name, vm);
+        vm.watchReadiness(); // a guest still booting when the last agent went away
         const st = await vm.status();
         this.log(`re-attached VM ${name}: ${st.state}${st.pid === null ? '' : ` (QEMU pid ${st.pid})`}`);
       } catch (err) {
@@ -157,7 +164,7 @@ export class AgentHost implements VmHost {
     }
   }
 
-  create(spec: VmSpec): Promise<VmStatus> {
+  create(spec: VmSpec, opts: CreateVmOptions = {}): Promise<VmStatus> {
     return this.locks.run(spec.name, async () => {
       // A run dir this agent did not attach (unreadable state) is caught by LocalVm.create's own claim.
       if (this.vms.has(spec.name)) {
@@ -169,7 +176,7 @@ export class AgentHost implements VmHost {
       await this.admit(spec);
       const taps = await ensureTaps(spec, { bridge: this.opts.vmBridge });
       try {
-        const vm = await LocalVm.create(this.opts.dataDir, spec, { accel: this.qemu.accel, taps });
+        const vm = await LocalVm.create(this.opts.dataDir, spec, { accel: this.qemu.accel, taps, ...opts });
         this.vms.set(spec.name, vm);
         this.log(`created VM ${spec.name}`);
         return await vm.status();

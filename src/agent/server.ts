@@ -44,7 +44,11 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
     version: () => ({ agentVersion: readAgentVersion(), protocol: { ...PROTOCOL_RANGE } }),
     inventory: () => host.inventory(),
     listVms: () => host.list(),
-    createVm: ({ body }) => host.create(parseVmSpec(body.spec)),
+    createVm: ({ body }) =>
+      host.create(parseVmSpec(body.spec), {
+        ...(body.readiness === undefined ? {} : { readiness: body.readiness }),
+        ...(body.readyTimeoutMs === undefined ? {} : { readyTimeoutMs: body.readyTimeoutMs }),
+      }),
     getVm: ({ params }) => host.get(vm(params)),
     stopVm: ({ params, body }) =>
       host.stop(vm(params), {

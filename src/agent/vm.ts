@@ -1,7 +1,7 @@
 /**
  * One VM's life on this host: its run dir (`<agentDir>/vms/<name>/`: spec.json, state.json, qmp.sock,
- * guest.sock, qemu.pid, serial.log, qemu.stderr, local qcow2 disks), admission, boot until the guest says
- * READY, pause/resume, stop with fallbacks, start again from the saved spec, destroy, and re-attach after
+ * guest.sock, qga.sock, qemu.pid, serial.log, qemu.stderr, local qcow2 disks), admission, boot, readiness
+ * (the guest answers: ferry-guest's READY line, or qemu-guest-agent's `guest-ping`), pause/resume, stop with fallbacks, start again from the saved spec, destroy, and re-attach after
  * the managing process restarted. QEMU runs in its own session, so a dead agent leaves its VMs running;
  * everything a restarted agent needs to find them again is in the run dir.
  */
@@ -17,18 +17,40 @@ import type { VmState, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import { formatBytes, NAME_RE, validateName } from '../common/units.ts';
 import { GuestChannel } from '../guest/client.ts';
+import { qgaProbe } from '../guest/qga.ts';
 import { resolveImage } from '../guest/image.ts';
 import { buildQemuArgv, type Accel, type TlsCreds, type VmPaths } from '../qemu/argv.ts';
 import { attachQemu, isOurQemu, killQemu, launchQemu, processGone, readPidfile, runFiles, waitForExit, type QemuHandle } from '../qemu/process.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import { HOST_RESERVE_BYTES } from './inventory.ts';
+import type { Readiness } from '../common/protocol.ts';
 
 const execFileP = promisify(execFile);
 
 export const STATE_VERSION = 1;
 export const DEFAULT_READY_TIMEOUT_MS = 60_000;
 export const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+/** How long a VM created without waiting keeps being probed in the background (the guest may boot slowly). */
+export const BACKGROUND_READY_MS = 30 * 60_000;
 const READY_RE = /FERRY-GUEST READY boot_id=([0-9a-f-]{36})/;
+/** One qemu-guest-agent attempt: a guest still booting has no agent on the port and never answers it. */
+const QGA_ATTEMPT_MS = 2_000;
+
+/**
+ * What create and start do about the guest's readiness. `require` (the default, and the tiny guest's
+ * contract the migration engine and the tests rely on): wait, and a guest that does not answer in time is
+ * a failed boot, undone. `wait`: wait up to the timeout, then return with `ready: false` — the VM runs, the
+ * guest is only slow or silent, and it keeps being probed. `skip`: return as soon as QEMU runs.
+ */
+export type { Readiness };
+
+/** How the guest says it is up: ferry-guest's serial READY line, qemu-guest-agent's ping, or nothing Ferry can ask. */
+export type ReadyProbe = 'ferry-guest' | 'qemu-guest-agent' | 'none';
+
+export function readyProbeOf(spec: VmSpec): ReadyProbe {
+  if (spec.guestChannel) return 'ferry-guest';
+  return spec.guestAgent === true ? 'qemu-guest-agent' : 'none';
+}
 
 /** What the run dir remembers besides the spec: enough to start again and to report after re-attach. */
 interface VmStateFile {
@@ -38,6 +60,8 @@ interface VmStateFile {
   /** The guest's boot id as it last reported it; null while stopped or before READY. */
   bootId: string | null;
   startedAt: string | null;
+  /** The guest answered during this boot. Absent in state files from before it: then `bootId !== null`. */
+  ready?: boolean;
 }
 
 export interface CreateOptions {
@@ -48,12 +72,14 @@ export interface CreateOptions {
   incoming?: 'defer';
   tlsCredsDir?: TlsCreds;
   readyTimeoutMs?: number;
+  readiness?: Readiness;
   /** Memory kept for the host (default HOST_RESERVE_BYTES). */
   reserveBytes?: number;
 }
 
 export interface StartOptions {
   readyTimeoutMs?: number;
+  readiness?: Readiness;
   incoming?: 'defer';
   tlsCredsDir?: TlsCreds;
 }
@@ -80,37 +106,27 @@ export function vmStateOf(qemuStatus: string | null): VmState {
   }
 }
 
+let tmpSeq = 0;
 async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
+  // Unique per write: a readiness watcher may save while an operation of the same VM does.
+  const tmp = `${path}.${process.pid}.${++tmpSeq}.tmp`;
   await writeFile(tmp, JSON.stringify(value, null, 2) + '\n', { mode: 0o600 });
   await rename(tmp, path);
 }
 
-/** Scans the serial log for the READY line of this boot. */
-async function waitForReady(serialLog: string, pid: number, timeoutMs: number): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  let text = '';
-  while (true) {
-    // The log only grows during one boot (launch truncated it); re-read from where we stopped.
+/** `text` plus whatever the serial log gained since (the log only grows during one boot: launch truncated it). */
+async function readMore(serialLog: string, text: string): Promise<string> {
+  try {
+    const fh = await open(serialLog, 'r');
     try {
-      const fh = await open(serialLog, 'r');
-      try {
-        const buf = Buffer.alloc(64 * 1024);
-        const { bytesRead } = await fh.read(buf, 0, buf.length, Buffer.byteLength(text, 'latin1'));
-        text += buf.subarray(0, bytesRead).toString('latin1');
-      } finally {
-        await fh.close();
-      }
-    } catch {
-      /* not created yet */
+      const buf = Buffer.alloc(64 * 1024);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, Buffer.byteLength(text, 'latin1'));
+      return text + buf.subarray(0, bytesRead).toString('latin1');
+    } finally {
+      await fh.close();
     }
-    const m = READY_RE.exec(text);
-    if (m) return m[1]!;
-    if (processGone(pid)) throw new FerryError('FERRY_E_QEMU_START', `QEMU exited before the guest was ready; serial log: ${text.slice(-500)}`);
-    if (Date.now() > deadline) {
-      throw new FerryError('FERRY_E_GUEST_TIMEOUT', `The guest did not report READY within ${timeoutMs} ms; serial log ends: ${text.slice(-300).trim()}`);
-    }
-    await sleep(50);
+  } catch {
+    return text; // not created yet
   }
 }
 
@@ -121,6 +137,8 @@ export class LocalVm {
   #spec: VmSpec;
   #state: VmStateFile;
   #qemu: QemuHandle | undefined;
+  /** The readiness watcher of the current boot; aborted when QEMU ends or we let go of it. */
+  #watch: AbortController | undefined;
 
   private constructor(agentDir: string, spec: VmSpec, state: VmStateFile, qemu: QemuHandle | undefined) {
     this.agentDir = agentDir;
@@ -175,8 +193,17 @@ export class LocalVm {
       if (d.path !== undefined && !existsSync(d.path)) {
         throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: ${d.path} does not exist.`);
       }
+      // The base of an overlay must be here before anything is laid out (a migration's destination too).
+      if (d.backing !== undefined && !existsSync(d.backing.path)) {
+        throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: its base image ${d.backing.path} is not on this host.`, { details: { disk: d.id, base: d.backing.path } });
+      }
     }
     if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
+    if (spec.boot.kind === 'direct') {
+      for (const f of [spec.boot.kernel, spec.boot.initrd]) {
+        if (f !== undefined && !existsSync(f)) throw new FerryError('FERRY_E_BAD_BOOT', `VM ${spec.name}: ${f} is not on this host.`, { details: { file: f } });
+      }
+    }
 
     const runDir = join(vmsDir(agentDir), spec.name);
     await mkdir(vmsDir(agentDir), { recursive: true, mode: 0o700 });
@@ -189,10 +216,12 @@ export class LocalVm {
       await vm.#saveState();
       for (const d of spec.disks) {
         if (d.path === undefined) {
-          await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
+          // An overlay names its base by absolute path and format (-F), so QEMU never probes the format.
+          const base = d.backing === undefined ? [] : ['-b', d.backing.path, '-F', d.backing.format];
+          await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', ...base, vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
         }
       }
-      await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });
+      await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, readiness: opts.readiness, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });
       return vm;
     } catch (err) {
       await vm.#kill();
@@ -286,6 +315,7 @@ export class LocalVm {
       qemuStatus,
       pid: state === 'stopped' ? null : (q?.pid ?? null),
       bootId: state === 'stopped' ? null : this.#state.bootId,
+      ready: state !== 'stopped' && (this.#state.ready ?? this.#state.bootId !== null),
       spec: this.#spec,
       startedAt: state === 'stopped' ? null : this.#state.startedAt,
     };
@@ -315,7 +345,9 @@ export class LocalVm {
       await this.#kill();
     }
     this.#qemu = undefined;
+    this.#stopWatch();
     this.#state.bootId = null;
+    this.#state.ready = false;
     this.#state.startedAt = null;
     await this.#saveState();
     return this.status();
@@ -341,6 +373,7 @@ export class LocalVm {
 
   /** A connection to `ferry-guest` over the virtio-serial channel (the caller closes it). */
   async guest(opts: { timeoutMs?: number } = {}): Promise<GuestChannel> {
+    // Only ferry-guest speaks this protocol; a stock guest's qemu-guest-agent is for readiness and boot id.
     if (!this.#spec.guestChannel) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} has no guest channel.`);
     if (!this.#live()) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} is not running.`);
     return GuestChannel.connect(runFiles(this.runDir).guestSocket, opts);
@@ -353,20 +386,41 @@ export class LocalVm {
    */
   async refreshBootId(opts: { timeoutMs?: number } = {}): Promise<string> {
     const deadline = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
-    const ch = await this.guest(opts);
-    try {
-      const { bootId } = await ch.info(deadline === undefined ? {} : { timeoutMs: Math.max(1, deadline - Date.now()) });
-      this.#state.bootId = bootId;
-      this.#state.startedAt ??= new Date().toISOString();
-      await this.#saveState();
-      return bootId;
-    } finally {
-      await ch.close();
+    const left = (): { timeoutMs?: number } => (deadline === undefined ? {} : { timeoutMs: Math.max(1, deadline - Date.now()) });
+    let bootId: string;
+    if (readyProbeOf(this.#spec) === 'qemu-guest-agent') {
+      if (!this.#live()) throw new FerryError('FERRY_E_VM_STATE', `VM ${this.name} is not running.`);
+      const r = await qgaProbe(runFiles(this.runDir).qgaSocket, left());
+      if (r.bootId === null) throw new FerryError('FERRY_E_GUEST_COMMAND', `The guest agent of VM ${this.name} answers but does not tell its boot id.`);
+      bootId = r.bootId;
+    } else {
+      const ch = await this.guest(opts);
+      try {
+        ({ bootId } = await ch.info(left()));
+      } finally {
+        await ch.close();
+      }
     }
+    this.#state.bootId = bootId;
+    this.#state.ready = true;
+    this.#state.startedAt ??= new Date().toISOString();
+    await this.#saveState();
+    return bootId;
+  }
+
+  /**
+   * Probes the guest in the background until it answers (the agent calls it for VMs it re-attached and
+   * found not ready yet). Its timers do not keep a process alive.
+   */
+  watchReadiness(): void {
+    const q = this.#live();
+    if (!q || this.#state.ready === true || readyProbeOf(this.#spec) === 'none') return;
+    this.#background(q.pid);
   }
 
   /** Lets go of QEMU without stopping it (agent shutdown; another process may attach). */
   async detach(): Promise<void> {
+    this.#stopWatch();
     const q = this.#qemu;
     this.#qemu = undefined;
     if (q) await q.qmp.close();
@@ -397,6 +451,7 @@ export class LocalVm {
       qmpSocket: files.qmpSocket,
       observeSocket: files.observeSocket,
       guestSocket: files.guestSocket,
+      qgaSocket: files.qgaSocket,
       serialLog: files.serialLog,
       pidfile: files.pidfile,
       disks: Object.fromEntries(spec.disks.map((d) => [d.id, this.#diskPath(d.id)])),
@@ -411,17 +466,78 @@ export class LocalVm {
     // A READY line from an earlier boot must not be mistaken for this one's.
     await unlink(files.serialLog).catch(() => undefined);
     await unlink(files.guestSocket).catch(() => undefined);
+    await unlink(files.qgaSocket).catch(() => undefined);
+    this.#stopWatch();
     this.#state.bootId = null;
+    this.#state.ready = false;
     this.#state.startedAt = new Date().toISOString();
     this.#qemu = await launchQemu(argv, { runDir: this.runDir });
-    if (opts.incoming === undefined && spec.guestChannel) {
-      this.#state.bootId = await waitForReady(files.serialLog, this.#qemu.pid, opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
-    }
     await this.#saveState();
+    // An incoming migration boots nothing: its guest answers once finish lets it run (refreshBootId).
+    if (opts.incoming !== undefined || readyProbeOf(spec) === 'none') return;
+    const mode = opts.readiness ?? 'require';
+    const pid = this.#qemu.pid;
+    if (mode === 'skip') return this.#background(pid);
+    const timeoutMs = opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+    const ac = new AbortController();
+    this.#watch = ac;
+    const r = await this.#watchReady(pid, ac.signal, Date.now() + timeoutMs, true);
+    if (r.ready) return;
+    if (mode === 'require') {
+      throw new FerryError('FERRY_E_GUEST_TIMEOUT', `The guest did not answer (${readyProbeOf(spec)}) within ${timeoutMs} ms; serial log ends: ${r.serial.slice(-300).trim()}`);
+    }
+    this.#background(pid); // `wait`: the VM runs; a slow guest still becomes ready
+  }
+
+  #background(pid: number): void {
+    this.#stopWatch();
+    const ac = new AbortController();
+    this.#watch = ac;
+    this.#watchReady(pid, ac.signal, Date.now() + BACKGROUND_READY_MS, false).catch(() => undefined);
+  }
+
+  #stopWatch(): void {
+    this.#watch?.abort();
+    this.#watch = undefined;
+  }
+
+  /**
+   * Probes until the guest answers (then records its boot id and `ready`), the deadline passes, the watch is
+   * aborted, or QEMU ends (FERRY_E_QEMU_START: a QEMU that exits before its guest answered did not boot).
+   * `ref`: whether the probe's timers keep the process alive (a background watch must not).
+   */
+  async #watchReady(pid: number, signal: AbortSignal, deadline: number, ref: boolean): Promise<{ ready: boolean; serial: string }> {
+    const files = runFiles(this.runDir);
+    const probe = readyProbeOf(this.#spec);
+    let serial = '';
+    while (!signal.aborted) {
+      let bootId: string | null | undefined;
+      if (probe === 'ferry-guest') {
+        serial = await readMore(files.serialLog, serial);
+        bootId = READY_RE.exec(serial)?.[1];
+      } else {
+        bootId = (await qgaProbe(files.qgaSocket, { timeoutMs: QGA_ATTEMPT_MS }).catch(() => undefined))?.bootId;
+      }
+      if (signal.aborted) break;
+      if (bootId !== undefined) {
+        this.#state.bootId = bootId;
+        this.#state.ready = true;
+        await this.#saveState();
+        return { ready: true, serial };
+      }
+      if (processGone(pid)) {
+        serial = await readMore(files.serialLog, serial);
+        throw new FerryError('FERRY_E_QEMU_START', `QEMU exited before the guest was ready; serial log: ${serial.slice(-500)}`);
+      }
+      if (Date.now() > deadline) break;
+      await sleep(probe === 'ferry-guest' ? 50 : 500, undefined, { ref }).catch(() => undefined);
+    }
+    return { ready: false, serial };
   }
 
   /** Ends our QEMU now: `quit`, then SIGKILL; waits until it is really gone. */
   async #kill(): Promise<void> {
+    this.#stopWatch();
     const q = this.#qemu;
     if (!q) return;
     const sock = runFiles(this.runDir).qmpSocket;

@@ -122,11 +122,11 @@ export const AGENT_ROUTES = {
   createVm: route({
     method: 'POST',
     path: '/vms',
-    summary: 'Create the disks, start QEMU, wait for the guest to report ready',
+    summary: 'Create the disks, start QEMU, and (as readiness asks) wait for the guest to answer',
     body: CreateVmRequest,
     response: VmStatus,
     status: 201,
-    timeoutMs: CREATE_TIMEOUT_MS,
+    timeoutMs: (b: CreateVmRequest) => CREATE_TIMEOUT_MS + (b.readyTimeoutMs ?? 0),
   }),
   getVm: route({
     method: 'GET',

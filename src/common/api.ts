@@ -13,6 +13,8 @@ export interface VmJson {
   state: VmState | 'creating' | 'deleting';
   spec: VmSpec;
   bootId: string | null;
+  /** The guest answered during this boot (ferry-guest's READY, or qemu-guest-agent's ping); `running` only says QEMU runs it. */
+  ready: boolean;
   ip: string | null;
   createdAt: string;
   updatedAt: string;

@@ -74,13 +74,28 @@ export const VmStatus = Type.Object({
   qemuStatus: Type.Union([Type.String(), Type.Null()]),
   pid: Type.Union([Type.Integer(), Type.Null()]),
   bootId: Type.Union([Type.String(), Type.Null()]),
+  /**
+   * The guest answered during this boot (ferry-guest's READY, or qemu-guest-agent's ping): `running` says
+   * only that QEMU runs it. Optional: agents from before it do not send it.
+   */
+  ready: Type.Optional(Type.Boolean()),
   spec: VmSpec,
   startedAt: Type.Union([Type.String(), Type.Null()]),
 });
 export type VmStatus = Static<typeof VmStatus>;
 
 /** POST /agent/v1/vms */
-export const CreateVmRequest = Type.Object({ spec: VmSpec });
+/**
+ * `readiness`: `require` (the default): wait for the guest to answer, else fail; `wait`: wait up to
+ * `readyTimeoutMs`, then answer with ready=false; `skip`: answer once QEMU runs the guest.
+ */
+export const READINESS = ['require', 'wait', 'skip'] as const;
+export type Readiness = (typeof READINESS)[number];
+export const CreateVmRequest = Type.Object({
+  spec: VmSpec,
+  readiness: Type.Optional(Type.Enum(READINESS)),
+  readyTimeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
+});
 export type CreateVmRequest = Static<typeof CreateVmRequest>;
 
 /** POST /agent/v1/vms/:name/stop: ACPI power-down, waiting up to timeoutMs, then quit (force: at once). */

@@ -16,6 +16,13 @@ export const MIB = 1024 * 1024;
 
 const Name = Type.String({ pattern: NAME_RE.source });
 
+/**
+ * A kernel command line Ferry passes on: letters, digits and `. _ = , : / + @ -` and spaces. No quotes,
+ * `;`, `$`, backslashes or control characters: the kernel has its own quoting rules, and a line that
+ * needed them is one we would mean differently from the kernel.
+ */
+export const APPEND_PATTERN = '^[A-Za-z0-9._=,:/+@ -]*$';
+
 export const DiskSpec = Type.Object({
   /** Device id inside QEMU and the guest's view (virtio: vda, vdb ...). */
   id: Type.String({ pattern: '^vd[a-z]$' }),
@@ -24,6 +31,17 @@ export const DiskSpec = Type.Object({
   shared: Type.Boolean(),
   /** Absolute path of a qcow2 image; when absent the agent creates one in the VM's directory. */
   path: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+  /**
+   * The read-only base under the VM's own qcow2 overlay (created in the VM's directory, `-b` this): creating
+   * the VM copies nothing, and a storage migration copies only the overlay (`sync: top`), the destination
+   * opening the same base at the same path. `format` is what qemu-img said at create, never guessed again.
+   */
+  backing: Type.Optional(
+    Type.Object({
+      path: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+      format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
+    }),
+  ),
 });
 export type DiskSpec = Static<typeof DiskSpec>;
 
@@ -46,6 +64,17 @@ export const BootSpec = Type.Union([
     cmdline: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._=,:/ -]*$', maxLength: 1024 })),
   }),
   Type.Object({ kind: Type.Literal('disk') }),
+  /**
+   * Direct kernel boot of a distribution's own kernel (issue #9): the files by absolute path (every host
+   * sees them at the same path, like a base image), and the command line exactly as given — validated, never
+   * through a shell, nothing of Ferry's added (the root disk is usually `root=/dev/vda`).
+   */
+  Type.Object({
+    kind: Type.Literal('direct'),
+    kernel: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+    initrd: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+    append: Type.String({ pattern: APPEND_PATTERN, maxLength: 2048 }),
+  }),
 ]);
 export type BootSpec = Static<typeof BootSpec>;
 
@@ -61,6 +90,12 @@ export const VmSpec = Type.Object({
   nics: Type.Array(NicSpec, { maxItems: 4 }),
   /** A virtio-serial port to the tiny guest's `ferry-guest` (commands without guest networking). */
   guestChannel: Type.Boolean(),
+  /**
+   * A virtio-serial port `org.qemu.guest_agent.0` for the guest's qemu-guest-agent (stock distributions):
+   * readiness (`guest-ping`) and the boot id for guests without ferry-guest. Optional: specs from before it
+   * mean false.
+   */
+  guestAgent: Type.Optional(Type.Boolean()),
 });
 export type VmSpec = Static<typeof VmSpec>;
 

@@ -14,6 +14,7 @@ import { createMetrics, type ControllerMetrics } from './metrics.ts';
 import { upsertNetworks, type VmNetwork } from './networks.ts';
 import { openStore, type Store } from './store/db.ts';
 import { ensureAdminToken } from './tokens.ts';
+import { ImageService } from './images.ts';
 import { VmService } from './vms.ts';
 import { MigrationOrchestrator } from './migrations/orchestrator.ts';
 import { DrainService } from './drain.ts';
@@ -46,6 +47,7 @@ export interface Controller {
   readonly guard: VmGuard;
   readonly hosts: HostRegistry;
   readonly vms: VmService;
+  readonly images: ImageService;
   readonly metrics: ControllerMetrics;
   readonly migrations: MigrationOrchestrator;
   readonly drains: DrainService;
@@ -82,7 +84,8 @@ export async function createController(opts: ControllerOptions): Promise<Control
       log,
       ...(opts.heartbeatMs === undefined ? {} : { intervalMs: opts.heartbeatMs }),
     });
-    const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0' });
+    const images = new ImageService({ store, dataDir: opts.dataDir });
+    const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0', images });
     const metrics = createMetrics(store);
     const holdDir = opts.holdDir ?? process.env.FERRY_TEST_HOLD_DIR;
     const migrations = new MigrationOrchestrator({
@@ -108,6 +111,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       guard,
       hosts,
       vms,
+      images,
       metrics,
       migrations,
       drains,

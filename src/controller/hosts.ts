@@ -309,8 +309,9 @@ export class HostRegistry {
         continue;
       }
       if (row.state === 'creating' || row.state === 'deleting' || migrating(row)) continue;
-      if (row.state !== r.state || row.boot_id !== r.bootId) {
-        rows.update(r.name, { state: r.state, bootId: r.bootId }, row.state);
+      const readyChanged = r.ready !== undefined && r.ready !== (row.ready === 1);
+      if (row.state !== r.state || row.boot_id !== r.bootId || readyChanged) {
+        rows.update(r.name, { state: r.state, bootId: r.bootId, ...(r.ready === undefined ? {} : { ready: r.ready }) }, row.state);
         events.publish('vm.state', r.name, { host, from: row.state, to: r.state, bootId: r.bootId, reason: 'reported by agent' });
       }
     }

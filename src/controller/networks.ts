@@ -62,16 +62,30 @@ export function getNetwork(db: Database, name: string): VmNetwork | undefined {
 }
 
 /** Allocates the lowest free address of `network` to `vm`; returns `a.b.c.d/len`. Call inside a transaction. */
-export function allocateIp(db: Database, network: string, vm: string): string {
+export function allocateIp(db: Database, network: string, vm: string, wanted?: string): string {
   const net = getNetwork(db, network);
   if (!net) throw new FerryError('FERRY_E_BAD_INPUT', `No VM network ${JSON.stringify(network)} is configured (ferry server --vm-network).`);
   const { base, prefix, size } = parseCidr(net.cidr);
   const taken = new Set(
     (db.prepare('SELECT ip FROM ip_allocations WHERE network = ?').all(network) as { ip: string }[]).map((r) => r.ip),
   );
-  if (net.gateway) taken.add(net.gateway);
-  // Without a configured gateway, the first address is left for one (the usual convention).
-  else taken.add(toIp(base + 1));
+  const gateway = net.gateway ?? toIp(base + 1);
+  if (wanted !== undefined) {
+    // `A.B.C.D/LEN` as a guest's own configuration would say it: the length must be the network's.
+    const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(wanted);
+    const ip = m?.[1];
+    const n = ip === undefined || ip.split('.').some((o) => Number(o) > 255) ? NaN : toInt(ip);
+    if (ip === undefined || Number.isNaN(n) || Number(m?.[2]) !== prefix || n <= base || n >= base + size - 1 || ip === gateway) {
+      throw new FerryError('FERRY_E_BAD_IP', `Bad address ${JSON.stringify(wanted)}: a host address of ${network} (${net.cidr}) other than its gateway ${gateway}, written A.B.C.D/${prefix}.`);
+    }
+    if (taken.has(ip)) {
+      const owner = db.prepare('SELECT vm FROM ip_allocations WHERE network = ? AND ip = ?').get(network, ip) as { vm: string } | undefined;
+      throw new FerryError('FERRY_E_IP_TAKEN', `${ip} on ${network} belongs to VM ${owner?.vm ?? '?'}.`, { details: { ip, vm: owner?.vm } });
+    }
+    db.prepare('INSERT INTO ip_allocations (network, ip, vm) VALUES (?, ?, ?)').run(network, ip, vm);
+    return `${ip}/${prefix}`;
+  }
+  taken.add(gateway); // without a configured gateway, the first address is left for one (the usual convention)
   for (let n = base + 1; n < base + size - 1; n++) {
     const ip = toIp(n);
     if (taken.has(ip)) continue;

@@ -9,10 +9,12 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { defaultVmSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
-import { parseSize, validateName } from '../common/units.ts';
+import { APPEND_PATTERN, defaultVmSpec, type BootSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { parseDuration, parseSize, validateName } from '../common/units.ts';
+import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
+import type { ImageService } from './images.ts';
 import type { VmGuard } from './guard.ts';
 import { hostViews, vmLoads } from './hosts.ts';
 import { allocateIp, getNetwork } from './networks.ts';
@@ -28,14 +30,31 @@ export interface CreateVmRequest {
   disk?: string | number;
   image?: string;
   network?: string;
+  /** Boot from this disk (qcow2 or raw, seen at the same path by the controller and every host) under a VM overlay. */
+  diskImage?: string;
+  /** Direct kernel boot: the kernel, an initrd and the command line (validated, never through a shell). */
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  /** Reserve this address (`A.B.C.D/LEN`) on the VM network instead of the next free one. */
+  ip?: string;
+  /** A qemu-guest-agent port; default true with diskImage. */
+  guestAgent?: boolean;
+  /** Wait until the guest answers; default: true for the tiny guest only. A guest that does not answer in time still runs. */
+  waitReady?: boolean;
+  readyTimeout?: string | number;
 }
 
+export const DEFAULT_READY_TIMEOUT_MS = 60_000;
+const MAX_READY_TIMEOUT_MS = 30 * 60_000;
 
 export interface VmServiceOptions {
   store: Store;
   events: EventBus;
   pool: AgentPool;
   guard: VmGuard;
+  /** The image store `image: NAME` resolves in (absent in tests that need none). */
+  images?: ImageService;
   /** Network a VM joins when the request names none (when it is configured). */
   defaultNetwork?: string;
 }
@@ -47,6 +66,7 @@ export function vmJson(r: VmsTable): VmJson {
     state: r.state as VmJson['state'],
     spec: JSON.parse(r.spec) as VmSpec,
     bootId: r.boot_id,
+    ready: r.ready === 1,
     ip: r.ip,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -72,9 +92,13 @@ export function macFor(name: string, used: ReadonlySet<string>): string {
 export function checkImage(image: string): string {
   if (image === 'tiny') return image;
   const bad = (why: string, cause?: unknown): FerryError =>
-    new FerryError('FERRY_E_BAD_IMAGE', `Bad image ${JSON.stringify(image)}: ${why}; use \`tiny\` or an absolute directory holding vmlinuz and initramfs.gz.`, {
-      ...(cause === undefined ? {} : { cause }),
-    });
+    new FerryError(
+      'FERRY_E_BAD_IMAGE',
+      `Bad image ${JSON.stringify(image)}: ${why}; use \`tiny\` or an absolute directory holding vmlinuz and initramfs.gz.`,
+      {
+        ...(cause === undefined ? {} : { cause }),
+      },
+    );
   if (!isAbsolute(image) || image.length > 4096 || image.includes('\0')) throw bad('not an absolute path');
   // `..` would let the path mean something else on the agent than what was checked here.
   if (image.split('/').some((seg) => seg === '.' || seg === '..')) throw bad('no . or .. segments');
@@ -112,75 +136,252 @@ export class VmService {
   }
 
   private row(name: string): VmsTable {
-    const r = this.o.store.sqlite.prepare('SELECT * FROM vms WHERE name = ?').get(name) as VmsTable | undefined;
-    if (!r) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(name)}: see \`ferry vm list\`.`);
+    const r = this.o.store.sqlite.prepare('SELECT * FROM vms WHERE name = ?').get(name) as
+      VmsTable | undefined;
+    if (!r)
+      throw new FerryError(
+        'FERRY_E_VM_NOT_FOUND',
+        `No VM named ${JSON.stringify(name)}: see \`ferry vm list\`.`,
+      );
     return r;
   }
 
   private agentFor(r: VmsTable) {
-    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(r.host) as HostsTable | undefined;
-    if (!h) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `VM ${r.name} is on host ${r.host}, which is not registered.`);
+    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(r.host) as
+      HostsTable | undefined;
+    if (!h)
+      throw new FerryError(
+        'FERRY_E_HOST_NOT_FOUND',
+        `VM ${r.name} is on host ${r.host}, which is not registered.`,
+      );
     return this.o.pool.client(h.name, h.url);
   }
 
   private networkNames(): string {
-    const names = (this.o.store.sqlite.prepare('SELECT name FROM networks ORDER BY name').all() as { name: string }[]).map((r) => r.name);
+    const names = (
+      this.o.store.sqlite.prepare('SELECT name FROM networks ORDER BY name').all() as { name: string }[]
+    ).map((r) => r.name);
     return names.length === 0 ? 'none (ferry server --vm-network NAME=CIDR adds one)' : names.join(', ');
   }
 
   /** Parses and checks a create request; everything that can be refused before touching the store. */
-  private parseRequest(req: CreateVmRequest) {
+  private async parseRequest(req: CreateVmRequest) {
     const name = validateName(req.name, 'VM name');
     const memoryBytes = req.memory === undefined ? 256 * 1024 * 1024 : parseSize(req.memory, 'memory');
     const vcpus = req.vcpus ?? 1;
-    if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
+    if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64)
+      throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
     const diskBytes = req.disk === undefined ? undefined : parseSize(req.disk, 'disk');
-    const image = checkImage(req.image ?? 'tiny');
+    if (req.diskImage !== undefined && req.image !== undefined) {
+      throw new FerryError(
+        'FERRY_E_USAGE',
+        'Give either an image (kernel + initramfs) or a disk image to boot from, not both.',
+      );
+    }
+    // An image name (not `tiny`, not a directory) is a disk image of the store, booted under an overlay.
+    const stored =
+      req.image !== undefined && req.image !== 'tiny' && !req.image.startsWith('/') ? req.image : undefined;
+    const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
+    let base: (DiskImageInfo & { path: string }) | undefined;
+    if (stored !== undefined) {
+      validateName(stored, 'image name');
+      if (!this.o.images)
+        throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `No image store here to find ${stored} in.`);
+      base = this.o.images.resolve(stored);
+    }
+    if (req.diskImage !== undefined) {
+      const path = req.diskImage;
+      if (path.split('/').some((seg) => seg === '.' || seg === '..'))
+        throw new FerryError(
+          'FERRY_E_BAD_IMAGE',
+          `Bad disk image ${JSON.stringify(path)}: no . or .. segments.`,
+        );
+      let st;
+      try {
+        st = statSync(path);
+      } catch (err) {
+        throw new FerryError('FERRY_E_BAD_IMAGE', `No disk image at ${path}.`, { cause: err });
+      }
+      // Never let qemu-img read a FIFO or a character device (it would wait for ever on /dev/random).
+      if (!st.isFile() && !st.isBlockDevice())
+        throw new FerryError('FERRY_E_BAD_IMAGE', `${path} is not a file or a block device.`);
+      // Before anything is reserved: a vmdk or a text file named disk.qcow2 is the caller's 4xx.
+      base = { path, ...(await inspectDiskImage(path)) };
+    }
+    if (base !== undefined) {
+      if (diskBytes !== undefined && diskBytes < base.virtualSizeBytes) {
+        throw new FerryError(
+          'FERRY_E_BAD_SIZE',
+          `--disk ${diskBytes} bytes is smaller than the image (${base.virtualSizeBytes} bytes): an overlay can grow a disk, never shrink it.`,
+        );
+      }
+    }
     if (req.host !== undefined) validateName(req.host, 'host name');
     let network = req.network;
     if (network !== undefined) {
       validateName(network, 'network name');
       // A NIC on a network the controller does not manage would get no address and a bridge no agent has.
       if (!getNetwork(this.o.store.sqlite, network)) {
-        throw new FerryError('FERRY_E_NETWORK_NOT_FOUND', `No VM network named ${JSON.stringify(network)}: the server has ${this.networkNames()}.`);
+        throw new FerryError(
+          'FERRY_E_NETWORK_NOT_FOUND',
+          `No VM network named ${JSON.stringify(network)}: the server has ${this.networkNames()}.`,
+        );
       }
-    } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork)) network = this.o.defaultNetwork;
-    return { name, memoryBytes, vcpus, diskBytes, image, network, host: req.host };
+    } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork))
+      network = this.o.defaultNetwork;
+    // The tiny guest answers ~2 s after QEMU starts, and clients have always got its boot id from create; any
+    // other guest may take a minute or never answer, and is a running VM either way.
+    let direct: Extract<BootSpec, { kind: 'direct' }> | undefined;
+    if (req.kernel !== undefined) {
+      if (req.image !== undefined)
+        throw new FerryError(
+          'FERRY_E_USAGE',
+          'Give either an image or a kernel to boot, not both (the root disk of a kernel is --disk-image).',
+        );
+      const file = (f: string, what: string): string => {
+        if (
+          !f.startsWith('/') ||
+          !/^\/[A-Za-z0-9._/-]+$/.test(f) ||
+          f.split('/').some((s) => s === '.' || s === '..')
+        ) {
+          throw new FerryError(
+            'FERRY_E_BAD_BOOT',
+            `Bad ${what} ${JSON.stringify(f)}: an absolute path of letters, digits and . _ / -.`,
+          );
+        }
+        let st;
+        try {
+          st = statSync(f);
+        } catch (err) {
+          throw new FerryError('FERRY_E_BAD_BOOT', `No ${what} at ${f}.`, { cause: err });
+        }
+        if (!st.isFile()) throw new FerryError('FERRY_E_BAD_BOOT', `The ${what} ${f} is not a file.`);
+        return f;
+      };
+      const append = req.append ?? 'console=ttyS0';
+      if (!new RegExp(APPEND_PATTERN).test(append)) {
+        throw new FerryError(
+          'FERRY_E_BAD_CMDLINE',
+          `Bad --append ${JSON.stringify(append)}: letters, digits, spaces and . _ = , : / + @ - only (no quotes, ; $ or backslash).`,
+        );
+      }
+      direct = {
+        kind: 'direct',
+        kernel: file(req.kernel, 'kernel'),
+        ...(req.initrd === undefined ? {} : { initrd: file(req.initrd, 'initrd') }),
+        append,
+      };
+    } else if (req.initrd !== undefined || req.append !== undefined) {
+      throw new FerryError('FERRY_E_USAGE', '--initrd and --append go with --kernel.');
+    }
+    if (req.ip !== undefined && network === undefined)
+      throw new FerryError('FERRY_E_USAGE', '--ip needs a VM network (--net).');
+    const waitReady = req.waitReady ?? (image === 'tiny' && base === undefined && direct === undefined);
+    const readyTimeoutMs =
+      req.readyTimeout === undefined
+        ? DEFAULT_READY_TIMEOUT_MS
+        : parseDuration(req.readyTimeout, 'ready timeout');
+    if (readyTimeoutMs < 1 || readyTimeoutMs > MAX_READY_TIMEOUT_MS) {
+      throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
+    }
+    const guestAgent = req.guestAgent ?? (base !== undefined || direct !== undefined);
+    return {
+      name,
+      memoryBytes,
+      vcpus,
+      diskBytes,
+      image,
+      base,
+      direct,
+      guestAgent,
+      ip: req.ip,
+      network,
+      host: req.host,
+      waitReady,
+      readyTimeoutMs,
+    };
   }
 
   async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
-    const p = this.parseRequest(req);
+    const p = await this.parseRequest(req);
     const { store, events } = this.o;
     // Reserve the name, place, and allocate in one synchronous transaction: two creates racing for the
     // same name, address or last bit of a host's memory cannot both win.
     const reserved = store.sqlite.transaction(() => {
       if (store.sqlite.prepare('SELECT 1 FROM vms WHERE name = ?').get(p.name)) {
-        throw new FerryError('FERRY_E_VM_EXISTS', `A VM named ${p.name} exists already: choose another name or delete it.`);
+        throw new FerryError(
+          'FERRY_E_VM_EXISTS',
+          `A VM named ${p.name} exists already: choose another name or delete it.`,
+        );
       }
-      const placement = placeVm({ memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host }, hostViews(store), vmLoads(store));
+      const placement = placeVm(
+        { memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host },
+        hostViews(store),
+        vmLoads(store),
+      );
       this.rows.reserve(p.name, placement.host, { memoryBytes: p.memoryBytes, vcpus: p.vcpus });
       const nics: NicSpec[] = [];
       let ip: string | null = null;
       if (p.network !== undefined) {
         const used = new Set(
-          (store.sqlite.prepare('SELECT spec FROM vms').all() as { spec: string }[]).flatMap(
-            (r) => ((JSON.parse(r.spec) as Partial<VmSpec>).nics ?? []).map((n) => n.mac),
+          (store.sqlite.prepare('SELECT spec FROM vms').all() as { spec: string }[]).flatMap((r) =>
+            ((JSON.parse(r.spec) as Partial<VmSpec>).nics ?? []).map((n) => n.mac),
           ),
         );
         const nic: NicSpec = { id: 'net0', mac: macFor(p.name, used), network: p.network };
         if (getNetwork(store.sqlite, p.network)) {
-          nic.ip = allocateIp(store.sqlite, p.network, p.name);
+          nic.ip = allocateIp(store.sqlite, p.network, p.name, p.ip);
           ip = nic.ip.split('/')[0]!;
         }
         nics.push(nic);
       }
-      const spec = defaultVmSpec(p.name, {
-        memoryBytes: p.memoryBytes,
-        vcpus: p.vcpus,
-        boot: { kind: 'kernel', image: p.image },
-        disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
-        nics,
-      });
+      const spec = p.direct
+        ? defaultVmSpec(p.name, {
+            memoryBytes: p.memoryBytes,
+            vcpus: p.vcpus,
+            boot: p.direct,
+            disks: p.base
+              ? [
+                  {
+                    id: 'vda',
+                    sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
+                    shared: false,
+                    backing: { path: p.base.path, format: p.base.format },
+                  },
+                ]
+              : p.diskBytes === undefined
+                ? []
+                : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+            nics,
+            guestChannel: false,
+            guestAgent: p.guestAgent,
+          })
+        : p.base
+          ? defaultVmSpec(p.name, {
+              memoryBytes: p.memoryBytes,
+              vcpus: p.vcpus,
+              // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
+              boot: { kind: 'disk' },
+              disks: [
+                {
+                  id: 'vda',
+                  sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
+                  shared: false,
+                  backing: { path: p.base.path, format: p.base.format },
+                },
+              ],
+              nics,
+              guestChannel: false,
+              guestAgent: p.guestAgent,
+            })
+          : defaultVmSpec(p.name, {
+              memoryBytes: p.memoryBytes,
+              vcpus: p.vcpus,
+              boot: { kind: 'kernel', image: p.image },
+              disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+              nics,
+              ...(p.guestAgent ? { guestAgent: true } : {}),
+            });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();
@@ -190,46 +391,81 @@ export class VmService {
       const agent = this.agentFor(this.row(p.name));
       let status: VmStatus;
       try {
-        status = await agent.call('createVm', { body: { spec: reserved.spec } });
+        status = await agent.call('createVm', {
+          body: {
+            spec: reserved.spec,
+            ...(p.waitReady
+              ? { readiness: 'wait', readyTimeoutMs: p.readyTimeoutMs }
+              : { readiness: 'skip' }),
+          },
+        });
       } catch (err0) {
         // The directory was there when checked but the agent did not find it (gone since, or on another
         // machine): still the request's image, so still the caller's mistake.
         const err =
           err0 instanceof FerryError && err0.code === 'FERRY_E_IMAGE_MISSING' && p.image !== 'tiny'
-            ? new FerryError('FERRY_E_BAD_IMAGE', `Image ${p.image} on ${host}: ${err0.message}`, { cause: err0 })
+            ? new FerryError('FERRY_E_BAD_IMAGE', `Image ${p.image} on ${host}: ${err0.message}`, {
+                cause: err0,
+              })
             : err0;
         // Undo: the agent may have got halfway (disk created, QEMU started then failed), so ask it to
         // remove whatever it has, then drop the reservation (the address goes with it, ON DELETE CASCADE).
         await agent.call('deleteVm', { params: { name: p.name } }).catch(() => undefined);
         this.rows.remove(p.name, 'creating');
-        const fe = err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err), { cause: err });
+        const fe =
+          err instanceof FerryError ? err : new FerryError('FERRY_E_INTERNAL', String(err), { cause: err });
         events.publish('vm.create_failed', p.name, { host, error: fe.toJSON() });
         throw fe;
       }
-      this.rows.update(p.name, { state: status.state, bootId: status.bootId });
-      events.publish('vm.created', p.name, { host, state: status.state, bootId: status.bootId, ip: reserved.ip });
+      this.rows.update(p.name, { state: status.state, bootId: status.bootId, ready: status.ready === true });
+      events.publish('vm.created', p.name, {
+        host,
+        state: status.state,
+        ready: status.ready === true,
+        bootId: status.bootId,
+        ip: reserved.ip,
+      });
       return { ...this.get(p.name), placement: reserved.placement.why };
     });
   }
 
   /** Runs an agent call that returns the VM's new status, and records it. */
-  private async transition(name: string, op: 'start' | 'stop' | 'pause' | 'resume', call: (r: VmsTable) => Promise<VmStatus>): Promise<VmJson> {
+  private async transition(
+    name: string,
+    op: 'start' | 'stop' | 'pause' | 'resume',
+    call: (r: VmsTable) => Promise<VmStatus>,
+  ): Promise<VmJson> {
     return this.o.guard.exclusive(name, op, async () => {
       const r = this.row(name);
       this.assertSettled(r);
       const status = await call(r);
-      this.rows.update(name, { state: status.state, bootId: status.bootId });
+      this.rows.update(name, {
+        state: status.state,
+        bootId: status.bootId,
+        ...(status.ready === undefined ? {} : { ready: status.ready }),
+      });
       if (status.state !== r.state || status.bootId !== r.boot_id) {
-        this.o.events.publish('vm.state', name, { host: r.host, from: r.state, to: status.state, bootId: status.bootId, reason: op });
+        this.o.events.publish('vm.state', name, {
+          host: r.host,
+          from: r.state,
+          to: status.state,
+          bootId: status.bootId,
+          reason: op,
+        });
       }
       return this.get(name);
     });
   }
 
   private assertSettled(r: VmsTable): void {
-    if (r.state === 'creating') throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is still being created.`);
+    if (r.state === 'creating')
+      throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is still being created.`);
     if (r.state === 'deleting') throw new FerryError('FERRY_E_VM_STATE', `VM ${r.name} is being deleted.`);
-    if (r.state === 'migrating') throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${r.name} is being migrated: wait for it or cancel it.`);
+    if (r.state === 'migrating')
+      throw new FerryError(
+        'FERRY_E_MIGRATION_ACTIVE',
+        `VM ${r.name} is being migrated: wait for it or cancel it.`,
+      );
   }
 
   start(name: string): Promise<VmJson> {
@@ -237,7 +473,9 @@ export class VmService {
   }
 
   stop(name: string, opts: { force?: boolean; timeoutMs?: number } = {}): Promise<VmJson> {
-    return this.transition(name, 'stop', (r) => this.agentFor(r).call('stopVm', { params: { name }, body: opts }));
+    return this.transition(name, 'stop', (r) =>
+      this.agentFor(r).call('stopVm', { params: { name }, body: opts }),
+    );
   }
 
   pause(name: string): Promise<VmJson> {
@@ -257,15 +495,25 @@ export class VmService {
       } catch (err) {
         if (!(err instanceof FerryError && err.code === 'FERRY_E_RECEIPT_REQUIRED')) throw err;
         const job = this.o.store.sqlite
-          .prepare("SELECT id, destination, state FROM migrations WHERE vm = ? AND source = ? ORDER BY started_at DESC LIMIT 1")
+          .prepare(
+            'SELECT id, destination, state FROM migrations WHERE vm = ? AND source = ? ORDER BY started_at DESC LIMIT 1',
+          )
           .get(name, r.host) as { id: string; destination: string; state: string } | undefined;
         if (!job || (job.state !== 'failed' && job.state !== 'cancelled')) throw err;
-        const d = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(job.destination) as HostsTable | undefined;
+        const d = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(job.destination) as
+          HostsTable | undefined;
         if (!d) throw err;
         const view = await this.o.pool
           .client(d.name, d.url)
           .call('finish', { params: { id: job.id }, body: { success: false } }, { timeoutMs: 30_000 });
-        await agent.call('confirm', { params: { id: job.id }, body: { success: false, ...(view.receipt ? { receipt: view.receipt } : {}) } }, { timeoutMs: 30_000 });
+        await agent.call(
+          'confirm',
+          {
+            params: { id: job.id },
+            body: { success: false, ...(view.receipt ? { receipt: view.receipt } : {}) },
+          },
+          { timeoutMs: 30_000 },
+        );
         return agent.call('getVm', { params: { name } });
       }
     });
@@ -278,13 +526,19 @@ export class VmService {
       // Claim the row first (compare-and-set), so that a migration asked for meanwhile finds the VM
       // `deleting` and is refused, instead of moving a VM whose row this delete then removes.
       if (!this.rows.update(name, { state: 'deleting' }, r.state)) {
-        throw new FerryError('FERRY_E_VM_STATE', `VM ${name} changed state meanwhile (a migration?): try again.`);
+        throw new FerryError(
+          'FERRY_E_VM_STATE',
+          `VM ${name} changed state meanwhile (a migration?): try again.`,
+        );
       }
       try {
         await this.agentFor(r).call('deleteVm', { params: { name } });
       } catch (err) {
         // Already gone from the host is what we wanted; anything else keeps the row (and says why).
-        if (!(err instanceof FerryError && (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND'))) {
+        if (!(
+          err instanceof FerryError &&
+          (err.code === 'FERRY_E_VM_NOT_FOUND' || err.code === 'FERRY_E_NOT_FOUND')
+        )) {
           this.rows.update(name, { state: r.state }, 'deleting');
           throw err;
         }
@@ -299,7 +553,8 @@ export class VmService {
     const r = this.row(name);
     // The guest tool reads one command line; an argv-style array is joined into one.
     const line = Array.isArray(command) ? command.join(' ') : command;
-    if (line.trim() === '' || line.includes('\n')) throw new FerryError('FERRY_E_BAD_INPUT', 'The guest command must be one non-empty line.');
+    if (line.trim() === '' || line.includes('\n'))
+      throw new FerryError('FERRY_E_BAD_INPUT', 'The guest command must be one non-empty line.');
     return this.agentFor(r).call('guest', { params: { name }, body: { command: line } });
   }
 

@@ -120,3 +120,32 @@ test('argv is data: no shell, no element is a shell command line', () => {
   assert.ok(!argv.some((a) => /^(sh|bash|-c)$/.test(a) || a.includes('exec:')));
   assert.equal(kernelCmdline(defaultVmSpec('x9')), 'console=ttyS0 quiet panic=-1 ferry.name=x9');
 });
+
+test('qemu-guest-agent port: one virtio-serial controller for both channels; the guest agent alone also gets one', () => {
+  const both = buildQemuArgv(defaultVmSpec('a1', { guestAgent: true }), paths({ qgaSocket: '/run/ferry/a1/qga.sock' }), { accel: 'tcg' });
+  assert.equal(both.filter((a) => a === 'virtio-serial-pci,id=vser0').length, 1);
+  assert.ok(both.includes('socket,id=qga0,path=/run/ferry/a1/qga.sock,server=on,wait=off'));
+  assert.ok(both.includes('virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0'));
+  const alone = buildQemuArgv(defaultVmSpec('a1', { guestChannel: false, guestAgent: true }), paths({ qgaSocket: '/q.sock' }), { accel: 'tcg' });
+  assert.ok(alone.includes('virtio-serial-pci,id=vser0') && !alone.some((a) => a.includes('guest0')));
+  const none = buildQemuArgv(defaultVmSpec('a1', { guestChannel: false }), paths(), { accel: 'tcg' });
+  assert.ok(!none.some((a) => a.includes('vser0')));
+  assert.throws(() => buildQemuArgv(defaultVmSpec('a1', { guestAgent: true }), paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_INPUT' });
+});
+
+test('direct kernel boot: the files and the command line exactly as the spec gives them; no bootindex; bad lines refused', () => {
+  const spec = defaultVmSpec('k1', {
+    boot: { kind: 'direct', kernel: '/img/vmlinuz-6.1', initrd: '/img/initrd.img-6.1', append: 'root=/dev/vda rw console=ttyS0 net.ifnames=0' },
+    guestChannel: false,
+    disks: [{ id: 'vda', sizeBytes: MIB, shared: false, backing: { path: '/img/root.raw', format: 'raw' } }],
+  });
+  const argv = buildQemuArgv(spec, paths({ kernel: undefined, initrd: undefined }), { accel: 'tcg' });
+  const at = argv.indexOf('-kernel');
+  assert.deepEqual(argv.slice(at, at + 6), ['-kernel', '/img/vmlinuz-6.1', '-initrd', '/img/initrd.img-6.1', '-append', 'root=/dev/vda rw console=ttyS0 net.ifnames=0']);
+  assert.ok(argv.includes('virtio-blk-pci,id=vda,drive=fmt-vda'), 'a kernel boot gives no disk a bootindex');
+  for (const append of ['root=/dev/vda init="/bin/sh"', 'a; reboot', 'x=$(id)', 'a\\b']) {
+    assert.throws(() => buildQemuArgv({ ...spec, boot: { ...spec.boot, append } as typeof spec.boot }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_CMDLINE' }, append);
+  }
+  const noInitrd = buildQemuArgv({ ...spec, boot: { kind: 'direct', kernel: '/k', append: '' } }, paths(), { accel: 'tcg' });
+  assert.ok(!noInitrd.includes('-initrd'));
+});

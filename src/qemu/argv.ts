@@ -6,7 +6,7 @@
  * them. Nothing here touches the file system, the environment or a shell.
  */
 import { FerryError } from '../common/errors.ts';
-import { MIB, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, MIB, type VmSpec } from '../common/spec.ts';
 
 export type Accel = 'kvm' | 'tcg';
 
@@ -19,6 +19,8 @@ export interface VmPaths {
    */
   observeSocket: string;
   guestSocket: string;
+  /** qemu-guest-agent's socket; required when spec.guestAgent. */
+  qgaSocket?: string;
   serialLog: string;
   pidfile: string;
   /** Required when spec.boot.kind is `kernel`. */
@@ -47,6 +49,8 @@ export interface HostArgs {
 export const TLS_CREDS_ID = 'tls0';
 /** The virtio-serial port name `ferry-guest` opens inside the guest. */
 export const GUEST_PORT_NAME = 'org.ferry.guest.0';
+/** The virtio-serial port name qemu-guest-agent opens inside the guest (its default; Debian's unit uses it). */
+export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
 
 /** Block node names, stable across hosts (mirror, NBD export and `query-named-block-nodes` use them). */
 export const fileNode = (diskId: string): string => `disk-${diskId}`;
@@ -116,6 +120,13 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
       '-initrd', absPath(paths.initrd, 'initrd'),
       '-append', kernelCmdline(spec),
     );
+  } else if (spec.boot.kind === 'direct') {
+    if (!new RegExp(APPEND_PATTERN).test(spec.boot.append)) {
+      throw new FerryError('FERRY_E_BAD_CMDLINE', `QEMU argv: kernel command line ${JSON.stringify(spec.boot.append)} has a character Ferry does not pass on.`);
+    }
+    argv.push('-kernel', absPath(spec.boot.kernel, 'kernel'));
+    if (spec.boot.initrd !== undefined) argv.push('-initrd', absPath(spec.boot.initrd, 'initrd'));
+    argv.push('-append', spec.boot.append);
   } else if (spec.disks.length === 0) {
     throw new FerryError('FERRY_E_BAD_SPEC', 'A VM that boots from disk needs a disk.');
   }
@@ -141,13 +152,18 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     );
   }
 
+  // One virtio-serial controller carries both ports; a spec without either has none (the device list, and
+  // so migration compatibility, depends on the spec alone).
+  const ports: string[] = [];
   if (spec.guestChannel) {
-    argv.push(
-      '-chardev', `socket,id=guest0,path=${absPath(paths.guestSocket, 'guest socket')},server=on,wait=off`,
-      '-device', 'virtio-serial-pci,id=vser0',
-      '-device', `virtserialport,bus=vser0.0,chardev=guest0,name=${GUEST_PORT_NAME}`,
-    );
+    argv.push('-chardev', `socket,id=guest0,path=${absPath(paths.guestSocket, 'guest socket')},server=on,wait=off`);
+    ports.push(`virtserialport,bus=vser0.0,chardev=guest0,name=${GUEST_PORT_NAME}`);
   }
+  if (spec.guestAgent === true) {
+    argv.push('-chardev', `socket,id=qga0,path=${absPath(paths.qgaSocket, 'guest agent socket')},server=on,wait=off`);
+    ports.push(`virtserialport,bus=vser0.0,chardev=qga0,name=${QGA_PORT_NAME}`);
+  }
+  if (ports.length > 0) argv.push('-device', 'virtio-serial-pci,id=vser0', ...ports.flatMap((p) => ['-device', p]));
 
   if (host.tlsCredsDir !== undefined) {
     const { dir, endpoint } = host.tlsCredsDir;

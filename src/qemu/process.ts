@@ -20,6 +20,8 @@ export interface RunFiles {
   /** The observer QMP monitor (argv.ts): for tooling that must not take the agent's connection. */
   observeSocket: string;
   guestSocket: string;
+  /** qemu-guest-agent's channel (VmSpec.guestAgent). */
+  qgaSocket: string;
   serialLog: string;
   pidfile: string;
   stderr: string;
@@ -30,6 +32,7 @@ export function runFiles(runDir: string): RunFiles {
     qmpSocket: join(runDir, 'qmp.sock'),
     observeSocket: join(runDir, 'qmp-observe.sock'),
     guestSocket: join(runDir, 'guest.sock'),
+    qgaSocket: join(runDir, 'qga.sock'),
     serialLog: join(runDir, 'serial.log'),
     pidfile: join(runDir, 'qemu.pid'),
     stderr: join(runDir, 'qemu.stderr'),
@@ -146,9 +149,11 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
   }
   await chmod(files.qmpSocket, 0o600);
   // QEMU creates its listening chardevs before the monitor answers; a VM without the guest channel has none.
-  await chmod(files.guestSocket, 0o600).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
-  });
+  for (const sock of [files.guestSocket, files.qgaSocket]) {
+    await chmod(sock, 0o600).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
   // The observer monitor exists by now when the argv asked for it.
   if (argv.some((a) => a.includes(`path=${files.observeSocket},`))) await chmod(files.observeSocket, 0o600);
   return { pid, qmp, child: true };

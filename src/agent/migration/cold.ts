@@ -223,7 +223,7 @@ export async function startColdDestination(vm: LocalVm, rec: MigrationRecord): P
     await vm.qmp.execute('migrate-incoming', { uri: `file:${state}` });
     await waitMigration(vm.qmp, 120_000);
     await vm.qmp.execute('cont');
-    if (vm.spec.guestChannel) await vm.refreshBootId().catch(() => undefined);
+    if (vm.spec.guestChannel || vm.spec.guestAgent === true) await vm.refreshBootId().catch(() => undefined);
     await rm(state, { force: true });
   } else if (rec.cold?.start === false) {
     // A stopped VM stays stopped: its files arrived with matching checksums, which is the verification.

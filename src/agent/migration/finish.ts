@@ -132,7 +132,7 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
   await qmp.execute('migrate-set-parameters', { 'tls-creds': '' }).catch(() => undefined);
   await qmp.execute('object-del', { id: TLS_OBJECT_ID.server }).catch(() => undefined);
   await rm(join(vm.runDir, 'migration-tls'), { recursive: true, force: true });
-  if (vm.spec.guestChannel) {
+  if (vm.spec.guestChannel || vm.spec.guestAgent === true) {
     // The boot id the guest brought along; best effort and bounded: a guest without ferry-guest, or one
     // slow to answer, is still migrated, and the migration never waits on it for long.
     await vm.refreshBootId({ timeoutMs: FINISH_BOOT_ID_TIMEOUT_MS }).catch(() => undefined);

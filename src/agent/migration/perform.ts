@@ -31,6 +31,8 @@ export interface SourceVm {
   readonly memoryBytes: number;
   /** Ids of the disks that are copied (not on shared storage). */
   readonly localDiskIds: readonly string[];
+  /** Of those, the overlays on a base image: only their top layer is copied. */
+  readonly overlayDiskIds?: readonly string[];
   readonly qmp: QmpClient;
 }
 
@@ -297,6 +299,7 @@ export class SourceMigration {
       await startMirrors(qmp, vm.localDiskIds, {
         nbd: r.nbd as NbdTarget,
         tls,
+        ...(vm.overlayDiskIds === undefined ? {} : { topOnly: vm.overlayDiskIds }),
         signal: this.abort.signal,
         pollMs: this.opts.pollMs ?? 150,
         onProgress: (p) => {
@@ -398,6 +401,7 @@ export function sourceVmOf(vm: LocalVm): SourceVm {
     runDir: vm.runDir,
     memoryBytes: vm.spec.memoryBytes,
     localDiskIds: vm.spec.disks.filter((d) => !d.shared).map((d) => d.id),
+    overlayDiskIds: vm.spec.disks.filter((d) => !d.shared && d.backing !== undefined).map((d) => d.id),
     get qmp() {
       return vm.qmp;
     },

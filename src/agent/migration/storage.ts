@@ -73,6 +73,11 @@ export interface MirrorOptions {
   /** Called with mirror progress about every `pollMs`. */
   onProgress?: (p: MirrorProgress) => void;
   pollMs?: number;
+  /**
+   * Disks that are overlays on a base the destination opens at the same path: only their top layer moves
+   * (`sync: top`); the others are copied whole.
+   */
+  topOnly?: readonly string[];
 }
 
 export async function mirrorProgress(qmp: QmpClient, diskIds: readonly string[]): Promise<MirrorProgress & { jobs: BlockJobInfo[] }> {
@@ -106,7 +111,7 @@ export async function startMirrors(qmp: QmpClient, diskIds: readonly string[], o
       'job-id': mirrorJob(id),
       device: formatNode(id),
       target: nbdNode(id),
-      sync: 'full',
+      sync: o.topOnly?.includes(id) === true ? 'top' : 'full',
       'copy-mode': 'write-blocking',
       // A failed write to the destination must end the job, not pause it silently.
       'on-target-error': 'report',

@@ -3,6 +3,7 @@
  * controller. Creation waits until the agent reports the guest up.
  */
 import type { Command } from 'commander';
+import { resolve } from 'node:path';
 import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
 import type { VmJson } from '../../common/api.ts';
@@ -13,11 +14,12 @@ import { action } from '../output.ts';
 
 export function vmTable(vms: VmJson[]): string {
   return formatTable(
-    ['NAME', 'HOST', 'STATE', 'MEMORY', 'VCPUS', 'IP', 'BOOT ID'],
+    ['NAME', 'HOST', 'STATE', 'READY', 'MEMORY', 'VCPUS', 'IP', 'BOOT ID'],
     vms.map((v) => [
       v.name,
       v.host,
       v.state,
+      v.ready ? 'yes' : 'no',
       v.spec.memoryBytes ? formatBytes(v.spec.memoryBytes) : '-',
       String(v.spec.vcpus ?? '-'),
       v.ip ?? '-',
@@ -31,12 +33,21 @@ function vmDetail(v: VmJson): string {
     ['name', v.name],
     ['host', v.host],
     ['state', v.state],
+    ['ready', v.ready ? 'yes (the guest answered)' : 'no'],
     ['memory', formatBytes(v.spec.memoryBytes)],
     ['vcpus', String(v.spec.vcpus)],
     ['ip', v.ip ?? '-'],
     ['boot id', v.bootId ?? '-'],
-    ['image', v.spec.boot.kind === 'kernel' ? v.spec.boot.image : 'disk'],
-    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}`).join(', ') || '-'],
+    [
+      'boot',
+      v.spec.boot.kind === 'kernel'
+        ? `kernel, image ${v.spec.boot.image}`
+        : v.spec.boot.kind === 'direct'
+          ? `direct kernel ${v.spec.boot.kernel}${v.spec.boot.initrd ? ` + ${v.spec.boot.initrd}` : ''}: ${v.spec.boot.append}`
+          : 'disk (SeaBIOS, first disk)',
+    ],
+    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
+    ['guest agent', v.spec.guestAgent === true ? 'qemu-guest-agent port' : '-'],
     ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
     ['created', v.createdAt],
   ];
@@ -50,6 +61,14 @@ interface CreateFlags extends ClusterFlags {
   image?: string;
   host?: string;
   net?: string;
+  waitReady?: boolean;
+  readyTimeout?: string;
+  diskImage?: string;
+  guestAgent?: boolean;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  ip?: string;
 }
 
 export function registerVm(program: Command): void {
@@ -62,9 +81,19 @@ export function registerVm(program: Command): void {
       .option('--memory <size>', 'memory, e.g. 256M (default 256M)')
       .option('--vcpus <n>', 'virtual CPUs (default 1)')
       .option('--disk <size>', 'a local disk of this size, e.g. 1G')
-      .option('--image <image>', '`tiny` or a directory with vmlinuz + initramfs.gz (default tiny)')
+      .option('--image <image>', '`tiny`, a directory with vmlinuz + initramfs.gz, or an imported disk image (`ferry image list`) to boot from (default tiny)')
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
+      .option('--disk-image <file>', 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied')
+      .option('--kernel <file>', 'direct kernel boot of this kernel (root disk: --disk-image)')
+      .option('--initrd <file>', 'direct kernel boot: its initrd')
+      .option('--append <cmdline>', 'direct kernel boot: the kernel command line, e.g. "root=/dev/vda rw console=ttyS0" (no quotes, ; $ or \\ inside)')
+      .option('--ip <a.b.c.d/len>', 'reserve this address on the VM network (refused when taken or outside it)')
+      .option('--guest-agent', 'add a qemu-guest-agent port (default with --disk-image)')
+      .option('--no-guest-agent', 'no qemu-guest-agent port')
+      .option('--wait-ready', 'wait until the guest answers (default for the tiny guest); exit 1 if it does not in time (the VM keeps running)')
+      .option('--no-wait-ready', 'return as soon as QEMU runs the guest')
+      .option('--ready-timeout <duration>', 'how long --wait-ready waits (default 60s)')
       .description('Create and boot a VM'),
   ).action(
     action(async (name: string, f: CreateFlags) => {
@@ -79,8 +108,22 @@ export function registerVm(program: Command): void {
       if (f.image !== undefined) body.image = f.image;
       if (f.host !== undefined) body.host = f.host;
       if (f.net !== undefined) body.network = f.net;
+      if (f.waitReady !== undefined) body.waitReady = f.waitReady;
+      if (f.diskImage !== undefined) body.diskImage = resolve(f.diskImage); // the server resolves nothing relative
+      if (f.guestAgent !== undefined) body.guestAgent = f.guestAgent;
+      if (f.kernel !== undefined) body.kernel = resolve(f.kernel);
+      if (f.initrd !== undefined) body.initrd = resolve(f.initrd);
+      if (f.append !== undefined) body.append = f.append;
+      if (f.ip !== undefined) body.ip = f.ip;
+      if (f.readyTimeout !== undefined) body.readyTimeout = f.readyTimeout;
       const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
-      return { json: v, human: `created ${v.name} on ${v.host}: ${v.state}${v.ip ? `, ${v.ip}` : ''}` };
+      if (f.waitReady === true && !v.ready) {
+        // Asked to wait, and the guest did not answer: the operation failed, but the VM exists and runs.
+        throw new FerryError('FERRY_E_GUEST_TIMEOUT', `VM ${v.name} runs on ${v.host} (${v.state}), but its guest did not answer within ${f.readyTimeout ?? '60s'}: see \`ferry vm console ${v.name}\`.`, {
+          details: { vm: v },
+        });
+      }
+      return { json: v, human: `created ${v.name} on ${v.host}: ${v.state}, ${v.ready ? 'ready' : 'not ready yet'}${v.ip ? `, ${v.ip}` : ''}` };
     }),
   );
 

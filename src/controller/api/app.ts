@@ -18,6 +18,7 @@ import { registerEventRoutes } from './events.ts';
 import { registerHostRoutes } from './hosts.ts';
 import { registerSystemRoutes } from './system.ts';
 import { registerVmRoutes } from './vms.ts';
+import { registerImageRoutes } from './images.ts';
 import { registerMigrationRoutes } from './migrations.ts';
 
 
@@ -145,6 +146,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
   registerSystemRoutes(app, ctl);
   registerHostRoutes(app, ctl);
   registerVmRoutes(app, ctl);
+  registerImageRoutes(app, ctl);
   registerMigrationRoutes(app, ctl);
   registerEventRoutes(app, ctl);
   return app;

@@ -35,8 +35,25 @@ export const CreateVm = Type.Object(
     vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     host: Type.Optional(Name),
     disk: Type.Optional(Size),
-    image: Type.Optional(Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+)$' })),
+    image: Type.Optional(
+      Type.String({ pattern: '^(tiny|/[A-Za-z0-9._/-]+|[a-z0-9][a-z0-9-]{0,62})$', description: '`tiny`, a directory with vmlinuz + initramfs.gz, or the name of an imported disk image' }),
+    ),
     network: Type.Optional(Name),
+    diskImage: Type.Optional(
+      Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', maxLength: 4096, description: 'boot from this qcow2 or raw disk (absolute path every host sees), under an overlay of the VM' }),
+    ),
+    kernel: Type.Optional(Type.String({ maxLength: 4096, description: 'direct kernel boot: absolute path of the kernel' })),
+    initrd: Type.Optional(Type.String({ maxLength: 4096, description: 'direct kernel boot: absolute path of the initrd' })),
+    // No pattern here: a bad command line is FERRY_E_BAD_CMDLINE from the service, not a schema error.
+    append: Type.Optional(Type.String({ maxLength: 2048, description: 'direct kernel boot: the kernel command line, as given' })),
+    ip: Type.Optional(Type.String({ maxLength: 32, description: 'the address to reserve on the VM network, A.B.C.D/LEN' })),
+    guestAgent: Type.Optional(Type.Boolean({ description: "a qemu-guest-agent port (default: true with diskImage)" })),
+    waitReady: Type.Optional(
+      Type.Boolean({ description: 'wait until the guest answers (default: true for the tiny guest, which answers in ~2 s; false otherwise)' }),
+    ),
+    readyTimeout: Type.Optional(
+      Type.Union([Type.String({ maxLength: 32 }), Type.Integer({ minimum: 1 })], { description: 'how long waitReady waits, e.g. 90s (default 60s)' }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -25,7 +25,7 @@ test('migrations apply once and are idempotent at restart', async () => {
       assert.equal(versions.length, MIGRATIONS.length);
       // Foreign keys hold: a VM on an unknown host is refused.
       await assert.rejects(
-        b.db.insertInto('vms').values({ name: 'v', host: 'nope', state: 'stopped', spec: '{}', boot_id: null, ip: null, created_at: 'x', updated_at: 'x' }).execute(),
+        b.db.insertInto('vms').values({ name: 'v', host: 'nope', state: 'stopped', spec: '{}', boot_id: null, ready: 0, ip: null, created_at: 'x', updated_at: 'x' }).execute(),
       );
     } finally {
       await b.close();

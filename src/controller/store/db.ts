@@ -31,6 +31,8 @@ export interface VmsTable {
   /** VmSpec JSON. */
   spec: string;
   boot_id: string | null;
+  /** 1 when the guest answered during its current boot (VmStatus.ready), else 0. */
+  ready: number;
   ip: string | null;
   created_at: string;
   updated_at: string;

@@ -72,4 +72,24 @@ export const MIGRATIONS: readonly Migration[] = [
   MIGRATION_JOBS_SCHEMA,
   MIGRATION_TIMELINE_SCHEMA,
   MIGRATION_TRUTH_SCHEMA,
+  {
+    version: 5,
+    name: 'vm readiness',
+    // `running` says QEMU runs the guest; `ready` that the guest answered (issue #9). 0 for rows from before.
+    up: (db) => db.exec('ALTER TABLE vms ADD COLUMN ready INTEGER NOT NULL DEFAULT 0'),
+  },
+  {
+    version: 6,
+    name: 'image store',
+    up: (db) =>
+      db.exec(`CREATE TABLE images (
+        name         TEXT PRIMARY KEY,
+        format       TEXT NOT NULL CHECK (format IN ('qcow2', 'raw')),
+        virtual_size INTEGER NOT NULL,
+        file_bytes   INTEGER NOT NULL,
+        sha256       TEXT NOT NULL,
+        path         TEXT NOT NULL UNIQUE,
+        created_at   TEXT NOT NULL
+      ) STRICT`),
+  },
 ];

@@ -11,6 +11,8 @@ export interface VmPatch {
   host?: string;
   /** `undefined` keeps the boot id; `null` clears it. */
   bootId?: string | null;
+  /** `undefined` keeps it (an agent that does not report readiness). */
+  ready?: boolean;
 }
 
 export class VmRows {
@@ -60,6 +62,10 @@ export class VmRows {
     if (patch.bootId !== undefined) {
       sets.push('boot_id = ?');
       values.push(patch.bootId);
+    }
+    if (patch.ready !== undefined) {
+      sets.push('ready = ?');
+      values.push(patch.ready ? 1 : 0);
     }
     const where = expect === undefined ? 'WHERE name = ?' : 'WHERE name = ? AND state = ?';
     const res = this.sqlite.prepare(`UPDATE vms SET ${sets.join(', ')} ${where}`).run(...values, name, ...(expect === undefined ? [] : [expect]));

@@ -1,0 +1,156 @@
+/**
+ * The controller's image store (issue #9): disk images users import once and boot VMs from by name. Each
+ * is copied into `<dataDir>/images/<name>.<format>` while its sha256 is computed, and recorded with what
+ * `qemu-img info` says of the stored copy (format, virtual size) — never the file name, never the source,
+ * which may change after it was checked. VMs boot from it under an overlay (VmSpec disk `backing`), so an
+ * image in use is never deleted.
+ *
+ * Hosts open the stored copy at its path: in a lab every host sees the controller's files. Fetching an image
+ * to a host that does not (streamed from the controller, sha256 checked, cached per host) is still to do.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, mkdirSync, statSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { FerryError } from '../common/errors.ts';
+import type { VmSpec } from '../common/spec.ts';
+import { validateName } from '../common/units.ts';
+import { inspectDiskImage, type BaseFormat } from '../guest/disk-image.ts';
+import { nowIso, type Store } from './store/db.ts';
+
+export interface ImageJson {
+  name: string;
+  format: BaseFormat;
+  virtualSizeBytes: number;
+  /** Bytes of the stored file (a qcow2 is usually smaller than its virtual size). */
+  fileBytes: number;
+  sha256: string;
+  /** Where the controller keeps it; VMs' overlays name it as their base. */
+  path: string;
+  createdAt: string;
+  /** VMs whose disk is an overlay on it. */
+  usedBy: string[];
+}
+
+interface ImageRow {
+  name: string;
+  format: string;
+  virtual_size: number;
+  file_bytes: number;
+  sha256: string;
+  path: string;
+  created_at: string;
+}
+
+/** Names the `image` field of a create already gives a meaning to. */
+const RESERVED = new Set(['tiny']);
+
+export class ImageService {
+  readonly dir: string;
+  constructor(private readonly o: { store: Store; dataDir: string }) {
+    this.dir = join(o.dataDir, 'images');
+  }
+
+  private row(name: string): ImageRow {
+    const r = this.o.store.sqlite.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined;
+    if (!r) throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `No image named ${JSON.stringify(name)}: see \`ferry image list\`.`, { details: { name } });
+    return r;
+  }
+
+  private usedBy(path: string): string[] {
+    return (this.o.store.sqlite.prepare('SELECT name, spec FROM vms ORDER BY name').all() as { name: string; spec: string }[])
+      .filter((v) => ((JSON.parse(v.spec) as Partial<VmSpec>).disks ?? []).some((d) => d.backing?.path === path))
+      .map((v) => v.name);
+  }
+
+  private json(r: ImageRow): ImageJson {
+    return {
+      name: r.name,
+      format: r.format as BaseFormat,
+      virtualSizeBytes: r.virtual_size,
+      fileBytes: r.file_bytes,
+      sha256: r.sha256,
+      path: r.path,
+      createdAt: r.created_at,
+      usedBy: this.usedBy(r.path),
+    };
+  }
+
+  list(): ImageJson[] {
+    return (this.o.store.sqlite.prepare('SELECT * FROM images ORDER BY name').all() as ImageRow[]).map((r) => this.json(r));
+  }
+
+  get(name: string): ImageJson {
+    return this.json(this.row(validateName(name, 'image name')));
+  }
+
+  /** Copies `file` (a path the controller reads) into the store; refuses anything but qcow2 or raw first. */
+  async import(name: string, file: string): Promise<ImageJson> {
+    validateName(name, 'image name');
+    if (RESERVED.has(name)) throw new FerryError('FERRY_E_BAD_NAME', `The image name ${name} is reserved (Ferry's own guest): choose another.`);
+    if (this.o.store.sqlite.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) {
+      throw new FerryError('FERRY_E_IMAGE_EXISTS', `An image named ${name} exists already: delete it first or choose another name.`);
+    }
+    if (!file.startsWith('/') || file.split('/').some((s) => s === '.' || s === '..')) {
+      throw new FerryError('FERRY_E_BAD_IMAGE', `Bad image file ${JSON.stringify(file)}: an absolute path without . or .. segments.`);
+    }
+    let st;
+    try {
+      st = statSync(file);
+    } catch (err) {
+      throw new FerryError('FERRY_E_BAD_IMAGE', `No image file at ${file}.`, { cause: err });
+    }
+    if (!st.isFile()) throw new FerryError('FERRY_E_BAD_IMAGE', `${file} is not a regular file.`);
+    const claimed = await inspectDiskImage(file); // refuses before a byte is copied
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const path = join(this.dir, `${name}.${claimed.format}`);
+    const tmp = `${path}.${process.pid}.tmp`;
+    const hash = createHash('sha256');
+    let bytes = 0;
+    try {
+      await pipeline(
+        createReadStream(file),
+        new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            hash.update(chunk);
+            bytes += chunk.length;
+            done(null, chunk);
+          },
+        }),
+        createWriteStream(tmp, { mode: 0o600, flags: 'wx' }),
+      );
+      // The stored copy is what VMs will boot: it, not the source checked above, is the authority.
+      const info = await inspectDiskImage(tmp);
+      await rename(tmp, path);
+      const row: ImageRow = { name, format: info.format, virtual_size: info.virtualSizeBytes, file_bytes: bytes, sha256: hash.digest('hex'), path, created_at: nowIso() };
+      this.o.store.sqlite
+        .prepare('INSERT INTO images (name, format, virtual_size, file_bytes, sha256, path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(row.name, row.format, row.virtual_size, row.file_bytes, row.sha256, row.path, row.created_at);
+      return this.json(row);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      if (err instanceof FerryError) throw err;
+      throw new FerryError('FERRY_E_INTERNAL', `Importing ${file} as image ${name} failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Removes an image no VM boots from. */
+  async delete(name: string): Promise<{ deleted: true; name: string }> {
+    const r = this.row(validateName(name, 'image name'));
+    const users = this.usedBy(r.path);
+    if (users.length > 0) {
+      throw new FerryError('FERRY_E_IMAGE_IN_USE', `Image ${name} is the base of ${users.join(', ')}: delete those VMs first.`, { details: { usedBy: users } });
+    }
+    this.o.store.sqlite.prepare('DELETE FROM images WHERE name = ?').run(name);
+    await rm(r.path, { force: true });
+    return { deleted: true, name };
+  }
+
+  /** The stored image a VM create names, for its overlay's base. */
+  resolve(name: string): { path: string; format: BaseFormat; virtualSizeBytes: number } {
+    const r = this.row(name);
+    return { path: r.path, format: r.format as BaseFormat, virtualSizeBytes: r.virtual_size };
+  }
+}
