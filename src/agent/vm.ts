@@ -18,6 +18,7 @@ import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import { formatBytes, NAME_RE, validateName } from '../common/units.ts';
 import { GuestChannel } from '../guest/client.ts';
 import { qgaProbe } from '../guest/qga.ts';
+import { writeSeedIso } from '../guest/seed.ts';
 import { resolveImage } from '../guest/image.ts';
 import { buildQemuArgv, type Accel, type TlsCreds, type VmPaths } from '../qemu/argv.ts';
 import { attachQemu, isOurQemu, killQemu, launchQemu, processGone, readPidfile, runFiles, waitForExit, type QemuHandle } from '../qemu/process.ts';
@@ -28,6 +29,8 @@ import type { Readiness } from '../common/protocol.ts';
 const execFileP = promisify(execFile);
 
 export const STATE_VERSION = 1;
+/** The cloud-init seed in the run dir (made from the spec on each host, see src/guest/seed.ts). */
+export const SEED_FILE = 'seed.iso';
 export const DEFAULT_READY_TIMEOUT_MS = 60_000;
 export const DEFAULT_STOP_TIMEOUT_MS = 10_000;
 /** How long a VM created without waiting keeps being probed in the background (the guest may boot slowly). */
@@ -221,6 +224,7 @@ export class LocalVm {
           await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', ...base, vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
         }
       }
+      if (spec.cloudInit !== undefined) await writeSeedIso(spec, vm.#seedPath());
       await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, readiness: opts.readiness, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });
       return vm;
     } catch (err) {
@@ -426,6 +430,10 @@ export class LocalVm {
     if (q) await q.qmp.close();
   }
 
+  #seedPath(): string {
+    return join(this.runDir, SEED_FILE);
+  }
+
   #diskPath(id: string): string {
     return this.#spec.disks.find((d) => d.id === id)?.path ?? join(this.runDir, `${id}.qcow2`);
   }
@@ -456,6 +464,7 @@ export class LocalVm {
       pidfile: files.pidfile,
       disks: Object.fromEntries(spec.disks.map((d) => [d.id, this.#diskPath(d.id)])),
       taps: this.#state.taps,
+      ...(spec.cloudInit === undefined ? {} : { seed: this.#seedPath() }),
     };
     if (spec.boot.kind === 'kernel') Object.assign(paths, await resolveImage(spec.boot.image));
     const argv = buildQemuArgv(spec, paths, {

@@ -78,6 +78,24 @@ export const BootSpec = Type.Union([
 ]);
 export type BootSpec = Static<typeof BootSpec>;
 
+/**
+ * A NoCloud seed for cloud-init (src/guest/seed.ts makes it): the hostname, the instance id (fixed at
+ * create: the same VM after a migration, so cloud-init does not run its first-boot modules again), SSH keys
+ * and the user's user-data verbatim. Its network-config comes from the NICs' addresses.
+ */
+/** Largest user-data a seed takes (bytes). */
+export const MAX_USER_DATA_BYTES = 1024 * 1024;
+
+export const CloudInitSpec = Type.Object({
+  instanceId: Type.String({ pattern: '^[A-Za-z0-9._-]{1,128}$' }),
+  hostname: Name,
+  sshAuthorizedKeys: Type.Array(Type.String({ pattern: '^[^\\r\\n]{1,16384}$' }), { maxItems: 32 }),
+  userData: Type.Optional(Type.String({ maxLength: MAX_USER_DATA_BYTES })),
+  /** Default route of the first NIC, when the VM network has a gateway. */
+  gateway: Type.Optional(Type.String({ pattern: '^\\d{1,3}(\\.\\d{1,3}){3}$' })),
+});
+export type CloudInitSpec = Static<typeof CloudInitSpec>;
+
 export const VmSpec = Type.Object({
   version: Type.Literal(SPEC_VERSION),
   name: Name,
@@ -96,6 +114,8 @@ export const VmSpec = Type.Object({
    * mean false.
    */
   guestAgent: Type.Optional(Type.Boolean()),
+  /** A cloud-init NoCloud seed attached as a read-only CD; absent: none. */
+  cloudInit: Type.Optional(CloudInitSpec),
 });
 export type VmSpec = Static<typeof VmSpec>;
 
@@ -112,6 +132,13 @@ export function parseVmSpec(input: unknown): VmSpec {
   }
   const problems = [...Value.Errors(VmSpec, input)].slice(0, 8).map((e) => `${e.instancePath || '/'} ${e.message}`);
   throw new FerryError('FERRY_E_BAD_SPEC', `Bad VM spec: ${problems.join('; ')}`, { details: { problems } });
+}
+
+/** Validates a cloud-init seed on its own (the controller builds one before the whole spec). */
+export function parseCloudInit(input: unknown): CloudInitSpec {
+  if (Value.Check(CloudInitSpec, input)) return input as CloudInitSpec;
+  const problems = [...Value.Errors(CloudInitSpec, input)].slice(0, 8).map((e) => `${e.instancePath || '/'} ${e.message}`);
+  throw new FerryError('FERRY_E_BAD_SPEC', `Bad cloud-init seed: ${problems.join('; ')}`, { details: { problems } });
 }
 
 /** A spec with Ferry's defaults for the fields a user did not give. */

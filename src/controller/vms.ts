@@ -4,12 +4,12 @@
  * stop, delete, and pass-throughs to the agent (guest commands, console). Every change is published.
  */
 import type { VmJson } from '../common/api.ts';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, defaultVmSpec, type BootSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -40,6 +40,13 @@ export interface CreateVmRequest {
   ip?: string;
   /** A qemu-guest-agent port; default true with diskImage. */
   guestAgent?: boolean;
+  /** A cloud-init NoCloud seed; implied by hostname, sshKeys or userData. */
+  cloudInit?: boolean;
+  hostname?: string;
+  /** SSH public keys (the lines of an authorized_keys file). */
+  sshKeys?: string[];
+  /** user-data, verbatim (at most 1 MiB). */
+  userData?: string;
   /** Wait until the guest answers; default: true for the tiny guest only. A guest that does not answer in time still runs. */
   waitReady?: boolean;
   readyTimeout?: string | number;
@@ -285,7 +292,9 @@ export class VmService {
       throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
     }
     const guestAgent = req.guestAgent ?? (base !== undefined || direct !== undefined);
+    const cloudInit = this.cloudInitOf(req, name, network);
     return {
+      cloudInit,
       name,
       memoryBytes,
       vcpus,
@@ -300,6 +309,31 @@ export class VmService {
       waitReady,
       readyTimeoutMs,
     };
+  }
+
+  /** The seed a create asks for (validated), or undefined. The instance id is fixed here, once per VM. */
+  private cloudInitOf(req: CreateVmRequest, name: string, network: string | undefined): CloudInitSpec | undefined {
+    const asked = req.cloudInit ?? (req.hostname !== undefined || req.sshKeys !== undefined || req.userData !== undefined);
+    if (!asked) return undefined;
+    if (req.cloudInit === false) throw new FerryError('FERRY_E_USAGE', 'hostname, sshKeys and userData go in a cloud-init seed: drop cloudInit: false.');
+    const userData = req.userData;
+    if (userData !== undefined && Buffer.byteLength(userData) > MAX_USER_DATA_BYTES) {
+      throw new FerryError('FERRY_E_USER_DATA_TOO_LARGE', `The user-data is ${Buffer.byteLength(userData)} bytes; cloud-init seeds take at most ${MAX_USER_DATA_BYTES} (1 MiB).`);
+    }
+    const keys = (req.sshKeys ?? []).map((k) => k.trim()).filter((k) => k !== '' && !k.startsWith('#'));
+    for (const k of keys) {
+      if (!/^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\r\n]*)?$/.test(k)) {
+        throw new FerryError('FERRY_E_BAD_SSH_KEY', `Not an SSH public key: ${JSON.stringify(k.slice(0, 40))}…`);
+      }
+    }
+    const gateway = network === undefined ? undefined : getNetwork(this.o.store.sqlite, network)?.gateway;
+    return parseCloudInit({
+      instanceId: `${name}-${randomBytes(4).toString('hex')}`,
+      hostname: validateName(req.hostname ?? name, 'hostname'),
+      sshAuthorizedKeys: keys,
+      ...(userData === undefined ? {} : { userData }),
+      ...(gateway === undefined ? {} : { gateway }),
+    });
   }
 
   async create(req: CreateVmRequest): Promise<VmJson & { placement: Judgement[] }> {
@@ -335,7 +369,7 @@ export class VmService {
         }
         nics.push(nic);
       }
-      const spec = p.direct
+      const spec0 = p.direct
         ? defaultVmSpec(p.name, {
             memoryBytes: p.memoryBytes,
             vcpus: p.vcpus,
@@ -382,6 +416,7 @@ export class VmService {
               nics,
               ...(p.guestAgent ? { guestAgent: true } : {}),
             });
+      const spec = p.cloudInit === undefined ? spec0 : parseVmSpec({ ...spec0, cloudInit: p.cloudInit });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();

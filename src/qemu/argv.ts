@@ -26,6 +26,8 @@ export interface VmPaths {
   /** Required when spec.boot.kind is `kernel`. */
   kernel?: string;
   initrd?: string;
+  /** The cloud-init seed ISO; required when spec.cloudInit. */
+  seed?: string;
   /** Absolute qcow2 path of each disk, by disk id. */
   disks: Record<string, string>;
   /** Host tap interface of each NIC, by NIC id. */
@@ -55,6 +57,8 @@ export const QGA_PORT_NAME = 'org.qemu.guest_agent.0';
 /** Block node names, stable across hosts (mirror, NBD export and `query-named-block-nodes` use them). */
 export const fileNode = (diskId: string): string => `disk-${diskId}`;
 export const formatNode = (diskId: string): string => `fmt-${diskId}`;
+/** Block node of the cloud-init seed (read-only, outside the spec's disks). */
+export const SEED_NODE = 'seed';
 
 // Linux interface names: at most 15 bytes, no '/', no whitespace; we are stricter.
 const TAP_RE = /^[A-Za-z0-9_.-]{1,15}$/;
@@ -141,6 +145,16 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
       '-device', `virtio-blk-pci,id=${id},drive=${formatNode(id)}${boot}`,
     );
   });
+
+  // The seed as a read-only CD on the machine's own AHCI controller (q35 has one even with -nodefaults):
+  // the guest sees a CD-ROM, never a disk it could write, and it is no disk of the spec (never mirrored).
+  if (spec.cloudInit !== undefined) {
+    argv.push(
+      '-blockdev', `driver=file,node-name=${SEED_NODE}-file,filename=${absPath(paths.seed, 'seed ISO')},read-only=on`,
+      '-blockdev', `driver=raw,node-name=${SEED_NODE},file=${SEED_NODE}-file,read-only=on`,
+      '-device', `ide-cd,id=seed0,drive=${SEED_NODE},bus=ide.2`,
+    );
+  }
 
   for (const nic of spec.nics) {
     const id = optValue(nic.id, 'NIC id');

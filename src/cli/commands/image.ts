@@ -26,24 +26,51 @@ interface ImageDoc {
 
 export function registerImage(program: Command): void {
   const image = program.command('image').description('Guest images');
-  image
-    .command('build')
-    .argument('<name>', 'image to build (only `tiny` for now)')
-    .option('--json', 'print one JSON document')
-    .option('--out <dir>', 'output directory (default: Ferry cache)')
-    .description('Build a guest image reproducibly; prints its manifest')
-    .action(
-      action(async (name: string, opts: { out?: string }) => {
-        if (name !== 'tiny') throw new FerryError('FERRY_E_BAD_INPUT', `Unknown image ${JSON.stringify(name)}: only "tiny".`);
+  clusterOptions(
+    image
+      .command('build')
+      .argument('<name>', '`tiny` (Ferry\'s own guest) or `debian-12` (Debian 12 from Debian\'s packages: systemd, cloud-init, qemu-guest-agent, openssh-server)')
+      .option('--out <dir>', 'output directory (default: Ferry cache)')
+      .option('--import', 'debian-12: also import its disks into the server\'s store as debian-12 (GRUB, partitioned) and debian-12-rootfs (bare ext4, for --kernel)')
+      .description('Build a guest image reproducibly (reused while its inputs are unchanged); prints its manifest'),
+  ).action(
+    action(async (name: string, opts: { out?: string; import?: boolean } & ClusterFlags) => {
+      if (name === 'tiny') {
         const { buildTinyImage } = await import('../../guest/image.ts');
         const manifest = await buildTinyImage(opts.out === undefined ? {} : { outDir: opts.out });
         return {
           json: manifest,
-          human: () =>
-            [`image tiny ${manifest.version} in ${manifest.dir}`, ...manifest.files.map((f) => `  ${f.sha256}  ${f.name}`)].join('\n'),
+          human: () => [`image tiny ${manifest.version} in ${manifest.dir}`, ...manifest.files.map((f) => `  ${f.sha256}  ${f.name}`)].join('\n'),
         };
-      }),
-    );
+      }
+      if (name !== 'debian-12') throw new FerryError('FERRY_E_BAD_INPUT', `Unknown image ${JSON.stringify(name)}: \`tiny\` or \`debian-12\`.`);
+      const { buildDebianImage } = await import('../../guest/debian.ts');
+      const log = opts.json === true ? () => undefined : (step: string) => process.stderr.write(`${step}\n`);
+      const m = await buildDebianImage({ ...(opts.out === undefined ? {} : { outDir: opts.out }), log });
+      const imported: ImageDoc[] = [];
+      if (opts.import === true) {
+        await withClient(opts, async (c) => {
+          const have = await c.get<ImageDoc[]>('/api/v1/images');
+          for (const [imageName, a] of [['debian-12', m.disk], ['debian-12-rootfs', m.rootfs]] as const) {
+            const old = have.find((i) => i.name === imageName);
+            if (old?.sha256 === a.sha256) imported.push(old);
+            else if (old !== undefined) throw new FerryError('FERRY_E_IMAGE_EXISTS', `The server has another ${imageName} (sha256 ${old.sha256.slice(0, 12)}): delete it first (\`ferry image delete ${imageName}\`).`);
+            else imported.push(await c.post<ImageDoc>('/api/v1/images', { name: imageName, file: a.path }));
+          }
+        });
+      }
+      return {
+        json: { ...m, imported },
+        human: () =>
+          [
+            `image debian-12 (kernel ${m.kernelVersion}) in ${m.dir}, built in ${m.buildSeconds} s`,
+            ...[m.disk, m.rootfs, m.kernel, m.initrd].map((a) => `  ${a.sha256}  ${a.name}  ${formatBytes(a.bytes)}`),
+            `direct kernel boot: --kernel ${m.kernel.path} --initrd ${m.initrd.path} --append "${m.directAppend}"`,
+            ...imported.map((i) => `in the server's store: ${i.name}`),
+          ].join('\n'),
+      };
+    }),
+  );
 
   clusterOptions(
     image

@@ -3,7 +3,9 @@
  * controller. Creation waits until the agent reports the guest up.
  */
 import type { Command } from 'commander';
+import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { MAX_USER_DATA_BYTES } from '../../common/spec.ts';
 import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
 import type { VmJson } from '../../common/api.ts';
@@ -69,6 +71,23 @@ interface CreateFlags extends ClusterFlags {
   initrd?: string;
   append?: string;
   ip?: string;
+  cloudInit?: boolean;
+  hostname?: string;
+  sshKey?: string[];
+  userData?: string;
+}
+
+/** Reads a file the user named for the seed, refusing before anything is sent (the server checks again). */
+function seedFile(path: string, what: string, max: number, code: 'FERRY_E_USER_DATA_TOO_LARGE' | 'FERRY_E_BAD_SSH_KEY'): string {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (err) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `No ${what} at ${path}.`, { cause: err });
+  }
+  if (!st.isFile()) throw new FerryError('FERRY_E_BAD_INPUT', `The ${what} ${path} is not a file.`);
+  if (st.size > max) throw new FerryError(code, `The ${what} ${path} is ${st.size} bytes; at most ${max}.`);
+  return readFileSync(path, 'utf8');
 }
 
 export function registerVm(program: Command): void {
@@ -94,6 +113,10 @@ export function registerVm(program: Command): void {
       .option('--wait-ready', 'wait until the guest answers (default for the tiny guest); exit 1 if it does not in time (the VM keeps running)')
       .option('--no-wait-ready', 'return as soon as QEMU runs the guest')
       .option('--ready-timeout <duration>', 'how long --wait-ready waits (default 60s)')
+      .option('--cloud-init', 'attach a cloud-init NoCloud seed (hostname, address; implied by the three below)')
+      .option('--hostname <name>', 'the guest\'s hostname in the seed (default: the VM name)')
+      .option('--ssh-key <file>', 'SSH public keys for the default user (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+      .option('--user-data <file>', 'cloud-init user-data, passed verbatim (at most 1 MiB)')
       .description('Create and boot a VM'),
   ).action(
     action(async (name: string, f: CreateFlags) => {
@@ -116,6 +139,10 @@ export function registerVm(program: Command): void {
       if (f.append !== undefined) body.append = f.append;
       if (f.ip !== undefined) body.ip = f.ip;
       if (f.readyTimeout !== undefined) body.readyTimeout = f.readyTimeout;
+      if (f.cloudInit !== undefined) body.cloudInit = f.cloudInit;
+      if (f.hostname !== undefined) body.hostname = f.hostname;
+      if (f.sshKey !== undefined) body.sshKeys = f.sshKey.flatMap((k) => seedFile(k, 'SSH key file', 64 * 1024, 'FERRY_E_BAD_SSH_KEY').split('\n')).filter((l) => l.trim() !== '');
+      if (f.userData !== undefined) body.userData = seedFile(f.userData, 'user-data file', MAX_USER_DATA_BYTES, 'FERRY_E_USER_DATA_TOO_LARGE');
       const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
       if (f.waitReady === true && !v.ready) {
         // Asked to wait, and the guest did not answer: the operation failed, but the VM exists and runs.

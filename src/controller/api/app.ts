@@ -23,7 +23,7 @@ import { registerMigrationRoutes } from './migrations.ts';
 
 
 /** Largest request body the API reads (bytes); a larger one is refused with FERRY_E_BODY_TOO_LARGE (413). */
-export const BODY_LIMIT = 1024 * 1024;
+export const BODY_LIMIT = 4 * 1024 * 1024; // a cloud-init user-data of 1 MiB, JSON-escaped, fits
 
 /** Routes anyone may call: the health check, and the join (it carries its own one-time token). */
 const PUBLIC = new Set(['/api/v1/health', '/api/v1/join']);

@@ -48,6 +48,10 @@ export const CreateVm = Type.Object(
     append: Type.Optional(Type.String({ maxLength: 2048, description: 'direct kernel boot: the kernel command line, as given' })),
     ip: Type.Optional(Type.String({ maxLength: 32, description: 'the address to reserve on the VM network, A.B.C.D/LEN' })),
     guestAgent: Type.Optional(Type.Boolean({ description: "a qemu-guest-agent port (default: true with diskImage)" })),
+    cloudInit: Type.Optional(Type.Boolean({ description: 'attach a cloud-init NoCloud seed (implied by sshKeys, userData, hostname)' })),
+    hostname: Type.Optional(Name),
+    sshKeys: Type.Optional(Type.Array(Type.String({ maxLength: 16384 }), { maxItems: 32, description: 'SSH public keys for the default user (the seed\'s public-keys)' })),
+    userData: Type.Optional(Type.String({ description: 'cloud-init user-data, verbatim (at most 1 MiB)' })),
     waitReady: Type.Optional(
       Type.Boolean({ description: 'wait until the guest answers (default: true for the tiny guest, which answers in ~2 s; false otherwise)' }),
     ),
