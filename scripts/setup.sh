@@ -34,11 +34,13 @@ qemu_major() {
 
 # 1. Debian packages ---------------------------------------------------------------------------
 missing=()
-for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables; do
+# xorriso: cloud-init seeds; mmdebstrap, sfdisk, mke2fs, grub-mkimage (+ grub-pc-bin): `ferry image build debian-12`.
+for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables xorriso:xorriso mmdebstrap:mmdebstrap sfdisk:fdisk mke2fs:e2fsprogs grub-mkimage:grub-common; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
 done
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
+[ -e /usr/lib/grub/i386-pc/boot.img ] || missing+=(grub-pc-bin)
 if [ "$(qemu_major)" -lt 10 ]; then
   need_root "QEMU 10 from bookworm-backports"
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then

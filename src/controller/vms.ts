@@ -240,10 +240,11 @@ export class VmService {
     // other guest may take a minute or never answer, and is a running VM either way.
     let direct: Extract<BootSpec, { kind: 'direct' }> | undefined;
     if (req.kernel !== undefined) {
-      if (req.image !== undefined)
+      // A stored image may be the root disk of a kernel (a bare filesystem); `tiny` or a directory may not.
+      if (req.image !== undefined && stored === undefined)
         throw new FerryError(
           'FERRY_E_USAGE',
-          'Give either an image or a kernel to boot, not both (the root disk of a kernel is --disk-image).',
+          'Give either a kernel image (tiny or a directory) or a kernel to boot, not both (the root disk of a kernel is --disk-image or an imported image).',
         );
       const file = (f: string, what: string): string => {
         if (

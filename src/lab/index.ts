@@ -266,7 +266,7 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
   }
 }
 
-function runFerry(args: string[], timeoutMs = 30_000): Promise<string> {
+function runFerry(args: string[], timeoutMs = 120_000): Promise<string> {
   return new Promise((resolvePromise, reject) => {
     execFile(
       process.execPath,

@@ -38,9 +38,11 @@ export function registerDemo(program: Command): void {
     .option('--memory <size>', 'VM memory', '256M')
     .option('--dirty-mib <n>', 'MiB the guest keeps dirtying', '64')
     .option('--dirty-rate <MBps>', 'how fast the guest dirties them', '20')
+    .option('--guest <guest>', "tiny (Ferry's own guest, ~1 min) or debian (Debian 12 from `ferry image build debian-12`, with cloud-init and a service; several minutes under TCG)", 'tiny')
     .option('--json', 'print one JSON document')
     .action(
-      action(async (opts: { memory: string; dirtyMib: string; dirtyRate: string; json?: boolean }) => {
+      action(async (opts: { memory: string; dirtyMib: string; dirtyRate: string; guest: string; json?: boolean }) => {
+        if (opts.guest !== 'tiny' && opts.guest !== 'debian') throw new FerryError('FERRY_E_USAGE', `--guest ${JSON.stringify(opts.guest)}: tiny or debian.`);
         const say = (s: string) => {
           if (!opts.json) process.stderr.write(s + '\n');
         };
@@ -58,6 +60,10 @@ export function registerDemo(program: Command): void {
           const hosts = (await c.get<{ name: string; state: string }[]>('/api/v1/hosts')).filter((h) => h.state === 'ready');
           if (hosts.length < 2) throw new FerryError('FERRY_E_LAB', `The lab has ${hosts.length} ready host(s); the demo needs 2.`);
           const [a, b] = [hosts[0]!.name, hosts[1]!.name];
+          if (opts.guest === 'debian') {
+            const { debianDemo } = await import('./demo-debian.ts');
+            return await debianDemo(c, [a, b], { memory: opts.memory === '256M' ? '512M' : opts.memory, json: Boolean(opts.json), say });
+          }
 
           say(`== 2. a VM: ${VM}, ${opts.memory}, Ferry's tiny guest, on ${a}`);
           const old = await c.get<VmJson>(`/api/v1/vms/${VM}`).catch(() => null);

@@ -7,7 +7,8 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
-import { enc, withClient } from '../../client/api.ts';
+import { enc, withClient, type ApiClient } from '../../client/api.ts';
+import type { DebianManifest } from '../../guest/debian.ts';
 import { formatTable } from '../../client/table.ts';
 import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action } from '../output.ts';
@@ -22,6 +23,22 @@ interface ImageDoc {
   path: string;
   createdAt: string;
   usedBy: string[];
+}
+
+/**
+ * Puts the Debian build's two disks in the server's store (`debian-12`, `debian-12-rootfs`); an image of
+ * that name with the same sha256 is kept, one with another is an error (never replaced silently).
+ */
+export async function importDebianImage(c: ApiClient, m: DebianManifest): Promise<ImageDoc[]> {
+  const have = await c.get<ImageDoc[]>('/api/v1/images');
+  const out: ImageDoc[] = [];
+  for (const [imageName, a] of [['debian-12', m.disk], ['debian-12-rootfs', m.rootfs]] as const) {
+    const old = have.find((i) => i.name === imageName);
+    if (old?.sha256 === a.sha256) out.push(old);
+    else if (old !== undefined) throw new FerryError('FERRY_E_IMAGE_EXISTS', `The server has another ${imageName} (sha256 ${old.sha256.slice(0, 12)}): delete it first (\`ferry image delete ${imageName}\`).`);
+    else out.push(await c.post<ImageDoc>('/api/v1/images', { name: imageName, file: a.path }));
+  }
+  return out;
 }
 
 export function registerImage(program: Command): void {
@@ -47,18 +64,7 @@ export function registerImage(program: Command): void {
       const { buildDebianImage } = await import('../../guest/debian.ts');
       const log = opts.json === true ? () => undefined : (step: string) => process.stderr.write(`${step}\n`);
       const m = await buildDebianImage({ ...(opts.out === undefined ? {} : { outDir: opts.out }), log });
-      const imported: ImageDoc[] = [];
-      if (opts.import === true) {
-        await withClient(opts, async (c) => {
-          const have = await c.get<ImageDoc[]>('/api/v1/images');
-          for (const [imageName, a] of [['debian-12', m.disk], ['debian-12-rootfs', m.rootfs]] as const) {
-            const old = have.find((i) => i.name === imageName);
-            if (old?.sha256 === a.sha256) imported.push(old);
-            else if (old !== undefined) throw new FerryError('FERRY_E_IMAGE_EXISTS', `The server has another ${imageName} (sha256 ${old.sha256.slice(0, 12)}): delete it first (\`ferry image delete ${imageName}\`).`);
-            else imported.push(await c.post<ImageDoc>('/api/v1/images', { name: imageName, file: a.path }));
-          }
-        });
-      }
+      const imported = opts.import === true ? await withClient(opts, (c) => importDebianImage(c, m)) : [];
       return {
         json: { ...m, imported },
         human: () =>

@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { MAX_USER_DATA_BYTES } from '../../common/spec.ts';
 import { FerryError } from '../../common/errors.ts';
-import { formatBytes } from '../../common/units.ts';
+import { formatBytes, parseDuration } from '../../common/units.ts';
 import type { VmJson } from '../../common/api.ts';
 import { enc, withClient } from '../../client/api.ts';
 import { formatTable } from '../../client/table.ts';
@@ -176,10 +176,16 @@ export function registerVm(program: Command): void {
   } as const;
   for (const verb of ['start', 'stop', 'pause', 'resume'] as const) {
     const cmd = vm.command(verb).argument('<name>', 'VM name').description(verbs[verb]);
-    if (verb === 'stop') cmd.option('--force', 'quit QEMU at once, no ACPI power-down');
+    if (verb === 'stop') {
+      cmd.option('--force', 'quit QEMU at once, no ACPI power-down');
+      cmd.option('--timeout <duration>', 'how long the guest may take to power down before QEMU is quit, e.g. 2m (default 10s)');
+    }
     clusterOptions(cmd).action(
-      action(async (name: string, f: ClusterFlags & { force?: boolean }) => {
-        const v = await withClient(f, (c) => c.post<VmJson>(`/api/v1/vms/${enc(name)}/${verb}`, verb === 'stop' && f.force ? { force: true } : {}));
+      action(async (name: string, f: ClusterFlags & { force?: boolean; timeout?: string }) => {
+        const body: Record<string, unknown> = {};
+        if (verb === 'stop' && f.force) body.force = true;
+        if (verb === 'stop' && f.timeout !== undefined) body.timeoutMs = parseDuration(f.timeout, '--timeout');
+        const v = await withClient(f, (c) => c.post<VmJson>(`/api/v1/vms/${enc(name)}/${verb}`, body));
         return { json: v, human: `${v.name}: ${v.state}` };
       }),
     );

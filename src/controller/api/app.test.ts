@@ -216,3 +216,19 @@ test('transport refusals keep their status in the envelope: 413 over the body li
     assert.equal(url.json().error.code, 'FERRY_E_BAD_INPUT');
   });
 });
+
+test('cloud-init seed input is checked before anything is reserved: user-data over 1 MiB, a line that is no SSH key', async () => {
+  await withApp(async ({ ctl, app, auth }) => {
+    const before = ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
+    const post = (body: object) => app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'ci1', network: 'vm0', ...body } });
+    const big = await post({ userData: `#cloud-config\n# ${'x'.repeat(1024 * 1024)}\n` });
+    assert.equal(big.statusCode, 413, big.body);
+    assert.equal(big.json().error.code, 'FERRY_E_USER_DATA_TOO_LARGE');
+    const key = await post({ sshKeys: ['hello world'] });
+    assert.equal(key.statusCode, 400, key.body);
+    assert.equal(key.json().error.code, 'FERRY_E_BAD_SSH_KEY');
+    const host = await post({ hostname: 'Not_A_Name' });
+    assert.equal(host.statusCode, 400, host.body);
+    assert.deepEqual(ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
+  });
+});
