@@ -28,8 +28,15 @@ import { LabHarness, waitFor } from './helpers.ts';
 const h = new LabHarness('d');
 const USER_DATA = join(PACKAGE_ROOT, 'guest', 'kv-user-data.yaml');
 const PORT = 7070;
-/** A Debian boot with cloud-init under TCG on a busy 2-core machine: ~1–3 min. */
+/** A Debian boot with cloud-init under TCG on a busy 2-core machine: ~1–5 min. */
 const BOOT_TIMEOUT = '15m';
+
+/** `vm create … --wait-ready`: the CLI waits as long as the guest may take. */
+async function createReady(args: string[]): Promise<VmDoc> {
+  const r = await h.ferry([...args, '--wait-ready', '--ready-timeout', BOOT_TIMEOUT, '--json'], 20 * 60_000);
+  assert.equal(r.code, 0, `ferry ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
+  return JSON.parse(r.stdout) as VmDoc;
+}
 /**
  * What a request may wait beyond the guest's measured pause: a segment lost in the pause is sent again
  * after TCP's retransmission timeout (200 ms at least, doubling).
@@ -231,7 +238,7 @@ describe('a Debian 12 guest from `ferry image build debian-12`, moved live and c
 
   it('boots from disk with its seed, serves, and keeps serving through two live moves and a cold one', async () => {
     const t0 = Date.now();
-    const v = await h.ferryJson<VmDoc>(['vm', 'create', 'deb1', '--image', 'debian-12', '--memory', '512M', '--host', 'h1', '--user-data', USER_DATA, '--ssh-key', key, '--wait-ready', '--ready-timeout', BOOT_TIMEOUT]);
+    const v = await createReady(['vm', 'create', 'deb1', '--image', 'debian-12', '--memory', '512M', '--host', 'h1', '--user-data', USER_DATA, '--ssh-key', key]);
     assert.deepEqual([v.state, v.ready, v.spec.boot.kind, v.spec.cloudInit?.hostname], ['running', true, 'disk', 'deb1']);
     assert.ok(v.ip !== null && v.bootId !== null, 'an address and a boot id from the guest agent');
     const ip = v.ip;
@@ -313,7 +320,7 @@ describe('a Debian 12 guest from `ferry image build debian-12`, moved live and c
 
   it('direct kernel boot of the same system (bare ext4 root) is moved live with its disk and keeps serving', async () => {
     const t0 = Date.now();
-    const v = await h.ferryJson<VmDoc>(['vm', 'create', 'deb2', '--image', 'debian-12-rootfs', '--kernel', manifest.kernel.path, '--initrd', manifest.initrd.path, '--append', manifest.directAppend, '--memory', '512M', '--host', 'h1', '--user-data', USER_DATA, '--wait-ready', '--ready-timeout', BOOT_TIMEOUT]);
+    const v = await createReady(['vm', 'create', 'deb2', '--image', 'debian-12-rootfs', '--kernel', manifest.kernel.path, '--initrd', manifest.initrd.path, '--append', manifest.directAppend, '--memory', '512M', '--host', 'h1', '--user-data', USER_DATA]);
     assert.deepEqual([v.state, v.ready, v.spec.boot.kind], ['running', true, 'direct']);
     assert.ok(v.ip !== null);
     await serving(v.ip, 10 * 60_000);

@@ -76,7 +76,7 @@ export async function debianDemo(
     userData: readFileSync(join(PACKAGE_ROOT, 'guest', 'kv-user-data.yaml'), 'utf8'),
     waitReady: true,
     readyTimeout: '15m',
-  });
+  }, { timeoutMs: 18 * 60_000 });
   if (vm.ip === null) throw new FerryError('FERRY_E_LAB', `${DEBIAN_VM} got no address: the demo needs the lab's VM network.`);
   const ip = vm.ip;
   say(`   the guest agent answered after ${formatDuration(Date.now() - t0)}: boot id ${vm.bootId}, address ${ip}`);

@@ -143,7 +143,9 @@ export function registerVm(program: Command): void {
       if (f.hostname !== undefined) body.hostname = f.hostname;
       if (f.sshKey !== undefined) body.sshKeys = f.sshKey.flatMap((k) => seedFile(k, 'SSH key file', 64 * 1024, 'FERRY_E_BAD_SSH_KEY').split('\n')).filter((l) => l.trim() !== '');
       if (f.userData !== undefined) body.userData = seedFile(f.userData, 'user-data file', MAX_USER_DATA_BYTES, 'FERRY_E_USER_DATA_TOO_LARGE');
-      const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body));
+      // The server answers a create only once the guest is ready (or the wait timed out): wait that long, and more.
+      const readyMs = f.readyTimeout === undefined ? 60_000 : parseDuration(f.readyTimeout, '--ready-timeout');
+      const v = await withClient(f, (c) => c.post<VmJson>('/api/v1/vms', body, { timeoutMs: readyMs + 180_000 }));
       if (f.waitReady === true && !v.ready) {
         // Asked to wait, and the guest did not answer: the operation failed, but the VM exists and runs.
         throw new FerryError('FERRY_E_GUEST_TIMEOUT', `VM ${v.name} runs on ${v.host} (${v.state}), but its guest did not answer within ${f.readyTimeout ?? '60s'}: see \`ferry vm console ${v.name}\`.`, {
