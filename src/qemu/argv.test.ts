@@ -150,12 +150,12 @@ test('direct kernel boot: the files and the command line exactly as the spec giv
   assert.ok(!noInitrd.includes('-initrd'));
 });
 
-test('a cloud-init seed is a read-only CD on the AHCI controller, outside the spec\'s disks; no seed path, no argv', () => {
+test('a cloud-init seed is a read-only CD on virtio-scsi, outside the spec\'s disks; no seed path, no argv', () => {
   const spec = defaultVmSpec('a1', { cloudInit: { instanceId: 'a1-1', hostname: 'a1', sshAuthorizedKeys: [] } });
   const argv = buildQemuArgv(spec, paths({ seed: `${run}/seed.iso` }), { accel: 'tcg' });
   const i = argv.indexOf(`driver=file,node-name=seed-file,filename=${run}/seed.iso,read-only=on`);
   assert.ok(i > 0, argv.join(' '));
-  assert.deepEqual(argv.slice(i - 1, i + 5), ['-blockdev', `driver=file,node-name=seed-file,filename=${run}/seed.iso,read-only=on`, '-blockdev', 'driver=raw,node-name=seed,file=seed-file,read-only=on', '-device', 'ide-cd,id=seed0,drive=seed,bus=ide.2']);
+  assert.deepEqual(argv.slice(i - 1, i + 7), ['-blockdev', `driver=file,node-name=seed-file,filename=${run}/seed.iso,read-only=on`, '-blockdev', 'driver=raw,node-name=seed,file=seed-file,read-only=on', '-device', 'virtio-scsi-pci,id=scsi0', '-device', 'scsi-cd,id=seed0,drive=seed,bus=scsi0.0']);
   assert.ok(!buildQemuArgv(defaultVmSpec('a1'), paths({ seed: `${run}/seed.iso` }), { accel: 'tcg' }).some((a) => a.includes('seed')));
   assert.throws(() => buildQemuArgv(spec, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_INPUT' });
 });

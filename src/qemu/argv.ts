@@ -146,13 +146,15 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     );
   });
 
-  // The seed as a read-only CD on the machine's own AHCI controller (q35 has one even with -nodefaults):
-  // the guest sees a CD-ROM, never a disk it could write, and it is no disk of the spec (never mirrored).
+  // The seed as a read-only CD on a virtio-scsi controller: the guest sees a CD-ROM, never a disk it could
+  // write, and it is no disk of the spec (never mirrored). virtio, not q35's AHCI: cloud kernels (Debian's
+  // linux-image-cloud-amd64 among them) have no AHCI driver, and every kernel that runs on QEMU has virtio.
   if (spec.cloudInit !== undefined) {
     argv.push(
       '-blockdev', `driver=file,node-name=${SEED_NODE}-file,filename=${absPath(paths.seed, 'seed ISO')},read-only=on`,
       '-blockdev', `driver=raw,node-name=${SEED_NODE},file=${SEED_NODE}-file,read-only=on`,
-      '-device', `ide-cd,id=seed0,drive=${SEED_NODE},bus=ide.2`,
+      '-device', 'virtio-scsi-pci,id=scsi0',
+      '-device', `scsi-cd,id=seed0,drive=${SEED_NODE},bus=scsi0.0`,
     );
   }
 
