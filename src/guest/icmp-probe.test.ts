@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { IcmpProbe, parsePingLine, PingTally, pingArgv } from './icmp-probe.ts';
-import { gapReport, probeAddress, probeKindFor } from './probe.ts';
+import { gapReport } from './probe.ts';
 
 const GUEST = '10.232.7.20';
 /** 1796127739.800 s since the epoch: the stamps below are ms after it. */
@@ -107,15 +107,6 @@ test('a guest that had not come back by stop(): the time since its last reply is
   const { report } = reportOf(steady(0, 100, 1), 900);
   assert.equal(report.longestGapMs, 800);
   assert.equal(report.tailGapMs, 800);
-});
-
-test('the probe for a VM: the tiny guest (guest channel) is asked over UDP, any other guest with ICMP', () => {
-  assert.equal(probeKindFor({ guestChannel: true }), 'udp');
-  assert.equal(probeKindFor({ guestChannel: false }), 'icmp');
-  const nics = [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0', ip: '10.232.7.30/24' }];
-  assert.equal(probeAddress('10.232.7.20/24', { nics }), '10.232.7.20');
-  assert.equal(probeAddress(null, { nics }), '10.232.7.30');
-  assert.equal(probeAddress(null, { nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] }), null);
 });
 
 test('ping is asked for 1 ms less than the interval (iputils rounds), bounded, and dies with its parent', () => {
