@@ -7,13 +7,27 @@ const GUEST = '10.232.7.20';
 /** 1796127739.800 s since the epoch: the stamps below are ms after it. */
 const T0 = 1796127739800;
 const stamp = (ms: number): string => `[${((T0 + ms) / 1000).toFixed(6)}]`;
-const reply = (ms: number, seq: number, extra = ''): string => `${stamp(ms)} 64 bytes from ${GUEST}: icmp_seq=${seq} ttl=64 time=0.412 ms${extra}`;
+const reply = (ms: number, seq: number, extra = ''): string =>
+  `${stamp(ms)} 64 bytes from ${GUEST}: icmp_seq=${seq} ttl=64 time=0.412 ms${extra}`;
 
 /** Feeds captured `ping -n -D` output through the tally and reports as the probe does (ms since T0). */
 function reportOf(lines: string[], durationMs: number) {
   const t = new PingTally(GUEST);
   for (const l of lines) t.line(l);
-  return { tally: t, report: gapReport('icmp', { sent: t.sent, replyMs: t.replyAtMs.map((at) => at - T0), duplicates: t.duplicates, rtts: t.rtts, durationMs }, 50) };
+  return {
+    tally: t,
+    report: gapReport(
+      'icmp',
+      {
+        sent: t.sent,
+        replyMs: t.replyAtMs.map((at) => at - T0),
+        duplicates: t.duplicates,
+        rtts: t.rtts,
+        durationMs,
+      },
+      50,
+    ),
+  };
 }
 
 /** Replies every 10 ms from `fromMs` to `toMs`, numbered from `seq0`. */
@@ -24,15 +38,21 @@ function steady(fromMs: number, toMs: number, seq0: number): string[] {
 }
 
 test('a reply line: its stamp, sequence number and round trip; other lines are not replies', () => {
-  assert.deepEqual(parsePingLine('[1796127739.803598] 64 bytes from 10.232.7.20: icmp_seq=1 ttl=64 time=0.027 ms', GUEST), {
-    atMs: 1796127739803.598,
-    seq: 1,
-    rttMs: 0.027,
-    dup: false,
-  });
+  assert.deepEqual(
+    parsePingLine('[1796127739.803598] 64 bytes from 10.232.7.20: icmp_seq=1 ttl=64 time=0.027 ms', GUEST),
+    {
+      atMs: 1796127739803.598,
+      seq: 1,
+      rttMs: 0.027,
+      dup: false,
+    },
+  );
   assert.equal(parsePingLine(`${reply(5, 7)} (DUP!)`, GUEST)?.dup, true);
   // A truncated reply (no time=) is still the guest answering.
-  assert.deepEqual(parsePingLine(`${stamp(3)} 64 bytes from ${GUEST}: icmp_seq=4 ttl=64 (truncated)`, GUEST)?.rttMs, null);
+  assert.deepEqual(
+    parsePingLine(`${stamp(3)} 64 bytes from ${GUEST}: icmp_seq=4 ttl=64 (truncated)`, GUEST)?.rttMs,
+    null,
+  );
   for (const junk of [
     `PING ${GUEST} (${GUEST}) 56(84) bytes of data.`,
     `${stamp(1)} From 10.232.7.1 icmp_seq=12 Destination Host Unreachable`,
@@ -49,8 +69,16 @@ test('a reply line: its stamp, sequence number and round trip; other lines are n
 });
 
 test('lost replies: the longest gap is from the last reply before the outage to the first after it', () => {
-  const lines = [`PING ${GUEST} (${GUEST}) 56(84) bytes of data.`, ...steady(10, 500, 1), ...steady(740, 1000, 74)];
-  lines.push('', `--- ${GUEST} ping statistics ---`, '100 packets transmitted, 76 received, 24% packet loss, time 990ms');
+  const lines = [
+    `PING ${GUEST} (${GUEST}) 56(84) bytes of data.`,
+    ...steady(10, 500, 1),
+    ...steady(740, 1000, 74),
+  ];
+  lines.push(
+    '',
+    `--- ${GUEST} ping statistics ---`,
+    '100 packets transmitted, 76 received, 24% packet loss, time 990ms',
+  );
   const { report } = reportOf(lines, 1005);
   assert.equal(report.probe, 'icmp');
   assert.equal(report.sent, 100);
@@ -93,7 +121,15 @@ test('sequence numbers wrap at 65536: the second lap is not a duplicate of the f
 });
 
 test('no replies at all: nothing measured — null, not 0; one reply: still no gap to speak of', () => {
-  const silent = reportOf([`PING ${GUEST} (${GUEST}) 56(84) bytes of data.`, `${stamp(3000)} From 10.232.7.1 icmp_seq=1 Destination Host Unreachable`, '', '300 packets transmitted, 0 received, +1 errors, 100% packet loss, time 3000ms'], 3000).report;
+  const silent = reportOf(
+    [
+      `PING ${GUEST} (${GUEST}) 56(84) bytes of data.`,
+      `${stamp(3000)} From 10.232.7.1 icmp_seq=1 Destination Host Unreachable`,
+      '',
+      '300 packets transmitted, 0 received, +1 errors, 100% packet loss, time 3000ms',
+    ],
+    3000,
+  ).report;
   assert.equal(silent.received, 0);
   assert.equal(silent.sent, 300);
   assert.equal(silent.longestGapMs, null);
@@ -110,7 +146,20 @@ test('a guest that had not come back by stop(): the time since its last reply is
 });
 
 test('ping is asked for 1 ms less than the interval (iputils rounds), bounded, and dies with its parent', () => {
-  assert.deepEqual(pingArgv(GUEST, 10, 90_500), ['setpriv', '--pdeathsig', 'KILL', '--', 'ping', '-n', '-D', '-i', '0.009', '-w', '91', GUEST]);
+  assert.deepEqual(pingArgv(GUEST, 10, 90_500), [
+    'setpriv',
+    '--pdeathsig',
+    'KILL',
+    '--',
+    'ping',
+    '-n',
+    '-D',
+    '-i',
+    '0.009',
+    '-w',
+    '91',
+    GUEST,
+  ]);
 });
 
 test('a real ping of 127.0.0.1: replies, no gap; stop() ends the child and reports again the same', async () => {

@@ -16,7 +16,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { FerryError } from '../common/errors.ts';
-import { DEFAULT_PROBE_INTERVAL_MS, gapReport, gapThresholdFor, type DowntimeProbe, type ProbeOptions, type ProbeReport } from './probe.ts';
+import {
+  DEFAULT_PROBE_INTERVAL_MS,
+  gapReport,
+  gapThresholdFor,
+  type DowntimeProbe,
+  type ProbeOptions,
+  type ProbeReport,
+} from './probe.ts';
 
 /** One reply line of `ping -n -D`. */
 export interface PingReply {
@@ -29,7 +36,8 @@ export interface PingReply {
   dup: boolean;
 }
 
-const REPLY_RE = /^\[(\d+(?:\.\d+)?)\]\s+\d+ bytes from (?:\S+ \()?([0-9a-fA-F.:]+)\)?:\s.*?\bicmp_seq=(\d+)\b(.*)$/;
+const REPLY_RE =
+  /^\[(\d+(?:\.\d+)?)\]\s+\d+ bytes from (?:\S+ \()?([0-9a-fA-F.:]+)\)?:\s.*?\bicmp_seq=(\d+)\b(.*)$/;
 
 /** A reply of `target` in one line of `ping -n -D` output, or null (header, errors, other senders, junk). */
 export function parsePingLine(line: string, target: string): PingReply | null {
@@ -39,7 +47,12 @@ export function parsePingLine(line: string, target: string): PingReply | null {
   // A reply whose checksum is wrong is not a clean answer from the guest's stack.
   if (rest.includes('BAD CHECKSUM')) return null;
   const time = /\btime=([\d.]+) ms/.exec(rest);
-  return { atMs: Number(m[1]) * 1000, seq: Number(m[3]), rttMs: time ? Number(time[1]) : null, dup: rest.includes('(DUP!)') };
+  return {
+    atMs: Number(m[1]) * 1000,
+    seq: Number(m[3]),
+    rttMs: time ? Number(time[1]) : null,
+    dup: rest.includes('(DUP!)'),
+  };
 }
 
 /** What a run of ping said, line by line: distinct replies, duplicates, what its summary says it sent. */
@@ -84,7 +97,9 @@ export class PingTally {
       return seq16;
     }
     const base = this.#high - (this.#high % 65536) + seq16;
-    const best = [base - 65536, base, base + 65536].filter((c) => c >= 0).reduce((a, b) => (Math.abs(b - this.#high) < Math.abs(a - this.#high) ? b : a));
+    const best = [base - 65536, base, base + 65536]
+      .filter((c) => c >= 0)
+      .reduce((a, b) => (Math.abs(b - this.#high) < Math.abs(a - this.#high) ? b : a));
     if (best > this.#high) this.#high = best;
     return best;
   }
@@ -100,10 +115,24 @@ export interface IcmpProbeOptions extends ProbeOptions {
  * every ~16 ms (its timer wakes a hair early and waits a whole tick more); asked for 9 ms it sent every
  * ~9.1 ms (measured, docs/qemu.md). So it is asked for 1 ms less than the interval wanted.
  */
-export const pingIntervalArg = (intervalMs: number): string => (Math.max(1, intervalMs - 1) / 1000).toFixed(3);
+export const pingIntervalArg = (intervalMs: number): string =>
+  (Math.max(1, intervalMs - 1) / 1000).toFixed(3);
 
 export function pingArgv(ip: string, intervalMs: number, maxDurationMs: number): string[] {
-  return ['setpriv', '--pdeathsig', 'KILL', '--', 'ping', '-n', '-D', '-i', pingIntervalArg(intervalMs), '-w', String(Math.ceil(maxDurationMs / 1000)), ip];
+  return [
+    'setpriv',
+    '--pdeathsig',
+    'KILL',
+    '--',
+    'ping',
+    '-n',
+    '-D',
+    '-i',
+    pingIntervalArg(intervalMs),
+    '-w',
+    String(Math.ceil(maxDurationMs / 1000)),
+    ip,
+  ];
 }
 
 const START_TIMEOUT_MS = 3000;
@@ -167,20 +196,31 @@ export class IcmpProbe implements DowntimeProbe {
       child.once('error', (err) => reject(err));
       child.once('exit', (code, signal) => {
         this.#exited = true;
-        reject(new Error(`ping exited (${signal ?? code}) before it started: ${this.#stderr.trim() || 'no message'}`));
+        reject(
+          new Error(
+            `ping exited (${signal ?? code}) before it started: ${this.#stderr.trim() || 'no message'}`,
+          ),
+        );
       });
     });
     failed.catch(() => undefined); // an exit after the start is normal (stop, -w): not an unhandled rejection
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`ping printed nothing within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      timer = setTimeout(
+        () => reject(new Error(`ping printed nothing within ${START_TIMEOUT_MS} ms`)),
+        START_TIMEOUT_MS,
+      );
     });
     try {
       await Promise.race([started, failed, late]);
     } catch (err) {
       this.#kill();
       await this.#closed;
-      throw new FerryError('FERRY_E_PROBE_UNAVAILABLE', `The ICMP probe of ${this.ip} could not start: ${String(err instanceof Error ? err.message : err)}`, { cause: err });
+      throw new FerryError(
+        'FERRY_E_PROBE_UNAVAILABLE',
+        `The ICMP probe of ${this.ip} could not start: ${String(err instanceof Error ? err.message : err)}`,
+        { cause: err },
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -204,7 +244,13 @@ export class IcmpProbe implements DowntimeProbe {
         await this.#closed;
       }
       const t = this.#tally;
-      const seen = { sent: t.sent, replyMs: t.replyAtMs.map((at) => at - this.#t0), duplicates: t.duplicates, rtts: t.rtts, durationMs: stoppedAt };
+      const seen = {
+        sent: t.sent,
+        replyMs: t.replyAtMs.map((at) => at - this.#t0),
+        duplicates: t.duplicates,
+        rtts: t.rtts,
+        durationMs: stoppedAt,
+      };
       return gapReport('icmp', seen, this.gapThresholdMs);
     })();
     return this.#report;

@@ -11,7 +11,10 @@ test('the probe for a VM: the tiny guest (guest channel) is asked over UDP, any 
   const nics = [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0', ip: '10.232.7.30/24' }];
   assert.equal(probeAddress('10.232.7.20/24', { nics }), '10.232.7.20');
   assert.equal(probeAddress(null, { nics }), '10.232.7.30');
-  assert.equal(probeAddress(null, { nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] }), null);
+  assert.equal(
+    probeAddress(null, { nics: [{ id: 'net0', mac: '52:54:00:00:00:01', network: 'vm0' }] }),
+    null,
+  );
 });
 
 /** ferry-guest's probe answer on 127.0.0.1, for the UDP probe. */
@@ -22,16 +25,31 @@ async function udpEcho(): Promise<{ port: number; close: () => Promise<void> }> 
     if (m) sock.send(`{"ok":true,"probe":${m[1]}}\n`, rinfo.port, rinfo.address);
   });
   await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
-  return { port: sock.address().port, close: () => new Promise<void>((resolve) => sock.close(() => resolve())) };
+  return {
+    port: sock.address().port,
+    close: () => new Promise<void>((resolve) => sock.close(() => resolve())),
+  };
 }
 
 /** One contract, every implementation: a guest that answers all along is seen without a gap. */
 for (const [kind, make] of [
-  ['udp', async () => {
-    const echo = await udpEcho();
-    return { probe: new UdpProbe({ ip: '127.0.0.1', port: echo.port }) as DowntimeProbe, close: echo.close };
-  }],
-  ['icmp', async () => ({ probe: new IcmpProbe({ ip: '127.0.0.1' }) as DowntimeProbe, close: async () => undefined })],
+  [
+    'udp',
+    async () => {
+      const echo = await udpEcho();
+      return {
+        probe: new UdpProbe({ ip: '127.0.0.1', port: echo.port }) as DowntimeProbe,
+        close: echo.close,
+      };
+    },
+  ],
+  [
+    'icmp',
+    async () => ({
+      probe: new IcmpProbe({ ip: '127.0.0.1' }) as DowntimeProbe,
+      close: async () => undefined,
+    }),
+  ],
 ] as const) {
   test(`the ${kind} probe: start, a steady guest, stop reports it (once, the same report again)`, async () => {
     const { probe, close } = await make();

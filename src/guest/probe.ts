@@ -83,7 +83,13 @@ const round = (n: number): number => Math.round(n * 10) / 10;
  */
 export function gapReport(
   probe: GuestProbe,
-  seen: { sent: number; replyMs: readonly number[]; duplicates: number; rtts: readonly number[]; durationMs: number },
+  seen: {
+    sent: number;
+    replyMs: readonly number[];
+    duplicates: number;
+    rtts: readonly number[];
+    durationMs: number;
+  },
   gapThresholdMs: number,
 ): ProbeReport {
   const t = [...seen.replyMs].sort((a, b) => a - b);

@@ -7,7 +7,14 @@ import { createSocket, type Socket } from 'node:dgram';
 import { performance } from 'node:perf_hooks';
 import { FerryError } from '../common/errors.ts';
 import { GUEST_UDP_PORT } from './client.ts';
-import { DEFAULT_PROBE_INTERVAL_MS, gapReport, gapThresholdFor, type DowntimeProbe, type ProbeOptions, type ProbeReport } from './probe.ts';
+import {
+  DEFAULT_PROBE_INTERVAL_MS,
+  gapReport,
+  gapThresholdFor,
+  type DowntimeProbe,
+  type ProbeOptions,
+  type ProbeReport,
+} from './probe.ts';
 
 export interface UdpProbeOptions extends ProbeOptions {
   port?: number;
@@ -49,10 +56,13 @@ export class UdpProbe implements DowntimeProbe {
     const sock = createSocket('udp4');
     await new Promise<void>((resolve, reject) => {
       sock.once('error', reject);
-      sock.bind({ port: 0, ...(this.#bindAddress === undefined ? {} : { address: this.#bindAddress }) }, () => {
-        sock.off('error', reject);
-        resolve();
-      });
+      sock.bind(
+        { port: 0, ...(this.#bindAddress === undefined ? {} : { address: this.#bindAddress }) },
+        () => {
+          sock.off('error', reject);
+          resolve();
+        },
+      );
     });
     // An unreachable guest answers with ICMP errors: they are lost probes, not a reason to stop.
     sock.on('error', () => undefined);
@@ -92,7 +102,13 @@ export class UdpProbe implements DowntimeProbe {
       const stoppedAt = performance.now() - this.#t0;
       await new Promise((r) => setTimeout(r, Math.max(20, 2 * this.intervalMs)));
       await new Promise<void>((resolve) => sock.close(() => resolve()));
-      const seen = { sent: this.#seq, replyMs: this.#replies, duplicates: this.#duplicates, rtts: this.#rtts, durationMs: stoppedAt };
+      const seen = {
+        sent: this.#seq,
+        replyMs: this.#replies,
+        duplicates: this.#duplicates,
+        rtts: this.#rtts,
+        durationMs: stoppedAt,
+      };
       return gapReport('udp', seen, this.gapThresholdMs);
     })();
     return this.#report;

@@ -57,8 +57,13 @@ function assertMeasured(m: MigrationJson, probe: 'udp' | 'icmp'): void {
   assert.equal(m.guestDowntimeProbe, probe);
   assert.equal(typeof m.guestDowntimeMs, 'number', JSON.stringify(m));
   assert.ok(m.guestDowntimeMs! > 0, `a switch-over the guest's clients notice: ${m.guestDowntimeMs} ms`);
-  assert.ok(m.totalMs !== null && m.guestDowntimeMs! <= m.totalMs, `the gap ${m.guestDowntimeMs} ms within the migration's ${m.totalMs} ms`);
-  measured.push(`${probe}: ${m.source}→${m.destination} total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs} ms, guest gap ${m.guestDowntimeMs} ms`);
+  assert.ok(
+    m.totalMs !== null && m.guestDowntimeMs! <= m.totalMs,
+    `the gap ${m.guestDowntimeMs} ms within the migration's ${m.totalMs} ms`,
+  );
+  measured.push(
+    `${probe}: ${m.source}→${m.destination} total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs} ms, guest gap ${m.guestDowntimeMs} ms`,
+  );
 }
 
 describe('guest downtime probes in a two-host lab', { timeout: 240_000 }, () => {

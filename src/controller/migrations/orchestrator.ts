@@ -199,7 +199,6 @@ export class MigrationOrchestrator {
     return { client: this.o.pool.client(h.name, h.url), inventory: h.inventory ? (JSON.parse(h.inventory) as HostInventory) : null };
   }
 
-
   private setVm(name: string, patch: { host?: string; state: string; bootId?: string | null }): void {
     // A boot id the destination could not read yet keeps the one the VM had: it is the same guest.
     this.vms.update(name, { state: patch.state, ...(patch.host === undefined ? {} : { host: patch.host }), ...(patch.bootId ? { bootId: patch.bootId } : {}) });
