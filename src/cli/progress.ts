@@ -43,7 +43,7 @@ export function summaryLines(m: MigrationJson): string[] {
   const lines = [
     `migration ${m.id}: ${m.vm} ${m.source} → ${m.destination} (${m.mode}) ${m.state.toUpperCase()}`,
     `  total ${f(m.totalMs, 'ms')} (QEMU ${f(m.qemuTotalMs, 'ms')}), downtime ${f(m.downtimeMs, 'ms')} (QEMU), ` +
-      `${f(m.guestDowntimeMs, 'ms')} (seen from outside the guest)`,
+      `${f(m.guestDowntimeMs, 'ms')} (seen from outside the guest${m.guestDowntimeProbe ? `, ${m.guestDowntimeProbe} probe` : ''})`,
     `  moved ${f(m.transferredBytes, 'bytes')} of ${f(m.memoryBytes, 'bytes')} memory in ${m.iterations ?? '-'} passes`,
   ];
   const phases = phaseDurations(m);

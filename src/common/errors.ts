@@ -80,6 +80,7 @@ export const ERRORS = {
   FERRY_E_GUEST_TIMEOUT: def(504, 1, true, 'The guest did not report ready in time.'),
   FERRY_E_GUEST_COMMAND: def(502, 1, false, 'The guest tool refused or failed the command.'),
   FERRY_E_ACCEL: def(500, 1, false, 'No usable accelerator.'),
+  FERRY_E_PROBE_UNAVAILABLE: def(500, 1, false, 'The ICMP guest-downtime probe could not start (iputils ping missing or not permitted): the migration runs, guestDowntimeMs stays null. Install iputils-ping (scripts/setup.sh does).'),
 
   // --- cluster (exit 1) ---
   FERRY_E_AGENT_UNREACHABLE: def(503, 1, true, 'The host agent did not answer.'),

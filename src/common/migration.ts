@@ -28,6 +28,13 @@ export const MigrationProgress = Type.Object({
 });
 export type MigrationProgress = Static<typeof MigrationProgress>;
 
+/**
+ * How a guest's downtime was seen from outside it (src/guest/probe.ts): `udp`, Ferry's tiny guest answering
+ * its ferry-guest probe; `icmp`, ICMP echo to any guest with an address on the VM network.
+ */
+export const GUEST_PROBES = ['udp', 'icmp'] as const;
+export type GuestProbe = (typeof GUEST_PROBES)[number];
+
 export interface EscalationRecord {
   at: string;
   step: Escalation;
@@ -53,8 +60,13 @@ export interface MigrationJson {
   qemuTotalMs: number | null;
   /** QEMU-reported downtime (live); for a cold move the whole pause, save to restore, as Ferry measured it. */
   downtimeMs: number | null;
-  /** Longest gap in UDP probe replies from the guest, probing every 10 ms from outside it. */
+  /**
+   * Longest time the guest did not answer a probe sent every ~10 ms from outside it (the VM network's side);
+   * null when no probe ran or the guest never answered.
+   */
   guestDowntimeMs: number | null;
+  /** Which probe measured `guestDowntimeMs`; null when none ran. */
+  guestDowntimeProbe: GuestProbe | null;
   memoryBytes: number | null;
   transferredBytes: number | null;
   iterations: number | null;

@@ -5,6 +5,8 @@
  */
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { FerryError } from '../common/errors.ts';
+import { GUEST_PROBES, type GuestProbe } from '../common/migration.ts';
 import { AgentPool } from './agent-client.ts';
 import { loadOrCreateCa, type ClusterCa } from './ca.ts';
 import { EventBus } from './events.ts';
@@ -27,8 +29,13 @@ export interface ControllerOptions {
   heartbeats?: boolean;
   /** Recover unfinished migration jobs at start (default true). */
   recover?: boolean;
-  /** Measure guest downtime with UDP probes from the controller (default true). */
+  /** Measure guest downtime from the controller with UDP or ICMP probes (default true). */
   probe?: boolean;
+  /**
+   * Test-only: one probe for every VM (`udp`|`icmp`) instead of the one each spec calls for; default:
+   * FERRY_TEST_GUEST_PROBE, else per spec.
+   */
+  probeKind?: GuestProbe;
   /** Test-only hold points of migrations (see migrations/holds.ts); default: FERRY_TEST_HOLD_DIR, else off. */
   holdDir?: string;
   log?: (line: string) => void;
@@ -61,6 +68,7 @@ export const ADMIN_TOKEN_FILE = 'admin-token';
 
 export async function createController(opts: ControllerOptions): Promise<Controller> {
   const log = opts.log ?? (() => {});
+  const probeKind = opts.probeKind ?? testProbeKind(process.env.FERRY_TEST_GUEST_PROBE);
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
   chmodSync(opts.dataDir, 0o700);
@@ -94,6 +102,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       pool,
       log,
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
+      ...(probeKind ? { probeKind } : {}),
       ...(holdDir ? { holdDir } : {}),
     });
     const drains = new DrainService({ store, events, migrations, log });
@@ -128,4 +137,10 @@ export async function createController(opts: ControllerOptions): Promise<Control
     await store.close();
     throw err;
   }
+}
+
+function testProbeKind(value: string | undefined): GuestProbe | undefined {
+  if (value === undefined || value === '') return undefined;
+  if ((GUEST_PROBES as readonly string[]).includes(value)) return value as GuestProbe;
+  throw new FerryError('FERRY_E_BAD_INPUT', `FERRY_TEST_GUEST_PROBE=${JSON.stringify(value)}: it takes ${GUEST_PROBES.join(' or ')}.`);
 }

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from 'better-sqlite3';
 import { FerryError } from '../../common/errors.ts';
-import type { EscalationRecord, MigrationJson, MigrationProgress } from '../../common/migration.ts';
+import type { EscalationRecord, GuestProbe, MigrationJson, MigrationProgress } from '../../common/migration.ts';
 import type { MigrationPolicy } from '../../common/policy.ts';
 import {
   ACTIVE_STATES,
@@ -35,6 +35,7 @@ interface Row {
   qemu_total_ms: number | null;
   downtime_ms: number | null;
   guest_downtime_ms: number | null;
+  guest_downtime_probe: string | null;
   memory_bytes: number | null;
   transferred_bytes: number | null;
   iterations: number | null;
@@ -59,6 +60,7 @@ export interface JobPatch {
   qemuTotalMs?: number | null;
   downtimeMs?: number | null;
   guestDowntimeMs?: number | null;
+  guestDowntimeProbe?: GuestProbe | null;
   memoryBytes?: number | null;
   transferredBytes?: number | null;
   iterations?: number | null;
@@ -77,6 +79,7 @@ const COLUMNS: Record<Exclude<keyof JobPatch, 'error'>, { col: string; json?: bo
   qemuTotalMs: { col: 'qemu_total_ms' },
   downtimeMs: { col: 'downtime_ms' },
   guestDowntimeMs: { col: 'guest_downtime_ms' },
+  guestDowntimeProbe: { col: 'guest_downtime_probe' },
   memoryBytes: { col: 'memory_bytes' },
   transferredBytes: { col: 'transferred_bytes' },
   iterations: { col: 'iterations' },
@@ -298,6 +301,7 @@ function toJson(r: Row): Omit<MigrationJson, 'pending'> {
     qemuTotalMs: r.qemu_total_ms,
     downtimeMs: r.downtime_ms,
     guestDowntimeMs: r.guest_downtime_ms,
+    guestDowntimeProbe: r.guest_downtime_probe as GuestProbe | null,
     memoryBytes: r.memory_bytes,
     transferredBytes: r.transferred_bytes,
     iterations: r.iterations,

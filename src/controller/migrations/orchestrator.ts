@@ -23,11 +23,13 @@
  * ```
  */
 import { assertNever, FerryError, isErrorCode, toFerryError, type ErrorCode } from '../../common/errors.ts';
-import type { MigrationJson } from '../../common/migration.ts';
+import type { GuestProbe, MigrationJson } from '../../common/migration.ts';
 import type { HostInventory, VmStatus } from '../../common/protocol.ts';
 import type { VmSpec } from '../../common/spec.ts';
 import { validateName } from '../../common/units.ts';
-import { Prober, type ProbeReport } from '../../guest/prober.ts';
+import { IcmpProbe } from '../../guest/icmp-probe.ts';
+import { probeAddress, probeKindFor, type DowntimeProbe, type ProbeReport } from '../../guest/probe.ts';
+import { UdpProbe } from '../../guest/udp-probe.ts';
 import { resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
 import { nextEscalation } from './escalation.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
@@ -53,8 +55,10 @@ export interface OrchestratorOptions {
   log?: (line: string) => void;
   /** How often the source's progress is read (ms). */
   pollMs?: number;
-  /** Turn off the guest downtime prober (e.g. when the controller cannot reach the VM network). */
+  /** Turn off the guest downtime probe (e.g. when the controller cannot reach the VM network). */
   probe?: boolean;
+  /** Test-only: measure every VM with this probe, not the one its spec calls for (probe.ts). */
+  probeKind?: GuestProbe;
   /** Test-only hold points (holds.ts); undefined in production. */
   holdDir?: string;
 }
@@ -92,6 +96,8 @@ export class MigrationOrchestrator {
   private readonly vms: VmRows;
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping = false;
+  /** Probes that run now: a controller that closes ends their children (ping) too. */
+  private readonly probes = new Set<DowntimeProbe>();
 
   constructor(private readonly o: OrchestratorOptions) {
     this.pollMs = o.pollMs ?? 100;
@@ -168,6 +174,7 @@ export class MigrationOrchestrator {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.sweeper);
+    await Promise.all([...this.probes].map((p) => p.stop().catch(() => null)));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -192,28 +199,43 @@ export class MigrationOrchestrator {
     return { client: this.o.pool.client(h.name, h.url), inventory: h.inventory ? (JSON.parse(h.inventory) as HostInventory) : null };
   }
 
-  private vmIp(name: string): string | null {
-    const r = this.o.store.sqlite.prepare('SELECT ip FROM vms WHERE name = ?').get(name) as { ip: string | null } | undefined;
-    return r?.ip ? r.ip.split('/')[0]! : null;
-  }
-
   private setVm(name: string, patch: { host?: string; state: string; bootId?: string | null }): void {
     // A boot id the destination could not read yet keeps the one the VM had: it is the same guest.
     this.vms.update(name, { state: patch.state, ...(patch.host === undefined ? {} : { host: patch.host }), ...(patch.bootId ? { bootId: patch.bootId } : {}) });
     this.o.events.publish('vm.state', name, { state: patch.state, ...(patch.host ? { host: patch.host } : {}) });
   }
 
-  private async startProber(vm: string): Promise<Prober | null> {
+  /**
+   * Starts probing the guest from here — the controller's side of the VM network — with the probe its spec
+   * calls for, at the address the controller reserved for it. A VM without an address, or a probe that
+   * cannot start, is not a reason to stop a migration: its guest downtime stays unknown (null).
+   */
+  private async startProbe(job: MigrationJson): Promise<DowntimeProbe | null> {
     if (this.o.probe === false) return null;
-    const ip = this.vmIp(vm);
-    if (!ip) return null;
-    const p = new Prober({ ip });
+    const row = this.o.store.sqlite.prepare('SELECT ip, spec FROM vms WHERE name = ?').get(job.vm) as { ip: string | null; spec: string } | undefined;
+    if (!row) return null;
+    const spec = JSON.parse(row.spec) as VmSpec;
+    const ip = probeAddress(row.ip, spec);
+    if (ip === null) return null;
+    const kind = this.o.probeKind ?? probeKindFor(spec);
+    // ping exits by itself after the migration's deadline and a margin for finish and confirm.
+    const p = kind === 'udp' ? new UdpProbe({ ip }) : new IcmpProbe({ ip, maxDurationMs: job.policy.deadlineMs + 5 * 60_000 });
     try {
       await p.start();
+      this.probes.add(p);
       return p;
     } catch (err) {
-      this.log(`migration: no guest prober for ${vm}: ${String(err)}`);
+      this.log(`migration ${job.id}: no ${kind} guest probe for ${job.vm}: ${String(err)}`);
       return null;
+    }
+  }
+
+  private async stopProbe(p: DowntimeProbe | null): Promise<ProbeReport | null> {
+    if (p === null) return null;
+    try {
+      return await p.stop();
+    } finally {
+      this.probes.delete(p);
     }
   }
 
@@ -221,7 +243,7 @@ export class MigrationOrchestrator {
   private async run(id: string): Promise<void> {
     let job = this.jobs.mustGet(id);
     if (job.mode === 'cold') return this.runCold(id);
-    let prober: Prober | null = null;
+    let probe: DowntimeProbe | null = null;
     try {
       const src = this.host(job.source);
       const dst = this.host(job.destination);
@@ -247,7 +269,7 @@ export class MigrationOrchestrator {
       await this.hold(id, 'prepare');
       // perform: QEMU starts sending.
       job = this.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
-      prober = await this.startProber(job.vm);
+      probe = await this.startProbe(job);
       await src.client.call(
         'perform',
         { params: { id }, body: {
@@ -265,20 +287,20 @@ export class MigrationOrchestrator {
         } },
         { timeoutMs: 60_000 },
       );
-      await this.monitorAndFinish(id, prober);
-      prober = null;
+      await this.monitorAndFinish(id, probe);
+      probe = null;
     } catch (err) {
-      await this.settle(id, err, prober);
+      await this.settle(id, err, probe);
     }
   }
 
   /** Follows the source until QEMU completes, then finish + confirm. Used fresh and after a restart. */
-  private async monitorAndFinish(id: string, prober: Prober | null): Promise<void> {
+  private async monitorAndFinish(id: string, probe: DowntimeProbe | null): Promise<void> {
     const view = await this.monitor(id);
     const job = this.jobs.mustGet(id);
     if (job.state !== 'switching') this.jobs.transition(id, job.state, 'switching', { phase: 'finish', qemuStatus: view.qemuStatus, waiting: null });
     await this.hold(id, 'switchover');
-    await this.rollForward(id, view, prober);
+    await this.rollForward(id, view, probe);
   }
 
   private async monitor(id: string): Promise<AgentMigrationView> {
@@ -430,7 +452,7 @@ export class MigrationOrchestrator {
    * finish that fails throws (the caller settles by the truth rule); a confirm that fails is owed
    * (persisted and retried), since the guest already runs on the destination.
    */
-  private async rollForward(id: string, view: AgentMigrationView | null, prober: Prober | null): Promise<void> {
+  private async rollForward(id: string, view: AgentMigrationView | null, probe: DowntimeProbe | null): Promise<void> {
     let job = this.jobs.mustGet(id);
     const src = this.host(job.source);
     const dst = this.host(job.destination);
@@ -445,7 +467,7 @@ export class MigrationOrchestrator {
         // Post-copy: the guest runs on the destination and still pulls pages from the source; follow the
         // source until the stream completed, then come back here.
         if (job.state !== 'postcopy') job = this.jobs.transition(id, job.state, 'postcopy', { waiting: null });
-        return await this.monitorAndFinish(id, prober);
+        return await this.monitorAndFinish(id, probe);
       }
       if (job.state !== 'switching') job = this.jobs.transition(id, job.state, 'switching', { phase: 'finish', waiting: null });
       // From here on the destination is the truth.
@@ -466,9 +488,9 @@ export class MigrationOrchestrator {
       const final = view ?? (await src.client.call('migration', { params: { id } }).catch(() => null));
       // Probe a little past the switch so the guest's first replies from the destination are seen; this wait
       // is not part of the migration's end-to-end time.
-      if (prober) await sleep(Math.max(0, 300 - (Date.now() - switchedAt)));
-      report = prober ? await prober.stop() : null;
-      prober = null;
+      if (probe) await sleep(Math.max(0, 300 - (Date.now() - switchedAt)));
+      report = await this.stopProbe(probe);
+      probe = null;
       this.jobs.transition(id, 'switching', 'completed', {
         totalMs: endedAt - Date.parse(job.startedAt),
         finishedAt: new Date(endedAt).toISOString(),
@@ -476,6 +498,7 @@ export class MigrationOrchestrator {
         // Cold: the guest is paused from the save to the restore; QEMU's figure covers only the save.
         downtimeMs: job.mode === 'cold' ? coldPauseMs(this.jobs.mustGet(id), switchedAt) : (final?.downtimeMs ?? null),
         guestDowntimeMs: report ? report.longestGapMs : null,
+        guestDowntimeProbe: report ? report.probe : null,
         transferredBytes: final?.transferredBytes ?? job.transferredBytes,
         iterations: final?.iterations ?? job.iterations,
         memoryBytes: final?.memoryBytes ?? job.memoryBytes,
@@ -483,7 +506,7 @@ export class MigrationOrchestrator {
         error: null,
       });
     } finally {
-      await prober?.stop();
+      await this.stopProbe(probe);
     }
   }
 
@@ -507,8 +530,8 @@ export class MigrationOrchestrator {
    * (truth.ts) says, asking both agents again until it can: forward, back, on with the migration, or parked
    * in an `awaiting_*` state while an agent that matters does not answer.
    */
-  private async settle(id: string, err: unknown, prober: Prober | null): Promise<void> {
-    await prober?.stop().catch(() => null);
+  private async settle(id: string, err: unknown, probe: DowntimeProbe | null): Promise<void> {
+    await this.stopProbe(probe).catch(() => null);
     let fe = toFerryError(err, 'FERRY_E_MIGRATION_FAILED');
     for (let attempt = 0; ; attempt++) {
       // A controller shutting down leaves the job as it stands: the next start recovers it.
@@ -642,19 +665,19 @@ export class MigrationOrchestrator {
 
   /** Cold: stop or save, stream the files with checksums, start on the destination, then remove the source copy. */
   private async runCold(id: string): Promise<void> {
-    // The prober sees the whole outage of a cold move (the guest is paused from save to restore).
-    let prober: Prober | null = null;
+    // The probe sees the whole outage of a cold move (the guest is paused from save to restore).
+    let probe: DowntimeProbe | null = null;
     try {
       const job = this.jobs.mustGet(id);
       const src = this.host(job.source).client;
       const dst = this.host(job.destination).client;
-      prober = await this.startProber(job.vm);
+      probe = await this.startProbe(job);
       const manifest = await transferCold({ jobs: this.jobs, src, dst }, id);
       this.jobs.transition(id, 'transferring', 'switching', { phase: 'finish', qemuStatus: manifest.mode === 'save' ? 'completed' : null });
-      await this.rollForward(id, null, prober);
-      prober = null;
+      await this.rollForward(id, null, probe);
+      probe = null;
     } catch (err) {
-      await this.settle(id, err, prober);
+      await this.settle(id, err, probe);
     }
   }
 }

@@ -81,3 +81,12 @@ export const MIGRATION_TRUTH_SCHEMA: Migration = {
     `);
   },
 };
+
+/** Schema migration 7: which probe measured a job's guest downtime (`udp`, `icmp`; NULL when none ran). */
+export const MIGRATION_PROBE_SCHEMA: Migration = {
+  version: 7,
+  name: 'guest downtime probe',
+  up: (db) => {
+    db.exec(`ALTER TABLE migrations ADD COLUMN guest_downtime_probe TEXT CHECK (guest_downtime_probe IN ('udp', 'icmp'))`);
+  },
+};

@@ -4,7 +4,7 @@
  * `schema_migrations`, so a restart applies only what is missing.
  */
 import type { Migration } from './versions.ts';
-import { MIGRATION_JOBS_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
+import { MIGRATION_JOBS_SCHEMA, MIGRATION_PROBE_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
 
 
 export const MIGRATIONS: readonly Migration[] = [
@@ -92,4 +92,5 @@ export const MIGRATIONS: readonly Migration[] = [
         created_at   TEXT NOT NULL
       ) STRICT`),
   },
+  MIGRATION_PROBE_SCHEMA,
 ];
