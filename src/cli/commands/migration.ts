@@ -78,7 +78,7 @@ function secondInterrupt(ms: number): Promise<boolean> {
 
 export function detachHint(id: string): string {
   return (
-    `\ndetached: migration ${id} continues on the server.\n` +
+    `detached: migration ${id} continues on the server.\n` +
     `  follow it: ferry migration watch ${id}\n` +
     `  cancel it: ferry migration cancel ${id}   (or press Ctrl-C again within ${SECOND_INTERRUPT_MS / 1000} s)\n`
   );
