@@ -10,7 +10,6 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import type { MigrationJson } from '../../src/common/migration.ts';
 import { readLabState } from '../../src/lab/index.ts';
 import { FERRY, LabHarness, cmdline, otherHost as other, waitFor, type VmView } from './helpers.ts';
 
