@@ -59,7 +59,7 @@ test('TTY at 80 columns: state, phase, percent and ETA first; no placeholder; pe
   const last = FRAMES.at(-1)!;
   const p = last.progress!;
   const mib = (n: number): string => (n / 2 ** 20).toFixed(0);
-  assert.match(status.at(-1)!, /^completed confirm 100% /);
+  assert.match(status.at(-1)!, /^completed confirm 100% █+ \d+ MiB\/s · \d+\/\d+ MiB( · |$)/, 'a bar, rate and moved/total fit (dirty rate and pass give way first)');
   assert.ok(status.at(-1)!.includes(`${mib(p.transferredBytes)}/${mib(p.totalBytes)} MiB`), status.at(-1));
   // Phase changes above the bar, with the time since the start.
   assert.ok(lines.some((l) => /^\+\d+\.\ds transferring · phase perform$/.test(l)), lines.join('\n'));

@@ -35,11 +35,11 @@ export function etaText(p: NonNullable<MigrationJson['progress']>): string {
 
 const clampPercent = (x: number): number => Math.max(0, Math.min(100, x));
 
-/** The fields of the status line, most important first. */
-function statusParts(m: MigrationJson): { head: string; tail: string; percent: number | null } {
+/** The fields of the status line, most important first: `head` always, then `tail` as room allows. */
+function statusParts(m: MigrationJson): { head: string; tail: string[]; percent: number | null } {
   const p = m.progress;
   const where = `${m.state} ${m.phase}`;
-  if (!p) return { head: `${where} ${isFinal(m.state) ? '' : 'waiting for the first figures…'}`.trimEnd(), tail: '', percent: null };
+  if (!p) return { head: `${where} ${isFinal(m.state) ? '' : 'waiting for the first figures…'}`.trimEnd(), tail: [], percent: null };
   const percent = clampPercent(p.percent);
   const head = `${where} ${percent.toFixed(0).padStart(3)}% ${isFinal(m.state) ? '' : etaText(p)}`.trimEnd();
   const tail = [
@@ -48,9 +48,14 @@ function statusParts(m: MigrationJson): { head: string; tail: string; percent: n
     `dirty ${mib(p.dirtyRateBytesPerSec)} MiB/s`,
     `pass ${p.pass}`,
     ...(p.disk ? [`disk ${mib(p.disk.transferredBytes)}/${mib(p.disk.totalBytes)} MiB${p.disk.ready ? ' ready' : ''}`] : []),
-  ].join(' · ');
+  ];
   return { head, tail, percent };
 }
+
+/** Rate and moved/total: what the bar may not push off the line. */
+const ESSENTIAL_TAIL = 2;
+
+const width = (s: string): number => [...s].length;
 
 /** Cuts a line to `columns - 1` characters (the last column would make some terminals wrap). */
 function fit(line: string, columns: number): string {
@@ -59,22 +64,34 @@ function fit(line: string, columns: number): string {
   return chars.length <= room ? line : chars.slice(0, room).join('');
 }
 
-/** The TTY status line at a width: head, a bar in the room left (if any), tail; cut to the width. */
+/**
+ * The TTY status line at a width: the head, a bar with rate and moved/total (and dirty rate, pass, disk as
+ * room allows); too narrow for a bar, the fields alone; too narrow for those, the head cut to the width.
+ */
 export function statusLine(m: MigrationJson, columns: number): string {
   const { head, tail, percent } = statusParts(m);
-  if (percent === null || tail === '') return fit(head, columns);
-  const room = columns - 1 - [...head].length - [...tail].length - 2;
-  const width = Math.min(MAX_BAR, room);
-  if (width < MIN_BAR) return fit(`${head} · ${tail}`, columns);
-  const full = Math.round((percent / 100) * width);
-  return fit(`${head} ${'█'.repeat(full)}${'░'.repeat(width - full)} ${tail}`, columns);
+  const room = columns - 1;
+  if (percent !== null) {
+    for (let k = tail.length; k >= ESSENTIAL_TAIL; k--) {
+      const rest = tail.slice(0, k).join(' · ');
+      const barWidth = Math.min(MAX_BAR, room - width(head) - width(rest) - 2);
+      if (barWidth < MIN_BAR) continue;
+      const full = Math.round((percent / 100) * barWidth);
+      return `${head} ${'█'.repeat(full)}${'░'.repeat(barWidth - full)} ${rest}`;
+    }
+  }
+  for (let k = tail.length; k > 0; k--) {
+    const line = `${head} · ${tail.slice(0, k).join(' · ')}`;
+    if (width(line) <= room) return line;
+  }
+  return fit(head, columns);
 }
 
 /** One plain line describing where a migration is: the non-TTY output (and what logs and tests read). */
 export function progressLine(m: MigrationJson): string {
   const { head, tail } = statusParts(m);
   const qemu = m.qemuStatus ? `, QEMU ${m.qemuStatus}` : '';
-  return `${head}${tail ? ` · ${tail}` : ''} (${m.vm} ${m.source}→${m.destination}${qemu})`;
+  return `${head}${tail.length ? ` · ${tail.join(' · ')}` : ''} (${m.vm} ${m.source}→${m.destination}${qemu})`;
 }
 
 export function describeEscalation(s: Escalation): string {
