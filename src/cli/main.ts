@@ -12,6 +12,7 @@ import { registerServer } from './commands/server.ts';
 import { registerHost } from './commands/host.ts';
 import { registerVm } from './commands/vm.ts';
 import { registerMigration } from './commands/migration.ts';
+import { registerEvents } from './commands/events.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerBench } from './commands/bench.ts';
 
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerHost(program);
   registerVm(program);
   registerMigration(program);
+  registerEvents(program);
   registerDemo(program);
   registerBench(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.

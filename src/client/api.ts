@@ -60,6 +60,39 @@ export class ApiClient {
     }
   }
 
+  /**
+   * Opens a long-lived text stream (Server-Sent Events): the body's chunks as they come. No body timeout
+   * beyond `idleMs`, since an event stream is silent between events (the server pings every 15 s).
+   */
+  async stream(path: string, headers: Record<string, string>, signal?: AbortSignal, idleMs = 60_000): Promise<AsyncIterable<Buffer>> {
+    const what = `The Ferry server at ${this.config.server}`;
+    let res;
+    try {
+      res = await request(new URL(path, this.config.server), {
+        method: 'GET',
+        dispatcher: this.dispatcher,
+        headers: { authorization: `Bearer ${this.config.token}`, accept: 'text/event-stream', ...headers },
+        headersTimeout: 10_000,
+        bodyTimeout: idleMs,
+        signal,
+      });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      throw transportError(err, what, 'FERRY_E_SERVER_UNREACHABLE');
+    }
+    if (res.statusCode >= 400) {
+      const text = await res.body.text();
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        throw new FerryError('FERRY_E_INTERNAL', `${what} answered HTTP ${res.statusCode}: ${text.slice(0, 200)}`);
+      }
+      throw fromErrorJSON(parsed);
+    }
+    return res.body;
+  }
+
   get<T>(path: string, opts?: RequestOptions): Promise<T> {
     return this.request<T>('GET', path, undefined, opts);
   }

@@ -3,15 +3,11 @@
  * state changed, ...) is appended to the `events` table and handed to live subscribers (SSE). The
  * table's `seq` is the SSE event id, so a client that reconnects with Last-Event-ID misses nothing.
  */
+import type { FerryEventJson } from '../common/events.ts';
 import type { Store } from './store/db.ts';
 
-export interface FerryEvent {
-  seq: number;
-  at: string;
-  type: string;
-  subject: string;
-  data: Record<string, unknown>;
-}
+/** An event as stored and as streamed: the wire shape (src/common/events.ts). */
+export type FerryEvent = FerryEventJson;
 
 export type Listener = (e: FerryEvent) => void;
 

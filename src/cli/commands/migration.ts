@@ -1,17 +1,21 @@
 /**
  * `ferry vm migrate` and `ferry migration list | show | watch | cancel`. With `--wait` (and `watch`) the CLI
- * follows the job: a live bar on a TTY, plain lines otherwise, one JSON document at the end with --json.
- * A migration that ends failed or cancelled exits 1.
+ * follows the job over the server's event stream: a live bar on a TTY, plain lines otherwise, one JSON
+ * document at the end with --json. A migration that ends failed or cancelled exits 1.
+ *
+ * Ctrl-C while following asks nothing: the job runs on the server, so the CLI only lets go of it (cursor
+ * shown, how to follow or cancel it printed) and exits 130; a second Ctrl-C within 2 s cancels the job.
  */
 import { Command } from 'commander';
 import { FerryError } from '../../common/errors.ts';
 import type { MigrationJson } from '../../common/migration.ts';
 import { formatDuration } from '../../common/units.ts';
-import { enc, withClient } from '../../client/api.ts';
+import { enc, withClient, type ApiClient } from '../../client/api.ts';
+import { migrationFrames } from '../../client/events.ts';
 import { formatTable } from '../../client/table.ts';
 import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action, type Outcome } from '../output.ts';
-import { summaryLines, watchMigration } from '../progress.ts';
+import { followMigration, summaryLines } from '../progress.ts';
 import { resolvePolicy, type MigrateRequest } from '../../common/policy.ts';
 
 interface MigrateFlags extends ClusterFlags {
@@ -51,6 +55,54 @@ export function migrationTable(ms: MigrationJson[]): string {
 
 function outcome(m: MigrationJson): Outcome<MigrationJson> {
   return { json: m, human: () => summaryLines(m).join('\n'), exitCode: m.state === 'completed' ? 0 : ['failed', 'cancelled'].includes(m.state) ? 1 : 0 };
+}
+
+/** Exit code after Ctrl-C (128 + SIGINT), as shells report an interrupted command. */
+const EXIT_INTERRUPTED = 130;
+/** How long after the first Ctrl-C a second one cancels the migration. */
+const SECOND_INTERRUPT_MS = 2_000;
+
+/** Resolves true on a SIGINT within `ms`, false otherwise. */
+function secondInterrupt(ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (v: boolean): void => {
+      clearTimeout(t);
+      process.off('SIGINT', onInt);
+      resolve(v);
+    };
+    const onInt = (): void => done(true);
+    const t = setTimeout(() => done(false), ms);
+    process.on('SIGINT', onInt);
+  });
+}
+
+export function detachHint(id: string): string {
+  return (
+    `detached: migration ${id} continues on the server.\n` +
+    `  follow it: ferry migration watch ${id}\n` +
+    `  cancel it: ferry migration cancel ${id}   (or press Ctrl-C again within ${SECOND_INTERRUPT_MS / 1000} s)\n`
+  );
+}
+
+/** Follows a migration to its end; on Ctrl-C lets go of it (or, on a second one, cancels it). */
+async function follow(c: ApiClient, id: string, json: boolean): Promise<Outcome<MigrationJson>> {
+  const detach = new AbortController();
+  const onInt = (): void => detach.abort();
+  process.on('SIGINT', onInt);
+  let r;
+  try {
+    r = await followMigration(migrationFrames(c, id, detach.signal), { json, signal: detach.signal });
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+  if (!r.detached) return outcome(r.last!);
+  process.stderr.write(detachHint(id));
+  if (await secondInterrupt(SECOND_INTERRUPT_MS)) {
+    const m = await c.post<MigrationJson>(`/api/v1/migrations/${enc(id)}/cancel`, {});
+    return { json: m, human: `migration ${id}: cancel requested on the second Ctrl-C (${m.state})`, exitCode: EXIT_INTERRUPTED };
+  }
+  const m = r.last ?? (await c.get<MigrationJson>(`/api/v1/migrations/${enc(id)}`));
+  return { json: m, human: `migration ${id}: ${m.state} · phase ${m.phase}, still running on the server`, exitCode: EXIT_INTERRUPTED };
 }
 
 export function migrateBody(f: MigrateFlags): MigrateRequest {
@@ -102,8 +154,7 @@ export function registerMigration(program: Command): void {
           };
         }
         if (!f.json) process.stderr.write(`migration ${started.id}: ${started.vm} ${started.source} → ${started.destination}\n`);
-        const final = await watchMigration(() => c.get<MigrationJson>(`/api/v1/migrations/${enc(started.id)}`), { json: Boolean(f.json) });
-        return outcome(final);
+        return follow(c, started.id, Boolean(f.json));
       });
     }),
   );
@@ -123,7 +174,7 @@ export function registerMigration(program: Command): void {
   );
   clusterOptions(mig.command('watch').argument('<id>', 'migration id').description('Follow a migration to its end')).action(
     action(async (id: string, f: ClusterFlags) =>
-      withClient(f, async (c) => outcome(await watchMigration(() => c.get<MigrationJson>(`/api/v1/migrations/${enc(id)}`), { json: Boolean(f.json) }))),
+      withClient(f, (c) => follow(c, id, Boolean(f.json))),
     ),
   );
   clusterOptions(mig.command('cancel').argument('<id>', 'migration id').description('Cancel a migration (before post-copy)')).action(

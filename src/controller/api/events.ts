@@ -1,7 +1,7 @@
 /**
  * GET /api/v1/events: Server-Sent Events. Each event is `id: <seq>`, `event: <type>`, `data: <json>`.
  * A client reconnecting with Last-Event-ID (or `?after=`) first gets what it missed from the events
- * table, then live events, with no gap and no duplicate.
+ * table, then live events, with no gap and no duplicate. The comment `: live` (LIVE_COMMENT) separates the two.
  */
 import type { ServerResponse } from 'node:http';
 import type { Controller } from '../controller.ts';
@@ -9,6 +9,7 @@ import type { FerryEvent } from '../events.ts';
 import type { App } from './types.ts';
 import Type from 'typebox';
 import { EventsQuery } from './schemas.ts';
+import { LIVE_COMMENT } from '../../common/events.ts';
 
 const format = (e: FerryEvent): string =>
   `id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify({ seq: e.seq, at: e.at, type: e.type, subject: e.subject, data: e.data })}\n\n`;
@@ -76,6 +77,7 @@ export function registerEventRoutes(app: App, ctl: Controller): void {
       const pending = buffer;
       buffer = null;
       for (const e of pending) send(e);
+      if (!res.destroyed) res.write(`: ${LIVE_COMMENT}\n\n`);
     }
   });
 }
