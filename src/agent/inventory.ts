@@ -5,13 +5,11 @@
  * The slow facts (accelerator probe, QEMU query) are gathered once at start: they do not change while the
  * agent runs, and the controller polls the inventory every few seconds.
  */
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
-import { join } from 'node:path';
 import { AGENT_PROTOCOL, type HostInventory } from '../common/protocol.ts';
-import { PACKAGE_ROOT } from '../common/paths.ts';
 import { MIB } from '../common/spec.ts';
+import { ferryVersion } from '../common/version.ts';
 
 /** Memory kept for the host itself (kernel, agent, QEMU overhead) and never offered to VMs. */
 export const HOST_RESERVE_BYTES = 512 * MIB;
@@ -56,20 +54,8 @@ export async function readCpuFacts(path = '/proc/cpuinfo'): Promise<CpuFacts> {
   }
 }
 
-let agentVersion: string | undefined;
-export function readAgentVersion(): string {
-  if (agentVersion === undefined) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as {
-        version?: unknown;
-      };
-      agentVersion = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
-    } catch {
-      agentVersion = '0.0.0';
-    }
-  }
-  return agentVersion;
-}
+/** The agent is Ferry: it reports Ferry's version. */
+export const readAgentVersion = ferryVersion;
 
 /**
  * Free memory as promised, not as measured: a TCG guest touches its RAM lazily, so measured free memory

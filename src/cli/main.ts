@@ -1,10 +1,11 @@
 /**
  * The `ferry` command line: noun first (`ferry vm create`), commands declared one file per noun in
- * commands/. Every command takes `--json`.
+ * commands/. Every command takes `--json` (`-o json`).
  */
 import { Command, CommanderError } from 'commander';
 import { FerryError } from '../common/errors.ts';
-import { printError } from './output.ts';
+import { printError, structuredFormatIn } from './output.ts';
+import { ferryVersion } from '../common/version.ts';
 import { registerImage } from './commands/image.ts';
 import { registerLab } from './commands/lab.ts';
 import { registerAgent } from './commands/agent.ts';
@@ -15,11 +16,13 @@ import { registerMigration } from './commands/migration.ts';
 import { registerEvents } from './commands/events.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerBench } from './commands/bench.ts';
+import { registerVersion } from './commands/version.ts';
+import { registerCompletion } from './commands/completion.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
     .description('Moves virtual machines between hosts, cold and live, by driving QEMU.')
-    .version('0.1.0')
+    .version(ferryVersion())
     .exitOverride()
     .showHelpAfterError(false)
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -33,6 +36,9 @@ export function buildProgram(): Command {
   registerEvents(program);
   registerDemo(program);
   registerBench(program);
+  registerVersion(program);
+  // Last: it describes every command registered before it.
+  registerCompletion(program);
   // Subcommands inherit exitOverride so that usage errors come back to main() as CommanderError.
   const walk = (c: Command): void => {
     c.exitOverride();
@@ -44,18 +50,18 @@ export function buildProgram(): Command {
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
-  const json = argv.includes('--json');
+  const format = structuredFormatIn(argv);
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
-      // commander already printed its message to stderr; with --json, also one JSON document.
+      // commander already printed its message to stderr; with -o json|yaml, also one document.
       const msg = err.message.replace(/^error: /, '');
-      if (json) return printError(new FerryError('FERRY_E_USAGE', msg), { json });
+      if (format) return printError(new FerryError('FERRY_E_USAGE', msg), { output: format });
       return 2;
     }
-    return printError(err, { json });
+    return printError(err, format ? { output: format } : {});
   }
 }

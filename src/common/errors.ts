@@ -27,6 +27,8 @@ export const ERRORS = {
   FERRY_E_BAD_NAME: def(400, 2, false, 'Names must match [a-z0-9][a-z0-9-]{0,62}.'),
   FERRY_E_BAD_SIZE: def(400, 2, false, 'Sizes are a positive number with an optional unit: 256M, 1G, 512K.'),
   FERRY_E_BAD_DURATION: def(400, 2, false, 'Durations are a number with a unit: 300ms, 10s, 5m.'),
+  FERRY_E_UNIT_REQUIRED: def(400, 2, false, 'A bare number is ambiguous here: give a unit (durations 300ms, 10s, 5m; sizes 256M, 1G; rates 100M per second).'),
+  FERRY_E_BAD_MANIFEST: def(400, 2, false, 'The VM file (`vm create -f`) is not a YAML mapping of the fields of `vm create` (its keys are the flags in camelCase, `network` for --net).'),
   FERRY_E_BAD_SPEC: def(400, 2, false, 'The VM spec is not valid.'),
   FERRY_E_BAD_IMAGE: def(400, 2, false, 'Images are `tiny` or an absolute directory holding vmlinuz and initramfs.gz.'),
   FERRY_E_BAD_IMAGE_FORMAT: def(400, 2, false, 'Disk images are qcow2 or raw, as `qemu-img info` says (never the file name), without a backing file of their own.'),
@@ -91,6 +93,7 @@ export const ERRORS = {
   // --- migration (exit 1) ---
   FERRY_E_MIGRATION_FAILED: def(500, 1, false, 'The migration failed; the VM runs on the source.'),
   FERRY_E_MIGRATION_CANCELLED: def(409, 1, false, 'The migration was cancelled; the VM runs on the source.'),
+  FERRY_E_MIGRATION_FINISHED: def(409, 1, false, 'The migration has ended already (completed, failed or cancelled): there is nothing to cancel; see `ferry migration show ID`.'),
   FERRY_E_MIGRATION_STALLED: def(504, 1, false, 'The migration made no progress (link down?) and was aborted.'),
   FERRY_E_MIGRATION_TIMEOUT: def(504, 1, false, 'The migration did not finish within its deadline.'),
   FERRY_E_DESTINATION_LOST: def(502, 1, false, 'The destination QEMU or agent went away during the migration.'),

@@ -137,9 +137,9 @@ export function migrateArgs(point: Point): string[] {
   switch (point) {
     case 'precopy':
       // Below the link, above nothing: the first pass of ~32 MiB dirtied lasts a few seconds.
-      return ['--bandwidth', '8', '--postcopy', 'never'];
+      return ['--bandwidth', '8M', '--postcopy', 'never'];
     case 'postcopy':
-      return ['--bandwidth', '8', '--postcopy', 'always'];
+      return ['--bandwidth', '8M', '--postcopy', 'always'];
     default:
       return ['--postcopy', 'never'];
   }

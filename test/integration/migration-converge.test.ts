@@ -24,12 +24,12 @@ const VM = 'c1';
  */
 const DIRTY_MIB = 12;
 const DIRTY_RATE = 64;
-const OVERLOAD = ['--bandwidth', '16', '--max-downtime', '100ms'];
+const OVERLOAD = ['--bandwidth', '16M', '--max-downtime', '100ms'];
 /**
  * For the deadline case a 20 ms budget: the ladder stops at 10→20 ms, and what the link moves within it
  * (0.3 MiB) is a fortieth of the region being dirtied, so a lull in the guest cannot let pre-copy finish.
  */
-const HARD_OVERLOAD = ['--bandwidth', '16', '--max-downtime', '20ms'];
+const HARD_OVERLOAD = ['--bandwidth', '16M', '--max-downtime', '20ms'];
 
 const h = new LabHarness('cv');
 const measured: string[] = [];

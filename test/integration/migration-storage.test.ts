@@ -181,7 +181,7 @@ describe('storage and cold migration in a two-host lab', { timeout: 300_000 }, (
     await assertRefused(['--to', 'h1', '--storage', 'shared'], 'FERRY_E_BAD_INPUT', host, bootId);
 
     // A second migration of a VM that is being migrated.
-    const first = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--bandwidth', '5']);
+    const first = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--bandwidth', '5M']);
     try {
       const r = await h.ferryRaw(['vm', 'migrate', VM, '--to', 'h1']);
       assert.equal(r.code, 2, `second migrate: exit ${r.code}\n${r.stdout}\n${r.stderr}`);

@@ -101,7 +101,7 @@ describe('the truth rule: never lost, never twice', { timeout: 600_000 }, () => 
   it('destination agent SIGKILLed mid-transfer: the job waits, nothing runs twice, the restarted agent rolls it forward', async () => {
     const src = (await h.vmShow(VM)).host;
     const dst = other(src);
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--bandwidth', '8']);
+    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--bandwidth', '8M']);
     await waitFor('pass 2', async () => ((await migrationOf(m.id)).iterations ?? 0) >= 2, 60_000, 100);
     const pid = agentPid(dst);
     process.kill(pid, 'SIGKILL');
@@ -132,7 +132,7 @@ describe('the truth rule: never lost, never twice', { timeout: 600_000 }, () => 
   it('source agent SIGKILLed as QEMU completes: forward to the destination, the source removed when its agent is back', async () => {
     const src = (await h.vmShow(VM)).host;
     const dst = other(src);
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--bandwidth', '8']);
+    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--bandwidth', '8M']);
     // Near the end of the stream (the guest dirties less than the link carries, so it converges).
     await waitFor('most of the memory sent', async () => ((await migrationOf(m.id)).progress?.percent ?? 0) >= 80, 90_000, 100);
     const pid = agentPid(src);
@@ -150,7 +150,7 @@ describe('the truth rule: never lost, never twice', { timeout: 600_000 }, () => 
     const src = (await h.vmShow(VM)).host;
     const dst = other(src);
     // --bandwidth caps post-copy too: below the guest's dirty rate, post-copy lasts long enough to be cut.
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--postcopy', 'always', '--bandwidth', '4', '--stall-timeout', '2s']);
+    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', dst, '--postcopy', 'always', '--bandwidth', '4M', '--stall-timeout', '2s']);
     await waitFor(
       'post-copy',
       async () => {

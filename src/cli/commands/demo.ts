@@ -121,7 +121,7 @@ export function registerDemo(program: Command): void {
           );
           const next = [
             `  npx ferry vm show ${VM}`,
-            `  npx ferry vm migrate ${VM} --to ${b} --wait         # again, or with --no-tls, --bandwidth 50, --mode cold`,
+            `  npx ferry vm migrate ${VM} --to ${b} --wait         # again, or with --no-tls, --bandwidth 50M, --mode cold`,
             '  npx ferry migration list',
             '  npx ferry host list',
             '  npx ferry lab down                                 # removes everything the lab made',

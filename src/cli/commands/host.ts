@@ -1,11 +1,11 @@
 /** `ferry host list | show H | drain H | undrain H`: the cluster's hosts as the controller sees them. */
 import type { Command } from 'commander';
-import type { DrainJson, HostJson } from '../../common/api.ts';
+import type { DrainItem, DrainJson, HostJson } from '../../common/api.ts';
 import { formatBytes } from '../../common/units.ts';
 import { enc, withClient } from '../../client/api.ts';
-import { formatTable } from '../../client/table.ts';
-import { clusterOptions, type ClusterFlags } from '../flags.ts';
-import { action } from '../output.ts';
+import { renderTable, type Column } from '../../client/table.ts';
+import { clusterOptions, durationFlag, type ClusterFlags } from '../flags.ts';
+import { action, formatOf } from '../output.ts';
 
 const ago = (iso: string | null): string => {
   if (iso === null) return 'never';
@@ -13,42 +13,51 @@ const ago = (iso: string | null): string => {
   return s < 120 ? `${s}s ago` : `${Math.round(s / 60)}m ago`;
 };
 
-export function hostTable(hosts: HostJson[]): string {
-  return formatTable(
-    ['NAME', 'STATE', 'URL', 'VMS', 'FREE', 'MEMORY', 'CORES', 'ACCEL', 'QEMU', 'SEEN'],
-    hosts.map((h) => [
-      h.name,
-      h.state,
-      h.url,
-      String(h.vms.length),
-      formatBytes(h.freeMemoryBytes),
-      h.inventory ? formatBytes(h.inventory.memoryBytes) : '-',
-      h.inventory ? String(h.inventory.cpu.cores) : '-',
-      h.inventory?.accel ?? '-',
-      h.inventory?.qemu.version ?? '-',
-      ago(h.lastSeenAt),
-    ]),
-  );
-}
+const HOST_COLUMNS: readonly Column<HostJson>[] = [
+  { header: 'NAME', cell: (h) => h.name },
+  { header: 'STATE', cell: (h) => h.state },
+  { header: 'URL', cell: (h) => h.url },
+  { header: 'VMS', cell: (h) => String(h.vms.length) },
+  { header: 'FREE', cell: (h) => formatBytes(h.freeMemoryBytes) },
+  { header: 'MEMORY', cell: (h) => (h.inventory ? formatBytes(h.inventory.memoryBytes) : '-') },
+  { header: 'CORES', cell: (h) => (h.inventory ? String(h.inventory.cpu.cores) : '-') },
+  { header: 'ACCEL', cell: (h) => h.inventory?.accel ?? '-' },
+  { header: 'QEMU', cell: (h) => h.inventory?.qemu.version ?? '-' },
+  { header: 'SEEN', cell: (h) => ago(h.lastSeenAt) },
+  { header: 'MAINTENANCE', cell: (h) => (h.maintenance ? 'yes' : 'no'), wide: true },
+  { header: 'AGENT', cell: (h) => h.agent?.agentVersion ?? '-', wide: true },
+  { header: 'PROTOCOL', cell: (h) => (h.agent ? `${h.agent.protocol.min}-${h.agent.protocol.current}` : '-'), wide: true },
+  { header: 'CPU', cell: (h) => h.inventory?.cpu.model ?? '-', wide: true },
+];
+
+const DRAIN_COLUMNS: readonly Column<DrainItem>[] = [
+  { header: 'VM', cell: (i) => i.vm },
+  { header: 'STATUS', cell: (i) => i.status },
+  { header: 'TO', cell: (i) => i.destination ?? '-' },
+  { header: 'MIGRATION', cell: (i) => i.migration ?? '-' },
+  { header: 'ERROR', cell: (i) => i.error?.code ?? '' },
+];
 
 export function registerHost(program: Command): void {
   const host = program.command('host').description('Hosts of the cluster');
-  clusterOptions(host.command('list').description('List hosts')).action(
+  clusterOptions(host.command('list').description('List hosts'), 'view').action(
     action(async (flags: ClusterFlags) => {
       const hosts = await withClient(flags, (c) => c.get<HostJson[]>('/api/v1/hosts'));
       // An incompatible host's error under the table: which versions the two sides speak, and what to do.
       const errors = hosts.filter((h) => h.error).map((h) => `${h.name}: ${h.error!.code}: ${h.error!.message}`);
       return {
         json: hosts,
-        human: () => (hosts.length === 0 ? 'no hosts (an agent joins with `ferry agent --join-token`)' : [hostTable(hosts), ...errors].join('\n')),
+        names: hosts.map((h) => h.name),
+        table: (o) => (hosts.length === 0 ? 'no hosts (an agent joins with `ferry agent --join-token`)' : [renderTable(HOST_COLUMNS, hosts, o), ...errors].join('\n')),
       };
     }),
   );
-  clusterOptions(host.command('show').argument('<host>', 'host name').description('Show one host: inventory, state, VMs')).action(
+  clusterOptions(host.command('show').argument('<host>', 'host name').description('Show one host: inventory, state, VMs'), 'view').action(
     action(async (name: string, flags: ClusterFlags) => {
       const h = await withClient(flags, (c) => c.get<HostJson>(`/api/v1/hosts/${enc(name)}`));
       return {
         json: h,
+        names: [h.name],
         human: () => {
           const inv = h.inventory;
           const rows: [string, string][] = [
@@ -72,7 +81,8 @@ export function registerHost(program: Command): void {
               ['agent', inv.agentVersion],
             );
           }
-          return formatTable(['FIELD', 'VALUE'], rows).split('\n').slice(1).join('\n');
+          const width = Math.max(...rows.map(([k]) => k.length));
+          return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
         },
       };
     }),
@@ -86,14 +96,15 @@ export function registerHost(program: Command): void {
       .option('--wait', 'follow the drain to its end')
       .description('Put a host in maintenance and move its VMs to other hosts'),
   ).action(
-    action(async (name: string, f: ClusterFlags & { deadline?: string; wait?: boolean }) =>
-      withClient(f, async (c) => {
-        let d = await c.post<DrainJson>(`/api/v1/hosts/${enc(name)}/drain`, f.deadline === undefined ? {} : { deadline: f.deadline });
+    action(async (name: string, f: ClusterFlags & { deadline?: string; wait?: boolean }) => {
+      const body = f.deadline === undefined ? {} : { deadline: durationFlag('--deadline', f.deadline) };
+      return withClient(f, async (c) => {
+        let d = await c.post<DrainJson>(`/api/v1/hosts/${enc(name)}/drain`, body);
         const seen = new Map<string, string>();
         while (f.wait && d.state === 'draining') {
           for (const i of d.items) {
             const line = `${i.vm}: ${i.status}${i.destination ? ` → ${i.destination}` : ''}${i.migration ? ` (${i.migration})` : ''}`;
-            if (!f.json && seen.get(i.vm) !== line) process.stderr.write(`drain ${name}: ${line}\n`);
+            if (formatOf(f) === 'human' && seen.get(i.vm) !== line) process.stderr.write(`drain ${name}: ${line}\n`);
             seen.set(i.vm, line);
           }
           await new Promise((r) => setTimeout(r, 300));
@@ -105,14 +116,11 @@ export function registerHost(program: Command): void {
           human: () =>
             [
               `host ${d.host}: ${d.state}${d.state === 'draining' ? ` (follow it: ferry host drain ${d.host} --wait)` : ''}`,
-              formatTable(
-                ['VM', 'STATUS', 'TO', 'MIGRATION', 'ERROR'],
-                d.items.map((i) => [i.vm, i.status, i.destination ?? '-', i.migration ?? '-', i.error?.code ?? '']),
-              ),
+              renderTable(DRAIN_COLUMNS, d.items),
             ].join('\n'),
         };
-      }),
-    ),
+      });
+    }),
   );
   clusterOptions(host.command('undrain').argument('<host>', 'host name').description('Lift maintenance: VMs may be placed on the host again')).action(
     action(async (name: string, f: ClusterFlags) => {

@@ -9,12 +9,12 @@ import { FerryError } from '../../common/errors.ts';
 import { formatBytes } from '../../common/units.ts';
 import { enc, withClient, type ApiClient } from '../../client/api.ts';
 import type { DebianManifest } from '../../guest/debian.ts';
-import { formatTable } from '../../client/table.ts';
+import { renderTable, type Column } from '../../client/table.ts';
 import { clusterOptions, type ClusterFlags } from '../flags.ts';
 import { action } from '../output.ts';
 
 /** The server's image JSON (src/controller/images.ts ImageJson): the CLI speaks only the public API. */
-interface ImageDoc {
+export interface ImageDoc {
   name: string;
   format: string;
   virtualSizeBytes: number;
@@ -40,6 +40,17 @@ export async function importDebianImage(c: ApiClient, m: DebianManifest): Promis
   }
   return out;
 }
+
+const IMAGE_COLUMNS: readonly Column<ImageDoc>[] = [
+  { header: 'NAME', cell: (i) => i.name },
+  { header: 'FORMAT', cell: (i) => i.format },
+  { header: 'VIRTUAL', cell: (i) => formatBytes(i.virtualSizeBytes) },
+  { header: 'FILE', cell: (i) => formatBytes(i.fileBytes) },
+  { header: 'SHA256', cell: (i) => i.sha256.slice(0, 16) },
+  { header: 'USED BY', cell: (i) => i.usedBy.join(',') || '-' },
+  { header: 'PATH', cell: (i) => i.path, wide: true },
+  { header: 'CREATED', cell: (i) => i.createdAt, wide: true },
+];
 
 export function registerImage(program: Command): void {
   const image = program.command('image').description('Guest images');
@@ -90,22 +101,16 @@ export function registerImage(program: Command): void {
       return { json: img, human: `imported ${img.name}: ${img.format}, ${formatBytes(img.virtualSizeBytes)} virtual, sha256 ${img.sha256}` };
     }),
   );
-  clusterOptions(image.command('list').description('List the server\'s disk images')).action(
+  clusterOptions(image.command('list').description('List the server\'s disk images'), 'view').action(
     action(async (f: ClusterFlags) => {
       const imgs = await withClient(f, (c) => c.get<ImageDoc[]>('/api/v1/images'));
-      return {
-        json: imgs,
-        human: () =>
-          imgs.length === 0
-            ? 'no images'
-            : formatTable(['NAME', 'FORMAT', 'VIRTUAL', 'FILE', 'SHA256', 'USED BY'], imgs.map((i) => [i.name, i.format, formatBytes(i.virtualSizeBytes), formatBytes(i.fileBytes), i.sha256.slice(0, 16), i.usedBy.join(',') || '-'])),
-      };
+      return { json: imgs, names: imgs.map((i) => i.name), table: (o) => (imgs.length === 0 ? 'no images' : renderTable(IMAGE_COLUMNS, imgs, o)) };
     }),
   );
-  clusterOptions(image.command('show').argument('<name>', 'image name').description('Show one disk image')).action(
+  clusterOptions(image.command('show').argument('<name>', 'image name').description('Show one disk image'), 'view').action(
     action(async (name: string, f: ClusterFlags) => {
       const i = await withClient(f, (c) => c.get<ImageDoc>(`/api/v1/images/${enc(name)}`));
-      return { json: i, human: () => Object.entries(i).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') || '-' : String(v)}`).join('\n') };
+      return { json: i, names: [i.name], human: () => Object.entries(i).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') || '-' : String(v)}`).join('\n') };
     }),
   );
   clusterOptions(image.command('delete').argument('<name>', 'image name').description('Delete a disk image no VM boots from')).action(

@@ -7,14 +7,13 @@
  * shown, how to follow or cancel it printed) and exits 130; a second Ctrl-C within 2 s cancels the job.
  */
 import { Command } from 'commander';
-import { FerryError } from '../../common/errors.ts';
 import type { MigrationJson } from '../../common/migration.ts';
-import { formatDuration } from '../../common/units.ts';
+import { formatBytes, formatDuration, validateName } from '../../common/units.ts';
 import { enc, withClient, type ApiClient } from '../../client/api.ts';
 import { migrationFrames } from '../../client/events.ts';
-import { formatTable } from '../../client/table.ts';
-import { clusterOptions, type ClusterFlags } from '../flags.ts';
-import { action, type Outcome } from '../output.ts';
+import { renderTable, type Column } from '../../client/table.ts';
+import { clusterOptions, durationFlag, intFlag, rateFlag, type ClusterFlags } from '../flags.ts';
+import { action, formatOf, type Outcome } from '../output.ts';
 import { followMigration, summaryLines } from '../progress.ts';
 import { resolvePolicy, type MigrateRequest } from '../../common/policy.ts';
 
@@ -34,24 +33,31 @@ interface MigrateFlags extends ClusterFlags {
   wait?: boolean;
 }
 
-export function migrationTable(ms: MigrationJson[]): string {
-  return formatTable(
-    ['ID', 'VM', 'FROM', 'TO', 'MODE', 'STATE', 'PHASE', 'TOTAL', 'DOWNTIME', 'GUEST GAP', 'ERROR'],
-    ms.map((m) => [
-      m.id,
-      m.vm,
-      m.source,
-      m.destination,
-      m.mode,
-      m.state,
-      m.phase,
-      m.totalMs === null ? '-' : formatDuration(m.totalMs),
-      m.downtimeMs === null ? '-' : formatDuration(m.downtimeMs),
-      m.guestDowntimeMs === null ? '-' : formatDuration(m.guestDowntimeMs),
-      m.error?.code ?? '',
-    ]),
-  );
-}
+const duration = (ms: number | null): string => (ms === null ? '-' : formatDuration(ms));
+/** When it started, to the second (UTC). */
+const startedCell = (iso: string): string => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+/** How long it took, or has taken so far. */
+const durationCell = (m: MigrationJson): string => (m.totalMs !== null ? formatDuration(m.totalMs) : m.finishedAt === null ? `${formatDuration(Date.now() - Date.parse(m.startedAt))}…` : '-');
+
+const MIGRATION_COLUMNS: readonly Column<MigrationJson>[] = [
+  { header: 'ID', cell: (m) => m.id },
+  { header: 'VM', cell: (m) => m.vm },
+  { header: 'FROM', cell: (m) => m.source },
+  { header: 'TO', cell: (m) => m.destination },
+  { header: 'MODE', cell: (m) => m.mode },
+  { header: 'STATE', cell: (m) => m.state },
+  { header: 'PHASE', cell: (m) => m.phase },
+  { header: 'STARTED', cell: (m) => startedCell(m.startedAt) },
+  { header: 'DURATION', cell: durationCell },
+  { header: 'DOWNTIME', cell: (m) => duration(m.downtimeMs) },
+  { header: 'GUEST GAP', cell: (m) => duration(m.guestDowntimeMs) },
+  { header: 'ERROR', cell: (m) => m.error?.code ?? '' },
+  { header: 'FINISHED', cell: (m) => (m.finishedAt === null ? '-' : startedCell(m.finishedAt)), wide: true },
+  { header: 'QEMU TOTAL', cell: (m) => duration(m.qemuTotalMs), wide: true },
+  { header: 'TRANSFERRED', cell: (m) => (m.transferredBytes === null ? '-' : formatBytes(m.transferredBytes)), wide: true },
+  { header: 'PASSES', cell: (m) => (m.iterations === null ? '-' : String(m.iterations)), wide: true },
+  { header: 'ESCALATIONS', cell: (m) => String(m.escalations.length), wide: true },
+];
 
 function outcome(m: MigrationJson): Outcome<MigrationJson> {
   return { json: m, human: () => summaryLines(m).join('\n'), exitCode: m.state === 'completed' ? 0 : ['failed', 'cancelled'].includes(m.state) ? 1 : 0 };
@@ -105,18 +111,20 @@ async function follow(c: ApiClient, id: string, json: boolean): Promise<Outcome<
   return { json: m, human: `migration ${id}: ${m.state} · phase ${m.phase}, still running on the server`, exitCode: EXIT_INTERRUPTED };
 }
 
+/** The migrate request from the flags, checked as the server will check it, before any config is read. */
 export function migrateBody(f: MigrateFlags): MigrateRequest {
   const body: Record<string, unknown> = {};
-  for (const k of ['to', 'mode', 'storage', 'postcopy', 'maxDowntime', 'bandwidth', 'deadline', 'stallTimeout'] as const) if (f[k] !== undefined) body[k] = f[k];
+  for (const k of ['to', 'mode', 'storage', 'postcopy'] as const) if (f[k] !== undefined) body[k] = f[k];
+  if (f.maxDowntime !== undefined) body.maxDowntime = durationFlag('--max-downtime', f.maxDowntime);
+  if (f.deadline !== undefined) body.deadline = durationFlag('--deadline', f.deadline);
+  if (f.stallTimeout !== undefined) body.stallTimeout = durationFlag('--stall-timeout', f.stallTimeout);
+  if (f.bandwidth !== undefined) body.bandwidth = rateFlag('--bandwidth', f.bandwidth);
   if (f.tls === false) body.tls = false;
   if (f.autoConverge) body.autoConverge = true;
   if (f.xbzrle) body.xbzrle = true;
-  if (f.multifd !== undefined) {
-    const n = Number(f.multifd);
-    if (!Number.isInteger(n) || n < 0 || n > 16) throw new FerryError('FERRY_E_BAD_INPUT', `Bad --multifd ${JSON.stringify(f.multifd)}: 0 to 16 channels.`);
-    body.multifd = n;
-  }
-  // Its values are the flags' strings as typed; resolvePolicy (called next) checks them as the server will.
+  if (f.multifd !== undefined) body.multifd = intFlag('--multifd', f.multifd, 0, 16);
+  // The flags' strings as typed, checked; resolvePolicy refuses the combinations the server would.
+  resolvePolicy(body as MigrateRequest);
   return body as MigrateRequest;
 }
 
@@ -131,7 +139,7 @@ export function registerMigration(program: Command): void {
       .option('--storage <storage>', 'auto | shared | copy (default auto: copy local disks)')
       .option('--postcopy <when>', 'never | auto | always (default never)')
       .option('--max-downtime <duration>', "the guest's downtime budget, e.g. 300ms (default 300ms)")
-      .option('--bandwidth <rate>', 'MiB/s, or e.g. 100M; 0 = no limit (default 0)')
+      .option('--bandwidth <rate>', 'a size per second, e.g. 100M (= 100 MiB/s); 0 = no limit (default 0)')
       .option('--no-tls', 'plain TCP for the migration stream (default: TLS with the cluster CA)')
       .option('--auto-converge', 'let QEMU throttle a guest that dirties memory faster than the link')
       .option('--xbzrle', 'delta-compress re-sent pages')
@@ -142,9 +150,8 @@ export function registerMigration(program: Command): void {
       .description('Move a VM to another host, live (default) or cold'),
   ).action(
     action(async (name: string, f: MigrateFlags) => {
+      const body = migrateBody(f);
       return withClient(f, async (c) => {
-        const body = migrateBody(f);
-        resolvePolicy(body); // the same checks as the server, with messages that name the flag's values
         const started = await c.post<MigrationJson>(`/api/v1/vms/${enc(name)}/migrate`, body);
         if (!f.wait) {
           const why = started.why?.map((w) => `  ${w.host}: ${w.accepted ? 'accepted' : 'rejected'} — ${w.reason}`).join('\n');
@@ -153,28 +160,35 @@ export function registerMigration(program: Command): void {
             human: `migration ${started.id}: ${started.vm} ${started.source} → ${started.destination} ${started.state}\n${why ?? ''}\nfollow it: ferry migration watch ${started.id}`,
           };
         }
-        if (!f.json) process.stderr.write(`migration ${started.id}: ${started.vm} ${started.source} → ${started.destination}\n`);
-        return follow(c, started.id, Boolean(f.json));
+        if (formatOf(f) === 'human') process.stderr.write(`migration ${started.id}: ${started.vm} ${started.source} → ${started.destination}\n`);
+        return follow(c, started.id, formatOf(f) !== 'human');
       });
     }),
   );
 
   const mig = program.command('migration').description('Migration jobs');
-  clusterOptions(mig.command('list').option('--vm <name>', 'only this VM').description('List migrations, newest first')).action(
-    action(async (f: ClusterFlags & { vm?: string }) => {
-      const ms = await withClient(f, (c) => c.get<MigrationJson[]>(`/api/v1/migrations${f.vm ? `?vm=${enc(f.vm)}` : ''}`));
-      return { json: ms, human: () => (ms.length === 0 ? 'no migrations' : migrationTable(ms)) };
+  clusterOptions(
+    mig.command('list').option('--vm <name>', 'only this VM').option('--limit <n>', 'at most this many, the newest (1 to 1000)').description('List migrations, newest first'),
+    'view',
+  ).action(
+    action(async (f: ClusterFlags & { vm?: string; limit?: string }) => {
+      const query = new URLSearchParams();
+      if (f.vm !== undefined) query.set('vm', validateName(f.vm, 'VM name'));
+      if (f.limit !== undefined) query.set('limit', String(intFlag('--limit', f.limit, 1, 1000)));
+      const qs = query.size === 0 ? '' : `?${query.toString()}`;
+      const ms = await withClient(f, (c) => c.get<MigrationJson[]>(`/api/v1/migrations${qs}`));
+      return { json: ms, names: ms.map((m) => m.id), table: (o) => (ms.length === 0 ? 'no migrations' : renderTable(MIGRATION_COLUMNS, ms, o)) };
     }),
   );
-  clusterOptions(mig.command('show').argument('<id>', 'migration id').description('Show one migration')).action(
+  clusterOptions(mig.command('show').argument('<id>', 'migration id').description('Show one migration'), 'view').action(
     action(async (id: string, f: ClusterFlags) => {
       const m = await withClient(f, (c) => c.get<MigrationJson>(`/api/v1/migrations/${enc(id)}`));
-      return { json: m, human: () => summaryLines(m).join('\n') };
+      return { json: m, names: [m.id], human: () => summaryLines(m).join('\n') };
     }),
   );
   clusterOptions(mig.command('watch').argument('<id>', 'migration id').description('Follow a migration to its end')).action(
     action(async (id: string, f: ClusterFlags) =>
-      withClient(f, (c) => follow(c, id, Boolean(f.json))),
+      withClient(f, (c) => follow(c, id, formatOf(f) !== 'human')),
     ),
   );
   clusterOptions(mig.command('cancel').argument('<id>', 'migration id').description('Cancel a migration (before post-copy)')).action(

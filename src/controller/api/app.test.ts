@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createController, type Controller } from '../controller.ts';
@@ -45,6 +45,17 @@ test('auth: no token or a wrong one → 401 FERRY_E_UNAUTHORIZED; health is publ
     const health = await app.inject({ method: 'GET', url: '/api/v1/health' });
     assert.equal(health.statusCode, 200);
     assert.equal(health.json().ok, true);
+  });
+});
+
+test("GET /api/v1/version: the server's Ferry version, the API's, and the agent protocols it speaks", async () => {
+  await withApp(async ({ app, auth }) => {
+    const res = await app.inject({ method: 'GET', url: '/api/v1/version', headers: auth });
+    assert.equal(res.statusCode, 200, res.body);
+    const v = res.json() as { version: string; apiVersion: string; agentProtocol: { current: number; min: number } };
+    assert.equal(v.version, JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')).version);
+    assert.ok(v.agentProtocol.min <= v.agentProtocol.current && v.agentProtocol.min >= 1, JSON.stringify(v));
+    assert.equal((await app.inject({ method: 'GET', url: '/api/v1/version' })).statusCode, 401, 'not public');
   });
 });
 
@@ -165,6 +176,7 @@ test('the OpenAPI document lists the routes; metrics are exposed', async () => {
     assert.match(doc.openapi, /^3\./);
     for (const [path, method] of [
       ['/api/v1/health', 'get'],
+      ['/api/v1/version', 'get'],
       ['/api/v1/join-tokens', 'post'],
       ['/api/v1/join', 'post'],
       ['/api/v1/hosts', 'get'],

@@ -19,6 +19,15 @@ export const Size = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*[
 
 export const Health = Type.Object({ ok: Type.Boolean(), version: Type.String(), caFingerprint: Type.String() });
 
+export const ServerVersion = Type.Object({
+  version: Type.String({ description: "the server's Ferry version" }),
+  apiVersion: Type.String({ description: 'the version of this API (its OpenAPI document)' }),
+  agentProtocol: Type.Object(
+    { current: Type.Integer(), min: Type.Integer() },
+    { description: 'the controller↔agent protocol versions the server speaks (an agent outside them is incompatible)' },
+  ),
+});
+
 export const JoinTokenRequest = Type.Object(
   { ttlSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 7 * 86_400 })) },
   { additionalProperties: false },

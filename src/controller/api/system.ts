@@ -1,15 +1,23 @@
-/** Health, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
+/** Health, the server's version, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
 import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest } from './schemas.ts';
+import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest, ServerVersion } from './schemas.ts';
+import { PROTOCOL_RANGE } from '../../common/agent-routes.ts';
+import { ferryVersion } from '../../common/version.ts';
 
 export function registerSystemRoutes(app: App, ctl: Controller): void {
   app.get(
     '/api/v1/health',
     { schema: { summary: 'Liveness; public', security: [], response: { 200: Health } } },
     async () => ({ ok: true, version: API_VERSION, caFingerprint: ctl.ca.fingerprint }),
+  );
+
+  app.get(
+    '/api/v1/version',
+    { schema: { summary: "The server's version, the API's, and the agent protocol versions it speaks", response: { 200: ServerVersion } } },
+    async () => ({ version: ferryVersion(), apiVersion: API_VERSION, agentProtocol: { ...PROTOCOL_RANGE } }),
   );
 
   app.post(

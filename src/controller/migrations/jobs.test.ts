@@ -50,6 +50,7 @@ test('at most one active migration per VM, enforced by the store; a finished one
   assert.ok(done.finishedAt, 'a final state records when it ended');
   assert.deepEqual(done.error, { code: 'FERRY_E_MIGRATION_FAILED', message: 'x' });
   assert.equal(jobs.create(job).state, 'queued');
+  assert.throws(() => jobs.requestCancel(j.id), code('FERRY_E_MIGRATION_FINISHED'), 'cancelling a job that ended is an error');
 });
 
 test('cancel is refused once post-copy has started; escalations accumulate', () => {

@@ -259,7 +259,10 @@ export class JobStore {
 
   requestCancel(id: string): MigrationJson {
     const job = this.mustGet(id);
-    if (isFinal(job.state)) return job;
+    // Saying "cancel requested" of a job that ended would hide how it ended (a completed move stays done).
+    if (isFinal(job.state)) {
+      throw new FerryError('FERRY_E_MIGRATION_FINISHED', `Migration ${id} has ended already (${job.state}): there is nothing to cancel.`, { details: { state: job.state } });
+    }
     // A job waiting for an agent may still be told to give up (it then rolls back if the truth allows it).
     if (job.state === 'postcopy' || job.state === 'switching') {
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${job.state}: past the point where it can be cancelled.`);
