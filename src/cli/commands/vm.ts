@@ -46,7 +46,7 @@ function vmDetail(v: VmJson): string {
           ? `direct kernel ${v.spec.boot.kernel}${v.spec.boot.initrd ? ` + ${v.spec.boot.initrd}` : ''}: ${v.spec.boot.append}`
           : 'disk (SeaBIOS, first disk)',
     ],
-    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
+    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ` shared ${d.path ?? ''} (${d.format ?? 'qcow2'})` : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
     ['guest agent', v.spec.guestAgent === true ? 'qemu-guest-agent port' : '-'],
     ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
     ['created', v.createdAt],
@@ -64,6 +64,7 @@ interface CreateFlags extends ClusterFlags {
   waitReady?: boolean;
   readyTimeout?: string;
   diskImage?: string;
+  shared?: boolean;
   guestAgent?: boolean;
   kernel?: string;
   initrd?: string;
@@ -85,6 +86,7 @@ export function registerVm(program: Command): void {
       .option('--host <host>', 'place it on this host (default: the scheduler chooses)')
       .option('--net <network>', 'VM network (default vm0 when the server has one)')
       .option('--disk-image <file>', 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied')
+      .option('--shared', 'the --disk-image file is on shared storage (the same path on every host): the VM disk is that file, no overlay, never copied; with --image tiny a data disk')
       .option('--kernel <file>', 'direct kernel boot of this kernel (root disk: --disk-image)')
       .option('--initrd <file>', 'direct kernel boot: its initrd')
       .option('--append <cmdline>', 'direct kernel boot: the kernel command line, e.g. "root=/dev/vda rw console=ttyS0" (no quotes, ; $ or \\ inside)')
@@ -110,6 +112,7 @@ export function registerVm(program: Command): void {
       if (f.net !== undefined) body.network = f.net;
       if (f.waitReady !== undefined) body.waitReady = f.waitReady;
       if (f.diskImage !== undefined) body.diskImage = resolve(f.diskImage); // the server resolves nothing relative
+      if (f.shared === true) body.shared = true;
       if (f.guestAgent !== undefined) body.guestAgent = f.guestAgent;
       if (f.kernel !== undefined) body.kernel = resolve(f.kernel);
       if (f.initrd !== undefined) body.initrd = resolve(f.initrd);
