@@ -5,7 +5,7 @@
  * another file there, is refused in prepare with FERRY_E_SHARED_MISSING / FERRY_E_SHARED_DIFFERS, nothing
  * started there, the VM running on the source unchanged; a live migration moves no disk byte (no mirror,
  * no NBD, the source agent's record says so), and the guest on the destination reads its data back and
- * writes more into the same file, with one QEMU in the lab.
+ * writes more into the same file, with one QEMU in the lab; a cold move back carries the saved state only.
  *
  * The lab's hosts share the machine's file system, so a directory of this test plays NFS. Each agent runs
  * in a mount namespace of its own (`ip netns exec` makes one, and the agent's QEMUs inherit it), so the
@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { AgentMigrationView } from '../../src/common/agent-migration.ts';
+import type { AgentMigrationView, ColdManifest } from '../../src/common/agent-migration.ts';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import type { VmSpec } from '../../src/common/spec.ts';
 import { readLabState } from '../../src/lab/index.ts';
@@ -61,8 +61,9 @@ async function observe<T>(host: string, fn: (qmp: QmpClient) => Promise<T>): Pro
   }
 }
 
-function sourceRecord(host: string, id: string): AgentMigrationView {
-  return (JSON.parse(readFileSync(join(h.hostDir(host), 'migrations', `${id}.json`), 'utf8')) as { view: AgentMigrationView }).view;
+/** A host agent's own record of a migration (it keeps it after the end). */
+function agentRecord(host: string, id: string): { view: AgentMigrationView; cold?: { manifest: ColdManifest } } {
+  return JSON.parse(readFileSync(join(h.hostDir(host), 'migrations', `${id}.json`), 'utf8')) as { view: AgentMigrationView; cold?: { manifest: ColdManifest } };
 }
 
 describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
@@ -70,6 +71,7 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
   let disk = '';
   let bootId = '';
   let sum = '';
+  let written = '';
 
   /** A refused migration: exit 1, the job failed in prepare with `code`, the VM on h1 exactly as before. */
   async function assertRefused(code: string, what: string): Promise<void> {
@@ -145,7 +147,7 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
     const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h2', '--wait'], [0, 1]);
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.equal(m.progress?.disk ?? null, null, 'the job reports no disk copy');
-    const src = sourceRecord('h1', m.id);
+    const src = agentRecord('h1', m.id).view;
     assert.deepEqual([src.storage, src.mirror], ['shared', null], "the source agent's record: shared storage, no mirror ran");
     measured.push(`live h1→h2, shared disk: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs ?? '-'} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB sent (RAM)`);
 
@@ -165,9 +167,22 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
     assert.equal(existsSync(join(h.hostDir('h2'), 'vms', VM, 'vda.qcow2')), false, 'no copy in the destination run dir');
 
     assert.equal(await diskSum(), sum, 'the guest on h2 reads the data it wrote on h1, untouched by the refusals');
-    const after = await diskFill(11);
-    assert.notEqual(after, sum);
-    assert.equal(await diskSum(), after, 'the guest on h2 writes the shared disk');
+    written = await diskFill(11);
+    assert.notEqual(written, sum);
+    assert.equal(await diskSum(), written, 'the guest on h2 writes the shared disk');
     assert.equal(statSync(disk).ino, inode, 'the same file, never replaced');
+  });
+
+  it('cold h2→h1 moves the saved state only, no disk file; the guest on h1 reads what it wrote on h2', async () => {
+    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--mode', 'cold', '--wait'], [0, 1]);
+    assert.equal(m.state, 'completed', JSON.stringify(m.error));
+    const files = agentRecord('h2', m.id).cold?.manifest.files.map((f) => f.name);
+    assert.deepEqual(files, ['state'], "the source agent offered the saved state and no disk");
+    measured.push(`cold h2→h1, shared disk: total ${m.totalMs} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB moved (the saved state)`);
+    const v = await h.vmShow(VM);
+    assert.deepEqual([v.host, v.state, v.bootId], ['h1', 'running', bootId], 'the same guest runs on h1');
+    await waitFor('the source QEMU on h2 gone', () => h.qemuPids('h2', VM).length === 0 && !h.runDirExists('h2', VM), 10_000);
+    assert.equal(h.qemuPids('h1', VM).length, 1, 'one QEMU on h1');
+    assert.equal(await diskSum(), written, 'the data written on h2 is read on h1');
   });
 });
