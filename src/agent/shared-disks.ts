@@ -24,15 +24,23 @@ export async function fingerprintFile(path: string): Promise<{ sizeBytes: number
   try {
     fh = await open(path, 'r');
   } catch (err) {
-    throw new FerryError('FERRY_E_SHARED_MISSING', `The shared disk ${path} is not on this host (${(err as NodeJS.ErrnoException).code ?? 'unreadable'}).`, {
-      cause: err,
-      details: { path },
-    });
+    throw new FerryError(
+      'FERRY_E_SHARED_MISSING',
+      `The shared disk ${path} is not on this host (${(err as NodeJS.ErrnoException).code ?? 'unreadable'}).`,
+      {
+        cause: err,
+        details: { path },
+      },
+    );
   }
   try {
     const st = await fh.stat();
     if (!st.isFile() && !st.isBlockDevice()) {
-      throw new FerryError('FERRY_E_SHARED_MISSING', `The shared disk ${path} is not a file or a block device on this host.`, { details: { path } });
+      throw new FerryError(
+        'FERRY_E_SHARED_MISSING',
+        `The shared disk ${path} is not a file or a block device on this host.`,
+        { details: { path } },
+      );
     }
     const buf = Buffer.alloc(FINGERPRINT_BYTES);
     let got = 0;
@@ -65,18 +73,36 @@ export async function fingerprintSharedDisks(spec: VmSpec): Promise<SharedDiskFi
  * FERRY_E_SHARED_DIFFERS name the disk and both views. Without fingerprints (an older controller) only
  * presence is checked.
  */
-export async function checkSharedDisks(spec: VmSpec, expected: readonly SharedDiskFingerprint[] | undefined): Promise<void> {
+export async function checkSharedDisks(
+  spec: VmSpec,
+  expected: readonly SharedDiskFingerprint[] | undefined,
+): Promise<void> {
   const seen = await fingerprintSharedDisks(spec);
   for (const want of expected ?? []) {
     const here = seen.find((s) => s.id === want.id);
     if (here === undefined || here.path !== want.path) {
-      throw new FerryError('FERRY_E_BAD_INPUT', `Shared disk ${want.id} at ${want.path} is not a shared disk of VM ${spec.name}.`);
+      throw new FerryError(
+        'FERRY_E_BAD_INPUT',
+        `Shared disk ${want.id} at ${want.path} is not a shared disk of VM ${spec.name}.`,
+      );
     }
     if (here.sizeBytes !== want.sizeBytes || here.headSha256 !== want.headSha256) {
-      const what = here.sizeBytes !== want.sizeBytes ? `${here.sizeBytes} bytes here, ${want.sizeBytes} on the source` : 'its first MiB differs from the source\'s';
-      throw new FerryError('FERRY_E_SHARED_DIFFERS', `The shared disk ${want.id} at ${want.path} is another file on this host: ${what}.`, {
-        details: { disk: want.id, path: want.path, source: { sizeBytes: want.sizeBytes, headSha256: want.headSha256 }, here: { sizeBytes: here.sizeBytes, headSha256: here.headSha256 } },
-      });
+      const what =
+        here.sizeBytes !== want.sizeBytes
+          ? `${here.sizeBytes} bytes here, ${want.sizeBytes} on the source`
+          : "its first MiB differs from the source's";
+      throw new FerryError(
+        'FERRY_E_SHARED_DIFFERS',
+        `The shared disk ${want.id} at ${want.path} is another file on this host: ${what}.`,
+        {
+          details: {
+            disk: want.id,
+            path: want.path,
+            source: { sizeBytes: want.sizeBytes, headSha256: want.headSha256 },
+            here: { sizeBytes: here.sizeBytes, headSha256: here.headSha256 },
+          },
+        },
+      );
     }
   }
 }

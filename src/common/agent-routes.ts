@@ -142,7 +142,8 @@ export const AGENT_ROUTES = {
   sharedDisks: route({
     method: 'GET',
     path: '/vms/:name/shared-disks',
-    summary: "The VM's shared disks as this host sees them: size and sha256 of the first MiB (a migration's source)",
+    summary:
+      "The VM's shared disks as this host sees them: size and sha256 of the first MiB (a migration's source)",
     params: NameParams,
     response: Type.Array(SharedDiskFingerprint),
     status: 200,

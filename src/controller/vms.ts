@@ -9,7 +9,14 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, defaultVmSpec, type BootSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import {
+  APPEND_PATTERN,
+  defaultVmSpec,
+  type BootSpec,
+  type DiskSpec,
+  type NicSpec,
+  type VmSpec,
+} from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -99,9 +106,15 @@ function sharedDisk(base: DiskImageInfo & { path: string }): DiskSpec {
 /** What `shared` goes with: a disk image of the user's own, at the size it has. */
 function checkSharedRequest(req: CreateVmRequest): void {
   if (req.diskImage === undefined)
-    throw new FerryError('FERRY_E_USAGE', '--shared says that the --disk-image file is on shared storage: give --disk-image.');
+    throw new FerryError(
+      'FERRY_E_USAGE',
+      '--shared says that the --disk-image file is on shared storage: give --disk-image.',
+    );
   if (req.disk !== undefined)
-    throw new FerryError('FERRY_E_USAGE', '--disk cannot go with --shared: a shared disk is the file as it is, never grown by Ferry.');
+    throw new FerryError(
+      'FERRY_E_USAGE',
+      '--disk cannot go with --shared: a shared disk is the file as it is, never grown by Ferry.',
+    );
 }
 
 /**
@@ -206,7 +219,10 @@ export class VmService {
     const stored =
       req.image !== undefined && req.image !== 'tiny' && !req.image.startsWith('/') ? req.image : undefined;
     if (shared && stored !== undefined)
-      throw new FerryError('FERRY_E_USAGE', `--shared goes with a kernel image (tiny or a directory), not the stored disk image ${stored}.`);
+      throw new FerryError(
+        'FERRY_E_USAGE',
+        `--shared goes with a kernel image (tiny or a directory), not the stored disk image ${stored}.`,
+      );
     const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
     let base: (DiskImageInfo & { path: string }) | undefined;
     if (stored !== undefined) {
@@ -304,7 +320,8 @@ export class VmService {
       throw new FerryError('FERRY_E_USAGE', '--ip needs a VM network (--net).');
     // A shared disk under the tiny guest is a data disk: the tiny guest still answers in seconds.
     const sharedData = shared && req.image !== undefined;
-    const waitReady = req.waitReady ?? (image === 'tiny' && (base === undefined || sharedData) && direct === undefined);
+    const waitReady =
+      req.waitReady ?? (image === 'tiny' && (base === undefined || sharedData) && direct === undefined);
     const readyTimeoutMs =
       req.readyTimeout === undefined
         ? DEFAULT_READY_TIMEOUT_MS
@@ -375,12 +392,35 @@ export class VmService {
             ...(p.guestAgent ? { guestAgent: true } : {}),
           })
         : p.direct
-        ? defaultVmSpec(p.name, {
-            memoryBytes: p.memoryBytes,
-            vcpus: p.vcpus,
-            boot: p.direct,
-            disks: p.base
-              ? [
+          ? defaultVmSpec(p.name, {
+              memoryBytes: p.memoryBytes,
+              vcpus: p.vcpus,
+              boot: p.direct,
+              disks: p.base
+                ? [
+                    p.shared
+                      ? sharedDisk(p.base)
+                      : {
+                          id: 'vda',
+                          sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
+                          shared: false,
+                          backing: { path: p.base.path, format: p.base.format },
+                        },
+                  ]
+                : p.diskBytes === undefined
+                  ? []
+                  : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+              nics,
+              guestChannel: false,
+              guestAgent: p.guestAgent,
+            })
+          : p.base
+            ? defaultVmSpec(p.name, {
+                memoryBytes: p.memoryBytes,
+                vcpus: p.vcpus,
+                // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
+                boot: { kind: 'disk' },
+                disks: [
                   p.shared
                     ? sharedDisk(p.base)
                     : {
@@ -389,42 +429,20 @@ export class VmService {
                         shared: false,
                         backing: { path: p.base.path, format: p.base.format },
                       },
-                ]
-              : p.diskBytes === undefined
-                ? []
-                : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
-            nics,
-            guestChannel: false,
-            guestAgent: p.guestAgent,
-          })
-        : p.base
-          ? defaultVmSpec(p.name, {
-              memoryBytes: p.memoryBytes,
-              vcpus: p.vcpus,
-              // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
-              boot: { kind: 'disk' },
-              disks: [
-                p.shared
-                  ? sharedDisk(p.base)
-                  : {
-                      id: 'vda',
-                      sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
-                      shared: false,
-                      backing: { path: p.base.path, format: p.base.format },
-                    },
-              ],
-              nics,
-              guestChannel: false,
-              guestAgent: p.guestAgent,
-            })
-          : defaultVmSpec(p.name, {
-              memoryBytes: p.memoryBytes,
-              vcpus: p.vcpus,
-              boot: { kind: 'kernel', image: p.image },
-              disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
-              nics,
-              ...(p.guestAgent ? { guestAgent: true } : {}),
-            });
+                ],
+                nics,
+                guestChannel: false,
+                guestAgent: p.guestAgent,
+              })
+            : defaultVmSpec(p.name, {
+                memoryBytes: p.memoryBytes,
+                vcpus: p.vcpus,
+                boot: { kind: 'kernel', image: p.image },
+                disks:
+                  p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+                nics,
+                ...(p.guestAgent ? { guestAgent: true } : {}),
+              });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();

@@ -37,7 +37,13 @@ const diskSum = async (): Promise<string> => {
   return r.sum;
 };
 const diskFill = async (seed: number): Promise<string> => {
-  const r = await guest<{ ok: boolean; sum: string }>('disk', 'fill', '/dev/vda', String(DISK_MIB), String(seed));
+  const r = await guest<{ ok: boolean; sum: string }>(
+    'disk',
+    'fill',
+    '/dev/vda',
+    String(DISK_MIB),
+    String(seed),
+  );
   assert.equal(r.ok, true, `disk fill: ${JSON.stringify(r)}`);
   return r.sum;
 };
@@ -47,13 +53,19 @@ function onHost(host: string, argv: string[]): void {
   const pid = h.state?.hosts.find((x) => x.name === host)?.pid;
   assert.ok(pid, `the agent of ${host} runs`);
   // Never in our own namespace: that would change what every host sees.
-  assert.notEqual(readlinkSync(`/proc/${pid}/ns/mnt`), readlinkSync('/proc/self/ns/mnt'), `${host}'s agent has a mount namespace of its own`);
+  assert.notEqual(
+    readlinkSync(`/proc/${pid}/ns/mnt`),
+    readlinkSync('/proc/self/ns/mnt'),
+    `${host}'s agent has a mount namespace of its own`,
+  );
   execFileSync('nsenter', ['-t', String(pid), '-m', '--', ...argv], { stdio: 'pipe' });
 }
 
 /** Asks a host's QEMU of the VM through its observer monitor. */
 async function observe<T>(host: string, fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
-  const qmp = await QmpClient.connect(runFiles(join(h.hostDir(host), 'vms', VM)).observeSocket, { timeoutMs: 5000 });
+  const qmp = await QmpClient.connect(runFiles(join(h.hostDir(host), 'vms', VM)).observeSocket, {
+    timeoutMs: 5000,
+  });
   try {
     return await fn(qmp);
   } finally {
@@ -62,8 +74,14 @@ async function observe<T>(host: string, fn: (qmp: QmpClient) => Promise<T>): Pro
 }
 
 /** A host agent's own record of a migration (it keeps it after the end). */
-function agentRecord(host: string, id: string): { view: AgentMigrationView; cold?: { manifest: ColdManifest } } {
-  return JSON.parse(readFileSync(join(h.hostDir(host), 'migrations', `${id}.json`), 'utf8')) as { view: AgentMigrationView; cold?: { manifest: ColdManifest } };
+function agentRecord(
+  host: string,
+  id: string,
+): { view: AgentMigrationView; cold?: { manifest: ColdManifest } } {
+  return JSON.parse(readFileSync(join(h.hostDir(host), 'migrations', `${id}.json`), 'utf8')) as {
+    view: AgentMigrationView;
+    cold?: { manifest: ColdManifest };
+  };
 }
 
 describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
@@ -85,7 +103,11 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
     assert.equal(shown.error?.code, code, `${what}: migration show carries the code`);
     measured.push(`${what}: ${code}: ${m.error?.message}`);
     const v = await h.vmShow(VM);
-    assert.deepEqual([v.host, v.state, v.bootId], ['h1', 'running', bootId], `${what}: the VM runs on h1, same boot`);
+    assert.deepEqual(
+      [v.host, v.state, v.bootId],
+      ['h1', 'running', bootId],
+      `${what}: the VM runs on h1, same boot`,
+    );
     assert.equal(h.qemuPids('h2', VM).length, 0, `${what}: no QEMU was started on h2`);
     assert.equal(h.runDirExists('h2', VM), false, `${what}: nothing left on h2`);
     assert.equal(h.qemuPids('h1', VM).length, 1, `${what}: one QEMU on h1`);
@@ -104,15 +126,43 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
   after(() => h.down(measured));
 
   it('vm create --shared: the disk is the file itself (no overlay), the guest writes it, QEMU holds its lock', async () => {
-    const v = await h.ferryJson<VmView & { spec: VmSpec }>(['vm', 'create', VM, '--image', 'tiny', '--disk-image', disk, '--shared', '--host', 'h1']);
+    const v = await h.ferryJson<VmView & { spec: VmSpec }>([
+      'vm',
+      'create',
+      VM,
+      '--image',
+      'tiny',
+      '--disk-image',
+      disk,
+      '--shared',
+      '--host',
+      'h1',
+    ]);
     assert.deepEqual([v.host, v.state], ['h1', 'running']);
     assert.ok(v.bootId, 'the tiny guest reports its boot id');
     bootId = v.bootId;
-    assert.deepEqual(v.spec.disks, [{ id: 'vda', sizeBytes: DISK_MIB * 2 ** 20, shared: true, path: disk, format: 'qcow2' }]);
-    assert.equal(existsSync(join(h.hostDir('h1'), 'vms', VM, 'vda.qcow2')), false, 'no disk of its own in the run dir');
+    assert.deepEqual(v.spec.disks, [
+      { id: 'vda', sizeBytes: DISK_MIB * 2 ** 20, shared: true, path: disk, format: 'qcow2' },
+    ]);
+    assert.equal(
+      existsSync(join(h.hostDir('h1'), 'vms', VM, 'vda.qcow2')),
+      false,
+      'no disk of its own in the run dir',
+    );
     sum = await diskFill(7);
     // QEMU's image lock: a second VM on the same file does not start, and leaves nothing behind.
-    const second = await h.ferryRaw(['vm', 'create', 'sh2', '--image', 'tiny', '--disk-image', disk, '--shared', '--host', 'h2']);
+    const second = await h.ferryRaw([
+      'vm',
+      'create',
+      'sh2',
+      '--image',
+      'tiny',
+      '--disk-image',
+      disk,
+      '--shared',
+      '--host',
+      'h2',
+    ]);
     assert.equal(second.code, 1, `a second VM on the disk: exit ${second.code}\n${second.stdout}`);
     const err = (JSON.parse(second.stdout) as { error: { code: string; message: string } }).error;
     assert.match(err.message, /lock/, `refused by the image lock: ${err.message}`);
@@ -148,12 +198,22 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.equal(m.progress?.disk ?? null, null, 'the job reports no disk copy');
     const src = agentRecord('h1', m.id).view;
-    assert.deepEqual([src.storage, src.mirror], ['shared', null], "the source agent's record: shared storage, no mirror ran");
-    measured.push(`live h1→h2, shared disk: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs ?? '-'} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB sent (RAM)`);
+    assert.deepEqual(
+      [src.storage, src.mirror],
+      ['shared', null],
+      "the source agent's record: shared storage, no mirror ran",
+    );
+    measured.push(
+      `live h1→h2, shared disk: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs ?? '-'} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB sent (RAM)`,
+    );
 
     const v = await h.vmShow(VM);
     assert.deepEqual([v.host, v.state, v.bootId], ['h2', 'running', bootId], 'the same guest runs on h2');
-    await waitFor('the source QEMU on h1 gone', () => h.qemuPids('h1', VM).length === 0 && !h.runDirExists('h1', VM), 10_000);
+    await waitFor(
+      'the source QEMU on h1 gone',
+      () => h.qemuPids('h1', VM).length === 0 && !h.runDirExists('h1', VM),
+      10_000,
+    );
     assert.equal(h.qemuPids('h2', VM).length, 1, 'one QEMU on h2');
     const { jobs, nodes, status } = await observe('h2', async (q) => ({
       jobs: await q.execute('query-block-jobs'),
@@ -162,11 +222,23 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
     }));
     assert.equal(status.status, 'running');
     assert.deepEqual(jobs, [], 'no block job on the destination');
-    assert.equal(nodes.find((n) => n['node-name'] === 'disk-vda')?.file, disk, 'the destination opened the shared file itself');
+    assert.equal(
+      nodes.find((n) => n['node-name'] === 'disk-vda')?.file,
+      disk,
+      'the destination opened the shared file itself',
+    );
     assert.ok(!nodes.some((n) => n.drv === 'nbd'), 'no NBD node');
-    assert.equal(existsSync(join(h.hostDir('h2'), 'vms', VM, 'vda.qcow2')), false, 'no copy in the destination run dir');
+    assert.equal(
+      existsSync(join(h.hostDir('h2'), 'vms', VM, 'vda.qcow2')),
+      false,
+      'no copy in the destination run dir',
+    );
 
-    assert.equal(await diskSum(), sum, 'the guest on h2 reads the data it wrote on h1, untouched by the refusals');
+    assert.equal(
+      await diskSum(),
+      sum,
+      'the guest on h2 reads the data it wrote on h1, untouched by the refusals',
+    );
     written = await diskFill(11);
     assert.notEqual(written, sum);
     assert.equal(await diskSum(), written, 'the guest on h2 writes the shared disk');
@@ -174,14 +246,23 @@ describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
   });
 
   it('cold h2→h1 moves the saved state only, no disk file; the guest on h1 reads what it wrote on h2', async () => {
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--mode', 'cold', '--wait'], [0, 1]);
+    const m = await h.ferryJson<MigrationJson>(
+      ['vm', 'migrate', VM, '--to', 'h1', '--mode', 'cold', '--wait'],
+      [0, 1],
+    );
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     const files = agentRecord('h2', m.id).cold?.manifest.files.map((f) => f.name);
-    assert.deepEqual(files, ['state'], "the source agent offered the saved state and no disk");
-    measured.push(`cold h2→h1, shared disk: total ${m.totalMs} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB moved (the saved state)`);
+    assert.deepEqual(files, ['state'], 'the source agent offered the saved state and no disk');
+    measured.push(
+      `cold h2→h1, shared disk: total ${m.totalMs} ms, ${Math.round((m.transferredBytes ?? 0) / 2 ** 20)} MiB moved (the saved state)`,
+    );
     const v = await h.vmShow(VM);
     assert.deepEqual([v.host, v.state, v.bootId], ['h1', 'running', bootId], 'the same guest runs on h1');
-    await waitFor('the source QEMU on h2 gone', () => h.qemuPids('h2', VM).length === 0 && !h.runDirExists('h2', VM), 10_000);
+    await waitFor(
+      'the source QEMU on h2 gone',
+      () => h.qemuPids('h2', VM).length === 0 && !h.runDirExists('h2', VM),
+      10_000,
+    );
     assert.equal(h.qemuPids('h1', VM).length, 1, 'one QEMU on h1');
     assert.equal(await diskSum(), written, 'the data written on h2 is read on h1');
   });

@@ -8,7 +8,10 @@ import type { VmSpec } from '../../common/spec.ts';
 import type { AgentClient } from '../agent-client.ts';
 
 /** The part of a prepare body that carries the source's fingerprints; empty for a VM without shared disks. */
-export async function sharedDisksForPrepare(src: AgentClient, spec: VmSpec): Promise<{ sharedDisks?: SharedDiskFingerprint[] }> {
+export async function sharedDisksForPrepare(
+  src: AgentClient,
+  spec: VmSpec,
+): Promise<{ sharedDisks?: SharedDiskFingerprint[] }> {
   if (!spec.disks.some((d) => d.shared)) return {};
   return { sharedDisks: await src.call('sharedDisks', { params: { name: spec.name } }) };
 }
