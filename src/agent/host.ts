@@ -15,13 +15,14 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
-import type { HostInventory, VmStatus } from '../common/protocol.ts';
+import type { HostInventory, SharedDiskFingerprint, VmStatus } from '../common/protocol.ts';
 import type { VmSpec } from '../common/spec.ts';
 import { probeAccel, qemuInfo } from '../qemu/accel.ts';
 import type { Accel } from '../qemu/argv.ts';
 import type { Log } from './identity.ts';
 import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
 import { KeyedMutex } from './mutex.ts';
+import { fingerprintSharedDisks } from './shared-disks.ts';
 import { ensureTaps, removeTaps } from './network.ts';
 import { runFiles } from '../qemu/process.ts';
 import { LocalVm, vmsDir, type Readiness } from './vm.ts';
@@ -47,6 +48,8 @@ export interface VmHost {
   guest(name: string, command: string): Promise<unknown>;
   /** The last `maxBytes` of the VM's serial log. */
   console(name: string, maxBytes: number): Promise<string>;
+  /** The VM's shared disks as this host sees them (shared-disks.ts). */
+  sharedDisks(name: string): Promise<SharedDiskFingerprint[]>;
   /** Lets go of the VMs (QMP connections) without stopping them. */
   close(): Promise<void>;
 }
@@ -245,6 +248,10 @@ export class AgentHost implements VmHost {
 
   async console(name: string, maxBytes: number): Promise<string> {
     return tailFile(runFiles(this.vm(name).runDir).serialLog, maxBytes);
+  }
+
+  async sharedDisks(name: string): Promise<SharedDiskFingerprint[]> {
+    return fingerprintSharedDisks(this.vm(name).spec);
   }
 
   // --- For the agent's other route sets (migration prepare/perform/finish/confirm): the same VM table,

@@ -64,6 +64,7 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
     },
     guest: ({ params, body }) => host.guest(vm(params), body.command),
     console: ({ params }) => host.console(vm(params), CONSOLE_TAIL_BYTES),
+    sharedDisks: ({ params }) => host.sharedDisks(vm(params)),
   };
 }
 

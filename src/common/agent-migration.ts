@@ -5,6 +5,7 @@
  * keeps its side of a migration in a small versioned record file, so these types are also on disk.
  */
 import Type, { type Static, type TSchema } from 'typebox';
+import { SharedDiskFingerprint } from './protocol.ts';
 import { VmSpec } from './spec.ts';
 import { MigrationProgress } from './migration.ts';
 import { Prediction } from './progress.ts';
@@ -72,6 +73,11 @@ export const PrepareRequest = Type.Object({
    * tls.ts). Absent (an older controller): any certificate of the cluster CA, as before.
    */
   tlsPeer: Type.Optional(Name),
+  /**
+   * The shared disks as the source sees them: the destination refuses, before it starts anything, a path
+   * it does not see or a file that differs. Absent (an older controller): only their presence is checked.
+   */
+  sharedDisks: Type.Optional(Type.Array(SharedDiskFingerprint, { maxItems: 8 })),
 });
 export type PrepareRequest = Static<typeof PrepareRequest>;
 
@@ -229,7 +235,12 @@ export const ColdManifest = Type.Object({
 export type ColdManifest = Static<typeof ColdManifest>;
 
 /** POST …/cold/prepare (destination lays out the VM; start=false keeps a VM that was stopped stopped). */
-export const ColdPrepareRequest = Type.Object({ spec: VmSpec, start: Type.Optional(Type.Boolean()) });
+export const ColdPrepareRequest = Type.Object({
+  spec: VmSpec,
+  start: Type.Optional(Type.Boolean()),
+  /** As in PrepareRequest: the shared disks as the source sees them, checked before anything is laid out. */
+  sharedDisks: Type.Optional(Type.Array(SharedDiskFingerprint, { maxItems: 8 })),
+});
 export type ColdPrepareRequest = Static<typeof ColdPrepareRequest>;
 
 /** POST …/cold/perform (source): stop (shutdown) or pause and save (save), then offer the files. */

@@ -43,6 +43,7 @@ import {
   Deleted,
   GuestRequest,
   HostInventory,
+  SharedDiskFingerprint,
   StopVmRequest,
   VmStatus,
 } from './protocol.ts';
@@ -134,6 +135,17 @@ export const AGENT_ROUTES = {
     summary: 'One VM',
     params: NameParams,
     response: VmStatus,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  sharedDisks: route({
+    method: 'GET',
+    path: '/vms/:name/shared-disks',
+    summary:
+      "The VM's shared disks as this host sees them: size and sha256 of the first MiB (a migration's source)",
+    params: NameParams,
+    response: Type.Array(SharedDiskFingerprint),
     status: 200,
     timeoutMs: DEFAULT_TIMEOUT_MS,
     unknown: 'FERRY_E_VM_NOT_FOUND',

@@ -103,6 +103,8 @@ export const ERRORS = {
   FERRY_E_RECEIPT_REQUIRED: def(409, 1, false, 'The source QEMU completed the migration: it resumes only once the destination signed that it discarded its copy.'),
   FERRY_E_RECEIPT_INVALID: def(409, 1, false, 'The discard receipt does not prove that the destination discarded its copy: the source is not resumed.'),
   FERRY_E_VERIFY_FAILED: def(500, 1, false, 'Verification on the destination failed (checksum or guest check).'),
+  FERRY_E_SHARED_MISSING: def(409, 1, false, 'A shared disk is not at its path on the destination: mount the shared storage there (the same path on every host), or choose another host.'),
+  FERRY_E_SHARED_DIFFERS: def(409, 1, true, "The destination sees another file at a shared disk's path (size or sha256 of its first MiB differ from the source's): mount the same storage. A guest rewriting that MiB meanwhile: retry."),
   FERRY_E_CPU_INCOMPATIBLE: def(409, 2, false, 'The destination CPU or QEMU cannot run this VM.'),
   FERRY_E_CONTROLLER_RESTARTED: def(500, 1, false, 'The controller restarted during the job; it was recovered.'),
 

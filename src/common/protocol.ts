@@ -111,6 +111,18 @@ export const GuestRequest = Type.Object({
 });
 export type GuestRequest = Static<typeof GuestRequest>;
 
+/**
+ * A shared disk as one host sees it (GET /vms/:name/shared-disks on the source, then in prepare to the
+ * destination): its size and the sha256 of its first MiB (src/agent/shared-disks.ts).
+ */
+export const SharedDiskFingerprint = Type.Object({
+  id: Type.String({ pattern: '^vd[a-z]$' }),
+  path: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+  sizeBytes: Type.Integer({ minimum: 0 }),
+  headSha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+});
+export type SharedDiskFingerprint = Static<typeof SharedDiskFingerprint>;
+
 export const Deleted = Type.Object({ deleted: Type.Boolean() });
 export type Deleted = Static<typeof Deleted>;
 

@@ -27,10 +27,17 @@ export const DiskSpec = Type.Object({
   /** Device id inside QEMU and the guest's view (virtio: vda, vdb ...). */
   id: Type.String({ pattern: '^vd[a-z]$' }),
   sizeBytes: Type.Integer({ minimum: MIB }),
-  /** Shared storage is reachable from every host at the same path and is never copied. */
+  /**
+   * Shared storage: the disk is the file at `path` itself, which every host sees at that path (NFS, a
+   * cluster file system). It is never copied: a live migration opens it on the destination (the source
+   * releases it at switchover), a cold one moves no file for it, and prepare refuses a destination that
+   * does not see the same file (src/agent/shared-disks.ts).
+   */
   shared: Type.Boolean(),
-  /** Absolute path of a qcow2 image; when absent the agent creates one in the VM's directory. */
+  /** Absolute path of the disk's image; when absent the agent creates a qcow2 one in the VM's directory. */
   path: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' })),
+  /** The format of the file at `path`, as qemu-img said at create; absent: qcow2. */
+  format: Type.Optional(Type.Union([Type.Literal('qcow2'), Type.Literal('raw')])),
   /**
    * The read-only base under the VM's own qcow2 overlay (created in the VM's directory, `-b` this): creating
    * the VM copies nothing, and a storage migration copies only the overlay (`sync: top`), the destination

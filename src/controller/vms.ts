@@ -9,7 +9,7 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -32,6 +32,11 @@ export interface CreateVmRequest {
   network?: string;
   /** Boot from this disk (qcow2 or raw, seen at the same path by the controller and every host) under a VM overlay. */
   diskImage?: string;
+  /**
+   * The disk image is shared storage: the VM's disk is that file itself (no overlay), written by the guest,
+   * never copied by a migration. With a kernel image (`image: tiny`) it is the guest's data disk.
+   */
+  shared?: boolean;
   /** Direct kernel boot: the kernel, an initrd and the command line (validated, never through a shell). */
   kernel?: string;
   initrd?: string;
@@ -88,6 +93,28 @@ export function macFor(name: string, used: ReadonlySet<string>): string {
     if (!used.has(mac)) return mac;
   }
   throw new FerryError('FERRY_E_INTERNAL', `No free MAC address for ${name}.`);
+}
+
+/**
+ * A disk on shared storage: the file itself, in the format qemu-img said, at the size it has. Every host
+ * sees it at that path; migrations never copy it, and a destination that does not see it is refused.
+ */
+function sharedDisk(base: DiskImageInfo & { path: string }): DiskSpec {
+  return { id: 'vda', sizeBytes: base.virtualSizeBytes, shared: true, path: base.path, format: base.format };
+}
+
+/** What `shared` goes with: a disk image of the user's own, at the size it has. */
+function checkSharedRequest(req: CreateVmRequest): void {
+  if (req.diskImage === undefined)
+    throw new FerryError(
+      'FERRY_E_USAGE',
+      '--shared says that the --disk-image file is on shared storage: give --disk-image.',
+    );
+  if (req.disk !== undefined)
+    throw new FerryError(
+      'FERRY_E_USAGE',
+      '--disk cannot go with --shared: a shared disk is the file as it is, never grown by Ferry.',
+    );
 }
 
 /**
@@ -179,7 +206,10 @@ export class VmService {
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64)
       throw new FerryError('FERRY_E_BAD_INPUT', `Bad vcpus ${vcpus}: 1 to 64.`);
     const diskBytes = req.disk === undefined ? undefined : parseSize(req.disk, 'disk');
-    if (req.diskImage !== undefined && req.image !== undefined) {
+    const shared = req.shared === true;
+    if (shared) checkSharedRequest(req);
+    // A shared disk may be a kernel image's data disk; any other disk image is what the VM boots.
+    if (req.diskImage !== undefined && req.image !== undefined && !shared) {
       throw new FerryError(
         'FERRY_E_USAGE',
         'Give either an image (kernel + initramfs) or a disk image to boot from, not both.',
@@ -188,6 +218,11 @@ export class VmService {
     // An image name (not `tiny`, not a directory) is a disk image of the store, booted under an overlay.
     const stored =
       req.image !== undefined && req.image !== 'tiny' && !req.image.startsWith('/') ? req.image : undefined;
+    if (shared && stored !== undefined)
+      throw new FerryError(
+        'FERRY_E_USAGE',
+        `--shared goes with a kernel image (tiny or a directory), not the stored disk image ${stored}.`,
+      );
     const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
     let base: (DiskImageInfo & { path: string }) | undefined;
     if (stored !== undefined) {
@@ -284,7 +319,10 @@ export class VmService {
     }
     if (req.ip !== undefined && network === undefined)
       throw new FerryError('FERRY_E_USAGE', '--ip needs a VM network (--net).');
-    const waitReady = req.waitReady ?? (image === 'tiny' && base === undefined && direct === undefined);
+    // A shared disk under the tiny guest is a data disk: the tiny guest still answers in seconds.
+    const sharedData = shared && req.image !== undefined;
+    const waitReady =
+      req.waitReady ?? (image === 'tiny' && (base === undefined || sharedData) && direct === undefined);
     const readyTimeoutMs =
       req.readyTimeout === undefined
         ? DEFAULT_READY_TIMEOUT_MS
@@ -292,7 +330,7 @@ export class VmService {
     if (readyTimeoutMs < 1 || readyTimeoutMs > MAX_READY_TIMEOUT_MS) {
       throw new FerryError('FERRY_E_BAD_DURATION', `Bad ready timeout ${readyTimeoutMs} ms: 1 ms to 30 min.`);
     }
-    const guestAgent = req.guestAgent ?? (base !== undefined || direct !== undefined);
+    const guestAgent = req.guestAgent ?? ((base !== undefined && !sharedData) || direct !== undefined);
     const cloudInit = this.cloudInitOf(req, name, network);
     return {
       cloudInit,
@@ -302,6 +340,8 @@ export class VmService {
       diskBytes,
       image,
       base,
+      shared,
+      sharedData,
       direct,
       guestAgent,
       ip: req.ip,
@@ -370,53 +410,67 @@ export class VmService {
         }
         nics.push(nic);
       }
-      const spec0 = p.direct
+      const spec0 = p.sharedData
         ? defaultVmSpec(p.name, {
             memoryBytes: p.memoryBytes,
             vcpus: p.vcpus,
-            boot: p.direct,
-            disks: p.base
-              ? [
-                  {
-                    id: 'vda',
-                    sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
-                    shared: false,
-                    backing: { path: p.base.path, format: p.base.format },
-                  },
-                ]
-              : p.diskBytes === undefined
-                ? []
-                : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+            boot: { kind: 'kernel', image: p.image },
+            disks: [sharedDisk(p.base!)],
             nics,
-            guestChannel: false,
-            guestAgent: p.guestAgent,
+            ...(p.guestAgent ? { guestAgent: true } : {}),
           })
-        : p.base
+        : p.direct
           ? defaultVmSpec(p.name, {
               memoryBytes: p.memoryBytes,
               vcpus: p.vcpus,
-              // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
-              boot: { kind: 'disk' },
-              disks: [
-                {
-                  id: 'vda',
-                  sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
-                  shared: false,
-                  backing: { path: p.base.path, format: p.base.format },
-                },
-              ],
+              boot: p.direct,
+              disks: p.base
+                ? [
+                    p.shared
+                      ? sharedDisk(p.base)
+                      : {
+                          id: 'vda',
+                          sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
+                          shared: false,
+                          backing: { path: p.base.path, format: p.base.format },
+                        },
+                  ]
+                : p.diskBytes === undefined
+                  ? []
+                  : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
               nics,
               guestChannel: false,
               guestAgent: p.guestAgent,
             })
-          : defaultVmSpec(p.name, {
-              memoryBytes: p.memoryBytes,
-              vcpus: p.vcpus,
-              boot: { kind: 'kernel', image: p.image },
-              disks: p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
-              nics,
-              ...(p.guestAgent ? { guestAgent: true } : {}),
-            });
+          : p.base
+            ? defaultVmSpec(p.name, {
+                memoryBytes: p.memoryBytes,
+                vcpus: p.vcpus,
+                // SeaBIOS boots the first disk (bootindex=0); ferry-guest is not in a user's disk.
+                boot: { kind: 'disk' },
+                disks: [
+                  p.shared
+                    ? sharedDisk(p.base)
+                    : {
+                        id: 'vda',
+                        sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
+                        shared: false,
+                        backing: { path: p.base.path, format: p.base.format },
+                      },
+                ],
+                nics,
+                guestChannel: false,
+                guestAgent: p.guestAgent,
+              })
+            : defaultVmSpec(p.name, {
+                memoryBytes: p.memoryBytes,
+                vcpus: p.vcpus,
+                boot: { kind: 'kernel', image: p.image },
+                disks:
+                  p.diskBytes === undefined ? [] : [{ id: 'vda', sizeBytes: p.diskBytes, shared: false }],
+                nics,
+                ...(p.guestAgent ? { guestAgent: true } : {}),
+              });
       const spec = p.cloudInit === undefined ? spec0 : parseVmSpec({ ...spec0, cloudInit: p.cloudInit });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };

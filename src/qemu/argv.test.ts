@@ -80,6 +80,14 @@ test('disk boot: no kernel, first disk gets bootindex', () => {
   assert.throws(() => buildQemuArgv({ ...spec, disks: [] }, paths(), { accel: 'tcg' }), { code: 'FERRY_E_BAD_SPEC' });
 });
 
+test('a shared disk opens its own file in the format qemu-img said, locks on (no share-rw)', () => {
+  const raw = defaultVmSpec('d2', { disks: [{ id: 'vda', sizeBytes: MIB, shared: true, path: '/shared/d2.raw', format: 'raw' }] });
+  const argv = buildQemuArgv(raw, paths({ disks: { vda: '/shared/d2.raw' } }), { accel: 'tcg' });
+  assert.ok(argv.includes('driver=file,node-name=disk-vda,filename=/shared/d2.raw'));
+  assert.ok(argv.includes('driver=raw,node-name=fmt-vda,file=disk-vda'));
+  assert.ok(!argv.some((a) => /share-rw|locking=off/.test(a)), 'QEMU image locking stays on');
+});
+
 test('destination argv is the source argv plus -S -incoming defer (it never runs the guest by itself)', () => {
   const spec = defaultVmSpec('a1', {
     disks: [{ id: 'vda', sizeBytes: 64 * MIB, shared: false }],

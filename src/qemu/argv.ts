@@ -28,7 +28,7 @@ export interface VmPaths {
   initrd?: string;
   /** The cloud-init seed ISO; required when spec.cloudInit. */
   seed?: string;
-  /** Absolute qcow2 path of each disk, by disk id. */
+  /** Absolute path of each disk's image, by disk id. */
   disks: Record<string, string>;
   /** Host tap interface of each NIC, by NIC id. */
   taps: Record<string, string>;
@@ -141,7 +141,10 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, host: HostArgs): str
     const boot = spec.boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
     argv.push(
       '-blockdev', `driver=file,node-name=${fileNode(id)},filename=${file}`,
-      '-blockdev', `driver=qcow2,node-name=${formatNode(id)},file=${fileNode(id)}`,
+      // No share-rw and no locking=off: QEMU's image locks keep a second process from writing the disk. A
+      // migration's destination opens it inactive (-incoming) and takes the write lock only at switchover,
+      // after the source let go (docs/qemu.md).
+      '-blockdev', `driver=${disk.format ?? 'qcow2'},node-name=${formatNode(id)},file=${fileNode(id)}`,
       '-device', `virtio-blk-pci,id=${id},drive=${formatNode(id)}${boot}`,
     );
   });

@@ -20,7 +20,12 @@ import {
 } from '../common/agent-migration.ts';
 import { PROTOCOL_RANGE, SHA256_HEADER } from '../common/agent-routes.ts';
 import { FerryError, type ErrorCode } from '../common/errors.ts';
-import { PROTOCOL_HEADER, type HostInventory, type VmStatus } from '../common/protocol.ts';
+import {
+  PROTOCOL_HEADER,
+  type HostInventory,
+  type SharedDiskFingerprint,
+  type VmStatus,
+} from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import type { VmHost } from '../agent/host.ts';
 import {
@@ -153,6 +158,16 @@ export class FakeVmHost implements VmHost {
   async console(name: string): Promise<string> {
     this.vm(name);
     return 'Linux version 6.1\nferry-guest ready\n';
+  }
+
+  /** What a host that sees every shared disk answers: each at its spec size, an all-zero first MiB. */
+  async sharedDisks(name: string): Promise<SharedDiskFingerprint[]> {
+    const zeros = createHash('sha256')
+      .update(Buffer.alloc(1024 * 1024))
+      .digest('hex');
+    return this.vm(name)
+      .spec.disks.filter((d) => d.shared && d.path !== undefined)
+      .map((d) => ({ id: d.id, path: d.path!, sizeBytes: d.sizeBytes, headSha256: zeros }));
   }
 
   async close(): Promise<void> {}

@@ -13,8 +13,8 @@
  *   participant C as controller
  *   participant S as source agent
  *   participant D as destination agent
- *   C->>S: begin (GET /vms/:name: spec)
- *   C->>D: prepare: QEMU -S -incoming defer, capabilities, TLS creds, NBD exports, migrate-incoming
+ *   C->>S: begin (GET /vms/:name: spec; GET /vms/:name/shared-disks when it has shared disks)
+ *   C->>D: prepare: shared disks checked, QEMU -S -incoming defer, capabilities, TLS creds, NBD exports, migrate-incoming
  *   D-->>C: {uri, nbd, tlsHostname}
  *   C->>S: perform: capabilities, parameters, mirrors until READY, migrate (background)
  *   loop every ~150 ms
@@ -53,6 +53,7 @@ import { sourceVmOf, startPerform, type SourceMigration } from './perform.ts';
 import { recoverIncoming } from './postcopy.ts';
 import { prepare } from './prepare.ts';
 import { loadRecord, validateMigrationId } from './record.ts';
+import { checkSharedDisks } from '../shared-disks.ts';
 import type { TlsIdentity } from './tls.ts';
 import { FINAL_AGENT_STAGES, type AgentMigrationView, type PerformRequest, type PrepareRequest, type TuneRequest } from '../../common/agent-migration.ts';
 import type { LocalVm } from '../vm.ts';
@@ -88,6 +89,7 @@ function prepareRequest(b: PrepareRequest): PrepareRequest {
     storage: b.storage,
     capabilities: b.capabilities ?? {},
     ...(b.tlsPeer === undefined ? {} : { tlsPeer: validateName(b.tlsPeer, 'tlsPeer (source host name)') }),
+    ...(b.sharedDisks === undefined ? {} : { sharedDisks: b.sharedDisks }),
   };
 }
 
@@ -176,7 +178,11 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         if (existing !== undefined && !(earlier?.view.role === 'destination' && earlier.view.vm === spec.name)) {
           throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
         }
-        if (earlier === undefined) await host.admit(spec);
+        if (earlier === undefined) {
+          // Before anything is laid out or started: a path this host does not see, or another file there.
+          await checkSharedDisks(spec, request.sharedDisks);
+          await host.admit(spec);
+        }
         const taps = await host.ensureTaps(spec);
         try {
           const p = await prepare({ id, agentDir: host.dataDir, accel: host.accel, request, identity: ctx.tls, taps });
@@ -275,7 +281,10 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       return host.exclusive(spec.name, async (existing) => {
         const earlier = await loadRecord(host.dataDir, id);
         if (existing !== undefined && earlier === undefined) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
-        if (earlier === undefined) await host.admit(spec);
+        if (earlier === undefined) {
+          await checkSharedDisks(spec, body.sharedDisks);
+          await host.admit(spec);
+        }
         const taps = await host.ensureTaps(spec);
         const p = await prepareCold({ id, agentDir: host.dataDir, accel: host.accel, spec, taps, start });
         if (existing === undefined) host.adopt(p.vm);

@@ -85,9 +85,18 @@ export const CREATE_FIELDS: readonly CreateField[] = [
     arg: '<file>',
     help: 'boot from this qcow2 or raw disk (SeaBIOS), under a qcow2 overlay of the VM: nothing is copied',
     fromVm: (v, images) => {
-      const base = firstDisk(v)?.backing?.path;
+      const d = firstDisk(v);
+      if (d?.shared === true) return d.path;
+      const base = d?.backing?.path;
       return base !== undefined && imageAt(base, images) === undefined ? base : undefined;
     },
+  },
+  {
+    key: 'shared',
+    kind: 'switch',
+    help: 'the --disk-image file is on shared storage (the same path on every host): the VM disk is that file, no overlay, never copied; with --image tiny a data disk',
+    noHelp: 'an overlay on --disk-image (the default)',
+    fromVm: (v) => (firstDisk(v)?.shared === true ? true : undefined),
   },
   { key: 'kernel', kind: 'path', arg: '<file>', help: 'direct kernel boot of this kernel (root disk: --disk-image)', fromVm: (v) => directBoot(v)?.kernel },
   { key: 'initrd', kind: 'path', arg: '<file>', help: 'direct kernel boot: its initrd', fromVm: (v) => directBoot(v)?.initrd },
@@ -275,7 +284,7 @@ const seedOf = (spec: VmSpec): string | undefined => {
 function diskLine(d: VmSpec['disks'][number], host: string, images: readonly ImageDoc[]): string {
   const size = formatBytes(d.sizeBytes);
   const own = d.path ?? `qcow2 in the VM's directory on ${host}`;
-  if (d.shared) return `${d.id} ${size} shared: ${d.path ?? '-'}`;
+  if (d.shared) return `${d.id} ${size} shared: ${d.path ?? '-'} (${d.format ?? 'qcow2'}, the file itself, never copied)`;
   if (!d.backing) return `${d.id} ${size} ${own}`;
   const image = imageAt(d.backing.path, images);
   return `${d.id} ${size} overlay (${own}) → base ${d.backing.path} (${d.backing.format}${image ? `, image ${image.name}` : ''})`;

@@ -51,6 +51,9 @@ export const CreateVm = Type.Object(
     diskImage: Type.Optional(
       Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', maxLength: 4096, description: 'boot from this qcow2 or raw disk (absolute path every host sees), under an overlay of the VM' }),
     ),
+    shared: Type.Optional(
+      Type.Boolean({ description: 'diskImage is on shared storage: the VM disk is that file itself (no overlay), never copied by a migration; with image tiny it is a data disk' }),
+    ),
     kernel: Type.Optional(Type.String({ maxLength: 4096, description: 'direct kernel boot: absolute path of the kernel' })),
     initrd: Type.Optional(Type.String({ maxLength: 4096, description: 'direct kernel boot: absolute path of the initrd' })),
     // No pattern here: a bad command line is FERRY_E_BAD_CMDLINE from the service, not a schema error.

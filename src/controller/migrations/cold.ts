@@ -12,6 +12,7 @@ import type { ColdManifest } from '../../common/agent-migration.ts';
 import { SHA256_HEADER } from '../../common/agent-routes.ts';
 import type { AgentClient } from '../agent-client.ts';
 import type { JobStore } from './jobs.ts';
+import { sharedDisksForPrepare } from './shared-disks.ts';
 
 export interface ColdDeps {
   jobs: JobStore;
@@ -25,7 +26,8 @@ export async function transferCold(d: ColdDeps, id: string): Promise<ColdManifes
   const status = await d.src.call('getVm', { params: { name: job.vm } });
   d.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
   const wasStopped = status.state === 'stopped';
-  await d.dst.call('coldPrepare', { params: { id }, body: { spec: status.spec, start: !wasStopped } }, { timeoutMs: 90_000 });
+  const shared = await sharedDisksForPrepare(d.src, status.spec);
+  await d.dst.call('coldPrepare', { params: { id }, body: { spec: status.spec, start: !wasStopped, ...shared } }, { timeoutMs: 90_000 });
   job = d.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
   // A running VM keeps its memory (save); a stopped one has only its disks.
   const mode = wasStopped ? 'shutdown' : 'save';

@@ -42,6 +42,7 @@ import { placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
 import { JobStore } from './jobs.ts';
 import { transferCold } from './cold.ts';
+import { sharedDisksForPrepare } from './shared-disks.ts';
 import { holdAt, type HoldPoint } from './holds.ts';
 import { PendingCalls } from './pending.ts';
 import { VmRows } from '../store/vms.ts';
@@ -262,7 +263,7 @@ export class MigrationOrchestrator {
       const prep = await dst.client.call(
         'prepare',
         // tlsPeer: the destination admits only the source host's certificate (src/agent/migration/tls.ts).
-        { params: { id }, body: { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source } },
+        { params: { id }, body: { spec: status.spec, listenAddress, tls: job.policy.tls, storage, capabilities, tlsPeer: job.source, ...(await sharedDisksForPrepare(src.client, status.spec)) } },
         { timeoutMs: 90_000 },
       );
       this.jobs.update(id, { prepared: prep });
