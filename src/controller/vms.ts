@@ -9,9 +9,9 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, defaultVmSpec, type BootSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, baseImagesOf, defaultVmSpec, type BootSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
-import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
+import { inspectDiskImage } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
 import type { ImageService } from './images.ts';
@@ -182,7 +182,7 @@ export class VmService {
     const stored =
       req.image !== undefined && req.image !== 'tiny' && !req.image.startsWith('/') ? req.image : undefined;
     const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
-    let base: (DiskImageInfo & { path: string }) | undefined;
+    let base: { backing: NonNullable<DiskSpec['backing']>; virtualSizeBytes: number } | undefined;
     if (stored !== undefined) {
       validateName(stored, 'image name');
       if (!this.o.images)
@@ -206,7 +206,8 @@ export class VmService {
       if (!st.isFile() && !st.isBlockDevice())
         throw new FerryError('FERRY_E_BAD_IMAGE', `${path} is not a file or a block device.`);
       // Before anything is reserved: a vmdk or a text file named disk.qcow2 is the caller's 4xx.
-      base = { path, ...(await inspectDiskImage(path)) };
+      const info = await inspectDiskImage(path);
+      base = { backing: { path, format: info.format }, virtualSizeBytes: info.virtualSizeBytes };
     }
     if (base !== undefined) {
       if (diskBytes !== undefined && diskBytes < base.virtualSizeBytes) {
@@ -346,7 +347,7 @@ export class VmService {
                     id: 'vda',
                     sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
                     shared: false,
-                    backing: { path: p.base.path, format: p.base.format },
+                    backing: p.base.backing,
                   },
                 ]
               : p.diskBytes === undefined
@@ -367,7 +368,7 @@ export class VmService {
                   id: 'vda',
                   sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
                   shared: false,
-                  backing: { path: p.base.path, format: p.base.format },
+                  backing: p.base.backing,
                 },
               ],
               nics,

@@ -46,7 +46,7 @@ function vmDetail(v: VmJson): string {
           ? `direct kernel ${v.spec.boot.kernel}${v.spec.boot.initrd ? ` + ${v.spec.boot.initrd}` : ''}: ${v.spec.boot.append}`
           : 'disk (SeaBIOS, first disk)',
     ],
-    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${d.backing.path} (${d.backing.format})` : ''}`).join(', ') || '-'],
+    ['disks', v.spec.disks.map((d) => `${d.id} ${formatBytes(d.sizeBytes)}${d.shared ? ' shared' : ''}${d.backing ? ` overlay on ${'path' in d.backing ? d.backing.path : `image ${d.backing.image}`} (${d.backing.format})` : ''}`).join(', ') || '-'],
     ['guest agent', v.spec.guestAgent === true ? 'qemu-guest-agent port' : '-'],
     ['nics', v.spec.nics.map((n) => `${n.id} ${n.mac} on ${n.network}`).join(', ') || '-'],
     ['created', v.createdAt],

@@ -92,4 +92,10 @@ export const MIGRATIONS: readonly Migration[] = [
         created_at   TEXT NOT NULL
       ) STRICT`),
   },
+  {
+    version: 7,
+    name: 'migration images',
+    // What the destination did about each base image (present or fetched first); NULL for jobs from before.
+    up: (db) => db.exec('ALTER TABLE migrations ADD COLUMN images TEXT'),
+  },
 ];
