@@ -92,6 +92,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       store,
       events,
       pool,
+      images,
       log,
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
       ...(holdDir ? { holdDir } : {}),

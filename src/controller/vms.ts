@@ -392,6 +392,8 @@ export class VmService {
       const agent = this.agentFor(this.row(p.name));
       let status: VmStatus;
       try {
+        // The host fetches the base image on first use, before the agent lays out the overlay on it.
+        if (this.o.images) await this.o.images.ensureFor(host, agent, reserved.spec);
         status = await agent.call('createVm', {
           body: {
             spec: reserved.spec,
