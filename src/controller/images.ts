@@ -37,6 +37,8 @@ export interface ImageJson {
   createdAt: string;
   /** VMs whose disk is an overlay on it. */
   usedBy: string[];
+  /** Hosts that have a copy, as their agents answer now (list and show through the API; a silent host is left out). */
+  hosts?: string[];
 }
 
 interface ImageRow {
@@ -54,7 +56,7 @@ const RESERVED = new Set(['tiny']);
 
 export class ImageService {
   readonly dir: string;
-  constructor(private readonly o: { store: Store; dataDir: string }) {
+  constructor(private readonly o: { store: Store; dataDir: string; agents?: () => { host: string; agent: AgentClient }[] }) {
     this.dir = join(o.dataDir, 'images');
   }
 
@@ -197,15 +199,15 @@ export class ImageService {
     return { name: b.image, sha256: b.sha256, action: got.action, bytes: got.action === 'fetched' ? got.bytes : 0 };
   }
 
-  /** Which hosts hold a copy of each image, as their agents answer (a host that does not answer is left out). */
-  async hostsWith(agents: { host: string; agent: AgentClient }[]): Promise<Map<string, string[]>> {
+  /** The images with the hosts that hold a copy of each, as their agents answer (one that does not is left out). */
+  async withHosts(images: ImageJson[]): Promise<ImageJson[]> {
     const bySha = new Map<string, string[]>();
     await Promise.all(
-      agents.map(async ({ host, agent }) => {
-        const cached = await agent.call('listImages').catch(() => []);
+      (this.o.agents?.() ?? []).map(async ({ host, agent }) => {
+        const cached = await agent.call('listImages', undefined, { timeoutMs: 3000 }).catch(() => []);
         for (const c of cached) bySha.set(c.sha256, [...(bySha.get(c.sha256) ?? []), host].sort());
       }),
     );
-    return bySha;
+    return images.map((i) => ({ ...i, hosts: bySha.get(i.sha256) ?? [] }));
   }
 }

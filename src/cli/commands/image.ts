@@ -22,6 +22,8 @@ interface ImageDoc {
   path: string;
   createdAt: string;
   usedBy: string[];
+  /** Hosts that have a copy (fetched on first use). */
+  hosts?: string[];
 }
 
 export function registerImage(program: Command): void {
@@ -65,7 +67,7 @@ export function registerImage(program: Command): void {
         human: () =>
           imgs.length === 0
             ? 'no images'
-            : formatTable(['NAME', 'FORMAT', 'VIRTUAL', 'FILE', 'SHA256', 'USED BY'], imgs.map((i) => [i.name, i.format, formatBytes(i.virtualSizeBytes), formatBytes(i.fileBytes), i.sha256.slice(0, 16), i.usedBy.join(',') || '-'])),
+            : formatTable(['NAME', 'FORMAT', 'VIRTUAL', 'FILE', 'SHA256', 'USED BY', 'ON HOSTS'], imgs.map((i) => [i.name, i.format, formatBytes(i.virtualSizeBytes), formatBytes(i.fileBytes), i.sha256.slice(0, 16), i.usedBy.join(',') || '-', i.hosts?.join(',') || '-'])),
       };
     }),
   );
