@@ -42,13 +42,26 @@ test('a sha256 mismatch is refused with FERRY_E_IMAGE_CHECKSUM and keeps nothing
   withDir(async (dir) => {
     const cache = new ImageCache(dir);
     const want = sha(Buffer.from('the image the store has'));
-    await assert.rejects(cache.receive(want, slowly(Buffer.from('something else arrived'))), { code: 'FERRY_E_IMAGE_CHECKSUM' });
+    await assert.rejects(cache.receive(want, slowly(Buffer.from('something else arrived'))), {
+      code: 'FERRY_E_IMAGE_CHECKSUM',
+    });
     assert.deepEqual(await readdir(cache.dir), [], 'no file, no temporary file');
     assert.deepEqual(await cache.list(), []);
-    assert.throws(() => basePathOf(dir, { id: 'vda', sizeBytes: 2 ** 20, shared: false, backing: { image: 'img', sha256: want, format: 'raw' } }), {
-      code: 'FERRY_E_IMAGE_NOT_ON_HOST',
+    assert.throws(
+      () =>
+        basePathOf(dir, {
+          id: 'vda',
+          sizeBytes: 2 ** 20,
+          shared: false,
+          backing: { image: 'img', sha256: want, format: 'raw' },
+        }),
+      {
+        code: 'FERRY_E_IMAGE_NOT_ON_HOST',
+      },
+    );
+    await assert.rejects(cache.receive('NOT-A-SHA', Readable.from([Buffer.from('x')])), {
+      code: 'FERRY_E_BAD_INPUT',
     });
-    await assert.rejects(cache.receive('NOT-A-SHA', Readable.from([Buffer.from('x')])), { code: 'FERRY_E_BAD_INPUT' });
   }));
 
 test('concurrent first uses of one image write it once; the others find it present', () =>
@@ -63,11 +76,22 @@ test('concurrent first uses of one image write it once; the others find it prese
     assert.ok((await readFile(cachedImagePath(dir, s))).equals(img));
     assert.deepEqual(await cache.list(), [{ sha256: s, bytes: img.length }]);
     // A failed write of another image beside it does not disturb it.
-    await assert.rejects(cache.receive(sha(Buffer.from('b')), Readable.from([Buffer.from('c')])), { code: 'FERRY_E_IMAGE_CHECKSUM' });
+    await assert.rejects(cache.receive(sha(Buffer.from('b')), Readable.from([Buffer.from('c')])), {
+      code: 'FERRY_E_IMAGE_CHECKSUM',
+    });
     assert.deepEqual(await readdir(cache.dir), [s]);
-    const disk = { id: 'vda', sizeBytes: 2 ** 20, shared: false, backing: { image: 'img', sha256: s, format: 'raw' as const } };
+    const disk = {
+      id: 'vda',
+      sizeBytes: 2 ** 20,
+      shared: false,
+      backing: { image: 'img', sha256: s, format: 'raw' as const },
+    };
     assert.equal(basePathOf(dir, disk), join(dir, 'images', s));
-    assert.equal(basePathOf(dir, { ...disk, backing: { path: '/srv/own.raw', format: 'raw' } }), '/srv/own.raw', "a user's own file stays its path");
+    assert.equal(
+      basePathOf(dir, { ...disk, backing: { path: '/srv/own.raw', format: 'raw' } }),
+      '/srv/own.raw',
+      "a user's own file stays its path",
+    );
   }));
 
 test("an overlay copied from another host is rebased onto this host's copy, its data untouched", () =>
@@ -76,9 +100,23 @@ test("an overlay copied from another host is rebased onto this host's copy, its 
     await writeFile(base, Buffer.alloc(2 ** 20));
     const overlay = join(dir, 'vda.qcow2');
     // Made on "another host": its header names a base this one does not have.
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', '/elsewhere/images/abc', '-F', 'raw', overlay, '1M']);
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-u',
+      '-b',
+      '/elsewhere/images/abc',
+      '-F',
+      'raw',
+      overlay,
+      '1M',
+    ]);
     await rebaseOverlay(overlay, base, 'raw');
-    const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', overlay], { encoding: 'utf8' })) as Record<string, unknown>;
+    const info = JSON.parse(
+      execFileSync('qemu-img', ['info', '--output=json', overlay], { encoding: 'utf8' }),
+    ) as Record<string, unknown>;
     assert.equal(info['backing-filename'], base);
     assert.equal(info['backing-filename-format'], 'raw');
   }));

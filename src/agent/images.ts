@@ -30,7 +30,11 @@ export function imagesDir(agentDir: string): string {
 
 /** Where this host keeps (or would keep) the image of that sha256. */
 export function cachedImagePath(agentDir: string, sha256: string): string {
-  if (!SHA_RE.test(sha256)) throw new FerryError('FERRY_E_BAD_INPUT', `Bad image sha256 ${JSON.stringify(sha256)}: 64 lower-case hex digits.`);
+  if (!SHA_RE.test(sha256))
+    throw new FerryError(
+      'FERRY_E_BAD_INPUT',
+      `Bad image sha256 ${JSON.stringify(sha256)}: 64 lower-case hex digits.`,
+    );
   return join(imagesDir(agentDir), sha256);
 }
 
@@ -44,9 +48,13 @@ export function basePathOf(agentDir: string, d: DiskSpec): string | undefined {
   if ('path' in b) return b.path;
   const path = cachedImagePath(agentDir, b.sha256);
   if (!existsSync(path)) {
-    throw new FerryError('FERRY_E_IMAGE_NOT_ON_HOST', `Disk ${d.id}: this host has no copy of image ${b.image} (sha256 ${b.sha256}).`, {
-      details: { disk: d.id, image: b.image, sha256: b.sha256 },
-    });
+    throw new FerryError(
+      'FERRY_E_IMAGE_NOT_ON_HOST',
+      `Disk ${d.id}: this host has no copy of image ${b.image} (sha256 ${b.sha256}).`,
+      {
+        details: { disk: d.id, image: b.image, sha256: b.sha256 },
+      },
+    );
   }
   return path;
 }
@@ -56,11 +64,18 @@ export function basePathOf(agentDir: string, d: DiskSpec): string | undefined {
  * at this host's copy, without touching its data (`rebase -u`: the base is the same image), and checks it.
  */
 export async function rebaseOverlay(file: string, base: string, format: 'qcow2' | 'raw'): Promise<void> {
-  await execFileP('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', base, '-F', format, file], { timeout: 30_000 });
-  const { stdout } = await execFileP('qemu-img', ['info', '--output=json', '-f', 'qcow2', file], { timeout: 30_000 });
+  await execFileP('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', base, '-F', format, file], {
+    timeout: 30_000,
+  });
+  const { stdout } = await execFileP('qemu-img', ['info', '--output=json', '-f', 'qcow2', file], {
+    timeout: 30_000,
+  });
   const info = JSON.parse(stdout) as { 'backing-filename'?: string; 'backing-filename-format'?: string };
   if (info['backing-filename'] !== base || info['backing-filename-format'] !== format) {
-    throw new FerryError('FERRY_E_VERIFY_FAILED', `The overlay ${file} names ${String(info['backing-filename'])} as its base after the rebase, not ${base}.`);
+    throw new FerryError(
+      'FERRY_E_VERIFY_FAILED',
+      `The overlay ${file} names ${String(info['backing-filename'])} as its base after the rebase, not ${base}.`,
+    );
   }
 }
 
@@ -89,7 +104,11 @@ export class ImageCache {
   /** Writes `body` as the image of `sha256` unless it is here already; a mismatch keeps nothing. */
   async receive(sha256: string, body: Readable): Promise<ImageReceived> {
     const final = join(this.dir, sha256);
-    if (!SHA_RE.test(sha256)) throw new FerryError('FERRY_E_BAD_INPUT', `Bad image sha256 ${JSON.stringify(sha256)}: 64 lower-case hex digits.`);
+    if (!SHA_RE.test(sha256))
+      throw new FerryError(
+        'FERRY_E_BAD_INPUT',
+        `Bad image sha256 ${JSON.stringify(sha256)}: 64 lower-case hex digits.`,
+      );
     const before = this.#writing.get(sha256);
     const mine = (async () => {
       await before?.catch(() => undefined);
@@ -128,9 +147,13 @@ export class ImageCache {
       );
       const got = h.digest('hex');
       if (got !== sha256) {
-        throw new FerryError('FERRY_E_IMAGE_CHECKSUM', `Image ${sha256}: ${bytes} bytes arrived with sha256 ${got}; nothing was kept.`, {
-          details: { expected: sha256, got, bytes },
-        });
+        throw new FerryError(
+          'FERRY_E_IMAGE_CHECKSUM',
+          `Image ${sha256}: ${bytes} bytes arrived with sha256 ${got}; nothing was kept.`,
+          {
+            details: { expected: sha256, got, bytes },
+          },
+        );
       }
       await rename(tmp, final);
       return { sha256, bytes, action: 'fetched' };

@@ -67,7 +67,8 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
     console: ({ params }) => host.console(vm(params), CONSOLE_TAIL_BYTES),
     listImages: () => host.listImages(),
     putImage: ({ params, body }) => {
-      if (!(body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the image as application/octet-stream.');
+      if (!(body instanceof Readable))
+        throw new FerryError('FERRY_E_BAD_INPUT', 'Send the image as application/octet-stream.');
       return host.receiveImage(params.sha256, body);
     },
   };

@@ -9,7 +9,14 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, baseImagesOf, defaultVmSpec, type BootSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import {
+  APPEND_PATTERN,
+  defaultVmSpec,
+  type BootSpec,
+  type DiskSpec,
+  type NicSpec,
+  type VmSpec,
+} from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';

@@ -303,7 +303,10 @@ export function agentContract(label: string, factory: ContractFactory): void {
           continue;
         }
         if (def.stream === 'upload') {
-          assert.ok(Value.Check(def.response, JSON.parse(r.text)), `${name}: the answer is not its schema: ${r.text}`);
+          assert.ok(
+            Value.Check(def.response, JSON.parse(r.text)),
+            `${name}: the answer is not its schema: ${r.text}`,
+          );
           continue;
         }
         assert.equal(def.stream, 'events', `${name} answered ${r.status}`);
@@ -338,7 +341,11 @@ export function agentContract(label: string, factory: ContractFactory): void {
     });
     assert.equal(envelope(bad, 'putImage mismatch'), 'FERRY_E_IMAGE_CHECKSUM');
     assert.ok(!(await client.call('listImages')).some((i) => i.sha256 === other), 'nothing kept');
-    const again = await client.upload('putImage', { params: { sha256: UPLOAD_SHA }, headers: undefined, body: Readable.from([UPLOAD]) });
+    const again = await client.upload('putImage', {
+      params: { sha256: UPLOAD_SHA },
+      headers: undefined,
+      body: Readable.from([UPLOAD]),
+    });
     assert.deepEqual(again, { sha256: UPLOAD_SHA, bytes: UPLOAD.length, action: 'present' });
     assert.deepEqual(await client.call('listImages'), [{ sha256: UPLOAD_SHA, bytes: UPLOAD.length }]);
   });

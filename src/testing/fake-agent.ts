@@ -20,7 +20,13 @@ import {
 } from '../common/agent-migration.ts';
 import { PROTOCOL_RANGE, SHA256_HEADER } from '../common/agent-routes.ts';
 import { FerryError, type ErrorCode } from '../common/errors.ts';
-import { PROTOCOL_HEADER, type CachedImage, type HostInventory, type ImageReceived, type VmStatus } from '../common/protocol.ts';
+import {
+  PROTOCOL_HEADER,
+  type CachedImage,
+  type HostInventory,
+  type ImageReceived,
+  type VmStatus,
+} from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import type { VmHost } from '../agent/host.ts';
 import {
@@ -69,7 +75,9 @@ export class FakeVmHost implements VmHost {
   readonly images = new Map<string, Buffer>();
 
   async listImages(): Promise<CachedImage[]> {
-    return [...this.images].sort(([a], [b]) => a.localeCompare(b)).map(([sha, b]) => ({ sha256: sha, bytes: b.length }));
+    return [...this.images]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([sha, b]) => ({ sha256: sha, bytes: b.length }));
   }
 
   async receiveImage(sha: string, body: Readable): Promise<ImageReceived> {
@@ -79,7 +87,10 @@ export class FakeVmHost implements VmHost {
     if (had !== undefined) return { sha256: sha, bytes: had.length, action: 'present' };
     const b = Buffer.concat(parts);
     if (sha256(b) !== sha)
-      throw new FerryError('FERRY_E_IMAGE_CHECKSUM', `Image ${sha}: ${b.length} bytes arrived with sha256 ${sha256(b)}; nothing was kept.`);
+      throw new FerryError(
+        'FERRY_E_IMAGE_CHECKSUM',
+        `Image ${sha}: ${b.length} bytes arrived with sha256 ${sha256(b)}; nothing was kept.`,
+      );
     this.images.set(sha, b);
     return { sha256: sha, bytes: b.length, action: 'fetched' };
   }

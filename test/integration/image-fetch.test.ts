@@ -62,7 +62,9 @@ function cached(host: string): string[] {
 /** The base named in the header of the VM's overlay on that host. */
 function overlayBase(host: string): { file: string; format: string } {
   const info = JSON.parse(
-    execFileSync('qemu-img', ['info', '--output=json', '-U', join(h.hostDir(host), 'vms', VM, 'vda.qcow2')], { encoding: 'utf8' }),
+    execFileSync('qemu-img', ['info', '--output=json', '-U', join(h.hostDir(host), 'vms', VM, 'vda.qcow2')], {
+      encoding: 'utf8',
+    }),
   ) as { 'backing-filename'?: string; 'backing-filename-format'?: string };
   return { file: String(info['backing-filename']), format: String(info['backing-filename-format']) };
 }
@@ -73,7 +75,8 @@ async function runsOnlyOn(host: string, other: string): Promise<void> {
   assert.deepEqual(h.qemuPids(other, VM), [], `no QEMU of ${VM} on ${other}`);
   const v = await h.ferryJson<{ host: string; state: string }>(['vm', 'show', VM]);
   assert.deepEqual([v.host, v.state], [host, 'running']);
-  const dots = async () => ((await h.ferryJson<{ console: string }>(['vm', 'console', VM])).console.match(/\./g) ?? []).length;
+  const dots = async () =>
+    ((await h.ferryJson<{ console: string }>(['vm', 'console', VM])).console.match(/\./g) ?? []).length;
   const n0 = await dots();
   await waitFor(`the guest to go on ticking on ${host}`, async () => (await dots()) > n0 + 1, 30_000, 500);
 }
@@ -100,32 +103,61 @@ describe('images fetched on first use, in a two-host lab', { timeout: 300_000 },
   it('a VM created from an image on h1 makes h1 fetch it; h2 has nothing; the overlay sits on h1’s copy', async () => {
     await h.ferryJson(['image', 'import', IMAGE, base]);
     assert.deepEqual([cached('h1'), cached('h2')], [[], []], 'import puts nothing on the hosts');
-    const v = await h.ferryJson<{ host: string; state: string; spec: { disks: { backing?: unknown }[] } }>(['vm', 'create', VM, '--image', IMAGE, '--memory', '64M', '--host', 'h1', '--no-guest-agent']);
+    const v = await h.ferryJson<{ host: string; state: string; spec: { disks: { backing?: unknown }[] } }>([
+      'vm',
+      'create',
+      VM,
+      '--image',
+      IMAGE,
+      '--memory',
+      '64M',
+      '--host',
+      'h1',
+      '--no-guest-agent',
+    ]);
     assert.deepEqual([v.host, v.state], ['h1', 'running']);
     assert.deepEqual(v.spec.disks[0]?.backing, { image: IMAGE, sha256: baseSum, format: 'raw' });
     assert.deepEqual([cached('h1'), cached('h2')], [[baseSum], []]);
     assert.deepEqual(overlayBase('h1'), { file: join(h.hostDir('h1'), 'images', baseSum), format: 'raw' });
-    await waitFor('the boot sector line on the console', async () => (await h.ferryJson<{ console: string }>(['vm', 'console', VM])).console.includes(MARK), 60_000, 250);
+    await waitFor(
+      'the boot sector line on the console',
+      async () => (await h.ferryJson<{ console: string }>(['vm', 'console', VM])).console.includes(MARK),
+      60_000,
+      250,
+    );
     await runsOnlyOn('h1', 'h2');
     const shown = await h.ferryJson<{ hosts?: string[] }>(['image', 'show', IMAGE]);
     assert.deepEqual(shown.hosts, ['h1']);
   });
 
   it('live with copied storage to h2: h2 fetches the base first (the job says fetched), only the overlay is mirrored', async () => {
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h2', '--storage', 'copy', '--wait'], [0, 1]);
+    const m = await h.ferryJson<MigrationJson>(
+      ['vm', 'migrate', VM, '--to', 'h2', '--storage', 'copy', '--wait'],
+      [0, 1],
+    );
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
-    assert.deepEqual(m.images, [{ name: IMAGE, sha256: baseSum, action: 'fetched', bytes: BASE_MIB * 2 ** 20 }] satisfies ImageTransfer[]);
-    assert.ok((m.progress?.disk?.totalBytes ?? 0) < 2 ** 20, `only the overlay is mirrored: ${JSON.stringify(m.progress?.disk)}`);
+    assert.deepEqual(m.images, [
+      { name: IMAGE, sha256: baseSum, action: 'fetched', bytes: BASE_MIB * 2 ** 20 },
+    ] satisfies ImageTransfer[]);
+    assert.ok(
+      (m.progress?.disk?.totalBytes ?? 0) < 2 ** 20,
+      `only the overlay is mirrored: ${JSON.stringify(m.progress?.disk)}`,
+    );
     assert.deepEqual([cached('h1'), cached('h2')], [[baseSum], [baseSum]]);
     assert.deepEqual(overlayBase('h2'), { file: join(h.hostDir('h2'), 'images', baseSum), format: 'raw' });
     await runsOnlyOn('h2', 'h1');
     const human = await h.ferry(['migration', 'show', m.id]);
     assert.match(human.stdout, new RegExp(`base images on h2: ${IMAGE} fetched first`));
-    measured.push(`live h1→h2, base fetched first: total ${m.totalMs} ms, overlay mirrored ${m.progress?.disk?.totalBytes} bytes`);
+    measured.push(
+      `live h1→h2, base fetched first: total ${m.totalMs} ms, overlay mirrored ${m.progress?.disk?.totalBytes} bytes`,
+    );
   });
 
   it('back to h1, which has the base: the job says present', async () => {
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--storage', 'copy', '--wait'], [0, 1]);
+    const m = await h.ferryJson<MigrationJson>(
+      ['vm', 'migrate', VM, '--to', 'h1', '--storage', 'copy', '--wait'],
+      [0, 1],
+    );
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.deepEqual(m.images, [{ name: IMAGE, sha256: baseSum, action: 'present', bytes: 0 }]);
     assert.deepEqual(overlayBase('h1'), { file: join(h.hostDir('h1'), 'images', baseSum), format: 'raw' });
@@ -135,9 +167,14 @@ describe('images fetched on first use, in a two-host lab', { timeout: 300_000 },
 
   it("cold to h2 after h2's copy is gone: fetched again, the copied overlay names h2's own copy", async () => {
     rmSync(join(h.hostDir('h2'), 'images', baseSum));
-    const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h2', '--mode', 'cold', '--wait'], [0, 1]);
+    const m = await h.ferryJson<MigrationJson>(
+      ['vm', 'migrate', VM, '--to', 'h2', '--mode', 'cold', '--wait'],
+      [0, 1],
+    );
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
-    assert.deepEqual(m.images, [{ name: IMAGE, sha256: baseSum, action: 'fetched', bytes: BASE_MIB * 2 ** 20 }]);
+    assert.deepEqual(m.images, [
+      { name: IMAGE, sha256: baseSum, action: 'fetched', bytes: BASE_MIB * 2 ** 20 },
+    ]);
     assert.deepEqual([cached('h1'), cached('h2')], [[baseSum], [baseSum]]);
     assert.deepEqual(overlayBase('h2'), { file: join(h.hostDir('h2'), 'images', baseSum), format: 'raw' });
     await runsOnlyOn('h2', 'h1');
