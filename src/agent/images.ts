@@ -86,7 +86,7 @@ export class ImageCache {
   /** The write in progress per sha256: later writes of the same image wait for it. */
   readonly #writing = new Map<string, Promise<unknown>>();
 
-  constructor(agentDir: string) {
+  constructor(private readonly agentDir: string) {
     this.dir = imagesDir(agentDir);
   }
 
@@ -103,12 +103,7 @@ export class ImageCache {
 
   /** Writes `body` as the image of `sha256` unless it is here already; a mismatch keeps nothing. */
   async receive(sha256: string, body: Readable): Promise<ImageReceived> {
-    const final = join(this.dir, sha256);
-    if (!SHA_RE.test(sha256))
-      throw new FerryError(
-        'FERRY_E_BAD_INPUT',
-        `Bad image sha256 ${JSON.stringify(sha256)}: 64 lower-case hex digits.`,
-      );
+    const final = cachedImagePath(this.agentDir, sha256);
     const before = this.#writing.get(sha256);
     const mine = (async () => {
       await before?.catch(() => undefined);
