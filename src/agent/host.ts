@@ -14,12 +14,14 @@
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { FerryError } from '../common/errors.ts';
-import type { HostInventory, SharedDiskFingerprint, VmStatus } from '../common/protocol.ts';
+import type { CachedImage, HostInventory, ImageReceived, SharedDiskFingerprint, VmStatus } from '../common/protocol.ts';
 import type { VmSpec } from '../common/spec.ts';
 import { probeAccel, qemuInfo } from '../qemu/accel.ts';
 import type { Accel } from '../qemu/argv.ts';
 import type { Log } from './identity.ts';
+import { ImageCache } from './images.ts';
 import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
 import { KeyedMutex } from './mutex.ts';
 import { fingerprintSharedDisks } from './shared-disks.ts';
@@ -50,6 +52,10 @@ export interface VmHost {
   console(name: string, maxBytes: number): Promise<string>;
   /** The VM's shared disks as this host sees them (shared-disks.ts). */
   sharedDisks(name: string): Promise<SharedDiskFingerprint[]>;
+  /** The base images this host has (images.ts). */
+  listImages(): Promise<CachedImage[]>;
+  /** Writes one base image, checked against its sha256, unless it is here already. */
+  receiveImage(sha256: string, body: Readable): Promise<ImageReceived>;
   /** Lets go of the VMs (QMP connections) without stopping them. */
   close(): Promise<void>;
 }
@@ -71,12 +77,23 @@ const DEFAULT_STOP_TIMEOUT_MS = 30_000;
 export class AgentHost implements VmHost {
   private readonly vms = new Map<string, LocalVm>();
   private readonly locks = new KeyedMutex();
+  private readonly images: ImageCache;
 
   private constructor(
     private readonly opts: AgentHostOptions,
     private readonly cpu: CpuFacts,
     private readonly qemu: QemuFacts,
-  ) {}
+  ) {
+    this.images = new ImageCache(opts.dataDir);
+  }
+
+  listImages(): Promise<CachedImage[]> {
+    return this.images.list();
+  }
+
+  receiveImage(sha256: string, body: Readable): Promise<ImageReceived> {
+    return this.images.receive(sha256, body);
+  }
 
   /** Gathers the host's facts and re-attaches every VM found in the data dir. */
   static async open(opts: AgentHostOptions): Promise<AgentHost> {

@@ -7,6 +7,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import { PROTOCOL_RANGE } from '../common/agent-routes.ts';
 import { FerryError } from '../common/errors.ts';
 import { parseVmSpec } from '../common/spec.ts';
@@ -65,6 +66,12 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
     guest: ({ params, body }) => host.guest(vm(params), body.command),
     console: ({ params }) => host.console(vm(params), CONSOLE_TAIL_BYTES),
     sharedDisks: ({ params }) => host.sharedDisks(vm(params)),
+    listImages: () => host.listImages(),
+    putImage: ({ params, body }) => {
+      if (!(body instanceof Readable))
+        throw new FerryError('FERRY_E_BAD_INPUT', 'Send the image as application/octet-stream.');
+      return host.receiveImage(params.sha256, body);
+    },
   };
 }
 

@@ -23,6 +23,7 @@ import { resolveImage } from '../guest/image.ts';
 import { buildQemuArgv, type Accel, type TlsCreds, type VmPaths } from '../qemu/argv.ts';
 import { attachQemu, isOurQemu, killQemu, launchQemu, processGone, readPidfile, runFiles, waitForExit, type QemuHandle } from '../qemu/process.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
+import { basePathOf } from './images.ts';
 import { HOST_RESERVE_BYTES } from './inventory.ts';
 import type { Readiness } from '../common/protocol.ts';
 
@@ -197,8 +198,9 @@ export class LocalVm {
         throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: ${d.path} does not exist.`);
       }
       // The base of an overlay must be here before anything is laid out (a migration's destination too).
-      if (d.backing !== undefined && !existsSync(d.backing.path)) {
-        throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: its base image ${d.backing.path} is not on this host.`, { details: { disk: d.id, base: d.backing.path } });
+      const base = basePathOf(agentDir, d);
+      if (base !== undefined && !existsSync(base)) {
+        throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: its base image ${base} is not on this host.`, { details: { disk: d.id, base } });
       }
     }
     if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
@@ -219,8 +221,10 @@ export class LocalVm {
       await vm.#saveState();
       for (const d of spec.disks) {
         if (d.path === undefined) {
-          // An overlay names its base by absolute path and format (-F), so QEMU never probes the format.
-          const base = d.backing === undefined ? [] : ['-b', d.backing.path, '-F', d.backing.format];
+          // An overlay names its base by absolute path and format (-F), so QEMU never probes the format; a
+          // store image's path is this host's cached copy.
+          const path = basePathOf(agentDir, d);
+          const base = path === undefined || d.backing === undefined ? [] : ['-b', path, '-F', d.backing.format];
           await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', ...base, vm.#diskPath(d.id), String(d.sizeBytes)], { timeout: 30_000 });
         }
       }

@@ -307,6 +307,10 @@ export function summaryLines(m: MigrationJson): string[] {
       `${f(m.guestDowntimeMs, 'ms')} (seen from outside the guest${m.guestDowntimeProbe ? `, ${m.guestDowntimeProbe} probe` : ''})`,
     `  moved ${f(m.transferredBytes, 'bytes')} of ${f(m.memoryBytes, 'bytes')} memory in ${m.iterations ?? '-'} passes`,
   ];
+  if (m.images.length > 0) {
+    const what = m.images.map((i) => `${i.name} ${i.action === 'fetched' ? `fetched first (${formatBytes(i.bytes)})` : 'present'}`);
+    lines.push(`  base images on ${m.destination}: ${what.join(', ')}`);
+  }
   const phases = phaseDurations(m);
   if (phases.length > 0) lines.push(`  phases: ${phases.map((p) => `${p.phase} ${formatDuration(p.ms)}`).join(' · ')}`);
   for (const e of m.escalations) lines.push(`  escalation at ${e.at}: ${describeEscalation(e.step)}`);

@@ -39,14 +39,17 @@ import {
   AGENT_PROTOCOL,
   AGENT_PROTOCOL_MIN,
   AgentVersion,
+  CachedImage,
   CreateVmRequest,
   Deleted,
   GuestRequest,
   HostInventory,
   SharedDiskFingerprint,
+  ImageReceived,
   StopVmRequest,
   VmStatus,
 } from './protocol.ts';
+import { SHA256_PATTERN } from './spec.ts';
 import { NAME_RE } from './units.ts';
 
 export const AGENT_BASE = '/agent/v1';
@@ -85,6 +88,7 @@ const FileParams = Type.Object({
   id: Type.String({ pattern: MIGRATION_ID_RE.source }),
   name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$' }),
 });
+const ImageParams = Type.Object({ sha256: Type.String({ pattern: SHA256_PATTERN }) });
 const Sha256Headers = Type.Object({ [SHA256_HEADER]: Type.String({ pattern: '^[0-9a-fA-F]{64}$' }) });
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
@@ -222,6 +226,27 @@ export const AGENT_ROUTES = {
     timeoutMs: DEFAULT_TIMEOUT_MS,
     stream: 'text',
     unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+
+  // --- the host's cache of base images (src/agent/images.ts), filled by the controller before first use
+  listImages: route({
+    method: 'GET',
+    path: '/images',
+    summary: 'The base images this host has, by sha256',
+    response: Type.Array(CachedImage),
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+  }),
+  putImage: route({
+    method: 'PUT',
+    path: '/images/:sha256',
+    summary:
+      'One base image, checked against :sha256 as it is written (a mismatch keeps nothing); present already: the body is dropped',
+    params: ImageParams,
+    response: ImageReceived,
+    status: 200,
+    timeoutMs: STREAM_TIMEOUT_MS,
+    stream: 'upload',
   }),
 
   // --- migrations (src/agent/migration/routes.ts); :id is the controller's job id
@@ -426,7 +451,7 @@ export function routePath(name: RouteName): string {
 
 /** The path of one call: each `:param` replaced by its value, encoded. */
 export function fillPath(name: RouteName, params: Record<string, string> | undefined): string {
-  return routePath(name).replace(/:([A-Za-z]+)/g, (_m, key: string) => {
+  return routePath(name).replace(/:([A-Za-z][A-Za-z0-9]*)/g, (_m, key: string) => {
     const v = params?.[key];
     if (v === undefined) throw new TypeError(`route ${name}: no value for :${key}`);
     return encodeURIComponent(v);

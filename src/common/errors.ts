@@ -102,6 +102,8 @@ export const ERRORS = {
   FERRY_E_POSTCOPY_PAUSED: def(503, 1, true, 'Post-copy paused: the stream between the hosts broke; Ferry recovers it when both hosts answer again.'),
   FERRY_E_RECEIPT_REQUIRED: def(409, 1, false, 'The source QEMU completed the migration: it resumes only once the destination signed that it discarded its copy.'),
   FERRY_E_RECEIPT_INVALID: def(409, 1, false, 'The discard receipt does not prove that the destination discarded its copy: the source is not resumed.'),
+  FERRY_E_IMAGE_CHECKSUM: def(502, 1, false, "The image a host received does not match the store's sha256: the host kept nothing. Check the stored copy (`sha256sum`) and import it again if it changed."),
+  FERRY_E_IMAGE_NOT_ON_HOST: def(409, 1, true, "The host has no copy of the VM's base image (its cache was emptied?): the controller fetches it before a create or a migration; try again."),
   FERRY_E_VERIFY_FAILED: def(500, 1, false, 'Verification on the destination failed (checksum or guest check).'),
   FERRY_E_SHARED_MISSING: def(409, 1, false, 'A shared disk is not at its path on the destination: mount the shared storage there (the same path on every host), or choose another host.'),
   FERRY_E_SHARED_DIFFERS: def(409, 1, true, "The destination sees another file at a shared disk's path (size or sha256 of its first MiB differ from the source's): mount the same storage. A guest rewriting that MiB meanwhile: retry."),

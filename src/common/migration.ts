@@ -40,6 +40,17 @@ export interface EscalationRecord {
   step: Escalation;
 }
 
+/**
+ * What a host had to do about one base image of the VM before it could run it (issue #9): `present` it had
+ * its copy, `fetched` the controller streamed the image to it first (`bytes` moved; 0 when present).
+ */
+export interface ImageTransfer {
+  name: string;
+  sha256: string;
+  action: 'present' | 'fetched';
+  bytes: number;
+}
+
 export interface MigrationJson {
   id: string;
   vm: string;
@@ -79,6 +90,8 @@ export interface MigrationJson {
   timeline: { at: string; state: MigrationState; phase: MigrationPhase }[];
   /** In `awaiting_destination` / `awaiting_source`: whom the job waits for, since when, and why. */
   waiting: { host: string; role: 'source' | 'destination'; since: string; attempts: number; why: string } | null;
+  /** The store images the VM's disks sit on, and whether the destination had them or fetched them first. */
+  images: ImageTransfer[];
   /** Agent calls still owed after the verdict (a discard, confirm or resume whose agent did not answer yet). */
   pending: { host: string; action: string; attempts: number; nextAt: string; lastError: string | null }[];
 }

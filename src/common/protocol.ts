@@ -21,7 +21,7 @@
  *                                   address; reserved or existing names refused)
  */
 import Type, { type Static } from 'typebox';
-import { VmSpec } from './spec.ts';
+import { SHA256_PATTERN, VmSpec } from './spec.ts';
 import { NAME_RE } from './units.ts';
 
 /** This side's protocol version; what every request and answer carries in PROTOCOL_HEADER. */
@@ -168,3 +168,18 @@ export const ErrorEnvelope = Type.Object({
   }),
 });
 export type ErrorEnvelope = Static<typeof ErrorEnvelope>;
+
+/** A base image in a host's cache (src/agent/images.ts): named by its sha256, checked when it arrived. */
+export const CachedImage = Type.Object({
+  sha256: Type.String({ pattern: SHA256_PATTERN }),
+  bytes: Type.Integer({ minimum: 0 }),
+});
+export type CachedImage = Static<typeof CachedImage>;
+
+/** What a PUT of an image did: `fetched` it wrote the bytes sent, `present` it had them already (sent bytes dropped). */
+export const ImageReceived = Type.Object({
+  sha256: Type.String({ pattern: SHA256_PATTERN }),
+  bytes: Type.Integer({ minimum: 0 }),
+  action: Type.Union([Type.Literal('present'), Type.Literal('fetched')]),
+});
+export type ImageReceived = Static<typeof ImageReceived>;

@@ -23,6 +23,20 @@ const Name = Type.String({ pattern: NAME_RE.source });
  */
 export const APPEND_PATTERN = '^[A-Za-z0-9._=,:/+@ -]*$';
 
+const BaseFormat = Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]);
+export const SHA256_PATTERN = '^[0-9a-f]{64}$';
+const BackingFile = Type.Object({
+  path: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
+  format: BaseFormat,
+});
+/** An image of the controller's store: its name (for people), its sha256 (what hosts cache it by), its format. */
+export const BackingImage = Type.Object({
+  image: Name,
+  sha256: Type.String({ pattern: SHA256_PATTERN }),
+  format: BaseFormat,
+});
+export type BackingImage = Static<typeof BackingImage>;
+
 export const DiskSpec = Type.Object({
   /** Device id inside QEMU and the guest's view (virtio: vda, vdb ...). */
   id: Type.String({ pattern: '^vd[a-z]$' }),
@@ -40,17 +54,21 @@ export const DiskSpec = Type.Object({
   format: Type.Optional(Type.Union([Type.Literal('qcow2'), Type.Literal('raw')])),
   /**
    * The read-only base under the VM's own qcow2 overlay (created in the VM's directory, `-b` this): creating
-   * the VM copies nothing, and a storage migration copies only the overlay (`sync: top`), the destination
-   * opening the same base at the same path. `format` is what qemu-img said at create, never guessed again.
+   * the VM copies nothing, and a storage migration copies only the overlay (`sync: top`). `format` is what
+   * qemu-img said at create, never guessed again. Either a user's file at a `path` every host sees (the
+   * destination opens the same path), or an image of the controller's store by identity: each host opens its
+   * own cached copy of that sha256 (src/agent/images.ts), fetched from the controller before first use.
    */
-  backing: Type.Optional(
-    Type.Object({
-      path: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$' }),
-      format: Type.Union([Type.Literal('qcow2'), Type.Literal('raw')]),
-    }),
-  ),
+  backing: Type.Optional(Type.Union([BackingFile, BackingImage])),
 });
 export type DiskSpec = Static<typeof DiskSpec>;
+
+/** The store images a VM's disks are overlays on (what a host must have before it runs the VM). */
+export function baseImagesOf(spec: VmSpec): BackingImage[] {
+  const seen = new Map<string, BackingImage>();
+  for (const d of spec.disks) if (d.backing !== undefined && 'sha256' in d.backing) seen.set(d.backing.sha256, d.backing);
+  return [...seen.values()];
+}
 
 export const NicSpec = Type.Object({
   id: Type.String({ pattern: '^net[0-9]$' }),

@@ -92,7 +92,15 @@ export async function createController(opts: ControllerOptions): Promise<Control
       log,
       ...(opts.heartbeatMs === undefined ? {} : { intervalMs: opts.heartbeatMs }),
     });
-    const images = new ImageService({ store, dataDir: opts.dataDir });
+    const images = new ImageService({
+      store,
+      dataDir: opts.dataDir,
+      agents: () =>
+        (store.sqlite.prepare('SELECT name, url FROM hosts ORDER BY name').all() as { name: string; url: string }[]).map((h) => ({
+          host: h.name,
+          agent: pool.client(h.name, h.url),
+        })),
+    });
     const vms = new VmService({ store, events, pool, guard, defaultNetwork: 'vm0', images });
     const metrics = createMetrics(store);
     const holdDir = opts.holdDir ?? process.env.FERRY_TEST_HOLD_DIR;
@@ -100,6 +108,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       store,
       events,
       pool,
+      images,
       log,
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
       ...(probeKind ? { probeKind } : {}),

@@ -7,6 +7,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultVmSpec, MIB } from '../common/spec.ts';
+import { FakeAgent } from '../testing/fake-agent.ts';
+import { AgentPool } from './agent-client.ts';
+import { caFromPem, createCaCert } from './ca.ts';
 import { ImageService } from './images.ts';
 import { openStore } from './store/db.ts';
 
@@ -48,6 +51,39 @@ test('image store: import records what qemu-img says of the stored copy; duplica
     assert.deepEqual(images.list(), []);
   } finally {
     await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('ensureOn: a host without the image gets it once, however many ask at the same time; then it is present', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-imgfetch-'));
+  const store = openStore(join(dir, 'ferry.db'));
+  const c = await createCaCert('image test CA');
+  const ca = await caFromPem(c.certPem, c.keyPem);
+  const cert = await ca.issueAgentCert('h1', ['127.0.0.1']);
+  const agent = new FakeAgent({ name: 'h1' });
+  await agent.start({ caPem: ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, controllerPin: ca.controllerPin });
+  const pool = new AgentPool({ caCertPem: ca.caCertPem, ...ca.controllerClient });
+  try {
+    const images = new ImageService({ store, dataDir: dir, agents: () => [{ host: 'h1', agent: pool.client('h1', agent.url) }] });
+    const src = join(dir, 'src.raw');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'raw', src, '2M']);
+    const img = await images.import('base', src);
+    const { backing } = images.resolve('base');
+    assert.deepEqual(backing, { image: 'base', sha256: img.sha256, format: 'raw' });
+    const spec = defaultVmSpec('v1', { boot: { kind: 'disk' }, guestChannel: false, disks: [{ id: 'vda', sizeBytes: 2 * MIB, shared: false, backing }] });
+    const client = pool.client('h1', agent.url);
+    const all = await Promise.all([images.ensureFor('h1', client, spec), images.ensureFor('h1', client, spec), images.ensureOn('h1', client, backing)]);
+    for (const got of all.flat()) assert.deepEqual(got, { name: 'base', sha256: img.sha256, action: 'fetched', bytes: 2 * MIB });
+    assert.equal(agent.calls.filter((l) => l.startsWith('PUT /agent/v1/images/')).length, 1, 'one transfer');
+    assert.deepEqual(await images.ensureFor('h1', client, spec), [{ name: 'base', sha256: img.sha256, action: 'present', bytes: 0 }]);
+    assert.equal(agent.calls.filter((l) => l.startsWith('PUT /agent/v1/images/')).length, 1, 'present: nothing sent');
+    assert.deepEqual((await images.withHosts(images.list())).map((i) => [i.name, i.hosts]), [['base', ['h1']]]);
+    assert.deepEqual(images.get('base').usedBy, [], 'no VM row uses it yet');
+  } finally {
+    await agent.stop();
+    await pool.close();
+    store.close();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,8 +5,11 @@
  * which may change after it was checked. VMs boot from it under an overlay (VmSpec disk `backing`), so an
  * image in use is never deleted.
  *
- * Hosts open the stored copy at its path: in a lab every host sees the controller's files. Fetching an image
- * to a host that does not (streamed from the controller, sha256 checked, cached per host) is still to do.
+ * A VM's spec names the image by identity (name, sha256, format), never by this store's path: each host
+ * opens its own cached copy (src/agent/images.ts). Before a host runs a VM from an image — a create there,
+ * or the destination of a migration — `ensureOn` makes sure it has it, streaming the stored file to the
+ * agent (which checks the sha256 as it writes) when it has not; concurrent calls for one host and image
+ * share one transfer.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdirSync, statSync } from 'node:fs';
@@ -15,9 +18,11 @@ import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FerryError } from '../common/errors.ts';
-import type { VmSpec } from '../common/spec.ts';
+import type { ImageTransfer } from '../common/migration.ts';
+import { baseImagesOf, type BackingImage, type VmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
 import { inspectDiskImage, type BaseFormat } from '../guest/disk-image.ts';
+import type { AgentClient } from './agent-client.ts';
 import { nowIso, type Store } from './store/db.ts';
 
 export interface ImageJson {
@@ -27,11 +32,13 @@ export interface ImageJson {
   /** Bytes of the stored file (a qcow2 is usually smaller than its virtual size). */
   fileBytes: number;
   sha256: string;
-  /** Where the controller keeps it; VMs' overlays name it as their base. */
+  /** Where the controller keeps it (hosts keep their own copies, by sha256). */
   path: string;
   createdAt: string;
   /** VMs whose disk is an overlay on it. */
   usedBy: string[];
+  /** Hosts that have a copy, as their agents answer now (list and show through the API; a silent host is left out). */
+  hosts?: string[];
 }
 
 interface ImageRow {
@@ -49,7 +56,7 @@ const RESERVED = new Set(['tiny']);
 
 export class ImageService {
   readonly dir: string;
-  constructor(private readonly o: { store: Store; dataDir: string }) {
+  constructor(private readonly o: { store: Store; dataDir: string; agents?: () => { host: string; agent: AgentClient }[] }) {
     this.dir = join(o.dataDir, 'images');
   }
 
@@ -59,9 +66,14 @@ export class ImageService {
     return r;
   }
 
-  private usedBy(path: string): string[] {
+  /** VMs on it: by name (specs of now), or by the stored path (specs from before images were named). */
+  private usedBy(r: ImageRow): string[] {
     return (this.o.store.sqlite.prepare('SELECT name, spec FROM vms ORDER BY name').all() as { name: string; spec: string }[])
-      .filter((v) => ((JSON.parse(v.spec) as Partial<VmSpec>).disks ?? []).some((d) => d.backing?.path === path))
+      .filter((v) =>
+        ((JSON.parse(v.spec) as Partial<VmSpec>).disks ?? []).some((d) =>
+          d.backing === undefined ? false : 'path' in d.backing ? d.backing.path === r.path : d.backing.image === r.name,
+        ),
+      )
       .map((v) => v.name);
   }
 
@@ -74,7 +86,7 @@ export class ImageService {
       sha256: r.sha256,
       path: r.path,
       createdAt: r.created_at,
-      usedBy: this.usedBy(r.path),
+      usedBy: this.usedBy(r),
     };
   }
 
@@ -139,7 +151,7 @@ export class ImageService {
   /** Removes an image no VM boots from. */
   async delete(name: string): Promise<{ deleted: true; name: string }> {
     const r = this.row(validateName(name, 'image name'));
-    const users = this.usedBy(r.path);
+    const users = this.usedBy(r);
     if (users.length > 0) {
       throw new FerryError('FERRY_E_IMAGE_IN_USE', `Image ${name} is the base of ${users.join(', ')}: delete those VMs first.`, { details: { usedBy: users } });
     }
@@ -148,9 +160,54 @@ export class ImageService {
     return { deleted: true, name };
   }
 
-  /** The stored image a VM create names, for its overlay's base. */
-  resolve(name: string): { path: string; format: BaseFormat; virtualSizeBytes: number } {
+  /** The stored image a VM create names, as its overlay's base records it. */
+  resolve(name: string): { backing: BackingImage; virtualSizeBytes: number } {
     const r = this.row(name);
-    return { path: r.path, format: r.format as BaseFormat, virtualSizeBytes: r.virtual_size };
+    return { backing: { image: r.name, sha256: r.sha256, format: r.format as BaseFormat }, virtualSizeBytes: r.virtual_size };
+  }
+
+  readonly #inflight = new Map<string, Promise<ImageTransfer>>();
+
+  /** Makes sure `host` has every store image `spec`'s disks sit on; what it did for each. */
+  async ensureFor(host: string, agent: AgentClient, spec: VmSpec): Promise<ImageTransfer[]> {
+    const out: ImageTransfer[] = [];
+    for (const b of baseImagesOf(spec)) out.push(await this.ensureOn(host, agent, b));
+    return out;
+  }
+
+  /** One image on one host: `present` when it has it, else `fetched` (streamed from the store, sha256 checked there). */
+  ensureOn(host: string, agent: AgentClient, b: BackingImage): Promise<ImageTransfer> {
+    const key = `${host}/${b.sha256}`;
+    let p = this.#inflight.get(key);
+    if (p === undefined) {
+      p = this.#ensure(agent, b).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, p);
+    }
+    return p;
+  }
+
+  async #ensure(agent: AgentClient, b: BackingImage): Promise<ImageTransfer> {
+    const cached = await agent.call('listImages');
+    const had = cached.find((c) => c.sha256 === b.sha256);
+    if (had !== undefined) return { name: b.image, sha256: b.sha256, action: 'present', bytes: 0 };
+    // By content: the name may have been deleted and imported again with other bytes since the spec was made.
+    const r = this.o.store.sqlite.prepare('SELECT * FROM images WHERE sha256 = ? ORDER BY name LIMIT 1').get(b.sha256) as ImageRow | undefined;
+    if (r === undefined) {
+      throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `The store has no image with sha256 ${b.sha256} (${b.image}) to give the host.`, { details: { image: b.image, sha256: b.sha256 } });
+    }
+    const got = await agent.upload('putImage', { params: { sha256: b.sha256 }, headers: undefined, body: createReadStream(r.path) });
+    return { name: b.image, sha256: b.sha256, action: got.action, bytes: got.action === 'fetched' ? got.bytes : 0 };
+  }
+
+  /** The images with the hosts that hold a copy of each, as their agents answer (one that does not is left out). */
+  async withHosts(images: ImageJson[]): Promise<ImageJson[]> {
+    const bySha = new Map<string, string[]>();
+    await Promise.all(
+      (this.o.agents?.() ?? []).map(async ({ host, agent }) => {
+        const cached = await agent.call('listImages', undefined, { timeoutMs: 3000 }).catch(() => []);
+        for (const c of cached) bySha.set(c.sha256, [...(bySha.get(c.sha256) ?? []), host].sort());
+      }),
+    );
+    return images.map((i) => ({ ...i, hosts: bySha.get(i.sha256) ?? [] }));
   }
 }

@@ -11,7 +11,7 @@ import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
 import { APPEND_PATTERN, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
-import { inspectDiskImage, type DiskImageInfo } from '../guest/disk-image.ts';
+import { inspectDiskImage } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { EventBus } from './events.ts';
 import type { ImageService } from './images.ts';
@@ -99,8 +99,10 @@ export function macFor(name: string, used: ReadonlySet<string>): string {
  * A disk on shared storage: the file itself, in the format qemu-img said, at the size it has. Every host
  * sees it at that path; migrations never copy it, and a destination that does not see it is refused.
  */
-function sharedDisk(base: DiskImageInfo & { path: string }): DiskSpec {
-  return { id: 'vda', sizeBytes: base.virtualSizeBytes, shared: true, path: base.path, format: base.format };
+function sharedDisk(base: { backing: NonNullable<DiskSpec['backing']>; virtualSizeBytes: number }): DiskSpec {
+  // checkSharedRequest allows --shared with --disk-image only: a file by path, never a store image.
+  if (!('path' in base.backing)) throw new FerryError('FERRY_E_USAGE', '--shared goes with --disk-image FILE, not with a stored image.');
+  return { id: 'vda', sizeBytes: base.virtualSizeBytes, shared: true, path: base.backing.path, format: base.backing.format };
 }
 
 /** What `shared` goes with: a disk image of the user's own, at the size it has. */
@@ -224,7 +226,7 @@ export class VmService {
         `--shared goes with a kernel image (tiny or a directory), not the stored disk image ${stored}.`,
       );
     const image = stored === undefined ? checkImage(req.image ?? 'tiny') : 'tiny';
-    let base: (DiskImageInfo & { path: string }) | undefined;
+    let base: { backing: NonNullable<DiskSpec['backing']>; virtualSizeBytes: number } | undefined;
     if (stored !== undefined) {
       validateName(stored, 'image name');
       if (!this.o.images)
@@ -248,7 +250,8 @@ export class VmService {
       if (!st.isFile() && !st.isBlockDevice())
         throw new FerryError('FERRY_E_BAD_IMAGE', `${path} is not a file or a block device.`);
       // Before anything is reserved: a vmdk or a text file named disk.qcow2 is the caller's 4xx.
-      base = { path, ...(await inspectDiskImage(path)) };
+      const info = await inspectDiskImage(path);
+      base = { backing: { path, format: info.format }, virtualSizeBytes: info.virtualSizeBytes };
     }
     if (base !== undefined) {
       if (diskBytes !== undefined && diskBytes < base.virtualSizeBytes) {
@@ -432,7 +435,7 @@ export class VmService {
                           id: 'vda',
                           sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
                           shared: false,
-                          backing: { path: p.base.path, format: p.base.format },
+                          backing: p.base.backing,
                         },
                   ]
                 : p.diskBytes === undefined
@@ -455,7 +458,7 @@ export class VmService {
                         id: 'vda',
                         sizeBytes: p.diskBytes ?? p.base.virtualSizeBytes,
                         shared: false,
-                        backing: { path: p.base.path, format: p.base.format },
+                        backing: p.base.backing,
                       },
                 ],
                 nics,
@@ -481,6 +484,8 @@ export class VmService {
       const agent = this.agentFor(this.row(p.name));
       let status: VmStatus;
       try {
+        // The host fetches the base image on first use, before the agent lays out the overlay on it.
+        if (this.o.images) await this.o.images.ensureFor(host, agent, reserved.spec);
         status = await agent.call('createVm', {
           body: {
             spec: reserved.spec,

@@ -46,6 +46,7 @@ import {
   type AgentClient,
   type CallInput,
   type CallRouteName,
+  type UploadRouteName,
 } from '../controller/agent-client.ts';
 import { FakeAgent, FakeVmHost } from './fake-agent.ts';
 
@@ -110,6 +111,12 @@ export const fakeAgent: ContractFactory = async (world) => {
 const UPLOAD = Buffer.from('not a disk\n');
 const UPLOAD_SHA = createHash('sha256').update(UPLOAD).digest('hex');
 
+/** The params of each upload's sample: a cold file of a migration the agent knows, or an image by its sha256. */
+const UPLOAD_PARAMS: Record<UploadRouteName, Record<string, string>> = {
+  coldUpload: { id: 'm-dst', name: 'vda' },
+  putImage: { sha256: UPLOAD_SHA },
+};
+
 /** A valid request of every route the typed client calls, in the table's order (state carries over). */
 const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   version: {},
@@ -125,6 +132,7 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   guest: { params: { name: 'v1' }, body: { command: 'ping 1' } },
   console: { params: { name: 'v1' } },
   sharedDisks: { params: { name: 'v1' } },
+  listImages: {},
   prepare: {
     params: { id: 'm-in' },
     body: { spec: defaultVmSpec('v3'), listenAddress: '127.0.0.1', storage: 'shared' },
@@ -163,6 +171,8 @@ const SUCCEED = new Set<RouteName>([
   'cancel',
   'finish',
   'confirm',
+  'listImages',
+  'putImage',
 ]);
 /** What a valid request must never get back: it was valid, the route exists, the versions match. */
 const NEVER = new Set([
@@ -277,7 +287,7 @@ export function agentContract(label: string, factory: ContractFactory): void {
         const r =
           def.stream === 'upload'
             ? await raw(name, {
-                params: { id: 'm-dst', name: 'vda' },
+                params: UPLOAD_PARAMS[name as UploadRouteName],
                 headers: { [SHA256_HEADER]: UPLOAD_SHA, 'content-type': 'application/octet-stream' },
                 body: Readable.from([UPLOAD]),
               })
@@ -292,6 +302,13 @@ export function agentContract(label: string, factory: ContractFactory): void {
         if (r.status >= 400) {
           assert.ok(!SUCCEED.has(name), `${name} must succeed: ${r.text}`);
           assert.ok(!NEVER.has(envelope(r, name)), `${name}: ${r.text}`);
+          continue;
+        }
+        if (def.stream === 'upload') {
+          assert.ok(
+            Value.Check(def.response, JSON.parse(r.text)),
+            `${name}: the answer is not its schema: ${r.text}`,
+          );
           continue;
         }
         assert.equal(def.stream, 'events', `${name} answered ${r.status}`);
@@ -317,6 +334,24 @@ export function agentContract(label: string, factory: ContractFactory): void {
     }
   });
 
+  test(`${label}: an image whose bytes do not match its sha256 is refused and kept nowhere; a second PUT finds it present`, async () => {
+    const other = createHash('sha256').update('other bytes').digest('hex');
+    const bad = await raw('putImage', {
+      params: { sha256: other },
+      headers: { 'content-type': 'application/octet-stream' },
+      body: Readable.from([UPLOAD]),
+    });
+    assert.equal(envelope(bad, 'putImage mismatch'), 'FERRY_E_IMAGE_CHECKSUM');
+    assert.ok(!(await client.call('listImages')).some((i) => i.sha256 === other), 'nothing kept');
+    const again = await client.upload('putImage', {
+      params: { sha256: UPLOAD_SHA },
+      headers: undefined,
+      body: Readable.from([UPLOAD]),
+    });
+    assert.deepEqual(again, { sha256: UPLOAD_SHA, bytes: UPLOAD.length, action: 'present' });
+    assert.deepEqual(await client.call('listImages'), [{ sha256: UPLOAD_SHA, bytes: UPLOAD.length }]);
+  });
+
   test(`${label}: success statuses are the table's`, async () => {
     const created = await raw('createVm', { body: { spec: defaultVmSpec('v5') } });
     assert.equal(created.status, AGENT_ROUTES.createVm.status, created.text);
@@ -335,12 +370,13 @@ export function agentContract(label: string, factory: ContractFactory): void {
         >
       )[name];
       if (def.stream === 'upload') {
+        // The sha256 the bytes are checked against is missing or malformed (a header, or the image's param).
         const r = await raw(name, {
-          params: { id: 'm-dst', name: 'vda' },
+          params: name === 'putImage' ? { sha256: 'not-a-sha256' } : UPLOAD_PARAMS[name as UploadRouteName],
           headers: { 'content-type': 'application/octet-stream' },
           body: Readable.from([UPLOAD]),
         });
-        assert.equal(r.status, 400, `${name} without ${SHA256_HEADER}: ${r.text}`);
+        assert.equal(r.status, 400, `${name} without its sha256: ${r.text}`);
         envelope(r, name);
         continue;
       }

@@ -22,7 +22,9 @@ import { PROTOCOL_RANGE, SHA256_HEADER } from '../common/agent-routes.ts';
 import { FerryError, type ErrorCode } from '../common/errors.ts';
 import {
   PROTOCOL_HEADER,
+  type CachedImage,
   type HostInventory,
+  type ImageReceived,
   type SharedDiskFingerprint,
   type VmStatus,
 } from '../common/protocol.ts';
@@ -68,6 +70,30 @@ export class FakeVmHost implements VmHost {
 
   async list(): Promise<VmStatus[]> {
     return [...this.vms.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Base images by sha256, kept in memory; checked as the real cache checks them. */
+  readonly images = new Map<string, Buffer>();
+
+  async listImages(): Promise<CachedImage[]> {
+    return [...this.images]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([sha, b]) => ({ sha256: sha, bytes: b.length }));
+  }
+
+  async receiveImage(sha: string, body: Readable): Promise<ImageReceived> {
+    const parts: Buffer[] = [];
+    for await (const chunk of body) parts.push(chunk as Buffer);
+    const had = this.images.get(sha);
+    if (had !== undefined) return { sha256: sha, bytes: had.length, action: 'present' };
+    const b = Buffer.concat(parts);
+    if (sha256(b) !== sha)
+      throw new FerryError(
+        'FERRY_E_IMAGE_CHECKSUM',
+        `Image ${sha}: ${b.length} bytes arrived with sha256 ${sha256(b)}; nothing was kept.`,
+      );
+    this.images.set(sha, b);
+    return { sha256: sha, bytes: b.length, action: 'fetched' };
   }
 
   private vm(name: string): VmStatus {

@@ -15,6 +15,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../../common/errors.ts';
 import { parseVmSpec, type VmSpec } from '../../common/spec.ts';
+import { basePathOf, rebaseOverlay } from '../images.ts';
 import { LocalVm } from '../vm.ts';
 import type { Accel } from '../../qemu/argv.ts';
 import type { QmpClient } from '../../qemu/qmp.ts';
@@ -200,6 +201,11 @@ export async function receiveColdFile(o: {
       throw new FerryError('FERRY_E_VERIFY_FAILED', `File ${name}: sha256 ${got} received, ${o.sha256} sent; nothing was replaced.`, {
         details: { name, expected: o.sha256, got, bytes },
       });
+    }
+    // The overlay's header names the source host's copy of its base: point it at this host's own.
+    const disk = vm.spec.disks.find((d) => d.id === name);
+    if (disk?.backing !== undefined && 'sha256' in disk.backing) {
+      await rebaseOverlay(tmp, basePathOf(o.agentDir, disk) as string, disk.backing.format);
     }
     await rename(tmp, final);
   } finally {

@@ -23,6 +23,8 @@ export interface ImageDoc {
   path: string;
   createdAt: string;
   usedBy: string[];
+  /** Hosts that have a copy (fetched on first use). */
+  hosts?: string[];
 }
 
 /**
@@ -48,6 +50,7 @@ const IMAGE_COLUMNS: readonly Column<ImageDoc>[] = [
   { header: 'FILE', cell: (i) => formatBytes(i.fileBytes) },
   { header: 'SHA256', cell: (i) => i.sha256.slice(0, 16) },
   { header: 'USED BY', cell: (i) => i.usedBy.join(',') || '-' },
+  { header: 'ON HOSTS', cell: (i) => i.hosts?.join(',') || '-' },
   { header: 'PATH', cell: (i) => i.path, wide: true },
   { header: 'CREATED', cell: (i) => i.createdAt, wide: true },
 ];

@@ -54,6 +54,12 @@ export const flagOf = (f: CreateField): string => f.flag ?? kebab(f.key);
 const firstDisk = (v: VmJson): VmSpec['disks'][number] | undefined => v.spec.disks[0];
 const imageAt = (path: string | undefined, images: readonly ImageDoc[]): ImageDoc | undefined =>
   path === undefined ? undefined : images.find((i) => i.path === path);
+type Backing = NonNullable<VmSpec['disks'][number]['backing']>;
+/** A base given by path (`--disk-image`, or a store image in a spec from before images were named). */
+const basePath = (b: Backing | undefined): string | undefined => (b !== undefined && 'path' in b ? b.path : undefined);
+/** The store image a disk sits on: named in the spec, or found by the path older specs held. */
+const storeImage = (b: Backing | undefined, images: readonly ImageDoc[]): string | undefined =>
+  b === undefined ? undefined : 'image' in b ? b.image : imageAt(b.path, images)?.name;
 const directBoot = (v: VmJson): Extract<VmSpec['boot'], { kind: 'direct' }> | undefined => (v.spec.boot.kind === 'direct' ? v.spec.boot : undefined);
 
 /** A size in the largest unit that holds it exactly, so that it reads back to the same bytes. */
@@ -75,7 +81,7 @@ export const CREATE_FIELDS: readonly CreateField[] = [
     kind: 'text',
     arg: '<image>',
     help: '`tiny`, a directory with vmlinuz + initramfs.gz, or an imported disk image (`ferry image list`) to boot from (default tiny)',
-    fromVm: (v, images) => (v.spec.boot.kind === 'kernel' ? v.spec.boot.image : v.spec.boot.kind === 'disk' ? imageAt(firstDisk(v)?.backing?.path, images)?.name : undefined),
+    fromVm: (v, images) => (v.spec.boot.kind === 'kernel' ? v.spec.boot.image : storeImage(firstDisk(v)?.backing, images)),
   },
   { key: 'host', kind: 'name', arg: '<host>', help: 'place it on this host (default: the scheduler chooses)' },
   { key: 'network', flag: 'net', kind: 'name', arg: '<network>', help: 'VM network (default vm0 when the server has one)', fromVm: (v) => v.spec.nics[0]?.network },
@@ -87,7 +93,7 @@ export const CREATE_FIELDS: readonly CreateField[] = [
     fromVm: (v, images) => {
       const d = firstDisk(v);
       if (d?.shared === true) return d.path;
-      const base = d?.backing?.path;
+      const base = basePath(d?.backing);
       return base !== undefined && imageAt(base, images) === undefined ? base : undefined;
     },
   },
@@ -286,8 +292,9 @@ function diskLine(d: VmSpec['disks'][number], host: string, images: readonly Ima
   const own = d.path ?? `qcow2 in the VM's directory on ${host}`;
   if (d.shared) return `${d.id} ${size} shared: ${d.path ?? '-'} (${d.format ?? 'qcow2'}, the file itself, never copied)`;
   if (!d.backing) return `${d.id} ${size} ${own}`;
-  const image = imageAt(d.backing.path, images);
-  return `${d.id} ${size} overlay (${own}) → base ${d.backing.path} (${d.backing.format}${image ? `, image ${image.name}` : ''})`;
+  const image = storeImage(d.backing, images);
+  const base = basePath(d.backing) ?? `the host's cached copy (sha256 ${'sha256' in d.backing ? d.backing.sha256.slice(0, 12) : '?'})`;
+  return `${d.id} ${size} overlay (${own}) → base ${base} (${d.backing.format}${image ? `, image ${image}` : ''})`;
 }
 
 const VM_COLUMNS: readonly Column<VmJson>[] = [

@@ -9,6 +9,7 @@ import { Transform } from 'node:stream';
 import { FerryError } from '../../common/errors.ts';
 import type { MigrationProgress } from '../../common/migration.ts';
 import type { ColdManifest } from '../../common/agent-migration.ts';
+import type { VmSpec } from '../../common/spec.ts';
 import { SHA256_HEADER } from '../../common/agent-routes.ts';
 import type { AgentClient } from '../agent-client.ts';
 import type { JobStore } from './jobs.ts';
@@ -18,6 +19,8 @@ export interface ColdDeps {
   jobs: JobStore;
   src: AgentClient;
   dst: AgentClient;
+  /** Makes the destination hold the VM's base images (the overlays move, their bases do not). */
+  baseImages?: (spec: VmSpec) => Promise<void>;
 }
 
 /** begin → prepare → perform (stop/save + stream files). Returns when the destination holds every file. */
@@ -27,6 +30,7 @@ export async function transferCold(d: ColdDeps, id: string): Promise<ColdManifes
   d.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
   const wasStopped = status.state === 'stopped';
   const shared = await sharedDisksForPrepare(d.src, status.spec);
+  await d.baseImages?.(status.spec);
   await d.dst.call('coldPrepare', { params: { id }, body: { spec: status.spec, start: !wasStopped, ...shared } }, { timeoutMs: 90_000 });
   job = d.jobs.transition(id, 'preparing', 'transferring', { phase: 'perform' });
   // A running VM keeps its memory (save); a stopped one has only its disks.

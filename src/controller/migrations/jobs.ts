@@ -49,6 +49,7 @@ interface Row {
   updated_at: string;
   timeline: string;
   waiting: string | null;
+  images: string | null;
 }
 
 /** Figures a transition may record along with the new state. */
@@ -68,6 +69,7 @@ export interface JobPatch {
   progress?: MigrationProgress | null;
   prepared?: unknown;
   waiting?: MigrationJson['waiting'];
+  images?: MigrationJson['images'];
   error?: { code: string; message: string } | null;
 }
 
@@ -87,6 +89,7 @@ const COLUMNS: Record<Exclude<keyof JobPatch, 'error'>, { col: string; json?: bo
   progress: { col: 'progress', json: true },
   prepared: { col: 'prepared', json: true },
   waiting: { col: 'waiting', json: true },
+  images: { col: 'images', json: true },
 };
 
 function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
@@ -314,5 +317,6 @@ function toJson(r: Row): Omit<MigrationJson, 'pending'> {
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
     timeline: JSON.parse(r.timeline ?? '[]') as MigrationJson['timeline'],
     waiting: parse(r.waiting ?? null),
+    images: parse<MigrationJson['images']>(r.images ?? null) ?? [],
   };
 }

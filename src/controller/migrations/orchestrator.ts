@@ -40,6 +40,7 @@ import type { EventBus } from '../events.ts';
 import { hostViews, vmLoads } from '../hosts.ts';
 import { placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
+import type { ImageService } from '../images.ts';
 import { JobStore } from './jobs.ts';
 import { transferCold } from './cold.ts';
 import { sharedDisksForPrepare } from './shared-disks.ts';
@@ -62,6 +63,8 @@ export interface OrchestratorOptions {
   probeKind?: GuestProbe;
   /** Test-only hold points (holds.ts); undefined in production. */
   holdDir?: string;
+  /** The image store: a destination fetches the VM's base images from it before prepare. */
+  images?: ImageService;
 }
 
 /** A source agent that does not answer for this long during a transfer is given up on. */
@@ -240,6 +243,16 @@ export class MigrationOrchestrator {
     }
   }
 
+  /**
+   * The destination gets the store images the VM's overlays sit on before prepare (only the overlay moves
+   * with the VM); the job records for each whether it was there or fetched first.
+   */
+  private async baseImages(id: string, host: string, dst: AgentClient, spec: VmSpec): Promise<void> {
+    if (this.o.images === undefined) return;
+    const images = await this.o.images.ensureFor(host, dst, spec);
+    if (images.length > 0) this.jobs.update(id, { images });
+  }
+
   /** The live flow from a fresh job. */
   private async run(id: string): Promise<void> {
     let job = this.jobs.mustGet(id);
@@ -258,6 +271,7 @@ export class MigrationOrchestrator {
       const capabilities = capabilitiesFor(job.policy);
       // prepare: from here on the destination may hold a QEMU and disks that a failure must remove.
       this.jobs.update(id, { phase: 'prepare', memoryBytes: status.spec.memoryBytes });
+      await this.baseImages(id, job.destination, dst.client, status.spec);
       const listenAddress = dst.inventory?.migrationAddress;
       if (!listenAddress) throw new FerryError('FERRY_E_AGENT_UNREACHABLE', `Host ${job.destination} has not reported its migration address yet.`);
       const prep = await dst.client.call(
@@ -673,7 +687,10 @@ export class MigrationOrchestrator {
       const src = this.host(job.source).client;
       const dst = this.host(job.destination).client;
       probe = await this.startProbe(job);
-      const manifest = await transferCold({ jobs: this.jobs, src, dst }, id);
+      const manifest = await transferCold(
+        { jobs: this.jobs, src, dst, baseImages: (spec) => this.baseImages(id, job.destination, dst, spec) },
+        id,
+      );
       this.jobs.transition(id, 'transferring', 'switching', { phase: 'finish', qemuStatus: manifest.mode === 'save' ? 'completed' : null });
       await this.rollForward(id, null, probe);
       probe = null;

@@ -93,4 +93,10 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT`),
   },
   MIGRATION_PROBE_SCHEMA,
+  {
+    version: 8,
+    name: 'migration images',
+    // What the destination did about each base image (present or fetched first); NULL for jobs from before.
+    up: (db) => db.exec('ALTER TABLE migrations ADD COLUMN images TEXT'),
+  },
 ];
