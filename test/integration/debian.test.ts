@@ -254,9 +254,12 @@ describe('a Debian 12 guest from `ferry image build debian-12`, moved live and c
         assert.equal(m.state, 'completed', JSON.stringify(m.error));
         const waited = client.window();
         const pause = Math.max(m.downtimeMs ?? 0, m.guestDowntimeMs ?? 0);
-        measured.push(`debian live → ${to} ${extra.join(' ') || '(TLS)'}: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs} ms, guest downtime ${m.guestDowntimeMs} ms, disk ${m.progress?.disk?.transferredBytes ?? 0} bytes, longest client wait ${waited} ms`);
+        measured.push(`debian live → ${to} ${extra.join(' ') || '(TLS)'}: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs} ms, guest downtime ${m.guestDowntimeMs} ms (${m.guestDowntimeProbe}), disk ${m.progress?.disk?.transferredBytes ?? 0} bytes, longest client wait ${waited} ms`);
         assert.ok(waited <= pause + TCP_RETRY_ALLOWANCE_MS, `no request waited much longer than the pause: ${waited} ms vs ${pause} ms`);
         assert.ok(m.progress?.disk !== undefined && m.progress.disk !== null, 'the disk was copied');
+        // Measured from the VM network's side by ICMP echo (the guest has no ferry-guest to answer UDP).
+        assert.equal(m.guestDowntimeProbe, 'icmp');
+        assert.ok(m.guestDowntimeMs !== null && m.guestDowntimeMs > 0 && m.guestDowntimeMs <= (m.totalMs ?? Infinity), `guest downtime ${m.guestDowntimeMs} ms`);
         assert.equal(m.policy.tls, !extra.includes('--no-tls'));
         return m;
       };
@@ -265,12 +268,15 @@ describe('a Debian 12 guest from `ferry image build debian-12`, moved live and c
         assert.equal(h.qemuPids(host, 'deb1').length, 1, `one QEMU on ${host}`);
         assert.equal(h.qemuPids(other, 'deb1').length, 0, `none on ${other}`);
       };
-      await live('h2', []);
+      const first = await live('h2', []);
       exactlyOne('h2');
+      // h2 had no copy of the base: it fetched it (sha256 checked) before prepare; only the overlay moved.
+      assert.deepEqual(first.images.map((i) => [i.name, i.action]), [['debian-12', 'fetched']]);
       const a = await h.ferryJson<VmDoc>(['vm', 'show', 'deb1']);
       assert.deepEqual([a.host, a.bootId], ['h2', v.bootId], 'the guest agent on h2 reports the same boot id');
-      await live('h1', ['--no-tls']);
+      const back = await live('h1', ['--no-tls']);
       exactlyOne('h1');
+      assert.deepEqual(back.images.map((i) => [i.name, i.action]), [['debian-12', 'present']]);
       const b = await h.ferryJson<VmDoc>(['vm', 'show', 'deb1']);
       assert.deepEqual([b.host, b.bootId], ['h1', v.bootId]);
       assert.equal(client.reconnects, 0, 'the TCP connection survived both live moves');
@@ -329,6 +335,8 @@ describe('a Debian 12 guest from `ferry image build debian-12`, moved live and c
     const m = await h.ferryJson<MigrationJson>(['vm', 'migrate', 'deb2', '--to', 'h2', '--storage', 'copy', '--wait'], [0, 1]);
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     measured.push(`debian direct live → h2: total ${m.totalMs} ms, QEMU downtime ${m.downtimeMs} ms, guest downtime ${m.guestDowntimeMs} ms`);
+    assert.equal(m.guestDowntimeProbe, 'icmp');
+    assert.ok(m.guestDowntimeMs !== null && m.guestDowntimeMs > 0, `guest downtime ${m.guestDowntimeMs} ms`);
     assert.equal(h.qemuPids('h2', 'deb2').length, 1);
     assert.equal(h.qemuPids('h1', 'deb2').length, 0);
     assert.equal(await ask(v.ip, 'GET before-move'), 'VAL before-move 1');
