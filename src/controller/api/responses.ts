@@ -172,7 +172,7 @@ export const Migration = Type.Object(
     iterations: Nullable(Type.Number()),
     escalations: Type.Array(Type.Object({ at: Time, step: Escalation })),
     progress: Nullable(MigrationProgress),
-    why: Nullable(Type.Array(Type.Object({ host: Type.String(), accepted: Type.Boolean(), reason: Type.String() }))),
+    why: Nullable(Type.Array(Judgement, { description: "the scheduler's verdict on each host, when it chose the destination" })),
     error: Nullable(CodeMessage),
     timeline: Type.Array(Type.Object({ at: Time, state: Type.Enum(MIGRATION_STATES), phase: Type.Enum(PHASES) })),
     waiting: Nullable(
@@ -185,8 +185,9 @@ export const Migration = Type.Object(
 
 /** GET /api/v1/openapi.json: this document (described by the OpenAPI specification itself). */
 export const OpenApiDocument = Type.Object(
-  { openapi: Type.String(), info: Type.Object({ title: Type.String(), version: Type.String() }), paths: Type.Record(Type.String(), Type.Unknown()) },
-  { $id: 'OpenApiDocument' },
+  { openapi: Type.String(), info: Type.Object({ title: Type.String(), version: Type.String() }, { additionalProperties: true }), paths: Type.Record(Type.String(), Type.Unknown()) },
+  // The rest is OpenAPI's own (components, servers, tags, …), as the specification says.
+  { $id: 'OpenApiDocument', additionalProperties: true },
 );
 
 /** Every schema above, registered with fastify (app.ts) and published under its `$id`. */
