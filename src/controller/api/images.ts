@@ -56,7 +56,7 @@ export function registerImageRoutes(app: App, ctl: Controller): void {
         tags: ['images'],
         summary: 'Delete an image no VM boots from',
         params: NameParams,
-        response: { 200: ref(Deleted, 'Deleted'), ...failures({ 404: NO_IMAGE, 409: 'VMs boot from it: FERRY_E_IMAGE_IN_USE' }) },
+        response: { 200: ref(Deleted, 'Deleted'), ...failures({ 404: NO_IMAGE, 409: 'VMs boot from it: FERRY_E_IMAGE_IN_USE' }, { body: true }) },
       },
     },
     async (req) => ctl.images.delete(req.params.name),

@@ -231,7 +231,8 @@ type Failure = Exclude<keyof typeof FAILURES, '5xx'>;
 
 /**
  * The error answers of a route, each the shared envelope: 400 and 5xx always, 401 unless the route is
- * public, 413 and 415 when it takes a body, and the statuses given, described as given.
+ * public, 413 and 415 when it reads a body (fastify reads
+ * one on POST and DELETE, schema or not), and the statuses given, described as given.
  */
 export function failures(
   specific: Partial<Record<Failure, string>>,

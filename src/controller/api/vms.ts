@@ -56,7 +56,7 @@ export function registerVmRoutes(app: App, ctl: Controller): void {
         tags: ['vms'],
         summary: 'Stop and remove a VM and its disks',
         params: NameParams,
-        response: { 200: ref(Deleted, 'Removed from its host and the store'), ...failures({ 404: NO_VM, 409: BUSY }) },
+        response: { 200: ref(Deleted, 'Removed from its host and the store'), ...failures({ 404: NO_VM, 409: BUSY }, { body: true }) },
       },
     },
     async (req) => ctl.vms.delete(req.params.name),
