@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: typecheck, lint, unit tests (next to the code), integration tests (real QEMU, real lab).
+# The test command: typecheck, lint, the layer check, the OpenAPI lint, unit tests (next to the code), integration tests (real QEMU, real lab).
 # `scripts/test.sh unit` or `scripts/test.sh integration` runs one kind only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ if [ "$what" = all ]; then
   echo "== typecheck"; npx tsc --noEmit -p .
   echo "== lint"; npx eslint .
   echo "== layers"; npx depcruise src test --config .dependency-cruiser.cjs --output-type err
+  echo "== openapi"; bash scripts/lint-openapi.sh
 fi
 run() { # node 20's --test takes paths, not globs
   local files; files=$(find "$@" -name '*.test.ts' -not -path '*/node_modules/*' | sort)

@@ -84,7 +84,7 @@ export interface MigrationJson {
   escalations: EscalationRecord[];
   progress: MigrationProgress | null;
   /** Why the destination was chosen (when the scheduler chose it). */
-  why: { host: string; accepted: boolean; reason: string }[] | null;
+  why: { host: string; accepted: boolean; reason: string; freeMemoryBytes?: number }[] | null;
   error: { code: string; message: string } | null;
   /** Every state and phase the job entered, with the time: where the end-to-end time went. */
   timeline: { at: string; state: MigrationState; phase: MigrationPhase }[];

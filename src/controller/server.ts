@@ -8,12 +8,11 @@ import { networkInterfaces } from 'node:os';
 import { isIP, type AddressInfo } from 'node:net';
 import { FerryError } from '../common/errors.ts';
 import { buildApp } from './api/app.ts';
-import type { App } from './api/types.ts';
+import { DEFAULT_LISTEN, type App } from './api/types.ts';
 import { ADMIN_TOKEN_FILE, createController, type Controller } from './controller.ts';
 import type { VmNetwork } from './networks.ts';
 
-export const DEFAULT_LISTEN = '127.0.0.1:7440';
-export { ADMIN_TOKEN_FILE };
+export { ADMIN_TOKEN_FILE, DEFAULT_LISTEN };
 
 export interface StartServerOptions {
   dataDir: string;

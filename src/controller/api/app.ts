@@ -13,7 +13,8 @@ import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts
 import { NAME_RE } from '../../common/units.ts';
 import type { Controller } from '../controller.ts';
 import { checkApiToken } from '../tokens.ts';
-import { API_VERSION, type App } from './types.ts';
+import { API_VERSION, DEFAULT_LISTEN, type App } from './types.ts';
+import { RESPONSE_SCHEMAS } from './responses.ts';
 import { registerEventRoutes } from './events.ts';
 import { registerHostRoutes } from './hosts.ts';
 import { registerSystemRoutes } from './system.ts';
@@ -83,13 +84,42 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     .withTypeProvider<TypeBoxTypeProvider>()
     .setValidatorCompiler(TypeBoxValidatorCompiler);
 
+  // Response schemas document the API and are checked against real answers by tests (responses.test.ts);
+  // they do not serialize, so an answer is never cut down to its schema behind anyone's back.
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  for (const schema of RESPONSE_SCHEMAS) app.addSchema(schema);
+
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'Ferry API', version: API_VERSION, description: 'Moves virtual machines between hosts.' },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      info: {
+        title: 'Ferry API',
+        version: API_VERSION,
+        description:
+          'Moves virtual machines between hosts, cold and live. Every failure answers the envelope `Error` with a stable FERRY_E_* code; ' +
+          'any request may also be refused before it reaches a route (408 FERRY_E_REQUEST_TIMEOUT, 431 FERRY_E_HEADERS_TOO_LARGE), in the same envelope.',
+        license: { name: 'Apache-2.0', url: 'https://www.apache.org/licenses/LICENSE-2.0' },
+      },
+      servers: [
+        {
+          url: 'https://{address}',
+          description: 'A Ferry server (`ferry server --listen`), HTTPS with the cluster CA',
+          variables: { address: { default: DEFAULT_LISTEN, description: 'HOST:PORT the server listens on' } },
+        },
+      ],
+      tags: [
+        { name: 'system', description: 'Health, metrics and this document' },
+        { name: 'hosts', description: 'Hosts: their agents join, report, and are drained' },
+        { name: 'vms', description: 'Virtual machines: create, control, reach the guest' },
+        { name: 'images', description: "Disk images in the server's store" },
+        { name: 'migrations', description: 'Live and cold migrations of VMs between hosts' },
+        { name: 'events', description: 'What happens, as Server-Sent Events' },
+      ],
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The token `ferry server` printed, or an API token' } } },
       security: [{ bearer: [] }],
     },
+    // Shared schemas keep their own name (`$id`) under components.schemas.
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
 
   app.addHook('onRequest', async (req) => {

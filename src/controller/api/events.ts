@@ -10,6 +10,7 @@ import type { App } from './types.ts';
 import Type from 'typebox';
 import { EventsQuery } from './schemas.ts';
 import { LIVE_COMMENT } from '../../common/events.ts';
+import { failures } from './responses.ts';
 
 const format = (e: FerryEvent): string =>
   `id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify({ seq: e.seq, at: e.at, type: e.type, subject: e.subject, data: e.data })}\n\n`;
@@ -22,10 +23,18 @@ export function registerEventRoutes(app: App, ctl: Controller): void {
 
   app.get('/api/v1/events', {
       schema: {
+        operationId: 'streamEvents',
+        tags: ['events'],
         summary: 'Live events (SSE); Last-Event-ID replays what was missed',
         querystring: EventsQuery,
         // Declared per content type so that the OpenAPI document (3.x has no `produces`) says it streams.
-        response: { 200: { description: 'an endless text/event-stream', content: { 'text/event-stream': { schema: Type.String() } } } },
+        response: {
+          200: {
+            description: 'An endless text/event-stream: `id: SEQ`, `event: TYPE`, `data: {seq, at, type, subject, data}` per event',
+            content: { 'text/event-stream': { schema: Type.String() } },
+          },
+          ...failures({}),
+        },
       },
     }, async (req, reply) => {
     const header = req.headers['last-event-id'];

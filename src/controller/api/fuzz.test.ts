@@ -6,7 +6,8 @@
  * 2xx and only the controller's own answers are under test.
  *
  * Properties, for every request: no answer ≥ 500; every error is the envelope `{error:{code,message}}`
- * with a registered FERRY_E_* code whose status is the HTTP status; a 4xx changes nothing in the store
+ * with a registered FERRY_E_* code whose status is the HTTP status; the status is one the document declares
+ * for the route; a 4xx changes nothing in the store
  * (every table but the event log); a JSON body over the limit is a 413; and the controller still answers
  * at the end. Most requests go through `inject()`; a smaller run goes over real HTTPS, and raw bytes over
  * TLS for what only a socket can send (broken request lines, chunked encoding, header floods).
@@ -84,6 +85,8 @@ interface Route {
   /** Declared text/event-stream: an answer that never ends, so it is read over HTTPS up to its headers. */
   streaming: boolean;
   public: boolean;
+  /** The statuses the document declares for it (`2XX` style ranges included); none for hidden routes. */
+  statuses: string[] | undefined;
 }
 
 /**
@@ -120,13 +123,14 @@ function routesOf(app: App, hidden: readonly { method: string; url: string }[]):
         body: op.requestBody?.content['application/json']?.schema,
         streaming: Object.values(op.responses ?? {}).some((r) => Object.keys(r.content ?? {}).includes('text/event-stream')),
         public: Array.isArray(op.security) && op.security.length === 0,
+        statuses: Object.keys(op.responses ?? {}),
       });
     }
   }
   // Routes hidden from the document still take requests.
   for (const h of hidden) {
     if (!routes.some((r) => r.method === h.method && r.url === h.url)) {
-      routes.push({ method: h.method, url: h.url, params: [], query: [], body: undefined, streaming: false, public: false });
+      routes.push({ method: h.method, url: h.url, params: [], query: [], body: undefined, streaming: false, public: false, statuses: undefined });
     }
   }
   return routes;
@@ -673,6 +677,12 @@ async function checkOne(env: Env, r: Req, via: 'inject' | 'https', tally: Tally)
     if (r.method !== 'HEAD') checkEnvelope(a, what);
     const after = snapshot(env.ctl);
     for (const t of Object.keys(before)) assert.equal(after[t], before[t], `${what} → HTTP ${a.status}, yet table ${t} changed`);
+  }
+  // The document tells the truth about statuses: whatever the route answers is declared for it (another
+  // method on its path is the router's 404, which no operation declares).
+  if (r.method === r.route.method && r.route.statuses) {
+    const declared = r.route.statuses.includes(String(a.status)) || r.route.statuses.includes(`${String(a.status)[0]}XX`);
+    assert.ok(declared, `${what} → HTTP ${a.status}, a status its operation does not declare (${r.route.statuses.join(', ')})`);
   }
   checkCreateOracle(env, r, a, what);
   const authorised = r.route.public || r.headers.authorization === `Bearer ${env.token}`;

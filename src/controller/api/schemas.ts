@@ -1,23 +1,16 @@
-/** TypeBox schemas of the REST API's bodies and parameters; @fastify/swagger turns them into OpenAPI. */
+/**
+ * TypeBox schemas of the REST API's bodies and parameters; @fastify/swagger turns them into OpenAPI (inline,
+ * where the API fuzzing of fuzz.test.ts reads them). What the API answers is in responses.ts.
+ */
 import Type from 'typebox';
 import { NAME_RE } from '../../common/units.ts';
 
 export const Name = Type.String({ pattern: NAME_RE.source, description: 'a Ferry name: [a-z0-9][a-z0-9-]{0,62}' });
 export const NameParams = Type.Object({ name: Name });
 
-export const ErrorBody = Type.Object({
-  error: Type.Object({
-    code: Type.String(),
-    message: Type.String(),
-    details: Type.Optional(Type.Object({}, { additionalProperties: true })),
-  }),
-});
-
 export const Size = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*[a-zA-Z]*\\s*$', maxLength: 32 }), Type.Integer({ minimum: 1 })], {
   description: "bytes, or a size with a unit: '256M', '1G'",
 });
-
-export const Health = Type.Object({ ok: Type.Boolean(), version: Type.String(), caFingerprint: Type.String() });
 
 export const ServerVersion = Type.Object({
   version: Type.String({ description: "the server's Ferry version" }),
@@ -32,10 +25,9 @@ export const JoinTokenRequest = Type.Object(
   { ttlSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 7 * 86_400 })) },
   { additionalProperties: false },
 );
-export const JoinTokenReply = Type.Object({ token: Type.String(), expiresAt: Type.String() });
 
 // The join is part of the agent protocol: its shapes live with the other wire types.
-export { JoinRequest, JoinResponse as JoinReply } from '../../common/protocol.ts';
+export { JoinRequest } from '../../common/protocol.ts';
 
 export const CreateVm = Type.Object(
   {
@@ -87,3 +79,6 @@ export const GuestCommand = Type.Object(
 );
 
 export const EventsQuery = Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) });
+
+/** The body of an action that takes no options (an empty POST is read as `{}`). */
+export const NoOptions = Type.Object({}, { additionalProperties: false });

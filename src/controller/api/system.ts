@@ -1,28 +1,53 @@
 /** Health, the server's version, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
+import Type, { type Static } from 'typebox';
 import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest, ServerVersion } from './schemas.ts';
+import { JoinRequest, JoinTokenRequest, ServerVersion } from './schemas.ts';
+import { failures, Health, Joined, JoinToken, OpenApiDocument, ref } from './responses.ts';
 import { PROTOCOL_RANGE } from '../../common/agent-routes.ts';
 import { ferryVersion } from '../../common/version.ts';
 
 export function registerSystemRoutes(app: App, ctl: Controller): void {
   app.get(
     '/api/v1/health',
-    { schema: { summary: 'Liveness; public', security: [], response: { 200: Health } } },
+    {
+      schema: {
+        operationId: 'getHealth',
+        tags: ['system'],
+        summary: 'Liveness; public',
+        security: [],
+        response: { 200: ref(Health, 'The server answers'), ...failures({ 400: 'An HTTP/1.1 request without a Host header: FERRY_E_BAD_INPUT' }, { public: true }) },
+      },
+    },
     async () => ({ ok: true, version: API_VERSION, caFingerprint: ctl.ca.fingerprint }),
   );
 
   app.get(
     '/api/v1/version',
-    { schema: { summary: "The server's version, the API's, and the agent protocol versions it speaks", response: { 200: ServerVersion } } },
+    {
+      schema: {
+        operationId: 'getVersion',
+        tags: ['system'],
+        summary: "The server's version, the API's, and the agent protocol versions it speaks",
+        response: { 200: { ...ServerVersion, description: 'The versions' }, ...failures({}) },
+      },
+    },
     async () => ({ version: ferryVersion(), apiVersion: API_VERSION, agentProtocol: { ...PROTOCOL_RANGE } }),
   );
 
   app.post(
     '/api/v1/join-tokens',
-    { schema: { summary: 'A one-time token for an agent to join', body: JoinTokenRequest, response: { 200: JoinTokenReply } } },
+    {
+      schema: {
+        operationId: 'createJoinToken',
+        tags: ['hosts'],
+        summary: 'A one-time token for an agent to join',
+        body: JoinTokenRequest,
+        response: { 200: ref(JoinToken, 'The token, valid once until expiresAt'), ...failures({}, { body: true }) },
+      },
+    },
     async (req) => {
       const ttl = req.body.ttlSeconds;
       const t = createJoinToken(ctl.store, ttl === undefined ? undefined : ttl * 1000);
@@ -35,10 +60,23 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
     '/api/v1/join',
     {
       schema: {
+        operationId: 'joinHost',
+        tags: ['hosts'],
         summary: "An agent joins with a one-time token and receives its certificate; public (the token is the credential)",
         security: [],
         body: JoinRequest,
-        response: { 200: JoinReply, 401: ErrorBody, 403: ErrorBody, 409: ErrorBody },
+        response: {
+          200: ref(Joined, 'Joined: the certificate the agent serves and presents from now on'),
+          ...failures(
+            {
+              400: 'Bad input, or an agentUrl that is not https://IP:PORT: FERRY_E_BAD_INPUT, FERRY_E_BAD_NAME',
+              401: 'The join token is unknown, expired or used: FERRY_E_JOIN_TOKEN',
+              403: "A reserved name (FERRY_E_HOST_NAME_RESERVED), or a join not from agentUrl's address (FERRY_E_JOIN_ADDRESS)",
+              409: 'A host of that name has joined already: FERRY_E_HOST_EXISTS',
+            },
+            { public: true, body: true },
+          ),
+        },
       },
     },
     // The agent reached us at this address, so it is the one to hand back. The socket's own remote address
@@ -46,10 +84,36 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
     async (req) => ctl.hosts.join(req.body, `https://${req.host}`, req.socket.remoteAddress),
   );
 
-  app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get(
+    '/api/v1/openapi.json',
+    {
+      schema: {
+        operationId: 'getOpenApi',
+        tags: ['system'],
+        summary: 'This document: the OpenAPI description of the API',
+        response: { 200: ref(OpenApiDocument, 'The OpenAPI 3.0 document'), ...failures({}) },
+      },
+    },
+    // Registered in `openapi` mode (app.ts), so always a 3.x document, never Swagger 2's.
+    async () => app.swagger() as Static<typeof OpenApiDocument>,
+  );
 
-  app.get('/metrics', { schema: { summary: 'Prometheus metrics', produces: ['text/plain'] } }, async (_req, reply) => {
-    const text = await ctl.metrics.registry.metrics();
-    return reply.type(ctl.metrics.registry.contentType).send(text);
-  });
+  app.get(
+    '/metrics',
+    {
+      schema: {
+        operationId: 'getMetrics',
+        tags: ['system'],
+        summary: 'Prometheus metrics',
+        response: {
+          200: { description: 'Metrics in the Prometheus text format', content: { 'text/plain': { schema: Type.String() } } },
+          ...failures({}),
+        },
+      },
+    },
+    async (_req, reply) => {
+      const text = await ctl.metrics.registry.metrics();
+      return reply.type(ctl.metrics.registry.contentType).send(text);
+    },
+  );
 }
