@@ -78,7 +78,7 @@ export function registerMigrationRoutes(app: App, ctl: Controller): void {
         body: NoOptions,
         response: {
           200: ref(Migration, 'The job: cancel requested (it ends `cancelled` once the source runs alone), or as it ended when it had ended already'),
-          ...failures({ 404: NO_MIGRATION, 409: 'Past the point where it can be cancelled: FERRY_E_VM_STATE' }, { body: true }),
+          ...failures({ 404: NO_MIGRATION, 409: 'Past the point where it can be cancelled (FERRY_E_VM_STATE), or it has ended (FERRY_E_MIGRATION_FINISHED)' }, { body: true }),
         },
       },
     },
