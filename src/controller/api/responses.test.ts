@@ -238,7 +238,10 @@ test('real answers fit the document: status declared, body exactly its schema, e
       assert.equal(done.state, 'completed', JSON.stringify(done));
       assert.equal((await call('GET', '/api/v1/migrations?vm=v1&limit=5')).status, 200);
       assert.equal((await call('GET', '/api/v1/migrations/m-nope')).status, 404);
-      assert.equal((await call('POST', `/api/v1/migrations/${id}/cancel`)).status, 200, 'a finished job is answered as it ended');
+      assert.equal((await call('GET', '/api/v1/version')).status, 200);
+      const late = await call('POST', `/api/v1/migrations/${id}/cancel`);
+      assert.equal(late.status, 409, 'a finished job cannot be cancelled');
+      assert.equal((late.body as { error: { code: string } }).error.code, 'FERRY_E_MIGRATION_FINISHED');
       assert.equal(((await call('GET', '/api/v1/vms/v1')).body as { host: string }).host, 'h2');
 
       // Drains: none yet, then one of h2 (v1 moves back to h1), then lifted.

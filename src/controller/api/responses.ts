@@ -23,17 +23,25 @@ const CodeMessage = Type.Object({ code: Type.String(), message: Type.String() })
 /** The envelope of every 4xx and 5xx answer: `{error:{code,message,details?}}`, codes in docs/errors.md. */
 export const ApiError = Type.Object(ErrorEnvelope.properties, {
   $id: 'Error',
-  description: 'Every failure: a stable FERRY_E_* code (docs/errors.md), a message that says what to do, and details when there are any.',
+  description:
+    'Every failure: a stable FERRY_E_* code (docs/errors.md), a message that says what to do, and details when there are any.',
 });
 
 export const Health = Type.Object(
-  { ok: Type.Boolean(), version: Type.String(), caFingerprint: Type.String({ description: "SHA-256 fingerprint of the cluster CA's certificate" }) },
+  {
+    ok: Type.Boolean(),
+    version: Type.String(),
+    caFingerprint: Type.String({ description: "SHA-256 fingerprint of the cluster CA's certificate" }),
+  },
   { $id: 'Health' },
 );
 
 export const JoinToken = Type.Object({ token: Type.String(), expiresAt: Time }, { $id: 'JoinToken' });
 
-export const Joined = Type.Object(JoinResponse.properties, { $id: 'Joined', description: "The agent's certificate, the cluster CA and the controller's pin" });
+export const Joined = Type.Object(JoinResponse.properties, {
+  $id: 'Joined',
+  description: "The agent's certificate, the cluster CA and the controller's pin",
+});
 
 export const Host = Type.Object(
   {
@@ -44,7 +52,9 @@ export const Host = Type.Object(
     inventory: Nullable(HostInventory),
     agent: Nullable(AgentVersion),
     error: Nullable(CodeMessage),
-    freeMemoryBytes: Type.Number({ description: 'what the scheduler would still give, after the VMs the store knows' }),
+    freeMemoryBytes: Type.Number({
+      description: 'what the scheduler would still give, after the VMs the store knows',
+    }),
     vms: Type.Array(Type.String()),
     lastSeenAt: Nullable(Time),
     joinedAt: Time,
@@ -73,11 +83,24 @@ export const Drain = Type.Object(
 );
 
 /** GET /hosts/:name/drain: the last drain, or `state: none` when the host was never drained. */
-export const DrainStatus = Type.Union([Drain, Type.Object({ host: Type.String(), state: Type.Literal('none'), items: Type.Array(DrainItem, { maxItems: 0 }) })], {
-  $id: 'DrainStatus',
-});
+export const DrainStatus = Type.Union(
+  [
+    Drain,
+    Type.Object({
+      host: Type.String(),
+      state: Type.Literal('none'),
+      items: Type.Array(DrainItem, { maxItems: 0 }),
+    }),
+  ],
+  {
+    $id: 'DrainStatus',
+  },
+);
 
-export const Undrained = Type.Object({ host: Type.String(), maintenance: Type.Literal(false) }, { $id: 'Undrained' });
+export const Undrained = Type.Object(
+  { host: Type.String(), maintenance: Type.Literal(false) },
+  { $id: 'Undrained' },
+);
 
 const VmProperties = {
   name: Type.String(),
@@ -85,7 +108,9 @@ const VmProperties = {
   state: Type.Enum([...VM_STATES, 'creating', 'deleting']),
   spec: VmSpec,
   bootId: Nullable(Type.String()),
-  ready: Type.Boolean({ description: 'the guest answered during this boot; `running` says only that QEMU runs it' }),
+  ready: Type.Boolean({
+    description: 'the guest answered during this boot; `running` says only that QEMU runs it',
+  }),
   ip: Nullable(Type.String()),
   createdAt: Time,
   updatedAt: Time,
@@ -101,7 +126,10 @@ const Judgement = Type.Object({
 });
 
 export const VmCreated = Type.Object(
-  { ...VmProperties, placement: Type.Array(Judgement, { description: "the scheduler's verdict on each host" }) },
+  {
+    ...VmProperties,
+    placement: Type.Array(Judgement, { description: "the scheduler's verdict on each host" }),
+  },
   { $id: 'VmCreated' },
 );
 
@@ -122,7 +150,11 @@ export const Image = Type.Object(
     path: Type.String(),
     createdAt: Time,
     usedBy: Type.Array(Type.String(), { description: 'VMs whose disk is an overlay on it' }),
-    hosts: Type.Optional(Type.Array(Type.String(), { description: 'hosts that hold a copy in their cache (as their agents answer)' })),
+    hosts: Type.Optional(
+      Type.Array(Type.String(), {
+        description: 'hosts that hold a copy in their cache (as their agents answer)',
+      }),
+    ),
   },
   { $id: 'Image' },
 );
@@ -144,10 +176,19 @@ const Policy = Type.Object({
 });
 
 const Escalation = Type.Union([
-  Type.Object({ kind: Type.Literal('downtime-limit'), fromMs: Type.Number(), toMs: Type.Number(), reason: Type.String() }),
+  Type.Object({
+    kind: Type.Literal('downtime-limit'),
+    fromMs: Type.Number(),
+    toMs: Type.Number(),
+    reason: Type.String(),
+  }),
   Type.Object({ kind: Type.Literal('postcopy'), reason: Type.String() }),
   Type.Object({ kind: Type.Literal('postcopy-recover'), reason: Type.String() }),
-  Type.Object({ kind: Type.Literal('abort'), code: Type.Enum(['FERRY_E_MIGRATION_TIMEOUT', 'FERRY_E_MIGRATION_STALLED']), reason: Type.String() }),
+  Type.Object({
+    kind: Type.Literal('abort'),
+    code: Type.Enum(['FERRY_E_MIGRATION_TIMEOUT', 'FERRY_E_MIGRATION_STALLED']),
+    reason: Type.String(),
+  }),
 ]);
 
 export const Migration = Type.Object(
@@ -161,43 +202,123 @@ export const Migration = Type.Object(
     phase: Type.Enum(PHASES),
     qemuStatus: Nullable(Type.String({ description: "QEMU's own migration status, verbatim" })),
     policy: Policy,
-    prediction: Nullable(Type.Object({ totalMs: Nullable(Type.Number()), downtimeMs: Nullable(Type.Number()), converges: Nullable(Type.Boolean()) })),
+    prediction: Nullable(
+      Type.Object({
+        totalMs: Nullable(Type.Number()),
+        downtimeMs: Nullable(Type.Number()),
+        converges: Nullable(Type.Boolean()),
+      }),
+    ),
     startedAt: Time,
     finishedAt: Nullable(Time),
     totalMs: Nullable(Type.Number({ description: 'end to end, from the request to the end of confirm' })),
     qemuTotalMs: Nullable(Type.Number()),
     downtimeMs: Nullable(Type.Number()),
-    guestDowntimeMs: Nullable(Type.Number({ description: 'the longest gap in probe replies from the guest, seen from the VM network' })),
-    guestDowntimeProbe: Nullable(Type.Enum(GUEST_PROBES, { description: 'which probe measured guestDowntimeMs: udp (the tiny guest) or icmp (any guest with an address)' })),
+    guestDowntimeMs: Nullable(
+      Type.Number({
+        description: 'the longest gap in probe replies from the guest, seen from the VM network',
+      }),
+    ),
+    guestDowntimeProbe: Nullable(
+      Type.Enum(GUEST_PROBES, {
+        description:
+          'which probe measured guestDowntimeMs: udp (the tiny guest) or icmp (any guest with an address)',
+      }),
+    ),
     memoryBytes: Nullable(Type.Number()),
     transferredBytes: Nullable(Type.Number()),
     iterations: Nullable(Type.Number()),
     escalations: Type.Array(Type.Object({ at: Time, step: Escalation })),
     progress: Nullable(MigrationProgress),
-    why: Nullable(Type.Array(Judgement, { description: "the scheduler's verdict on each host, when it chose the destination" })),
-    error: Nullable(CodeMessage),
-    timeline: Type.Array(Type.Object({ at: Time, state: Type.Enum(MIGRATION_STATES), phase: Type.Enum(PHASES) })),
-    waiting: Nullable(
-      Type.Object({ host: Type.String(), role: Type.Enum(['source', 'destination']), since: Time, attempts: Type.Number(), why: Type.String() }),
+    why: Nullable(
+      Type.Array(Judgement, {
+        description: "the scheduler's verdict on each host, when it chose the destination",
+      }),
     ),
-    pending: Type.Array(Type.Object({ host: Type.String(), action: Type.String(), attempts: Type.Number(), nextAt: Time, lastError: Nullable(Type.String()) })),
+    error: Nullable(CodeMessage),
+    timeline: Type.Array(
+      Type.Object({ at: Time, state: Type.Enum(MIGRATION_STATES), phase: Type.Enum(PHASES) }),
+    ),
+    waiting: Nullable(
+      Type.Object({
+        host: Type.String(),
+        role: Type.Enum(['source', 'destination']),
+        since: Time,
+        attempts: Type.Number(),
+        why: Type.String(),
+      }),
+    ),
+    pending: Type.Array(
+      Type.Object({
+        host: Type.String(),
+        action: Type.String(),
+        attempts: Type.Number(),
+        nextAt: Time,
+        lastError: Nullable(Type.String()),
+      }),
+    ),
     images: Type.Array(
-      Type.Object({ name: Type.String(), sha256: Type.String(), action: Type.Enum(['present', 'fetched']), bytes: Type.Number() }),
-      { description: 'the store images the disks sit on, and whether the destination had them or fetched them first' },
+      Type.Object({
+        name: Type.String(),
+        sha256: Type.String(),
+        action: Type.Enum(['present', 'fetched']),
+        bytes: Type.Number(),
+      }),
+      {
+        description:
+          'the store images the disks sit on, and whether the destination had them or fetched them first',
+      },
     ),
   },
   { $id: 'Migration' },
 );
 
+/** GET /api/v1/version. */
+export const ServerVersion = Type.Object(
+  {
+    version: Type.String({ description: "the server's Ferry version" }),
+    apiVersion: Type.String({ description: 'the version of this API (its OpenAPI document)' }),
+    agentProtocol: Type.Object(
+      { current: Type.Integer(), min: Type.Integer() },
+      {
+        description:
+          'the controller↔agent protocol versions the server speaks (an agent outside them is incompatible)',
+      },
+    ),
+  },
+  { $id: 'ServerVersion' },
+);
+
 /** GET /api/v1/openapi.json: this document (described by the OpenAPI specification itself). */
 export const OpenApiDocument = Type.Object(
-  { openapi: Type.String(), info: Type.Object({ title: Type.String(), version: Type.String() }, { additionalProperties: true }), paths: Type.Record(Type.String(), Type.Unknown()) },
+  {
+    openapi: Type.String(),
+    info: Type.Object({ title: Type.String(), version: Type.String() }, { additionalProperties: true }),
+    paths: Type.Record(Type.String(), Type.Unknown()),
+  },
   // The rest is OpenAPI's own (components, servers, tags, …), as the specification says.
   { $id: 'OpenApiDocument', additionalProperties: true },
 );
 
 /** Every schema above, registered with fastify (app.ts) and published under its `$id`. */
-export const RESPONSE_SCHEMAS = [ApiError, Health, JoinToken, Joined, Host, Drain, DrainStatus, Undrained, Vm, VmCreated, Deleted, GuestReply, Image, Migration, OpenApiDocument];
+export const RESPONSE_SCHEMAS = [
+  ApiError,
+  Health,
+  JoinToken,
+  Joined,
+  Host,
+  Drain,
+  DrainStatus,
+  Undrained,
+  Vm,
+  VmCreated,
+  Deleted,
+  GuestReply,
+  Image,
+  Migration,
+  OpenApiDocument,
+  ServerVersion,
+];
 
 /**
  * A reference to a registered schema, typed as the schema: a route's handler must answer what it says, and
@@ -206,7 +327,8 @@ export const RESPONSE_SCHEMAS = [ApiError, Health, JoinToken, Joined, Host, Drai
 export function ref<T extends TSchema>(schema: T, description?: string): TUnsafe<Static<T>> {
   // TypeBox keeps `$id` in the schema but not in its type.
   const id = (schema as { $id?: unknown }).$id;
-  if (typeof id !== 'string') throw new Error('ref() takes a schema with an $id, registered in RESPONSE_SCHEMAS');
+  if (typeof id !== 'string')
+    throw new Error('ref() takes a schema with an $id, registered in RESPONSE_SCHEMAS');
   return Type.Unsafe<Static<T>>({ $ref: `${id}#`, ...(description === undefined ? {} : { description }) });
 }
 
@@ -231,7 +353,8 @@ const FAILURES = {
   409: 'Conflicts with the state of the object',
   413: 'Body over 4 MiB: FERRY_E_BODY_TOO_LARGE (or user-data over 1 MiB: FERRY_E_USER_DATA_TOO_LARGE)',
   415: 'Body not application/json: FERRY_E_MEDIA_TYPE',
-  '5xx': 'An internal error, or a host agent, QEMU or the guest that failed or did not answer (FERRY_E_AGENT_UNREACHABLE, FERRY_E_QMP_*, …)',
+  '5xx':
+    'An internal error, or a host agent, QEMU or the guest that failed or did not answer (FERRY_E_AGENT_UNREACHABLE, FERRY_E_QMP_*, …)',
 } as const;
 type Failure = Exclude<keyof typeof FAILURES, '5xx'>;
 
@@ -244,7 +367,11 @@ export function failures(
   specific: Partial<Record<Failure, string>>,
   opts: { public?: boolean; body?: boolean } = {},
 ): Record<string, TUnsafe<Static<typeof ApiError>>> {
-  const statuses = new Set<Failure | '5xx'>([400, ...(opts.public ? [] : [401 as const]), ...(opts.body ? [413 as const, 415 as const] : [])]);
+  const statuses = new Set<Failure | '5xx'>([
+    400,
+    ...(opts.public ? [] : [401 as const]),
+    ...(opts.body ? [413 as const, 415 as const] : []),
+  ]);
   for (const s of Object.keys(specific)) statuses.add(Number(s) as Failure);
   statuses.add('5xx');
   const out: Record<string, TUnsafe<Static<typeof ApiError>>> = {};

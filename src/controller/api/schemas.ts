@@ -12,14 +12,6 @@ export const Size = Type.Union([Type.String({ pattern: '^\\s*\\d+(\\.\\d+)?\\s*[
   description: "bytes, or a size with a unit: '256M', '1G'",
 });
 
-export const ServerVersion = Type.Object({
-  version: Type.String({ description: "the server's Ferry version" }),
-  apiVersion: Type.String({ description: 'the version of this API (its OpenAPI document)' }),
-  agentProtocol: Type.Object(
-    { current: Type.Integer(), min: Type.Integer() },
-    { description: 'the controller↔agent protocol versions the server speaks (an agent outside them is incompatible)' },
-  ),
-});
 
 export const JoinTokenRequest = Type.Object(
   { ttlSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 7 * 86_400 })) },

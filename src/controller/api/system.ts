@@ -4,8 +4,8 @@ import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { JoinRequest, JoinTokenRequest, ServerVersion } from './schemas.ts';
-import { failures, Health, Joined, JoinToken, OpenApiDocument, ref } from './responses.ts';
+import { JoinRequest, JoinTokenRequest } from './schemas.ts';
+import { failures, Health, Joined, JoinToken, OpenApiDocument, ref, ServerVersion } from './responses.ts';
 import { PROTOCOL_RANGE } from '../../common/agent-routes.ts';
 import { ferryVersion } from '../../common/version.ts';
 
@@ -31,7 +31,7 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
         operationId: 'getVersion',
         tags: ['system'],
         summary: "The server's version, the API's, and the agent protocol versions it speaks",
-        response: { 200: { ...ServerVersion, description: 'The versions' }, ...failures({}) },
+        response: { 200: ref(ServerVersion, 'The versions'), ...failures({}) },
       },
     },
     async () => ({ version: ferryVersion(), apiVersion: API_VERSION, agentProtocol: { ...PROTOCOL_RANGE } }),
