@@ -18,6 +18,7 @@ import { ImageService } from './images.ts';
 import { VmService } from './vms.ts';
 import { MigrationOrchestrator } from './migrations/orchestrator.ts';
 import { DrainService } from './drain.ts';
+import { silentLogger, type Log } from '../common/log.ts';
 
 export interface ControllerOptions {
   dataDir: string;
@@ -31,7 +32,8 @@ export interface ControllerOptions {
   probe?: boolean;
   /** Test-only hold points of migrations (see migrations/holds.ts); default: FERRY_TEST_HOLD_DIR, else off. */
   holdDir?: string;
-  log?: (line: string) => void;
+  /** The controller's logger (src/controller/log.ts); default: silent. */
+  log?: Log;
 }
 
 export interface Controller {
@@ -51,7 +53,7 @@ export interface Controller {
   readonly metrics: ControllerMetrics;
   readonly migrations: MigrationOrchestrator;
   readonly drains: DrainService;
-  readonly log: (line: string) => void;
+  readonly log: Log;
   close(): Promise<void>;
 }
 
@@ -60,7 +62,7 @@ export const CA_DIR = 'pki';
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
 export async function createController(opts: ControllerOptions): Promise<Controller> {
-  const log = opts.log ?? (() => {});
+  const log = opts.log ?? silentLogger();
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
   chmodSync(opts.dataDir, 0o700);
@@ -93,9 +95,11 @@ export async function createController(opts: ControllerOptions): Promise<Control
       events,
       pool,
       log,
+      onJob: (type, job) => metrics.migrationChanged(type, job),
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
       ...(holdDir ? { holdDir } : {}),
     });
+    metrics.watch(migrations.jobs);
     const drains = new DrainService({ store, events, migrations, log });
     if (opts.heartbeats !== false) hosts.start();
     // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.
