@@ -19,7 +19,7 @@ import type { HostInventory, VmStatus } from '../common/protocol.ts';
 import type { VmSpec } from '../common/spec.ts';
 import { probeAccel, qemuInfo } from '../qemu/accel.ts';
 import type { Accel } from '../qemu/argv.ts';
-import type { Log } from './identity.ts';
+import type { Log } from '../common/log.ts';
 import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
 import { KeyedMutex } from './mutex.ts';
 import { ensureTaps, removeTaps } from './network.ts';
@@ -88,8 +88,8 @@ export class AgentHost implements VmHost {
     return host;
   }
 
-  private log(line: string): void {
-    this.opts.log?.(line);
+  private log(line: string, fields: Record<string, unknown> = {}): void {
+    this.opts.log?.info(fields, line);
   }
 
   private async reattach(): Promise<void> {

@@ -14,6 +14,7 @@ export function agentLogger(host: string, opts: Omit<LoggerOptions, 'process' | 
 export type AgentPhase =
   | 'prepare'
   | 'perform'
+  | 'setup'
   | 'mirror'
   | 'transfer'
   | 'postcopy'
@@ -25,9 +26,9 @@ export type AgentPhase =
   | 'cold-download'
   | 'cold-upload';
 
-/** A child of `log` for one migration and phase. */
-export function phaseLog(log: Log, migration: string, phase: AgentPhase, fields: Record<string, unknown> = {}): Log {
-  return log.child({ migration, phase, ...fields });
+/** A child of `log` for one migration, and one phase of it when the logger is for that phase only. */
+export function phaseLog(log: Log, migration: string, phase: AgentPhase | null, fields: Record<string, unknown> = {}): Log {
+  return log.child({ migration, ...(phase === null ? {} : { phase }), ...fields });
 }
 
 /** Told of every phase that ended: its name, `ok` or the error code, its duration (the agent's metrics). */

@@ -11,7 +11,9 @@ import { PROTOCOL_RANGE } from '../common/agent-routes.ts';
 import { FerryError } from '../common/errors.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
-import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
+import type { Log } from '../common/log.ts';
+import { loadIdentity, type AgentIdentity } from './identity.ts';
+import { createAgentMetrics, type AgentMetrics } from './metrics.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
 import { agentFastify, mountAgentRoutes, type AgentHandlers, type HostRouteName } from './http.ts';
 import { readAgentVersion } from './inventory.ts';
@@ -25,6 +27,8 @@ export interface AgentServerOptions {
   tls: AgentIdentity;
   listen: { host: string; port: number };
   log?: Log;
+  /** The agent's metrics (GET /metrics); default: a registry of its own over `host`. */
+  metrics?: AgentMetrics;
   /** Called with the app after the agent's own routes, before listening. */
   extend?: (app: FastifyInstance) => void | Promise<void>;
 }
@@ -38,7 +42,7 @@ export interface RunningAgent {
 }
 
 /** The host's routes, one handler per route of the table that is not a migration's. */
-export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
+export function hostHandlers(host: VmHost, metrics: AgentMetrics = createAgentMetrics(() => host.list())): Pick<AgentHandlers, HostRouteName> {
   const vm = (p: { name: string }): string => validateName(p.name, 'VM name');
   return {
     version: () => ({ agentVersion: readAgentVersion(), protocol: { ...PROTOCOL_RANGE } }),
@@ -64,13 +68,14 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
     },
     guest: ({ params, body }) => host.guest(vm(params), body.command),
     console: ({ params }) => host.console(vm(params), CONSOLE_TAIL_BYTES),
+    metrics: () => metrics.registry.metrics(),
   };
 }
 
 /** Builds the fastify app with the host's routes (not listening); exported for tests that want `inject`. */
 export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): FastifyInstance {
   const app = agentFastify({ tls: opts.tls, ...(opts.log === undefined ? {} : { log: opts.log }) });
-  mountAgentRoutes(app, hostHandlers(opts.host));
+  mountAgentRoutes(app, hostHandlers(opts.host, opts.metrics));
   return app;
 }
 
@@ -98,6 +103,8 @@ export interface AgentExtensionContext {
   host: AgentHost;
   /** The agent's cluster identity (the migration stream's TLS uses it too). */
   tls: AgentIdentity;
+  log?: Log;
+  metrics: AgentMetrics;
 }
 
 export interface StartAgentOptions extends AgentHostOptions {
@@ -118,14 +125,16 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent 
     );
   }
   const host = await AgentHost.open(opts);
+  const metrics = createAgentMetrics(() => host.list());
   const extend = withMigrationRoutes(opts.extend); // /agent/v1/migrations/… (src/agent/migrations.ts)
   try {
     const running = await startAgentServer({
       host,
       tls,
       listen: opts.listen,
+      metrics,
       ...(opts.log === undefined ? {} : { log: opts.log }),
-      ...(extend === undefined ? {} : { extend: (app: FastifyInstance) => extend({ app, host, tls }) }),
+      ...(extend === undefined ? {} : { extend: (app: FastifyInstance) => extend({ app, host, tls, metrics, ...(opts.log === undefined ? {} : { log: opts.log }) }) }),
     });
     return { ...running, host };
   } catch (err) {

@@ -124,6 +124,7 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   deleteVm: { params: { name: 'v2' } },
   guest: { params: { name: 'v1' }, body: { command: 'ping 1' } },
   console: { params: { name: 'v1' } },
+  metrics: {},
   prepare: {
     params: { id: 'm-in' },
     body: { spec: defaultVmSpec('v3'), listenAddress: '127.0.0.1', storage: 'shared' },
@@ -156,6 +157,7 @@ const SUCCEED = new Set<RouteName>([
   'deleteVm',
   'guest',
   'console',
+  'metrics',
   'migration',
   'events',
   'cancel',
