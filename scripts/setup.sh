@@ -3,6 +3,7 @@
 #  - Debian packages: QEMU 10.0 from bookworm-backports (Debian 12's own 7.2 loses guest writes during
 #    migration under TCG), qemu-utils, busybox-static, iproute2, a C compiler for the guest tool, nftables
 #    (the fault tests cut only migration or only management traffic inside a lab host).
+#    prometheus for its promtool (the observability test checks the /metrics text with it; ~25 s to install).
 #  - the guest kernel and its virtio modules, from Debian's linux-image-cloud-amd64, into Ferry's cache.
 #  - npm dependencies, and the static ferry-guest binary.
 # Each step checks first and does nothing when its result is already there.
@@ -34,7 +35,7 @@ qemu_major() {
 
 # 1. Debian packages ---------------------------------------------------------------------------
 missing=()
-for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables; do
+for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables promtool:prometheus; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
 done

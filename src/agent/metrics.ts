@@ -20,42 +20,52 @@ export interface AgentMetrics {
 export function createAgentMetrics(listVms: () => Promise<VmStatus[]>): AgentMetrics {
   const registry = new Registry();
   registerProcessMetrics(registry, 'agent');
-  // First on the registry: its collect fills the per-VM gauges below, which are read after it.
+  // One listing per scrape, shared by the gauges below: the registry collects them all at once.
+  let listing: Promise<VmStatus[]> | null = null;
+  const snapshot = (): Promise<VmStatus[]> =>
+    (listing ??= listVms()
+      .catch(() => [] as VmStatus[])
+      .finally(() => setImmediate(() => (listing = null))));
   new Gauge({
     name: 'ferry_agent_qemu_processes',
     help: 'QEMU processes this agent runs (one per VM that has one).',
     registers: [registry],
     async collect() {
-      const list = await listVms().catch(() => [] as VmStatus[]);
-      vmState.reset();
-      vmMemory.reset();
-      const by = new Map<string, number>();
-      for (const v of list) {
-        by.set(v.state, (by.get(v.state) ?? 0) + 1);
-        vmState.set({ vm: v.name, state: v.state, qemu_status: v.qemuStatus ?? 'none' }, 1);
-        vmMemory.set({ vm: v.name }, v.spec.memoryBytes);
-      }
-      for (const s of new Set<string>([...VM_STATES, ...by.keys()])) vms.set({ state: s }, by.get(s) ?? 0);
-      this.set(list.filter((v) => v.pid !== null).length);
+      this.set((await snapshot()).filter((v) => v.pid !== null).length);
     },
   });
-  const vmState = new Gauge({
+  new Gauge({
     name: 'ferry_agent_vm_state',
     help: 'Each VM on this host: 1 for its state (running, paused, stopped, migrating), with its QEMU run state.',
     labelNames: ['vm', 'state', 'qemu_status'] as const,
     registers: [registry],
+    async collect() {
+      const list = await snapshot();
+      this.reset();
+      for (const v of list) this.set({ vm: v.name, state: v.state, qemu_status: v.qemuStatus ?? 'none' }, 1);
+    },
   });
-  const vmMemory = new Gauge({
+  new Gauge({
     name: 'ferry_agent_vm_memory_bytes',
     help: 'Guest memory of each VM on this host, as its spec says.',
     labelNames: ['vm'] as const,
     registers: [registry],
+    async collect() {
+      const list = await snapshot();
+      this.reset();
+      for (const v of list) this.set({ vm: v.name }, v.spec.memoryBytes);
+    },
   });
-  const vms = new Gauge({
+  new Gauge({
     name: 'ferry_agent_vms',
     help: 'VMs on this host, by state.',
     labelNames: ['state'] as const,
     registers: [registry],
+    async collect() {
+      const by = new Map<string, number>();
+      for (const v of await snapshot()) by.set(v.state, (by.get(v.state) ?? 0) + 1);
+      for (const s of new Set<string>([...VM_STATES, ...by.keys()])) this.set({ state: s }, by.get(s) ?? 0);
+    },
   });
   const phases = new Histogram({
     name: 'ferry_agent_migration_phase_duration_seconds',

@@ -1,9 +1,12 @@
-/** Health, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
+/**
+ * Health, join tokens and the join itself, the OpenAPI document, and Prometheus metrics: the controller's,
+ * and each agent's, fetched over the agents' mTLS (Prometheus holds no agent certificate).
+ */
 import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest } from './schemas.ts';
+import { ErrorBody, Health, JoinReply, JoinRequest, JoinTokenReply, JoinTokenRequest, NameParams } from './schemas.ts';
 
 export function registerSystemRoutes(app: App, ctl: Controller): void {
   app.get(
@@ -44,4 +47,14 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
     const text = await ctl.metrics.registry.metrics();
     return reply.type(ctl.metrics.registry.contentType).send(text);
   });
+
+  app.get(
+    '/metrics/hosts/:name',
+    { schema: { summary: "A host agent's Prometheus metrics (QEMU processes, VM states, phase durations)", params: NameParams, produces: ['text/plain'] } },
+    async (req, reply) => {
+      const h = ctl.hosts.get(req.params.name);
+      const text = await ctl.pool.client(h.name, h.url).call('metrics', {});
+      return reply.type(ctl.metrics.registry.contentType).send(text);
+    },
+  );
 }
