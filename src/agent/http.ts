@@ -188,7 +188,9 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
     app.addHook('onResponse', async (req, reply) => {
       // The controller polls progress and heartbeats: successful reads only at debug.
       const level = reply.statusCode >= 500 ? 'error' : reply.statusCode >= 400 ? 'warn' : req.method === 'GET' ? 'debug' : 'info';
-      req.log[level]({ method: req.method, route: req.routeOptions.url ?? 'unknown', url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
+      // A migration's routes carry its id as :id: the line is then about that migration.
+      const migration = (req.params as { id?: unknown } | undefined)?.id;
+      req.log[level]({ ...(typeof migration === 'string' ? { migration } : {}), method: req.method, route: req.routeOptions.url ?? 'unknown', url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
     });
   }
 

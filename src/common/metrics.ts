@@ -29,6 +29,9 @@ export const seconds = (ms: number): number => ms / 1000;
 /** Registers `ferry_build_info` and the process metrics of `component` (`controller`, `agent`) on `registry`. */
 export function registerProcessMetrics(registry: Registry, component: string): void {
   collectDefaultMetrics({ register: registry });
+  // prom-client names three gauges `…_total`, a counter's suffix (promtool refuses them); the same counts
+  // remain, by type, in nodejs_active_handles / _requests / _resources.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
   const info = new Gauge({
     name: 'ferry_build_info',
     help: 'Which Ferry this process runs: always 1, the facts are the labels.',

@@ -216,7 +216,7 @@ interface Started {
 
 /**
  * Starts argv in its own session with stdout/stderr appended to `log`, and waits for the first JSON
- * object line it prints (the "I am listening" line of `ferry server` / `ferry agent --json`).
+ * object line it prints on stdout (the "I am listening" line of `ferry server` / `ferry agent --json`).
  */
 async function startDetached(argv: string[], log: string, timeoutMs: number, what: string, env: NodeJS.ProcessEnv = process.env): Promise<Started> {
   mkdirSync(dirname(log), { recursive: true, mode: 0o700 });
@@ -244,7 +244,8 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
       if (!l.startsWith('{')) continue;
       try {
         const line = JSON.parse(l) as unknown;
-        if (typeof line === 'object' && line !== null && !('error' in line)) {
+        // The process's logs share the file and are JSON lines too (a level and a msg): not the one awaited.
+        if (typeof line === 'object' && line !== null && !('error' in line) && !('level' in line && 'msg' in line)) {
           return { pid: pid!, line: line as Record<string, unknown> };
         }
       } catch {

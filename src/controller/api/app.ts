@@ -123,7 +123,8 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     ctl.metrics.apiLatency.observe(labels, reply.elapsedTime / 1000);
     // Reads that succeed (the CLI polls, Prometheus scrapes) only at debug: they would drown the changes.
     const level = reply.statusCode >= 500 ? 'error' : reply.statusCode >= 400 ? 'warn' : req.method === 'GET' ? 'debug' : 'info';
-    req.log[level]({ method: req.method, route: labels.route, url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
+    const migration = labels.route.startsWith('/api/v1/migrations/:id') ? (req.params as { id?: unknown }).id : undefined;
+    req.log[level]({ ...(typeof migration === 'string' ? { migration } : {}), method: req.method, route: labels.route, url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
   });
 
   app.setErrorHandler((err: FastifyError | FerryError, _req, reply) => {
