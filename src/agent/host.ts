@@ -88,8 +88,8 @@ export class AgentHost implements VmHost {
     return host;
   }
 
-  private log(line: string, fields: Record<string, unknown> = {}): void {
-    this.opts.log?.info(fields, line);
+  private log(line: string): void {
+    this.opts.log?.info(line);
   }
 
   private async reattach(): Promise<void> {

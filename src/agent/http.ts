@@ -12,6 +12,7 @@
  * the protocol version (the agent's current and previous one). Every answer carries the agent's version.
  */
 import Fastify, {
+  LogController,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
@@ -139,7 +140,7 @@ export interface AgentFastifyOptions {
 export function agentFastify(opts: AgentFastifyOptions): FastifyInstance {
   const app = Fastify({
     // Request lines are written by agentBasics' onResponse hook, with their route and duration.
-    ...(opts.log === undefined ? { logger: false } : { loggerInstance: opts.log as FastifyBaseLogger, disableRequestLogging: true }),
+    ...(opts.log === undefined ? { logger: false } : { loggerInstance: opts.log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) }),
     genReqId: () => randomUUID(),
     https: {
       key: opts.tls.keyPem,

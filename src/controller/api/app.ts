@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyReply } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyReply } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts';
@@ -73,7 +73,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     // App's logger type is fastify's base one: the routes only call its level methods.
     loggerInstance: ctl.log as FastifyBaseLogger,
     // One line per request, written in onResponse below with its route pattern and duration.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     genReqId: () => randomUUID(),
     // SSE streams are closed by our own onClose hook; other idle keep-alive sockets are closed here.
@@ -127,7 +127,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     req.log[level]({ ...(typeof migration === 'string' ? { migration } : {}), method: req.method, route: labels.route, url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
   });
 
-  app.setErrorHandler((err: FastifyError | FerryError, _req, reply) => {
+  app.setErrorHandler((err: FastifyError | FerryError, req, reply) => {
     let fe: FerryError;
     if (err instanceof FerryError) fe = err;
     else if ((err as FastifyError).validation) {
@@ -147,7 +147,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
       fe = new FerryError(CLIENT_ERRORS[status] ?? 'FERRY_E_BAD_INPUT', err.message, { cause: err, details: { fastifyCode: (err as FastifyError).code } });
     } else {
       fe = toFerryError(err);
-      _req.log.error({ err }, `internal error: ${err.message}`);
+      req.log.error({ err }, `internal error: ${err.message}`);
     }
     void reply.status(fe.status).type('application/json').send({ error: fe.toJSON() });
   });
