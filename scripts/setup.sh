@@ -4,6 +4,7 @@
 #    migration under TCG), qemu-utils, busybox-static, iproute2, a C compiler for the guest tool, nftables
 #    (the fault tests cut only migration or only management traffic inside a lab host), iputils-ping (the
 #    ICMP guest-downtime probe).
+#    prometheus for its promtool (the observability test checks the /metrics text with it; ~25 s to install).
 #  - the guest kernel and its virtio modules, from Debian's linux-image-cloud-amd64, into Ferry's cache.
 #  - npm dependencies, and the static ferry-guest binary.
 # Each step checks first and does nothing when its result is already there.
@@ -36,7 +37,7 @@ qemu_major() {
 # 1. Debian packages ---------------------------------------------------------------------------
 missing=()
 # xorriso: cloud-init seeds; mmdebstrap, sfdisk, mke2fs, grub-mkimage (+ grub-pc-bin): `ferry image build debian-12`.
-for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables xorriso:xorriso mmdebstrap:mmdebstrap sfdisk:fdisk mke2fs:e2fsprogs grub-mkimage:grub-common ping:iputils-ping; do
+for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables xorriso:xorriso mmdebstrap:mmdebstrap sfdisk:fdisk mke2fs:e2fsprogs grub-mkimage:grub-common ping:iputils-ping promtool:prometheus; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
 done

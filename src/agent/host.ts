@@ -20,7 +20,7 @@ import type { CachedImage, HostInventory, ImageReceived, SharedDiskFingerprint, 
 import type { VmSpec } from '../common/spec.ts';
 import { probeAccel, qemuInfo } from '../qemu/accel.ts';
 import type { Accel } from '../qemu/argv.ts';
-import type { Log } from './identity.ts';
+import type { Log } from '../common/log.ts';
 import { ImageCache } from './images.ts';
 import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
 import { KeyedMutex } from './mutex.ts';
@@ -109,7 +109,7 @@ export class AgentHost implements VmHost {
   }
 
   private log(line: string): void {
-    this.opts.log?.(line);
+    this.opts.log?.info(line);
   }
 
   private async reattach(): Promise<void> {

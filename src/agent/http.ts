@@ -12,13 +12,15 @@
  * the protocol version (the agent's current and previous one). Every answer carries the agent's version.
  */
 import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
-import { X509Certificate } from 'node:crypto';
+import { randomUUID, X509Certificate } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import {
@@ -41,7 +43,8 @@ import { FerryError, toFerryError } from '../common/errors.ts';
 import { spkiPin } from '../common/identity.ts';
 import { PROTOCOL_HEADER } from '../common/protocol.ts';
 import { NAME_RE } from '../common/units.ts';
-import type { AgentIdentity, Log } from './identity.ts';
+import type { AgentIdentity } from './identity.ts';
+import type { Log } from '../common/log.ts';
 
 /** What a download handler hands over: the bytes and what the headers say about them. */
 export interface Download {
@@ -136,7 +139,9 @@ export interface AgentFastifyOptions {
 /** The agent's fastify app, gated and with the error envelope, but no routes yet (not listening). */
 export function agentFastify(opts: AgentFastifyOptions): FastifyInstance {
   const app = Fastify({
-    logger: false,
+    // Request lines are written by agentBasics' onResponse hook, with their route and duration.
+    ...(opts.log === undefined ? { logger: false } : { loggerInstance: opts.log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) }),
+    genReqId: () => randomUUID(),
     https: {
       key: opts.tls.keyPem,
       cert: opts.tls.certPem,
@@ -180,9 +185,19 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
     if (req.body === undefined && req.routeOptions.schema?.body !== undefined) req.body = {};
   });
 
+  if (log !== undefined) {
+    app.addHook('onResponse', async (req, reply) => {
+      // The controller polls progress and heartbeats: successful reads only at debug.
+      const level = reply.statusCode >= 500 ? 'error' : reply.statusCode >= 400 ? 'warn' : req.method === 'GET' ? 'debug' : 'info';
+      // A migration's routes carry its id as :id: the line is then about that migration.
+      const migration = (req.params as { id?: unknown } | undefined)?.id;
+      req.log[level]({ ...(typeof migration === 'string' ? { migration } : {}), method: req.method, route: req.routeOptions.url ?? 'unknown', url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
+    });
+  }
+
   app.setErrorHandler((err, _req, reply) => {
     const fe = toAgentError(err);
-    if (fe.code === 'FERRY_E_INTERNAL') log?.(`internal error: ${String((err as Error).stack ?? err)}`);
+    if (fe.code === 'FERRY_E_INTERNAL') log?.error({ err }, `internal error: ${(err as Error).message ?? String(err)}`);
     return sendError(reply, fe);
   });
   app.setNotFoundHandler((req, reply) =>

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { caFromPem, createCaCert, type ClusterCa } from '../controller/ca.ts';
 import { FerryError } from '../common/errors.ts';
 import type { JoinRequest, JoinResponse } from '../common/protocol.ts';
+import { memoryLogger } from '../common/log.ts';
 import { certHash, ensureIdentity, joinCluster, parseCaHash } from './identity.ts';
 
 /** A stand-in for the controller's join route, at the wire: HTTPS with a cert from `ca`. */
@@ -85,7 +86,7 @@ test('join with the right pin saves 0600 certificates; a restart reuses them wit
     throw err;
   });
   try {
-    const logs: string[] = [];
+    const logs = memoryLogger();
     const first = await ensureIdentity({
       dataDir: dir,
       name: 'h1',
@@ -93,11 +94,11 @@ test('join with the right pin saves 0600 certificates; a restart reuses them wit
       server: srv.url,
       token: 'tok-1',
       caHash: ca.fingerprint,
-      log: (l) => logs.push(l),
+      log: logs.log,
     });
     assert.equal(first.joined, true);
     assert.deepEqual(srv.seen, [{ token: 'tok-1', name: 'h1', agentUrl: 'https://127.0.0.1:7443' }]);
-    assert.match(logs.join('\n'), /matches the pinned/);
+    assert.match(logs.text(), /matches the pinned/);
     for (const f of ['ca.pem', 'cert.pem', 'key.pem', 'controller.pin', 'agent.json']) {
       assert.equal((await stat(join(dir, f))).mode & 0o777, 0o600, f);
     }
@@ -156,16 +157,16 @@ test('a server that sends only its leaf cannot be pinned (the token stays home);
       (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_TLS',
     );
     assert.equal(srv.seen.length, 0);
-    const logs: string[] = [];
+    const logs = memoryLogger();
     const r = await joinCluster({
       server: srv.url,
       token: 'tok-1',
       name: 'h1',
       agentUrl: 'https://127.0.0.1:7443',
-      log: (l) => logs.push(l),
+      log: logs.log,
     });
     assert.equal(r.identity.caPem, ca.caCertPem);
-    assert.match(logs.join('\n'), /trusting the cluster CA on first use: sha256:[0-9a-f]{64}/);
+    assert.match(logs.text(), /trusting the cluster CA on first use: sha256:[0-9a-f]{64}/);
   } finally {
     await closeServer(srv.server);
   }

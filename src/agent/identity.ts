@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
 import { hasServerRole, spkiPin } from '../common/identity.ts';
+import { silentLogger, type Log } from '../common/log.ts';
 import type { JoinRequest, JoinResponse } from '../common/protocol.ts';
 
 export interface AgentIdentity {
@@ -48,8 +49,6 @@ export const IDENTITY_FILES = {
   controllerPin: 'controller.pin',
   record: 'agent.json',
 } as const;
-
-export type Log = (line: string) => void;
 
 /** `sha256:HEX` of a certificate's DER: what `--ca-hash` takes (its SPKI hash is accepted too). */
 export function certHash(pemOrCert: string | X509Certificate): string {
@@ -204,7 +203,7 @@ export interface JoinOptions {
 export async function joinCluster(
   opts: JoinOptions,
 ): Promise<{ identity: AgentIdentity; serverUrl: string }> {
-  const log = opts.log ?? (() => undefined);
+  const log = opts.log ?? silentLogger();
   const pin = opts.caHash === undefined ? undefined : parseCaHash(opts.caHash);
   let url: URL;
   try {
@@ -330,9 +329,9 @@ export async function joinCluster(
   }
   checkIdentity(identity);
   if (pin === undefined) {
-    log(`trusting the cluster CA on first use: ${certHash(ca)} (pass --ca-hash to pin it)`);
+    log.warn({ caHash: certHash(ca) }, `trusting the cluster CA on first use: ${certHash(ca)} (pass --ca-hash to pin it)`);
   } else {
-    log(`cluster CA matches the pinned ${pin}`);
+    log.info({ caHash: pin }, `cluster CA matches the pinned ${pin}`);
   }
   return { identity, serverUrl: typeof r.serverUrl === 'string' ? r.serverUrl : opts.server };
 }

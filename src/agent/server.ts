@@ -12,7 +12,9 @@ import { PROTOCOL_RANGE } from '../common/agent-routes.ts';
 import { FerryError } from '../common/errors.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { validateName } from '../common/units.ts';
-import { loadIdentity, type AgentIdentity, type Log } from './identity.ts';
+import type { Log } from '../common/log.ts';
+import { loadIdentity, type AgentIdentity } from './identity.ts';
+import { createAgentMetrics, type AgentMetrics } from './metrics.ts';
 import { AgentHost, type AgentHostOptions, type VmHost } from './host.ts';
 import { agentFastify, mountAgentRoutes, type AgentHandlers, type HostRouteName } from './http.ts';
 import { readAgentVersion } from './inventory.ts';
@@ -26,6 +28,8 @@ export interface AgentServerOptions {
   tls: AgentIdentity;
   listen: { host: string; port: number };
   log?: Log;
+  /** The agent's metrics (GET /metrics); default: a registry of its own over `host`. */
+  metrics?: AgentMetrics;
   /** Called with the app after the agent's own routes, before listening. */
   extend?: (app: FastifyInstance) => void | Promise<void>;
 }
@@ -39,7 +43,7 @@ export interface RunningAgent {
 }
 
 /** The host's routes, one handler per route of the table that is not a migration's. */
-export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
+export function hostHandlers(host: VmHost, metrics: AgentMetrics = createAgentMetrics(() => host.list())): Pick<AgentHandlers, HostRouteName> {
   const vm = (p: { name: string }): string => validateName(p.name, 'VM name');
   return {
     version: () => ({ agentVersion: readAgentVersion(), protocol: { ...PROTOCOL_RANGE } }),
@@ -72,13 +76,14 @@ export function hostHandlers(host: VmHost): Pick<AgentHandlers, HostRouteName> {
         throw new FerryError('FERRY_E_BAD_INPUT', 'Send the image as application/octet-stream.');
       return host.receiveImage(params.sha256, body);
     },
+    metrics: () => metrics.registry.metrics(),
   };
 }
 
 /** Builds the fastify app with the host's routes (not listening); exported for tests that want `inject`. */
 export function buildAgentApp(opts: Omit<AgentServerOptions, 'listen'>): FastifyInstance {
   const app = agentFastify({ tls: opts.tls, ...(opts.log === undefined ? {} : { log: opts.log }) });
-  mountAgentRoutes(app, hostHandlers(opts.host));
+  mountAgentRoutes(app, hostHandlers(opts.host, opts.metrics));
   return app;
 }
 
@@ -106,6 +111,8 @@ export interface AgentExtensionContext {
   host: AgentHost;
   /** The agent's cluster identity (the migration stream's TLS uses it too). */
   tls: AgentIdentity;
+  log?: Log;
+  metrics: AgentMetrics;
 }
 
 export interface StartAgentOptions extends AgentHostOptions {
@@ -126,14 +133,16 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent 
     );
   }
   const host = await AgentHost.open(opts);
+  const metrics = createAgentMetrics(() => host.list());
   const extend = withMigrationRoutes(opts.extend); // /agent/v1/migrations/… (src/agent/migrations.ts)
   try {
     const running = await startAgentServer({
       host,
       tls,
       listen: opts.listen,
+      metrics,
       ...(opts.log === undefined ? {} : { log: opts.log }),
-      ...(extend === undefined ? {} : { extend: (app: FastifyInstance) => extend({ app, host, tls }) }),
+      ...(extend === undefined ? {} : { extend: (app: FastifyInstance) => extend({ app, host, tls, metrics, ...(opts.log === undefined ? {} : { log: opts.log }) }) }),
     });
     return { ...running, host };
   } catch (err) {

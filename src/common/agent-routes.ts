@@ -12,7 +12,7 @@
  * Adding a route: one entry here (schemas in protocol.ts or agent-migration.ts), one handler in the agent's
  * handler map (the compiler asks for it), one in the fake agent; the client method exists already.
  *
- * `stream`: `text` answers text/plain (the console); `download` answers application/octet-stream with the
+ * `stream`: `text` answers text/plain (the console, the metrics); `download` answers application/octet-stream with the
  * file's sha256 in SHA256_HEADER; `upload` takes an octet-stream body (headers checked by `headers`);
  * `events` answers text/event-stream, one `migration` event per change of the view (not used by the
  * controller, which polls). For streams `timeoutMs` bounds the wait for headers and each idle gap, not the
@@ -226,6 +226,15 @@ export const AGENT_ROUTES = {
     timeoutMs: DEFAULT_TIMEOUT_MS,
     stream: 'text',
     unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  metrics: route({
+    method: 'GET',
+    path: '/metrics',
+    summary: "The agent's Prometheus metrics: QEMU processes, each VM's state, migration phase durations, the process",
+    response: Type.String(),
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    stream: 'text',
   }),
 
   // --- the host's cache of base images (src/agent/images.ts), filled by the controller before first use

@@ -20,6 +20,7 @@ import { ImageService } from './images.ts';
 import { VmService } from './vms.ts';
 import { MigrationOrchestrator } from './migrations/orchestrator.ts';
 import { DrainService } from './drain.ts';
+import { silentLogger, type Log } from '../common/log.ts';
 
 export interface ControllerOptions {
   dataDir: string;
@@ -38,7 +39,8 @@ export interface ControllerOptions {
   probeKind?: GuestProbe;
   /** Test-only hold points of migrations (see migrations/holds.ts); default: FERRY_TEST_HOLD_DIR, else off. */
   holdDir?: string;
-  log?: (line: string) => void;
+  /** The controller's logger (src/controller/log.ts); default: silent. */
+  log?: Log;
 }
 
 export interface Controller {
@@ -58,7 +60,7 @@ export interface Controller {
   readonly metrics: ControllerMetrics;
   readonly migrations: MigrationOrchestrator;
   readonly drains: DrainService;
-  readonly log: (line: string) => void;
+  readonly log: Log;
   close(): Promise<void>;
 }
 
@@ -67,7 +69,7 @@ export const CA_DIR = 'pki';
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
 export async function createController(opts: ControllerOptions): Promise<Controller> {
-  const log = opts.log ?? (() => {});
+  const log = opts.log ?? silentLogger();
   const probeKind = opts.probeKind ?? testProbeKind(process.env.FERRY_TEST_GUEST_PROBE);
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
@@ -110,10 +112,12 @@ export async function createController(opts: ControllerOptions): Promise<Control
       pool,
       images,
       log,
+      onJob: (type, job) => metrics.migrationChanged(type, job),
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
       ...(probeKind ? { probeKind } : {}),
       ...(holdDir ? { holdDir } : {}),
     });
+    metrics.watch(migrations.jobs);
     const drains = new DrainService({ store, events, migrations, log });
     if (opts.heartbeats !== false) hosts.start();
     // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.

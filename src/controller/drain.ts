@@ -8,6 +8,7 @@
  */
 import type { DrainJson } from '../common/api.ts';
 import { FerryError } from '../common/errors.ts';
+import type { Log } from '../common/log.ts';
 import { parseDuration, validateName } from '../common/units.ts';
 import type { MigrationJson } from '../common/migration.ts';
 import { isFinal } from '../common/states.ts';
@@ -24,7 +25,7 @@ export class DrainService {
   private closed = false;
 
   constructor(
-    private readonly o: { store: Store; events: EventBus; migrations: MigrationOrchestrator; log?: (l: string) => void; pollMs?: number },
+    private readonly o: { store: Store; events: EventBus; migrations: MigrationOrchestrator; log?: Log; pollMs?: number },
   ) {}
 
   private setMaintenance(host: string, on: boolean): void {
@@ -51,7 +52,7 @@ export class DrainService {
     };
     this.drains.set(host, d);
     this.o.events.publish('host.drain.started', host, { vms: d.items.map((i) => i.vm) });
-    void this.run(d).catch((err: unknown) => this.o.log?.(`drain ${host}: ${String(err)}`));
+    void this.run(d).catch((err: unknown) => this.o.log?.warn({ host }, `drain ${host}: ${String(err)}`));
     return d;
   }
 

@@ -7,6 +7,7 @@
 import type { HostJson } from '../common/api.ts';
 import { isIP } from 'node:net';
 import { FerryError } from '../common/errors.ts';
+import { silentLogger, type Log } from '../common/log.ts';
 import { validateHostName } from '../common/identity.ts';
 import type { AgentVersion, HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
@@ -31,7 +32,7 @@ export interface HostRegistryOptions {
   intervalMs?: number;
   /** Heartbeats missed in a row before a host is declared unreachable. */
   missesToUnreachable?: number;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostState {
@@ -85,7 +86,7 @@ export function canonicalIp(addr: string): string {
 }
 
 export class HostRegistry {
-  private readonly o: Required<Omit<HostRegistryOptions, 'log'>> & { log: (line: string) => void };
+  private readonly o: Required<HostRegistryOptions>;
   private readonly misses = new Map<string, number>();
   private readonly inFlight = new Map<string, Promise<void>>();
   /** The VMs each host last reported running (a foreign copy is removed only while its owner runs it). */
@@ -99,7 +100,7 @@ export class HostRegistry {
   private stopped = true;
 
   constructor(opts: HostRegistryOptions) {
-    this.o = { intervalMs: 2000, missesToUnreachable: 3, log: () => {}, ...opts };
+    this.o = { intervalMs: 2000, missesToUnreachable: 3, log: silentLogger(), ...opts };
   }
 
   /**
@@ -140,7 +141,7 @@ export class HostRegistry {
     })();
     this.misses.set(name, 0);
     this.o.events.publish('host.joined', name, { url });
-    this.o.log(`host ${name} joined from ${url}`);
+    this.o.log.info({ host: name, url }, `host ${name} joined from ${url}`);
     return { caCertPem: this.o.ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl, controllerPin: this.o.ca.controllerPin };
   }
 
@@ -242,7 +243,7 @@ export class HostRegistry {
           const message = err instanceof Error ? err.message : String(err);
           const code = err instanceof FerryError ? err.code : 'FERRY_E_AGENT_UNREACHABLE';
           events.publish('host.unreachable', name, { misses: n, error: { code, message } });
-          this.o.log(`host ${name} unreachable after ${n} missed heartbeats: ${message}`);
+          this.o.log.warn({ host: name, misses: n }, `host ${name} unreachable after ${n} missed heartbeats: ${message}`);
         }
       }
       return;
@@ -256,7 +257,7 @@ export class HostRegistry {
       .run(JSON.stringify(inventory), nowIso(), name);
     if (!wasReady) {
       events.publish('host.ready', name, { previous: row.inventory === null ? 'joined' : row.state });
-      this.o.log(`host ${name} ready`);
+      this.o.log.info({ host: name }, `host ${name} ready`);
     }
     this.reconcile(name, vms, fetchedAt);
   }
@@ -269,7 +270,7 @@ export class HostRegistry {
     const res = this.o.store.sqlite.prepare("UPDATE hosts SET state = 'incompatible' WHERE name = ? AND state != 'incompatible'").run(name);
     if (res.changes === 1) {
       this.o.events.publish('host.incompatible', name, { error });
-      this.o.log(`host ${name} incompatible: ${err.message}`);
+      this.o.log.warn({ host: name, code: err.code }, `host ${name} incompatible: ${err.message}`);
     }
   }
 
@@ -296,7 +297,7 @@ export class HostRegistry {
         try {
           spec = parseVmSpec(r.spec);
         } catch (err) {
-          this.o.log(`host ${host} reports VM ${r.name} with a spec Ferry cannot read, not adopted: ${String(err)}`);
+          this.o.log.warn({ host, vm: r.name }, `host ${host} reports VM ${r.name} with a spec Ferry cannot read, not adopted: ${String(err)}`);
           continue;
         }
         const ip = spec.nics.find((n) => n.ip !== undefined)?.ip?.split('/')[0] ?? null;
@@ -342,7 +343,7 @@ export class HostRegistry {
     if (!this.flagged.has(flag)) {
       this.flagged.add(flag);
       events.publish('vm.foreign_copy', row.name, { host, owner: row.host, state: r.state, action });
-      this.o.log(`host ${host} runs a copy of VM ${row.name} (${r.state}) that ${row.host} owns: ${action}`);
+      this.o.log.warn({ host, vm: row.name, owner: row.host, action }, `host ${host} runs a copy of VM ${row.name} (${r.state}) that ${row.host} owns: ${action}`);
     }
     if (action === 'keep') return;
     const h = this.row(host);
@@ -350,7 +351,7 @@ export class HostRegistry {
     const client = pool.client(host, h.url);
     this.resolving.add(key);
     void (action === 'pause' ? client.call('pauseVm', { params: { name: row.name } }) : client.call('deleteVm', { params: { name: row.name } }))
-      .catch((err: unknown) => this.o.log(`host ${host}: could not ${action} the foreign copy of ${row.name}: ${String(err)}`))
+      .catch((err: unknown) => this.o.log.warn({ host, vm: row.name, action }, `host ${host}: could not ${action} the foreign copy of ${row.name}: ${String(err)}`))
       .finally(() => this.resolving.delete(key));
   }
 }

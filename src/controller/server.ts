@@ -11,6 +11,7 @@ import { buildApp } from './api/app.ts';
 import { DEFAULT_LISTEN, type App } from './api/types.ts';
 import { ADMIN_TOKEN_FILE, createController, type Controller } from './controller.ts';
 import type { VmNetwork } from './networks.ts';
+import type { Log } from '../common/log.ts';
 
 export { ADMIN_TOKEN_FILE, DEFAULT_LISTEN };
 
@@ -20,7 +21,7 @@ export interface StartServerOptions {
   listen?: string;
   vmNetworks?: VmNetwork[];
   heartbeatMs?: number;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 export interface RunningServer {

@@ -216,7 +216,7 @@ interface Started {
 
 /**
  * Starts argv in its own session with stdout/stderr appended to `log`, and waits for the first JSON
- * object line it prints (the "I am listening" line of `ferry server` / `ferry agent --json`).
+ * object line it prints on stdout (the "I am listening" line of `ferry server` / `ferry agent --json`).
  */
 async function startDetached(argv: string[], log: string, timeoutMs: number, what: string, env: NodeJS.ProcessEnv = process.env): Promise<Started> {
   mkdirSync(dirname(log), { recursive: true, mode: 0o700 });
@@ -244,7 +244,8 @@ async function startDetached(argv: string[], log: string, timeoutMs: number, wha
       if (!l.startsWith('{')) continue;
       try {
         const line = JSON.parse(l) as unknown;
-        if (typeof line === 'object' && line !== null && !('error' in line)) {
+        // The process's logs share the file and are JSON lines too (a level and a msg): not the one awaited.
+        if (typeof line === 'object' && line !== null && !('error' in line) && !('level' in line && 'msg' in line)) {
           return { pid: pid!, line: line as Record<string, unknown> };
         }
       } catch {
@@ -443,6 +444,8 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
       // The root namespace's address on the VM LAN is never handed to a guest.
       '--vm-gateway',
       state.network.vmGateway,
+      // Its stdout goes to server.log: the admin token is read from the data dir's 0600 file instead.
+      '--no-show-token',
       '--json',
     ],
     s.log,
@@ -453,7 +456,7 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
   s.pid = started.pid;
   if (typeof started.line.url === 'string') s.url = started.line.url;
   if (typeof started.line.caFingerprint === 'string') s.caFingerprint = started.line.caFingerprint;
-  // The admin token is printed on first start; a restart keeps the one recorded then.
+  // The admin token is in the data dir (--no-show-token keeps it out of the log); a server that printed it is believed too.
   if (typeof started.line.adminToken === 'string' && started.line.adminToken !== '')
     s.adminToken = started.line.adminToken;
   if (s.adminToken === '') {

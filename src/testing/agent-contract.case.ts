@@ -133,6 +133,7 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   console: { params: { name: 'v1' } },
   sharedDisks: { params: { name: 'v1' } },
   listImages: {},
+  metrics: {},
   prepare: {
     params: { id: 'm-in' },
     body: { spec: defaultVmSpec('v3'), listenAddress: '127.0.0.1', storage: 'shared' },
@@ -166,6 +167,7 @@ const SUCCEED = new Set<RouteName>([
   'guest',
   'console',
   'sharedDisks',
+  'metrics',
   'migration',
   'events',
   'cancel',

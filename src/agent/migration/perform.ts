@@ -11,6 +11,8 @@ import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts
 import { DEFAULT_POLICY } from '../../common/policy.ts';
 import type { QmpClient } from '../../qemu/qmp.ts';
 import type { LocalVm } from '../vm.ts';
+import type { Log } from '../../common/log.ts';
+import type { AgentPhase, PhaseObserver } from '../log.ts';
 import {
   capabilityList,
   negotiateCapabilities,
@@ -48,7 +50,13 @@ export interface PerformOptions {
    * watch it again (and finish the mirrors) instead of starting anew.
    */
   resume?: MigrationRecord;
+  /** This migration's logger (agent/log.ts phaseLog); each stage is logged with its duration. */
+  log?: Log;
+  observe?: PhaseObserver;
 }
+
+/** The phase of the migration each source stage is, in the log and the metrics. */
+const STAGE_PHASE: Partial<Record<AgentStage, AgentPhase>> = { mirroring: 'mirror', transferring: 'transfer', postcopy: 'postcopy' };
 
 /** The controller's policy owns the downtime limit; this is what an agent uses when a caller sends none. */
 const DEFAULT_DOWNTIME_LIMIT_MS = DEFAULT_POLICY.initialDowntimeMs;
@@ -95,6 +103,10 @@ export class SourceMigration {
   private mirrorsRunning = false;
   private lastSample: MigrationSample | null = null;
   private lastMirror: MirrorProgress | null = null;
+  /** The phase running now and since when (performance.now()), for the log and the metrics. */
+  private phase: AgentPhase = 'setup';
+  private phaseSince = performance.now();
+  private readonly startedAt = performance.now();
 
   constructor(opts: PerformOptions) {
     this.opts = opts;
@@ -120,6 +132,7 @@ export class SourceMigration {
       this.mirrorsRunning = this.storage === 'copy' && opts.vm.localDiskIds.length > 0;
     }
     this.model = new ProgressModel({ downtimeLimitMs: view.downtimeLimitMs });
+    opts.log?.info({ phase: this.phase, storage: this.storage, resumed: opts.resume !== undefined }, opts.resume === undefined ? 'perform started' : 'perform watched again after an agent restart');
     this.done = this.run().then(
       () => this.view(),
       () => this.view(),
@@ -207,10 +220,36 @@ export class SourceMigration {
 
   private async setStage(stage: AgentStage): Promise<void> {
     const v = this.record.view;
+    this.logStage(stage);
     v.stage = stage;
     v.updatedAt = now();
     if (stage === 'completed' || stage === 'failed' || stage === 'cancelled') v.finishedAt = v.updatedAt;
     await saveRecord(this.opts.agentDir, this.record).catch(() => undefined);
+  }
+
+  /** Logs the end of the phase that ran until `next`, and the end of perform when `next` is final. */
+  private logStage(next: AgentStage): void {
+    const log = this.opts.log;
+    const now = performance.now();
+    const ms = Math.round(now - this.phaseSince);
+    const final = next === 'completed' || next === 'failed' || next === 'cancelled';
+    const nextPhase = STAGE_PHASE[next] ?? this.phase;
+    if (!final && nextPhase === this.phase) return;
+    const result = next === 'failed' || next === 'cancelled' ? (this.record.view.error?.code ?? 'FERRY_E_MIGRATION_FAILED') : 'ok';
+    log?.info({ phase: this.phase, durationMs: ms, next }, `${this.phase} done in ${ms} ms`);
+    this.opts.observe?.(this.phase, result, ms);
+    this.phase = nextPhase;
+    this.phaseSince = now;
+    if (!final) {
+      log?.info({ phase: this.phase }, `${this.phase} started`);
+      return;
+    }
+    const v = this.record.view;
+    const total = Math.round(now - this.startedAt);
+    const figures = { phase: 'perform', durationMs: total, qemuStatus: v.qemuStatus, downtimeMs: v.downtimeMs, transferredBytes: v.transferredBytes, iterations: v.iterations };
+    if (result === 'ok') log?.info(figures, `perform ${next} in ${total} ms`);
+    else log?.warn({ ...figures, code: result }, `perform ${next} after ${total} ms: ${v.error?.message ?? ''}`);
+    this.opts.observe?.('perform', result, total);
   }
 
   private absorb(s: MigrationSample): void {

@@ -57,6 +57,9 @@ import { checkSharedDisks } from '../shared-disks.ts';
 import type { TlsIdentity } from './tls.ts';
 import { FINAL_AGENT_STAGES, type AgentMigrationView, type PerformRequest, type PrepareRequest, type TuneRequest } from '../../common/agent-migration.ts';
 import type { LocalVm } from '../vm.ts';
+import { silentLogger, type Log } from '../../common/log.ts';
+import { phaseLog, timedPhase } from '../log.ts';
+import type { AgentMetrics } from '../metrics.ts';
 
 /** What the routes need of the agent's host (AgentHost implements it). */
 export interface MigrationHost {
@@ -78,6 +81,10 @@ export interface MigrationRoutesContext {
   host: MigrationHost;
   /** The agent's cluster identity; the migration stream's TLS is built from it. */
   tls: TlsIdentity | null;
+  /** Where each phase is logged, with its duration (agent/log.ts); default: silent. */
+  log?: Log;
+  /** Told of each phase's duration (agent/metrics.ts). */
+  metrics?: Pick<AgentMetrics, 'phaseDone'>;
 }
 
 /** The defaults of a prepare body, as prepare() takes it. */
@@ -113,6 +120,12 @@ function performRequest(b: PerformRequest): PerformRequest {
 export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pick<AgentHandlers, MigrationRouteName> {
   const { host } = ctx;
   const jobs = new Map<string, SourceMigration>();
+  // Every phase this agent runs is logged with the migration's id and its duration (agent/log.ts).
+  const phases = { log: ctx.log ?? silentLogger(), ...(ctx.metrics === undefined ? {} : { observe: ctx.metrics.phaseDone }) };
+  const timed = <T>(id: string, phase: Parameters<typeof timedPhase>[2], fields: Record<string, unknown>, fn: () => Promise<T>, outcome?: (r: T) => Record<string, unknown>): Promise<T> =>
+    timedPhase(phases, id, phase, fields, fn, outcome);
+  const performLog = (id: string, vm: string) => ({ log: phaseLog(phases.log, id, null, { vm, role: 'source' }), ...(phases.observe === undefined ? {} : { observe: phases.observe }) });
+  const note = (id: string, what: string, fields: Record<string, unknown> = {}): void => phaseLog(phases.log, id, null, fields).info(what);
   // The table's pattern checked the id already; this is the check file names rely on, kept next to them.
   const idOf = (p: { id: string }): string => validateMigrationId(p.id);
 
@@ -133,7 +146,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
     return host.exclusive(rec.view.vm, async (vm) => {
       if (jobs.has(id)) return jobs.get(id);
       if (vm === undefined || vm.pid === null) return undefined;
-      const job = startPerform({ id, agentDir: host.dataDir, vm: sourceVmOf(vm), request: rec.performed!, identity: ctx.tls, resume: rec });
+      const job = startPerform({ id, agentDir: host.dataDir, vm: sourceVmOf(vm), request: rec.performed!, identity: ctx.tls, resume: rec, ...performLog(id, vm.name) });
       jobs.set(id, job);
       return job;
     });
@@ -173,7 +186,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const id = idOf(params);
       const request = prepareRequest(body);
       const spec = request.spec;
-      return host.exclusive(spec.name, async (existing) => {
+      return timed(id, 'prepare', { vm: spec.name, role: 'destination', storage: request.storage }, () => host.exclusive(spec.name, async (existing) => {
         const earlier = await loadRecord(host.dataDir, id);
         if (existing !== undefined && !(earlier?.view.role === 'destination' && earlier.view.vm === spec.name)) {
           throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
@@ -192,7 +205,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
           if (existing === undefined) await host.releaseTaps(spec).catch(() => undefined);
           throw err;
         }
-      });
+      }), (r) => ({ uri: r.uri }));
     },
 
     perform: async ({ params, body, reply }) => {
@@ -214,7 +227,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
             throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${request.vm} is being migrated (${j.id}).`);
           }
         }
-        const j = startPerform({ id, agentDir: host.dataDir, vm: sourceVmOf(vm), request, identity: ctx.tls });
+        const j = startPerform({ id, agentDir: host.dataDir, vm: sourceVmOf(vm), request, identity: ctx.tls, ...performLog(id, request.vm) });
         jobs.set(id, j);
         return j;
       });
@@ -249,11 +262,16 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
     cancel: async ({ params }) => {
       const id = idOf(params);
       const job = await sourceJob(id);
+      note(id, job === undefined ? 'cancel asked: nothing running here' : 'cancel asked', { role: 'source' });
       if (job !== undefined) return job.cancel();
       return (await record(id)).view;
     },
 
-    postcopy: async ({ params }) => (await runningJob(idOf(params), 'transferring')).startPostcopy(),
+    postcopy: async ({ params }) => {
+      const id = idOf(params);
+      note(id, 'switch to post-copy asked', { role: 'source', phase: 'postcopy' });
+      return (await runningJob(id, 'transferring')).startPostcopy();
+    },
 
     postcopyPause: async ({ params }) => (await runningJob(idOf(params), 'in post-copy')).pausePostcopy(),
 
@@ -262,7 +280,9 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
     recover: async ({ params }) => {
       const id = idOf(params);
       const rec = await record(id);
-      return host.exclusive(rec.view.vm, (vm) => recoverIncoming({ id, agentDir: host.dataDir, vm, listenAddress: host.migrationAddress }));
+      return timed(id, 'recover', { vm: rec.view.vm, role: 'destination' }, () =>
+        host.exclusive(rec.view.vm, (vm) => recoverIncoming({ id, agentDir: host.dataDir, vm, listenAddress: host.migrationAddress })),
+      );
     },
 
     tune: async ({ params, body }) => {
@@ -270,6 +290,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const t: TuneRequest = {};
       if (body.downtimeLimitMs !== undefined) t.downtimeLimitMs = Math.round(body.downtimeLimitMs);
       if (body.bandwidthBytesPerSec !== undefined) t.bandwidthBytesPerSec = body.bandwidthBytesPerSec;
+      note(id, 'tune', { role: 'source', ...t });
       return (await runningJob(id, 'transferring')).tune(t);
     },
 
@@ -278,7 +299,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const id = idOf(params);
       const spec = parseVmSpec(body.spec);
       const start = body.start !== false;
-      return host.exclusive(spec.name, async (existing) => {
+      return timed(id, 'cold-prepare', { vm: spec.name, role: 'destination', start }, () => host.exclusive(spec.name, async (existing) => {
         const earlier = await loadRecord(host.dataDir, id);
         if (existing !== undefined && earlier === undefined) throw new FerryError('FERRY_E_VM_EXISTS', `VM ${spec.name} exists on this host already.`);
         if (earlier === undefined) {
@@ -289,7 +310,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         const p = await prepareCold({ id, agentDir: host.dataDir, accel: host.accel, spec, taps, start });
         if (existing === undefined) host.adopt(p.vm);
         return p.view;
-      });
+      }));
     },
 
     coldPerform: async ({ params, body }) => {
@@ -297,16 +318,18 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const name = validateName(body.vm, 'VM name');
       const mode = body.mode ?? 'shutdown';
       const timeoutMs = body.timeoutMs;
-      return host.exclusive(name, async (vm) => {
+      return timed(id, 'cold-perform', { vm: name, role: 'source', mode }, () => host.exclusive(name, async (vm) => {
         if (vm === undefined) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM ${name} on this host.`);
         return performCold({ id, agentDir: host.dataDir, vm, mode, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
-      });
+      }));
     },
 
     coldDownload: async ({ params }) => {
       const id = idOf(params);
       await record(id);
       const { stream, file } = await openColdFile(host.dataDir, id, params.name);
+      // The bytes flow after this answer: the destination's upload times the copy.
+      note(id, `cold download of ${params.name}`, { phase: 'cold-download', role: 'source', file: params.name, bytes: file.bytes });
       return { stream, sha256: file.sha256, bytes: file.bytes };
     },
 
@@ -314,21 +337,23 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const id = idOf(params);
       if (!(body instanceof Readable)) throw new FerryError('FERRY_E_BAD_INPUT', 'Send the file as application/octet-stream.');
       await record(id);
-      return receiveColdFile({ agentDir: host.dataDir, id, name: params.name, sha256: headers[SHA256_HEADER].toLowerCase(), body });
+      return timed(id, 'cold-upload', { role: 'destination', file: params.name }, () =>
+        receiveColdFile({ agentDir: host.dataDir, id, name: params.name, sha256: headers[SHA256_HEADER].toLowerCase(), body }),
+      );
     },
 
     finish: async ({ params, body }) => {
       const id = idOf(params);
       const ok = body.success;
       const rec = await record(id);
-      return host.exclusive(rec.view.vm, async (vm) => {
+      return timed(id, 'finish', { vm: rec.view.vm, role: 'destination', success: ok }, () => host.exclusive(rec.view.vm, async (vm) => {
         const v = await finish({ id, agentDir: host.dataDir, success: ok, identity: ctx.tls, hostName: host.name, ...(vm === undefined ? {} : { vm }) });
         if (v.stage === 'discarded' && vm !== undefined) {
           host.forget(rec.view.vm);
           await host.releaseTaps(vm.spec).catch(() => undefined);
         }
         return v;
-      });
+      }), (v) => ({ stage: v.stage }));
     },
 
     confirm: async ({ params, body }) => {
@@ -344,7 +369,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         if (!ok) await job.cancel().catch(() => undefined);
       }
       const rec = await record(id);
-      return host.exclusive(rec.view.vm, async (vm) => {
+      return timed(id, 'confirm', { vm: rec.view.vm, role: 'source', success: ok }, () => host.exclusive(rec.view.vm, async (vm) => {
         const v = await confirm({ id, agentDir: host.dataDir, success: ok, identity: ctx.tls, receipt, ...(vm === undefined ? {} : { vm }) });
         if (v.stage === 'confirmed' && vm !== undefined) {
           host.forget(rec.view.vm);
@@ -352,7 +377,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         }
         jobs.delete(id);
         return v;
-      });
+      }), (v) => ({ stage: v.stage }));
     },
   };
 }

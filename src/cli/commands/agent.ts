@@ -1,7 +1,8 @@
 /**
  * `ferry agent`: joins the cluster on first start (one-time token → certificates in the data dir), then
  * serves this host's VMs to the controller over mutual TLS until SIGTERM. With --json it prints exactly one
- * line `{name, url, pid}` once listening (the lab waits for it); logs go to stderr. Stopping the agent never
+ * line `{name, url, pid}` once listening (the lab waits for it); logs go to stderr as JSON lines
+ * (src/agent/log.ts). Stopping the agent never
  * stops its VMs: they run on, and the next agent re-attaches them.
  */
 import type { Command } from 'commander';
@@ -52,10 +53,6 @@ function defaultName(): string {
 
 const isUnspecified = (addr: string): boolean => addr === '0.0.0.0' || addr === '::';
 
-function log(line: string): void {
-  process.stderr.write(`${new Date().toISOString()} agent: ${line}\n`);
-}
-
 /** Runs the agent until SIGTERM/SIGINT; resolves with the exit code. */
 export async function runAgent(o: AgentCliOptions): Promise<number> {
   const json = o.json === true;
@@ -80,6 +77,8 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
     const advertised = isUnspecified(listen.host) ? migrationAddress : listen.host;
     const agentUrl = `https://${isIP(advertised) === 6 ? `[${advertised}]` : advertised}:${listen.port}`;
 
+    const { agentLogger } = await import('../../agent/log.ts');
+    const log = agentLogger(name);
     const { ensureIdentity } = await import('../../agent/identity.ts');
     const { startAgent } = await import('../../agent/server.ts');
     const { identity, joined } = await ensureIdentity({
@@ -92,9 +91,9 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       ...(o.caHash === undefined ? {} : { caHash: o.caHash }),
     });
     if (joined && listen.port === 0) {
-      log('warning: joined with port 0; the controller was given a URL without the real port');
+      log.warn('joined with port 0; the controller was given a URL without the real port');
     }
-    log(
+    log.info(
       joined
         ? `joined the cluster as ${name}; certificates in ${dataDir}`
         : `using the certificates in ${dataDir}`,
@@ -110,7 +109,7 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       ...(o.vmBridge === undefined ? {} : { vmBridge: o.vmBridge }),
     });
     const url = isUnspecified(listen.host) ? agentUrl.replace(/:\d+$/, `:${agent.port}`) : agent.url;
-    log(`listening on ${agent.url} (host ${name}, data ${dataDir})`);
+    log.info({ url: agent.url, dataDir }, `listening on ${agent.url} (host ${name}, data ${dataDir})`);
     if (json) process.stdout.write(JSON.stringify({ name, url, pid: process.pid }) + '\n');
     else process.stdout.write(`agent ${name} listening on ${url} (pid ${process.pid})\n`);
 
@@ -118,14 +117,14 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       const stop = (sig: NodeJS.Signals): void => {
         process.off('SIGTERM', stop);
         process.off('SIGINT', stop);
-        log(`${sig}: closing the API; VMs keep running`);
+        log.info({ signal: sig }, `${sig}: closing the API; VMs keep running`);
         // Closing must not hang the exit on a stuck request: the VMs are safe either way.
         const hard = setTimeout(() => resolve(), 5000);
         hard.unref();
         agent.close().then(
           () => resolve(),
           (err: unknown) => {
-            log(`close: ${String(err)}`);
+            log.warn({ err }, `close: ${String(err)}`);
             resolve();
           },
         );

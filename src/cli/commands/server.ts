@@ -1,7 +1,8 @@
 /**
  * `ferry server`: the controller in the foreground until SIGTERM/SIGINT. On the first start over a data
- * dir it prints the admin token (shown once). With --json, one JSON line once listening, so a supervisor
- * (the lab) can read the URL. `ferry server join-token` writes a join token straight into the store.
+ * dir it prints the admin token (shown once; --no-show-token leaves it in the data dir's admin-token file
+ * only, for a supervisor whose stdout is a log file). With --json, one JSON line once listening, so a
+ * supervisor (the lab) can read the URL. Logs are JSON lines on stderr (src/controller/log.ts). `ferry server join-token` writes a join token straight into the store.
  */
 import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -24,6 +25,7 @@ interface ServerFlags {
   vmNetwork: string[];
   vmGateway?: string;
   heartbeat?: string;
+  showToken: boolean;
   json?: boolean;
 }
 
@@ -37,9 +39,8 @@ async function runServer(flags: ServerFlags): Promise<void> {
     }
     const vmNetworks = flags.vmNetwork.map((n) => parseNetworkArg(n, flags.vmGateway));
     const dataDir = flags.data ?? defaultServerDir();
-    const log = (line: string): void => {
-      process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-    };
+    const { controllerLogger } = await import('../../controller/log.ts');
+    const log = controllerLogger();
     const srv = await startServer({
       dataDir,
       listen: flags.listen ?? DEFAULT_LISTEN,
@@ -47,9 +48,11 @@ async function runServer(flags: ServerFlags): Promise<void> {
       ...(flags.heartbeat === undefined ? {} : { heartbeatMs: parseDuration(flags.heartbeat, '--heartbeat') }),
       log,
     });
+    const adminToken = flags.showToken ? srv.adminToken : null;
+    log.info({ url: srv.url, dataDir, caFingerprint: srv.caFingerprint, firstStart: srv.adminToken !== null }, `listening on ${srv.url}`);
     if (json) {
       const doc: Record<string, unknown> = { url: srv.url, caFingerprint: srv.caFingerprint, caHash: srv.caHash, dataDir };
-      if (srv.adminToken !== null) doc.adminToken = srv.adminToken;
+      if (adminToken !== null) doc.adminToken = adminToken;
       process.stdout.write(JSON.stringify(doc) + '\n');
     } else {
       const lines = [
@@ -59,8 +62,10 @@ async function runServer(flags: ServerFlags): Promise<void> {
         `CA hash         ${srv.caHash}   (ferry agent --ca-hash)`,
         `CA certificate  ${join(dataDir, 'pki', 'ca.crt')}`,
       ];
-      if (srv.adminToken !== null) {
-        lines.push(`admin token     ${srv.adminToken}`, `                (shown once; also in ${join(dataDir, ADMIN_TOKEN_FILE)}, mode 0600)`);
+      if (srv.adminToken !== null && adminToken === null) {
+        lines.push(`admin token     in ${join(dataDir, ADMIN_TOKEN_FILE)} (mode 0600)`);
+      } else if (adminToken !== null) {
+        lines.push(`admin token     ${adminToken}`, `                (shown once; also in ${join(dataDir, ADMIN_TOKEN_FILE)}, mode 0600)`);
       }
       process.stdout.write(lines.join('\n') + '\n');
     }
@@ -68,7 +73,7 @@ async function runServer(flags: ServerFlags): Promise<void> {
       const stop = (sig: string): void => {
         process.off('SIGINT', onInt);
         process.off('SIGTERM', onTerm);
-        log(`${sig}: closing`);
+        log.info({ signal: sig }, `${sig}: closing`);
         resolve();
       };
       const onInt = (): void => stop('SIGINT');
@@ -93,6 +98,7 @@ export function registerServer(program: Command): void {
     .option('--vm-network <name=cidr>', 'a VM network whose addresses the controller hands out (repeatable)', collect, [])
     .option('--vm-gateway <ip>', 'gateway of the VM network (kept out of allocation)')
     .option('--heartbeat <duration>', 'interval of agent heartbeats (default 2s)')
+    .option('--no-show-token', 'print no admin token on the first start: read it from DATA/admin-token (mode 0600)')
     .option('--json', 'print one JSON line {url, caFingerprint, caHash, adminToken?} once listening')
     // Options after a subcommand are the subcommand's: `server join-token --data D --json` prints JSON.
     // commander needs this on every parent up to the root, else the root hands them back to `server`.

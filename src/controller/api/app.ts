@@ -1,12 +1,14 @@
 /**
  * The REST API as a fastify instance (HTTPS with the cluster CA's server certificate): bearer-token
  * auth, the error envelope `{error:{code,message,details?}}` for every failure, TypeBox schemas on every
- * route (validated, and published as OpenAPI at /api/v1/openapi.json), request metrics. Routes live one
+ * route (validated, and published as OpenAPI at /api/v1/openapi.json), request metrics and one log line per
+ * request (the controller's logger, with the request id that the answer's x-request-id carries). Routes live one
  * file per noun beside this one. `buildApp` does not listen, so tests use `inject()`.
  */
+import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import Fastify, { type FastifyError, type FastifyReply } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyReply } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { FerryError, toFerryError, type ErrorCode } from '../../common/errors.ts';
@@ -69,7 +71,12 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     // Node would answer a request without Host itself, with an empty 400; the onRequest hook below
     // answers it in the envelope instead.
     https: { cert: opts.tls.certPem, key: opts.tls.keyPem, requireHostHeader: false },
-    logger: false,
+    // App's logger type is fastify's base one: the routes only call its level methods.
+    loggerInstance: ctl.log as FastifyBaseLogger,
+    // One line per request, written in onResponse below with its route pattern and duration.
+    logController: new LogController({ disableRequestLogging: true }),
+    requestIdHeader: false,
+    genReqId: () => randomUUID(),
     // SSE streams are closed by our own onClose hook; other idle keep-alive sockets are closed here.
     forceCloseConnections: 'idle',
     bodyLimit: BODY_LIMIT,
@@ -122,7 +129,8 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
 
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
+    void reply.header('x-request-id', req.id);
     if (req.raw.httpVersionMajor === 1 && req.raw.httpVersionMinor >= 1 && !req.headers.host) {
       throw new FerryError('FERRY_E_BAD_INPUT', 'HTTP/1.1 requests need a Host header.');
     }
@@ -140,10 +148,16 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
   });
 
   app.addHook('onResponse', async (req, reply) => {
-    ctl.metrics.apiRequests.inc({ method: req.method, route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+    const labels = { method: req.method, route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) };
+    ctl.metrics.apiRequests.inc(labels);
+    ctl.metrics.apiLatency.observe(labels, reply.elapsedTime / 1000);
+    // Reads that succeed (the CLI polls, Prometheus scrapes) only at debug: they would drown the changes.
+    const level = reply.statusCode >= 500 ? 'error' : reply.statusCode >= 400 ? 'warn' : req.method === 'GET' ? 'debug' : 'info';
+    const migration = labels.route.startsWith('/api/v1/migrations/:id') ? (req.params as { id?: unknown }).id : undefined;
+    req.log[level]({ ...(typeof migration === 'string' ? { migration } : {}), method: req.method, route: labels.route, url: req.url.split('?')[0], status: reply.statusCode, durationMs: Math.round(reply.elapsedTime) }, 'request');
   });
 
-  app.setErrorHandler((err: FastifyError | FerryError, _req, reply) => {
+  app.setErrorHandler((err: FastifyError | FerryError, req, reply) => {
     let fe: FerryError;
     if (err instanceof FerryError) fe = err;
     else if ((err as FastifyError).validation) {
@@ -163,7 +177,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
       fe = new FerryError(CLIENT_ERRORS[status] ?? 'FERRY_E_BAD_INPUT', err.message, { cause: err, details: { fastifyCode: (err as FastifyError).code } });
     } else {
       fe = toFerryError(err);
-      ctl.log(`internal error: ${err.stack ?? err.message}`);
+      req.log.error({ err }, `internal error: ${err.message}`);
     }
     void reply.status(fe.status).type('application/json').send({ error: fe.toJSON() });
   });

@@ -690,7 +690,8 @@ async function checkOne(env: Env, r: Req, via: 'inject' | 'https', tally: Tally)
   // A path the router refuses (not valid percent-encoding, a parameter too long) is refused before the
   // body is read, and that is fine.
   const badUrl = a.status === 400 && /"fastifyCode":"FST_ERR_(BAD_URL|MAX_PARAM_LENGTH)"/.test(a.body);
-  if (r.body !== undefined && r.body.length > BODY_LIMIT && authorised && parses && !badUrl && /^application\/json/i.test(r.headers['content-type'] ?? '')) {
+  // A content type that only starts like JSON (`application/json\0`) is a 415, before the body is read.
+  if (r.body !== undefined && r.body.length > BODY_LIMIT && authorised && parses && !badUrl && /^application\/json\s*(;|$)/i.test(r.headers['content-type'] ?? '')) {
     assert.equal(a.status, 413, `${what}: over the limit, answered ${a.status} ${a.body.slice(-300)}`);
   }
 }

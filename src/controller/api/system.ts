@@ -1,10 +1,14 @@
-/** Health, the server's version, join tokens and the join itself, the OpenAPI document, and Prometheus metrics. */
+/**
+ * Health, the server's version, join tokens and the join itself, the OpenAPI document, and Prometheus
+ * metrics: the controller's, and each agent's, fetched over the agents' mTLS (Prometheus holds no agent
+ * certificate).
+ */
 import Type, { type Static } from 'typebox';
 import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { JoinRequest, JoinTokenRequest } from './schemas.ts';
+import { JoinRequest, JoinTokenRequest, NameParams } from './schemas.ts';
 import { failures, Health, Joined, JoinToken, OpenApiDocument, ref, ServerVersion } from './responses.ts';
 import { PROTOCOL_RANGE } from '../../common/agent-routes.ts';
 import { ferryVersion } from '../../common/version.ts';
@@ -113,6 +117,27 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
     },
     async (_req, reply) => {
       const text = await ctl.metrics.registry.metrics();
+      return reply.type(ctl.metrics.registry.contentType).send(text);
+    },
+  );
+
+  app.get(
+    '/metrics/hosts/:name',
+    {
+      schema: {
+        operationId: 'getHostMetrics',
+        tags: ['system'],
+        summary: "A host agent's Prometheus metrics (QEMU processes, VM states, phase durations), fetched over its mTLS",
+        params: NameParams,
+        response: {
+          200: { description: "The agent's metrics in the Prometheus text format", content: { 'text/plain': { schema: Type.String() } } },
+          ...failures({ 404: 'No such host: FERRY_E_HOST_NOT_FOUND' }),
+        },
+      },
+    },
+    async (req, reply) => {
+      const h = ctl.hosts.get(req.params.name);
+      const text = await ctl.pool.client(h.name, h.url).call('metrics', {});
       return reply.type(ctl.metrics.registry.contentType).send(text);
     },
   );

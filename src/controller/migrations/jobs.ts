@@ -214,6 +214,15 @@ export class JobStore {
     ).map((r) => this.toJson(r));
   }
 
+  /** Every job that ended, oldest first (the metrics' history at a start). */
+  listFinished(): MigrationJson[] {
+    return (
+      this.sqlite
+        .prepare(`SELECT * FROM migrations WHERE state NOT IN (${ACTIVE_STATES.map(() => '?').join(',')}) ORDER BY started_at`)
+        .all(...ACTIVE_STATES) as Row[]
+    ).map((r) => this.toJson(r));
+  }
+
   /**
    * The one guarded transition: moves `id` from `from` to `to` only if it is still in `from` (compare-and-set),
    * recording the patch in the same statement. Throws FERRY_E_VM_STATE if the job moved meanwhile.

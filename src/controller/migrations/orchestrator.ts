@@ -42,6 +42,8 @@ import { placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
 import type { ImageService } from '../images.ts';
 import { JobStore } from './jobs.ts';
+import { silentLogger, type Log } from '../../common/log.ts';
+import { migrationLog } from '../log.ts';
 import { transferCold } from './cold.ts';
 import { sharedDisksForPrepare } from './shared-disks.ts';
 import { holdAt, type HoldPoint } from './holds.ts';
@@ -54,7 +56,9 @@ export interface OrchestratorOptions {
   store: Store;
   events: EventBus;
   pool: AgentPool;
-  log?: (line: string) => void;
+  log?: Log;
+  /** Told of every change of a job (the metrics observe finished ones). */
+  onJob?: (type: string, job: MigrationJson) => void;
   /** How often the source's progress is read (ms). */
   pollMs?: number;
   /** Turn off the guest downtime probe (e.g. when the controller cannot reach the VM network). */
@@ -93,7 +97,7 @@ export class MigrationOrchestrator {
   readonly jobs: JobStore;
   private readonly running = new Map<string, Promise<void>>();
   private readonly pollMs: number;
-  private readonly log: (line: string) => void;
+  private readonly log: Log;
   private lastProgressEvent = new Map<string, number>();
   private closed = false;
   private readonly pending: PendingCalls;
@@ -105,7 +109,7 @@ export class MigrationOrchestrator {
 
   constructor(private readonly o: OrchestratorOptions) {
     this.pollMs = o.pollMs ?? 100;
-    this.log = o.log ?? (() => {});
+    this.log = o.log ?? silentLogger();
     this.pending = new PendingCalls(o.store.sqlite);
     this.vms = new VmRows(o.store.sqlite);
     this.jobs = new JobStore(o.store.sqlite, (type, job) => {
@@ -115,6 +119,8 @@ export class MigrationOrchestrator {
         if (Date.now() - last < 1000) return;
         this.lastProgressEvent.set(job.id, Date.now());
       }
+      this.logJob(type, job);
+      o.onJob?.(type, job);
       o.events.publish(type, job.id, { vm: job.vm, state: job.state, phase: job.phase, source: job.source, destination: job.destination, progress: job.progress, error: job.error });
     });
   }
@@ -163,14 +169,14 @@ export class MigrationOrchestrator {
   recover(): void {
     for (const job of this.jobs.listActive()) {
       if (this.running.has(job.id)) continue;
-      this.log(`migration ${job.id}: recovering from state ${job.state}/${job.phase}`);
+      this.jlog(job.id).warn(`recovering from state ${job.state}/${job.phase}`);
       this.spawn(job.id, () => this.resume(job));
     }
     this.sweeper ??= setInterval(() => {
       if (this.sweeping || this.closed) return;
       this.sweeping = true;
       void this.sweep()
-        .catch((err: unknown) => this.log(`pending calls: ${String(err)}`))
+        .catch((err: unknown) => this.log.warn({ err }, `pending calls: ${String(err)}`))
         .finally(() => (this.sweeping = false));
     }, SWEEP_MS);
   }
@@ -181,11 +187,38 @@ export class MigrationOrchestrator {
     await Promise.all([...this.probes].map((p) => p.stop().catch(() => null)));
   }
 
+  /** The logger of one migration: its id, VM, hosts, mode, state and phase on each line. */
+  private jlog(id: string): Log {
+    const job = this.jobs.get(id);
+    return job === null ? this.log.child({ migration: id }) : migrationLog(this.log, job);
+  }
+
+  /** One line per change of a job (progress samples excepted), with its figures once it ended. */
+  private logJob(type: string, job: MigrationJson): void {
+    if (type === 'migration.progress') return;
+    const l = migrationLog(this.log, job);
+    if (!isFinal(job.state)) {
+      if (type === 'migration.escalation') l.info({ escalation: job.escalations.at(-1)?.step }, `escalation ${job.escalations.at(-1)?.step.kind ?? ''}`);
+      else l.info(`${type}: ${job.state}/${job.phase}`);
+      return;
+    }
+    const figures = {
+      totalMs: job.totalMs,
+      downtimeMs: job.downtimeMs,
+      guestDowntimeMs: job.guestDowntimeMs,
+      transferredBytes: job.transferredBytes,
+      iterations: job.iterations,
+      ...(job.error === null ? {} : { code: job.error.code }),
+    };
+    if (job.state === 'completed') l.info(figures, `migration completed in ${job.totalMs ?? '?'} ms`);
+    else l.warn(figures, `migration ${job.state}${job.error === null ? '' : `: ${job.error.code}: ${job.error.message}`}`);
+  }
+
   // ---------------------------------------------------------------------------------------------
 
   private spawn(id: string, fn: () => Promise<void>): void {
     const p = fn()
-      .catch((err: unknown) => this.log(`migration ${id}: ${String(err)}`))
+      .catch((err: unknown) => this.jlog(id).error({ err }, `migration run failed: ${String(err)}`))
       .finally(() => {
         this.running.delete(id);
         this.lastProgressEvent.delete(id);
@@ -229,7 +262,7 @@ export class MigrationOrchestrator {
       this.probes.add(p);
       return p;
     } catch (err) {
-      this.log(`migration ${job.id}: no ${kind} guest probe for ${job.vm}: ${String(err)}`);
+      this.log.warn({ vm: job.vm, migration: job.id }, `no ${kind} guest probe for ${job.vm}: ${String(err)}`);
       return null;
     }
   }
@@ -362,7 +395,7 @@ export class MigrationOrchestrator {
           .call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 30_000 })
           .then(
             (d) => d.stage === 'postcopy' || d.stage === 'finished',
-            (e: unknown) => (this.log(`migration ${id}: post-copy run on ${job0.destination}: ${String(e)}`), false),
+            (e: unknown) => (this.jlog(id).warn(`post-copy run on ${job0.destination}: ${String(e)}`), false),
           );
       }
       this.jobs.update(id, {
@@ -412,11 +445,11 @@ export class MigrationOrchestrator {
         this.jobs.addEscalation(id, { at: new Date().toISOString(), step });
         lastEscalationPass = pass;
         if (step.kind === 'downtime-limit') {
-          await src.client.call('tune', { params: { id }, body: { downtimeLimitMs: step.toMs } }).catch((e: unknown) => this.log(`tune: ${String(e)}`));
+          await src.client.call('tune', { params: { id }, body: { downtimeLimitMs: step.toMs } }).catch((e: unknown) => this.jlog(id).warn(`tune: ${String(e)}`));
         } else if (step.kind === 'postcopy') {
           // A refusal here (pre-copy completed meanwhile, QEMU not in a state to switch) is not a failed
           // migration: the next poll says how it really stands, and the deadline still bounds it.
-          await src.client.call('postcopy', { params: { id } }).catch((e: unknown) => this.log(`postcopy: ${String(e)}`));
+          await src.client.call('postcopy', { params: { id } }).catch((e: unknown) => this.jlog(id).warn(`postcopy: ${String(e)}`));
         } else if (step.kind === 'postcopy-recover') {
           await this.recoverPostcopy(id);
           lastProgressAt = Date.now();
@@ -439,16 +472,16 @@ export class MigrationOrchestrator {
     const job = this.jobs.mustGet(id);
     const src = this.host(job.source).client;
     const dst = this.host(job.destination).client;
-    this.log(`migration ${id}: post-copy stalled; recovering`);
+    this.jlog(id).warn('post-copy stalled; recovering');
     this.o.events.publish('migration.recovering', id, { vm: job.vm, source: job.source, destination: job.destination });
-    await src.call('postcopyPause', { params: { id } }).catch((e: unknown) => this.log(`postcopy-pause: ${String(e)}`));
+    await src.call('postcopyPause', { params: { id } }).catch((e: unknown) => this.jlog(id).warn(`postcopy-pause: ${String(e)}`));
     const deadline = Date.now() + POSTCOPY_RECOVER_MS;
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       try {
         const { uri } = await dst.call('recover', { params: { id } }, { timeoutMs: 20_000 });
         await src.call('postcopyResume', { params: { id }, body: { uri } }, { timeoutMs: 20_000 });
-        this.log(`migration ${id}: post-copy resumed towards ${uri}`);
+        this.jlog(id).info(`post-copy resumed towards ${uri}`);
         return;
       } catch (err) {
         const fe = toFerryError(err);
@@ -456,7 +489,7 @@ export class MigrationOrchestrator {
         if (Date.now() > deadline) {
           throw new FerryError('FERRY_E_DESTINATION_LOST', `Post-copy could not be recovered within ${POSTCOPY_RECOVER_MS / 1000} s: ${fe.message}`, { cause: err });
         }
-        this.log(`migration ${id}: post-copy recovery, try ${attempt + 1}: ${fe.message}`);
+        this.jlog(id).warn({ code: fe.code, attempt: attempt + 1 }, `post-copy recovery, try ${attempt + 1}: ${fe.message}`);
         await sleep(Math.min(5000, 500 * (attempt + 1)));
       }
     }
@@ -494,7 +527,7 @@ export class MigrationOrchestrator {
       await retry(() => src.client.call('confirm', { params: { id }, body: { success: true } }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
         // The guest runs on the destination; the source QEMU is paused (post-migrate) and can never resume
         // without a discard receipt, which a destination that ran the guest never gives. Owe the confirm.
-        this.log(`migration ${id}: confirm on ${job.source} failed, owed: ${String(err)}`);
+        this.jlog(id).warn(`confirm on ${job.source} failed, owed: ${String(err)}`);
         this.pending.add(id, job.source, 'confirm', { success: true }, String(err));
         this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
       });
@@ -556,7 +589,7 @@ export class MigrationOrchestrator {
       const intent = this.jobs.cancelRequested(id) || !RECOVERABLE.has(fe.code) ? 'abort' : 'recover';
       const facts = await this.facts(job);
       const verdict = decide({ state: job.state, source: facts.source, destination: facts.destination, intent });
-      this.log(`migration ${id}: ${fe.code} in ${job.state}/${job.phase}: ${verdict.kind} (${verdict.why})`);
+      this.jlog(id).warn({ code: fe.code, verdict: verdict.kind }, `${fe.code} in ${job.state}/${job.phase}: ${verdict.kind} (${verdict.why})`);
       try {
         switch (verdict.kind) {
           case 'back':
@@ -630,7 +663,7 @@ export class MigrationOrchestrator {
       } catch (err) {
         const e = toFerryError(err);
         if (e.code === 'FERRY_E_AGENT_UNREACHABLE') this.pending.add(id, job.source, 'resume', body, e.message);
-        else this.log(`migration ${id}: resuming the source failed: ${e.message}`);
+        else this.jlog(id).warn({ code: e.code }, `resuming the source failed: ${e.message}`);
       }
     }
     if (facts.source.reachable) status = await src.call('getVm', { params: { name: job.vm } }).catch(() => null);
@@ -652,7 +685,7 @@ export class MigrationOrchestrator {
         const route = c.action === 'discard' ? 'finish' : 'confirm';
         await this.host(c.host).client.call(route, { params: { id: c.migration }, body: c.body }, { timeoutMs: 30_000 });
         this.pending.done(c);
-        this.log(`migration ${c.migration}: owed ${c.action} on ${c.host} done`);
+        this.jlog(c.migration).info({ host: c.host, action: c.action }, `owed ${c.action} on ${c.host} done`);
         this.o.events.publish('migration.pending_done', c.migration, { host: c.host, action: c.action });
         if (c.action === 'resume') {
           const st = await this.host(c.host).client.call('getVm', { params: { name: job.vm } }).catch(() => null);
