@@ -3,25 +3,9 @@
  * Node, agent protocol) and the process metrics of prom-client (CPU, memory, event loop, file
  * descriptors). The controller's metrics are in src/controller/metrics.ts, the agent's in src/agent/metrics.ts.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { collectDefaultMetrics, Gauge, type Registry } from 'prom-client';
-import { PACKAGE_ROOT } from './paths.ts';
 import { AGENT_PROTOCOL } from './protocol.ts';
-
-let version: string | undefined;
-/** This Ferry's version, from its package.json. */
-export function ferryVersion(): string {
-  if (version === undefined) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version?: unknown };
-      version = typeof pkg.version === 'string' ? pkg.version : '0.0.0';
-    } catch {
-      version = '0.0.0';
-    }
-  }
-  return version;
-}
+import { ferryVersion } from './version.ts';
 
 /** Seconds for a duration in milliseconds, for observations (Prometheus' base unit). */
 export const seconds = (ms: number): number => ms / 1000;
