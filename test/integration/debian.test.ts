@@ -21,13 +21,13 @@ import { join } from 'node:path';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import type { VmSpec } from '../../src/common/spec.ts';
 import type { DebianManifest } from '../../src/guest/debian.ts';
+import { askKv, KV_PORT as PORT } from '../../src/guest/kv.ts';
 import { readLabState } from '../../src/lab/index.ts';
 import { PACKAGE_ROOT } from '../../src/common/paths.ts';
 import { LabHarness, waitFor } from './helpers.ts';
 
 const h = new LabHarness('d');
 const USER_DATA = join(PACKAGE_ROOT, 'guest', 'kv-user-data.yaml');
-const PORT = 7070;
 /** A Debian boot with cloud-init under TCG on a busy 2-core machine: ~1–5 min. */
 const BOOT_TIMEOUT = '15m';
 
@@ -176,22 +176,7 @@ class KvClient {
 }
 
 /** One request on a fresh connection (for checks after the client stopped). */
-async function ask(ip: string, line: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: ip, port: PORT }, () => s.write(`${line}\n`));
-    let buf = '';
-    s.setTimeout(10_000, () => s.destroy(new Error(`no answer to ${line}`)));
-    s.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const i = buf.indexOf('\n');
-      if (i >= 0) {
-        s.end();
-        resolve(buf.slice(0, i));
-      }
-    });
-    s.on('error', reject);
-  });
-}
+const ask = (ip: string, line: string): Promise<string> => askKv(ip, line);
 
 async function serving(ip: string, timeoutMs: number): Promise<void> {
   await waitFor(`the key-value service at ${ip}:${PORT}`, async () => (await ask(ip, 'GET ping').catch(() => '')).startsWith('NONE'), timeoutMs, 1_000);

@@ -6,7 +6,6 @@
  * and the service still answers with the value.
  */
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { FerryError } from '../../common/errors.ts';
 import type { VmJson } from '../../common/api.ts';
@@ -17,9 +16,9 @@ import { enc, type ApiClient } from '../../client/api.ts';
 import { formatTable } from '../../client/table.ts';
 import { watchMigration } from '../progress.ts';
 import { importDebianImage } from './image.ts';
+import { askKv, KV_PORT } from '../../guest/kv.ts';
 
 export const DEBIAN_VM = 'demo-deb';
-const KV_PORT = 7070;
 
 export interface DebianHop extends MigrationFigures {
   migration: string;
@@ -30,24 +29,6 @@ export interface DebianHop extends MigrationFigures {
   valueKept: boolean;
   diskBytes: number | null;
   error: { code: string; message: string } | null;
-}
-
-/** One request to the guest's key-value service. */
-function ask(ip: string, line: string, timeoutMs = 10_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: ip, port: KV_PORT }, () => s.write(`${line}\n`));
-    let buf = '';
-    s.setTimeout(timeoutMs, () => s.destroy(new Error(`no answer from ${ip}:${KV_PORT}`)));
-    s.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const i = buf.indexOf('\n');
-      if (i >= 0) {
-        s.end();
-        resolve(buf.slice(0, i));
-      }
-    });
-    s.on('error', reject);
-  });
 }
 
 export async function debianDemo(
@@ -82,13 +63,13 @@ export async function debianDemo(
   say(`   the guest agent answered after ${formatDuration(Date.now() - t0)}: boot id ${vm.bootId}, address ${ip}`);
   const deadline = Date.now() + 10 * 60_000;
   for (;;) {
-    const r = await ask(ip, 'GET demo').catch(() => '');
+    const r = await askKv(ip, 'GET demo').catch(() => '');
     if (r.startsWith('NONE') || r.startsWith('VAL')) break;
     if (Date.now() > deadline) throw new FerryError('FERRY_E_GUEST_TIMEOUT', `The key-value service of ${DEBIAN_VM} did not answer at ${ip}:${KV_PORT}.`);
     await new Promise((r2) => setTimeout(r2, 1000));
   }
   const value = `stored-${Date.now()}`;
-  await ask(ip, `SET demo ${value}`);
+  await askKv(ip, `SET demo ${value}`);
   say(`   cloud-init started the key-value service at ${ip}:${KV_PORT} after ${formatDuration(Date.now() - t0)}; it stored demo=${value} on its disk`);
 
   const hops: DebianHop[] = [];
@@ -100,7 +81,7 @@ export async function debianDemo(
     const started = await c.post<MigrationJson>(`/api/v1/vms/${DEBIAN_VM}/migrate`, { to, storage: 'copy' });
     const mig = await watchMigration(() => c.get<MigrationJson>(`/api/v1/migrations/${enc(started.id)}`), { json: o.json });
     const now = await c.get<VmJson>(`/api/v1/vms/${DEBIAN_VM}`).catch(() => null);
-    const got = await ask(ip, 'GET demo').catch(() => '');
+    const got = await askKv(ip, 'GET demo').catch(() => '');
     const hop: DebianHop = {
       migration: mig.id,
       from,
