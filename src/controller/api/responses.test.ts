@@ -239,6 +239,8 @@ test('real answers fit the document: status declared, body exactly its schema, e
       assert.equal((await call('GET', '/api/v1/migrations?vm=v1&limit=5')).status, 200);
       assert.equal((await call('GET', '/api/v1/migrations/m-nope')).status, 404);
       assert.equal((await call('GET', '/api/v1/version')).status, 200);
+      assert.equal((await call('GET', '/metrics/hosts/h1')).status, 200);
+      assert.equal((await call('GET', '/metrics/hosts/nope')).status, 404);
       const late = await call('POST', `/api/v1/migrations/${id}/cancel`);
       assert.equal(late.status, 409, 'a finished job cannot be cancelled');
       assert.equal((late.body as { error: { code: string } }).error.code, 'FERRY_E_MIGRATION_FINISHED');
