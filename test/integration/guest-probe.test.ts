@@ -39,7 +39,7 @@ async function migrate(extra: string[] = []): Promise<MigrationJson> {
 
 /** A migration that cannot converge (the guest dirties faster than the link), waited for until it sends. */
 async function startSlow(): Promise<MigrationJson> {
-  const m = await migrate(['--bandwidth', '4']);
+  const m = await migrate(['--bandwidth', '4M']);
   return waitFor(
     `migration ${m.id} to transfer`,
     async () => {

@@ -164,7 +164,7 @@ describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, ()
       '--postcopy',
       'always',
       '--bandwidth',
-      '32',
+      '32M',
     ]);
     assert.equal(m.state, 'completed', JSON.stringify(m.error));
     assert.equal(code, 0);

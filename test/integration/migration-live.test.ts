@@ -50,7 +50,7 @@ async function startSlow(to: string, mibPerSec = SLOW): Promise<MigrationJson> {
     '--to',
     to,
     '--bandwidth',
-    String(mibPerSec),
+    `${mibPerSec}M`,
   ]);
   assert.equal(m.destination, to);
   return waitFor(

@@ -105,7 +105,7 @@ describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 240_00
     const evExit = new Promise<number | null>((resolve) => events.on('exit', (code) => resolve(code)));
     await new Promise((r) => setTimeout(r, 1500)); // subscribed before the job starts (it follows from now on)
 
-    const pty = inPty(['vm', 'migrate', VM, '--to', to, '--bandwidth', '40', '--wait']);
+    const pty = inPty(['vm', 'migrate', VM, '--to', to, '--bandwidth', '40M', '--wait']);
     const code = await pty.exit;
     const raw = pty.out();
     const lines = drawn(raw);
@@ -138,7 +138,7 @@ describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 240_00
   it('Ctrl-C detaches: cursor shown, hint printed, exit 130, and the migration completes', async () => {
     const from = (await h.vmShow(VM)).host;
     const to = other(from);
-    const pty = inPty(['vm', 'migrate', VM, '--to', to, '--bandwidth', '40', '--wait']);
+    const pty = inPty(['vm', 'migrate', VM, '--to', to, '--bandwidth', '40M', '--wait']);
     await untilTransferring(pty);
     process.kill(ferryPid(pty), 'SIGINT');
     const code = await pty.exit;
@@ -158,7 +158,7 @@ describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 240_00
   it('a second Ctrl-C within 2 s cancels the migration', async () => {
     const from = (await h.vmShow(VM)).host;
     // Slower than the guest dirties it, so that it is still cancellable when the second Ctrl-C comes.
-    const pty = inPty(['vm', 'migrate', VM, '--to', other(from), '--bandwidth', '6', '--wait']);
+    const pty = inPty(['vm', 'migrate', VM, '--to', other(from), '--bandwidth', '6M', '--wait']);
     await untilTransferring(pty);
     const pid = ferryPid(pty);
     process.kill(pid, 'SIGINT');
