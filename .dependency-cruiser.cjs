@@ -7,6 +7,7 @@
  *   common ← guest ← agent, controller (the controller only measures downtime from outside the guest)
  *   common ← controller               (never QMP, never the agent's code: it asks agents over the route table)
  *   common ← client ← lab, bench, cli (the public API, one client)
+ *   web → common, types only         (the console runs in a browser and speaks only the public API)
  *   cli: the composition root (`ferry server`, `ferry agent`, `ferry lab`, `ferry bench` start those parts);
  *        the user-facing commands speak only the public API.
  */
@@ -31,6 +32,20 @@ module.exports = {
     only('client', ['common'], 'The API client speaks the public API only.'),
     only('lab', ['common', 'client'], 'The lab starts real processes and talks to them through the public API.'),
     only('bench', ['common', 'client', 'lab', 'qemu', 'guest'], 'Benchmarks build labs and may drive QEMU directly for baselines.'),
+    {
+      name: 'web-imports-only-common-types',
+      comment: 'The web console (web/) runs in a browser: it takes only types from src/common/ and speaks the public API.',
+      severity: 'error',
+      from: { path: '^web/', pathNot: notTest },
+      to: { path: '^src/', pathNot: '^src/common/' },
+    },
+    {
+      name: 'web-takes-no-values-from-src',
+      comment: 'What web/ imports from src/common/ is erased at build time: nothing of the server ships in the bundle.',
+      severity: 'error',
+      from: { path: '^web/', pathNot: notTest },
+      to: { path: '^src/', dependencyTypesNot: ['type-only'] },
+    },
     {
       name: 'user-commands-speak-the-api',
       comment: 'ferry vm|host|migration|events talk to the controller through the public API client only.',

@@ -5,8 +5,9 @@
 #    (the fault tests cut only migration or only management traffic inside a lab host), iputils-ping (the
 #    ICMP guest-downtime probe).
 #    prometheus for its promtool (the observability test checks the /metrics text with it; ~25 s to install).
+#    chromium: the web console's browser tests drive Debian's own browser with playwright-core (never a downloaded one).
 #  - the guest kernel and its virtio modules, from Debian's linux-image-cloud-amd64, into Ferry's cache.
-#  - npm dependencies, and the static ferry-guest binary.
+#  - npm dependencies, the static ferry-guest binary, the web console's bundle (web/dist) and ferry's (build/cli).
 # Each step checks first and does nothing when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,12 +38,14 @@ qemu_major() {
 # 1. Debian packages ---------------------------------------------------------------------------
 missing=()
 # xorriso: cloud-init seeds; mmdebstrap, sfdisk, mke2fs, grub-mkimage (+ grub-pc-bin): `ferry image build debian-12`.
-for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables xorriso:xorriso mmdebstrap:mmdebstrap sfdisk:fdisk mke2fs:e2fsprogs grub-mkimage:grub-common ping:iputils-ping promtool:prometheus; do
+for pair in busybox:busybox-static ip:iproute2 cc:gcc qemu-img:qemu-utils nft:nftables xorriso:xorriso mmdebstrap:mmdebstrap sfdisk:fdisk mke2fs:e2fsprogs grub-mkimage:grub-common ping:iputils-ping promtool:prometheus chromium:chromium; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
 done
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 [ -e /usr/lib/grub/i386-pc/boot.img ] || missing+=(grub-pc-bin)
+# PostgreSQL: the store contract suite and the HA test start a throwaway server (initdb, pg_ctl).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ "$(qemu_major)" -lt 10 ]; then
   need_root "QEMU 10 from bookworm-backports"
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -96,4 +99,8 @@ if [ -f guest/ferry-guest.c ]; then
     cc -static -O2 -Wall -Wextra -pthread -o build/ferry-guest guest/ferry-guest.c
   fi
 fi
+# 5. The web console's bundle, and the ferry program's (bin/ferry.js starts it in a second less) --------
+node --import tsx scripts/build-web.ts --if-stale >&2
+node --import tsx scripts/build-cli.ts --if-stale >&2
+
 log "ready (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), cache $CACHE)"

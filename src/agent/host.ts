@@ -11,18 +11,21 @@
  * QEMU is judged as "QMP socket closed and process gone or a zombie" (src/qemu/process.ts), never by
  * waiting for a PID to disappear, which PID 1 here delays by ~1.3 s.
  */
+import type { PortRange } from '../common/config-file.ts';
+import { MigrationPorts } from './migration/ports.ts';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { FerryError } from '../common/errors.ts';
-import type { CachedImage, HostInventory, ImageReceived, SharedDiskFingerprint, VmStatus } from '../common/protocol.ts';
-import type { VmSpec } from '../common/spec.ts';
+import type { CachedImage, DirtyRate, HostInventory, ImageReceived, SharedDiskFingerprint, VmStatus } from '../common/protocol.ts';
 import { probeAccel, qemuInfo } from '../qemu/accel.ts';
+import { probeQemuCapabilities } from '../qemu/capabilities.ts';
+import { DEFAULT_CPU_MODEL, type VmSpec } from '../common/spec.ts';
 import type { Accel } from '../qemu/argv.ts';
 import type { Log } from '../common/log.ts';
 import { ImageCache } from './images.ts';
-import { buildInventory, readCpuFacts, type CpuFacts, type QemuFacts } from './inventory.ts';
+import { buildInventory, hiddenMachineTypes, readCpuFacts, withHiddenMachineTypes, type CpuFacts, type QemuFacts } from './inventory.ts';
 import { KeyedMutex } from './mutex.ts';
 import { fingerprintSharedDisks } from './shared-disks.ts';
 import { ensureTaps, removeTaps } from './network.ts';
@@ -52,6 +55,8 @@ export interface VmHost {
   console(name: string, maxBytes: number): Promise<string>;
   /** The VM's shared disks as this host sees them (shared-disks.ts). */
   sharedDisks(name: string): Promise<SharedDiskFingerprint[]>;
+  /** How fast the guest dirties memory, measured now (QEMU's calc-dirty-rate). */
+  dirtyRate(name: string): Promise<DirtyRate>;
   /** The base images this host has (images.ts). */
   listImages(): Promise<CachedImage[]>;
   /** Writes one base image, checked against its sha256, unless it is here already. */
@@ -65,6 +70,8 @@ export interface AgentHostOptions {
   dataDir: string;
   /** Address QEMU migration streams and NBD exports listen on (inventory.migrationAddress). */
   migrationAddress: string;
+  /** Ports for migration streams and NBD exports (`--migration-ports`); absent: any free port. */
+  migrationPorts?: PortRange;
   /** Bridge for VM NIC taps; without it, specs with NICs are refused. */
   vmBridge?: string;
   /** Skip the accelerator probe (tests; FERRY_ACCEL does the same for probeAccel). */
@@ -77,6 +84,7 @@ const DEFAULT_STOP_TIMEOUT_MS = 30_000;
 export class AgentHost implements VmHost {
   private readonly vms = new Map<string, LocalVm>();
   private readonly locks = new KeyedMutex();
+  private ports: MigrationPorts | undefined;
   private readonly images: ImageCache;
 
   private constructor(
@@ -100,10 +108,17 @@ export class AgentHost implements VmHost {
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
     const [cpu, info, accel] = await Promise.all([
       readCpuFacts(),
-      qemuInfo(),
+      // The probe QEMU says more than `-machine help`; an agent whose probe fails still runs VMs, and the
+      // scheduler then checks machine types only.
+      probeQemuCapabilities({ cpuModels: [DEFAULT_CPU_MODEL] }).catch((err: unknown) => {
+        opts.log?.warn({ err }, `QEMU capability probe failed, reporting machine types only: ${String(err)}`);
+        return qemuInfo();
+      }),
       opts.accel === undefined ? probeAccel().then((v) => v.accel) : Promise.resolve(opts.accel),
     ]);
-    const host = new AgentHost(opts, cpu, { accel, version: info.version, machineTypes: info.machineTypes });
+    const hidden = hiddenMachineTypes(opts.name);
+    if (hidden.length > 0) opts.log?.warn({ hidden }, `FERRY_TEST_HIDE_MACHINE_TYPES: hiding machine types ${hidden.join(', ')} (test only)`);
+    const host = new AgentHost(opts, cpu, withHiddenMachineTypes({ accel, ...info }, hidden));
     await host.reattach();
     return host;
   }
@@ -271,6 +286,11 @@ export class AgentHost implements VmHost {
     return fingerprintSharedDisks(this.vm(name).spec);
   }
 
+  /** Not under the VM's lock: a measurement only reads, and must not hold up a stop meanwhile. */
+  dirtyRate(name: string): Promise<DirtyRate> {
+    return this.vm(name).dirtyRate();
+  }
+
   // --- For the agent's other route sets (migration prepare/perform/finish/confirm): the same VM table,
   // --- the same per-VM lock and the same taps, since QMP serves one client and the agent holds it.
 
@@ -289,6 +309,10 @@ export class AgentHost implements VmHost {
 
   get migrationAddress(): string {
     return this.opts.migrationAddress;
+  }
+
+  get migrationPorts(): MigrationPorts {
+    return (this.ports ??= new MigrationPorts(this.opts.migrationPorts ?? null));
   }
 
   /** The handle of a VM of this host (FERRY_E_VM_NOT_FOUND otherwise). Use under `exclusive` to act on it. */

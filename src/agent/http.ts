@@ -9,7 +9,9 @@
  * Three gates, in order: the TLS handshake (a client certificate from the cluster CA, or no connection at
  * all), the client certificate's public key (only the controller's, pinned at join, may drive an agent:
  * every host's certificate is from the same CA, and a CN is just a string someone may have got signed), and
- * the protocol version (the agent's current and previous one). Every answer carries the agent's version.
+ * the protocol version (the agent's current and previous one; a route newer than the request's version is
+ * refused too). Every answer carries the agent's version. An app serves only the routes of the version it
+ * speaks (the table's `since`): an agent playing an older version has no newer route at all.
  */
 import Fastify, {
   LogController,
@@ -27,9 +29,11 @@ import {
   AGENT_ROUTES,
   PROTOCOL_RANGE,
   SHA256_HEADER,
+  TERM_HEADER,
   describeRange,
   parseProtocol,
   protocolAccepted,
+  routeIn,
   routePath,
   type BodyOf,
   type HeadersOf,
@@ -44,6 +48,7 @@ import { spkiPin } from '../common/identity.ts';
 import { PROTOCOL_HEADER } from '../common/protocol.ts';
 import { NAME_RE } from '../common/units.ts';
 import type { AgentIdentity } from './identity.ts';
+import type { TermFence } from './term.ts';
 import type { Log } from '../common/log.ts';
 
 /** What a download handler hands over: the bytes and what the headers say about them. */
@@ -134,7 +139,20 @@ export interface AgentFastifyOptions {
   log?: Log;
   /** The versions served; this Ferry's (PROTOCOL_RANGE) unless a test plays an agent of another version. */
   protocol?: { current: number; min: number };
+  /** Refuses orders of deposed leaders (term.ts); without it every term is taken. */
+  fence?: TermFence;
 }
+
+/** The range each gated app serves, so that mountAgentRoutes leaves out the routes of newer versions. */
+const SERVED = new WeakMap<FastifyInstance, { current: number; min: number }>();
+
+/** Each route's full path and method → the version that added it, for the request gate. */
+const SINCE = new Map<string, number>(
+  (Object.keys(AGENT_ROUTES) as RouteName[]).flatMap((n) => {
+    const since = (AGENT_ROUTES[n] as RouteSpec).since;
+    return since === undefined ? [] : [[`${AGENT_ROUTES[n].method} ${routePath(n)}`, since] as [string, number]];
+  }),
+);
 
 /** The agent's fastify app, gated and with the error envelope, but no routes yet (not listening). */
 export function agentFastify(opts: AgentFastifyOptions): FastifyInstance {
@@ -151,7 +169,9 @@ export function agentFastify(opts: AgentFastifyOptions): FastifyInstance {
       minVersion: 'TLSv1.2',
     },
   }) as unknown as FastifyInstance; // fastify's https overload types the server as Http2/Https; routes are the same
-  addAgentGates(app, opts.tls.controllerPin, opts.protocol ?? PROTOCOL_RANGE);
+  const range = opts.protocol ?? PROTOCOL_RANGE;
+  SERVED.set(app, range);
+  addAgentGates(app, opts.tls.controllerPin, range, opts.fence);
   return agentBasics(app, opts.log);
 }
 
@@ -206,11 +226,15 @@ export function agentBasics(app: FastifyInstance, log?: Log): FastifyInstance {
   return app;
 }
 
-/** The caller's key and protocol version, checked before any route; every answer carries the agent's version. */
+/**
+ * The caller's key, protocol version and leader term, checked before any route; every answer carries the
+ * agent's version.
+ */
 function addAgentGates(
   app: FastifyInstance,
   controllerPin: string,
   range: { current: number; min: number },
+  fence: TermFence | undefined,
 ): void {
   // Pinned at join (identity.ts); a pin per connection would do, but hashing a key per request is cheap.
   app.addHook('onRequest', async (req, reply) => {
@@ -246,6 +270,25 @@ function addAgentGates(
         400,
       );
     }
+    const since = SINCE.get(`${req.method} ${req.routeOptions.url ?? ''}`);
+    if (since !== undefined && version < since) {
+      return sendError(
+        reply,
+        new FerryError(
+          'FERRY_E_AGENT_PROTOCOL',
+          `${req.method} ${req.routeOptions.url ?? ''} exists since protocol ${since}; the request has ${PROTOCOL_HEADER}: ${version}.`,
+          { details: { agentProtocol: range.current, agentMinProtocol: range.min, requestProtocol: raw ?? null } },
+        ),
+        400,
+      );
+    }
+    if (fence !== undefined) {
+      try {
+        await fence.admit(req.headers[TERM_HEADER]);
+      } catch (err) {
+        return sendError(reply, toAgentError(err));
+      }
+    }
     return undefined;
   });
 }
@@ -255,7 +298,9 @@ function addAgentGates(
  * has already (a test's stand-in, mounted by an extension first) is left to it.
  */
 export function mountAgentRoutes(app: FastifyInstance, handlers: Partial<AgentHandlers>): void {
+  const served = SERVED.get(app)?.current ?? PROTOCOL_RANGE.current;
   for (const name of Object.keys(handlers) as RouteName[]) {
+    if (!routeIn(name, served)) continue;
     // Indexing the map by a name of the union loses the pairing of name and handler type; the table keeps it.
     const handler = handlers[name] as unknown as (
       input: HandlerInput<RouteName>,

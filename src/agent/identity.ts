@@ -11,16 +11,20 @@
  * The server's certificate must also carry the server role (SERVER_ROLE_OID, src/common/identity.ts), which
  * only the controller's own HTTPS certificate has: another host's CA-signed certificate cannot collect tokens.
  *
+ * A joined agent renews its certificate before it expires (renewal.ts); a renewal's journal is completed
+ * here, before the identity is read.
+ *
  * The join response names the controller's client key (`controllerPin`); the agent's API serves only a
  * caller presenting that key (server.ts), whatever the CN of its certificate.
  */
 import { createHash, createPrivateKey, X509Certificate } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { FerryError, fromErrorJSON } from '../common/errors.ts';
-import { hasServerRole, spkiPin } from '../common/identity.ts';
+import { CLUSTER_SNI, hasServerRole, spkiPin } from '../common/identity.ts';
 import { silentLogger, type Log } from '../common/log.ts';
 import type { JoinRequest, JoinResponse } from '../common/protocol.ts';
 
@@ -40,6 +44,8 @@ export interface JoinRecord {
   serverUrl: string;
   agentUrl: string;
   joinedAt: string;
+  /** The certificate's last renewal (renewal.ts), absent before the first. */
+  renewedAt?: string;
 }
 
 export const IDENTITY_FILES = {
@@ -48,6 +54,9 @@ export const IDENTITY_FILES = {
   key: 'key.pem',
   controllerPin: 'controller.pin',
   record: 'agent.json',
+  /** A renewal's journal (renewal.ts): the new pair, both written whole before either replaces the old one. */
+  renewKey: 'renew.key.pem',
+  renewCert: 'renew.cert.pem',
 } as const;
 
 /** `sha256:HEX` of a certificate's DER: what `--ca-hash` takes (its SPKI hash is accepted too). */
@@ -116,7 +125,17 @@ function chainReachesCa(chain: X509Certificate[], ca: X509Certificate): boolean 
   return false;
 }
 
+/** Finishes a renewal a crash interrupted (renewal.ts); a no-op when there is none. */
+export async function completeRenewal(dir: string): Promise<void> {
+  const f = (n: string): string => join(dir, n);
+  // The journal counts only once its certificate is in: before that, the old pair is whole and stays.
+  if (!existsSync(f(IDENTITY_FILES.renewCert))) return;
+  if (existsSync(f(IDENTITY_FILES.renewKey))) await rename(f(IDENTITY_FILES.renewKey), f(IDENTITY_FILES.key));
+  await rename(f(IDENTITY_FILES.renewCert), f(IDENTITY_FILES.cert));
+}
+
 export async function loadIdentity(dir: string): Promise<AgentIdentity | undefined> {
+  await completeRenewal(dir);
   try {
     const [caPem, certPem, keyPem] = await Promise.all(
       [IDENTITY_FILES.ca, IDENTITY_FILES.cert, IDENTITY_FILES.key].map((f) => readFile(join(dir, f), 'utf8')),
@@ -152,15 +171,18 @@ export async function loadJoinRecord(dir: string): Promise<JoinRecord | undefine
 }
 
 /** Writes the identity; cert.pem goes last, since its presence is what marks the agent as joined. */
+/** Writes one identity file atomically (a temporary file, then a rename), readable by root only. */
+export async function putPrivate(dir: string, name: string, text: string): Promise<void> {
+  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
+  await writeFile(tmp, text, { mode: 0o600 });
+  await rename(tmp, join(dir, name));
+}
+
 export async function saveIdentity(dir: string, id: AgentIdentity, record: JoinRecord): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates: a data dir made beforehand gets 0700 too.
   await chmod(dir, 0o700);
-  const put = async (name: string, text: string): Promise<void> => {
-    const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-    await writeFile(tmp, text, { mode: 0o600 });
-    await rename(tmp, join(dir, name));
-  };
+  const put = (name: string, text: string): Promise<void> => putPrivate(dir, name, text);
   await put(IDENTITY_FILES.ca, id.caPem);
   await put(IDENTITY_FILES.key, id.keyPem);
   await put(IDENTITY_FILES.controllerPin, id.controllerPin + '\n');
@@ -233,6 +255,9 @@ export async function joinCluster(
       method: 'POST',
       // The CA is not known yet: the certificate is checked below, against the pin or on first use.
       rejectUnauthorized: false,
+      // A server with an operator's own certificate (`ferry server --tls-cert`) presents its cluster one
+      // under this name: agents always join against the cluster CA.
+      servername: CLUSTER_SNI,
       agent: false,
       timeout: opts.timeoutMs ?? 15_000,
       headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },

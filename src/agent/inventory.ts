@@ -10,6 +10,7 @@ import { cpus, totalmem } from 'node:os';
 import { AGENT_PROTOCOL, type HostInventory } from '../common/protocol.ts';
 import { MIB } from '../common/spec.ts';
 import { ferryVersion } from '../common/version.ts';
+import type { CpuDefinition } from '../qemu/capabilities.ts';
 
 /** Memory kept for the host itself (kernel, agent, QEMU overhead) and never offered to VMs. */
 export const HOST_RESERVE_BYTES = 512 * MIB;
@@ -26,6 +27,30 @@ export interface QemuFacts {
   accel: 'kvm' | 'tcg';
   version: string;
   machineTypes: string[];
+  cpuDefinitions?: CpuDefinition[];
+  cpuExpansions?: Record<string, string[]>;
+  migrationCapabilities?: string[];
+}
+
+/**
+ * Test-only: `FERRY_TEST_HIDE_MACHINE_TYPES=h3=pc-q35-10.0+q35,h4=…` makes the agent named h3 behave as if
+ * its QEMU lacked those machine types (inventory and admission alike), so that a lab of one QEMU can show
+ * a host refused for the machine type. Unset in production; an agent hiding anything says so in its log.
+ */
+export function hiddenMachineTypes(hostName: string, env: NodeJS.ProcessEnv = process.env): string[] {
+  const raw = env.FERRY_TEST_HIDE_MACHINE_TYPES;
+  if (raw === undefined || raw === '') return [];
+  return raw
+    .split(',')
+    .map((e) => e.split('='))
+    .filter(([h]) => h?.trim() === hostName)
+    .flatMap(([, types]) => (types ?? '').split('+').map((t) => t.trim()).filter(Boolean));
+}
+
+/** The facts as this agent reports them: the probe's, less any machine type hidden for tests. */
+export function withHiddenMachineTypes(facts: QemuFacts, hidden: readonly string[]): QemuFacts {
+  if (hidden.length === 0) return facts;
+  return { ...facts, machineTypes: facts.machineTypes.filter((m) => !hidden.includes(m)) };
 }
 
 /** Parses /proc/cpuinfo (x86 layout; other architectures fall back to os.cpus()). */
@@ -88,7 +113,13 @@ export function buildInventory(i: InventoryInput): HostInventory {
     memoryBytes,
     freeMemoryBytes: freeMemory(memoryBytes, i.committedBytes),
     accel: i.qemu.accel,
-    qemu: { version: i.qemu.version, machineTypes: i.qemu.machineTypes },
+    qemu: {
+      version: i.qemu.version,
+      machineTypes: i.qemu.machineTypes,
+      ...(i.qemu.cpuDefinitions === undefined ? {} : { cpuDefinitions: i.qemu.cpuDefinitions }),
+      ...(i.qemu.cpuExpansions === undefined ? {} : { cpuExpansions: i.qemu.cpuExpansions }),
+      ...(i.qemu.migrationCapabilities === undefined ? {} : { migrationCapabilities: i.qemu.migrationCapabilities }),
+    },
     migrationAddress: i.migrationAddress,
     agentVersion: readAgentVersion(),
   };

@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { caFromPem, createCaCert, type ClusterCa, type KeyPairPem } from '../controller/ca.ts';
 import { AGENT_PROTOCOL, AGENT_PROTOCOL_MIN, PROTOCOL_HEADER, type HostInventory } from '../common/protocol.ts';
 import { defaultVmSpec } from '../common/spec.ts';
+import { TERM_HEADER } from '../common/agent-routes.ts';
 import { startAgent, type RunningAgent } from './server.ts';
+import { TermFence } from './term.ts';
 
 interface Reply {
   status: number;
@@ -48,12 +50,13 @@ after(async () => {
 function call(
   method: string,
   path: string,
-  opts: { client?: KeyPairPem | undefined; header?: string | null; body?: string; url?: string } = {},
+  opts: { client?: KeyPairPem | undefined; header?: string | null; term?: number; body?: string; url?: string } = {},
 ): Promise<Reply> {
   const client = 'client' in opts ? opts.client : ca.controllerClient;
   const headers: Record<string, string> = {};
   if (opts.header !== null) headers[PROTOCOL_HEADER] = opts.header ?? String(AGENT_PROTOCOL);
   if (opts.body !== undefined) headers['content-type'] = 'application/json';
+  if (opts.term !== undefined) headers[TERM_HEADER] = String(opts.term);
   return new Promise((resolve, reject) => {
     const req = request(
       `${opts.url ?? agent.url}${path}`,
@@ -222,4 +225,22 @@ test('extensions (the migration routes) mount behind the same gates and share th
     await ext?.close();
     await rm(d, { recursive: true, force: true });
   }
+});
+
+// Last: once it has seen a term, this agent refuses the term-less calls of the tests above.
+test('a leader term older than the newest seen is refused with FERRY_E_STALE_TERM, and the newest survives a restart', async () => {
+  // Before any leader: a controller alone on its store sends no term and is served.
+  assert.equal((await call('GET', '/agent/v1/vms')).status, 200);
+  assert.equal((await call('GET', '/agent/v1/vms', { term: 3 })).status, 200);
+  const stale = await call('GET', '/agent/v1/vms', { term: 2 });
+  assert.equal(stale.status, 409);
+  assert.deepEqual((stale.body as { error: { code: string; details: unknown } }).error.code, 'FERRY_E_STALE_TERM');
+  assert.deepEqual((stale.body as { error: { details: unknown } }).error.details, { newestTerm: 3, requestTerm: 2 });
+  // No term at all is term 0: once a leader spoke, a follower (which sends none) gives no orders either.
+  assert.equal((await call('GET', '/agent/v1/vms')).status, 409);
+  assert.equal((await call('GET', '/agent/v1/vms', { term: 3 })).status, 200);
+  assert.equal((await call('GET', '/agent/v1/vms', { term: 4 })).status, 200);
+  assert.equal((await call('GET', '/agent/v1/vms', { term: Number.NaN })).status, 400);
+  // What a restarted agent reads back from its data dir.
+  assert.equal(new TermFence(dir).term, 4);
 });

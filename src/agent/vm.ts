@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { FerryError } from '../common/errors.ts';
-import type { VmState, VmStatus } from '../common/protocol.ts';
+import type { DirtyRate, VmState, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
 import { formatBytes, NAME_RE, validateName } from '../common/units.ts';
 import { GuestChannel } from '../guest/client.ts';
@@ -337,6 +337,22 @@ export class LocalVm {
   async resume(): Promise<VmStatus> {
     await this.qmp.execute('cont');
     return this.status();
+  }
+
+  /**
+   * QEMU's own measurement (page sampling, works under TCG): `calc-dirty-rate` for one second, then
+   * `query-dirty-rate` until it says measured. QEMU reports MiB/s.
+   */
+  async dirtyRate(calcTimeMs = 1000): Promise<DirtyRate> {
+    const qmp = this.qmp;
+    await qmp.executeRaw('calc-dirty-rate', { 'calc-time': Math.max(1, Math.round(calcTimeMs / 1000)) });
+    const until = Date.now() + calcTimeMs + 10_000;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 250));
+      const q = (await qmp.executeRaw('query-dirty-rate')) as { status: string; 'dirty-rate'?: number };
+      if (q.status === 'measured') return { dirtyRateBytesPerSec: Math.max(0, q['dirty-rate'] ?? 0) * 1024 * 1024, calcTimeMs };
+      if (Date.now() > until) throw new FerryError('FERRY_E_QMP_TIMEOUT', `VM ${this.name}: QEMU did not finish measuring its dirty rate (status ${q.status}).`);
+    }
   }
 
   /**

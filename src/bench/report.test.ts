@@ -33,6 +33,9 @@ function run(variant: string, round: number, totalMs: number | null, more: Parti
     transferredBytes: 100 * 1024 * 1024,
     iterations: 3,
     escalations: 0,
+    eta: null,
+    phases: null,
+    remaining: null,
     error: null,
     ...more,
   };
@@ -114,11 +117,11 @@ test('formatting: ms below a second, seconds with two decimals, a range after th
 
 function result(runs: BenchRun[]): BenchResult {
   return {
-    version: 1,
+    version: 4,
     startedAt: '2026-01-02T03:04:05.000Z',
     finishedAt: '2026-01-02T03:09:05.000Z',
     runsPerVariant: 3,
-    machine: { cpus: 2, cpuModel: 'test cpu', kernel: '6.1', node: 'v20', qemu: '10.0.2', accel: 'tcg' },
+    machine: { cpus: 2, cpuModel: 'test cpu', kernel: '6.1', node: 'v20', qemu: '10.0.2', accel: 'tcg', libvirt: null },
     scenarios: [
       {
         name: 'idle',
@@ -180,17 +183,62 @@ test('failed runs are listed and flagged, in the table and the Markdown', () => 
 test('scenarios: names unique, baseline among the variants and first; selection and --runs checked', () => {
   assert.deepEqual(
     SCENARIOS.map((s) => s.name),
-    ['idle', 'dirty', 'tls'],
+    ['baselines', 'idle', 'dirty', 'tls', 'eta'],
   );
   for (const s of SCENARIOS) {
     assert.equal(s.variants[0]!.name, s.baseline, s.name);
     assert.equal(new Set(s.variants.map((v) => v.name)).size, s.variants.length, s.name);
   }
-  assert.equal(selectScenarios().length, 3);
-  assert.equal(selectScenarios('all').length, 3);
+  assert.equal(selectScenarios().length, 5);
+  assert.equal(selectScenarios('all').length, 5);
   assert.equal(selectScenarios('tls')[0]!.name, 'tls');
+  assert.deepEqual(selectScenarios('baselines,eta').map((s) => s.name), ['baselines', 'eta']);
   const usage = (e: unknown) => e instanceof FerryError && e.code === 'FERRY_E_USAGE';
   assert.throws(() => selectScenarios('fast'), usage);
   assert.equal(validateRuns('3'), 3);
   for (const bad of ['0', '-1', '1.5', 'x', '51']) assert.throws(() => validateRuns(bad), usage, bad);
+});
+
+test('charts: ratio bars per non-baseline variant, the baseline as a line; nothing to draw, no chart', async () => {
+  const { ratioBarsSvg } = await import('./charts.ts');
+  const runs = [run('a', 1, 1000), run('b', 1, 500)];
+  const variants = summarize(scenario, runs);
+  const svg = ratioBarsSvg({ name: 'x', title: 't', baseline: 'a', variants })!;
+  assert.match(svg, /^<svg /);
+  assert.match(svg, /×0\.50/);
+  assert.match(svg, /stroke-dasharray/);
+  assert.equal(ratioBarsSvg({ name: 'x', title: 't', baseline: 'a', variants: variants.slice(0, 1) }), null);
+});
+
+test('charts: remaining memory over time, one line per sampled variant from its median run; nothing sampled, no chart', async () => {
+  const { remainingSvg } = await import('./charts.ts');
+  const MiB = 1024 * 1024;
+  const line = (ms: number) => [
+    { tMs: 0, bytes: 200 * MiB },
+    { tMs: ms / 2, bytes: 40 * MiB },
+    { tMs: ms, bytes: 0 },
+  ];
+  // Variant a: three runs, the median (2,000 ms) is the one drawn; b was not sampled (libvirt).
+  const runs = [
+    run('a', 1, 3000, { remaining: line(3000) }),
+    run('a', 2, 2000, { remaining: line(2000) }),
+    run('a', 3, 1000, { remaining: line(1000) }),
+    run('b', 1, 500),
+  ];
+  const sc = { name: 'x', variants: summarize(scenario, runs), runs };
+  const svg = remainingSvg(sc)!;
+  assert.match(svg, /^<svg /);
+  assert.equal((svg.match(/<polyline /g) ?? []).length, 1, 'only the sampled variant has a line');
+  assert.match(svg, /2\.00 s end to end/, 'the median run');
+  assert.match(svg, />200</, 'the axis reaches the most memory left');
+  assert.equal(remainingSvg({ ...sc, runs: [run('b', 1, 500)] }), null);
+});
+
+test('thinned samples keep the first and the last, and at most the asked number', async () => {
+  const { thinSamples } = await import('./report.ts');
+  const many = Array.from({ length: 1001 }, (_, i) => ({ tMs: i, bytes: 1001 - i }));
+  const thin = thinSamples(many, 200);
+  assert.equal(thin.length, 200);
+  assert.deepEqual([thin[0], thin.at(-1)], [many[0], many.at(-1)]);
+  assert.equal(thinSamples(many.slice(0, 5)).length, 5);
 });

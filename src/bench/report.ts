@@ -6,25 +6,79 @@
 import { formatTable } from '../client/table.ts';
 import type { BenchScenario, MigrateRequest, SetupStep } from './scenarios.ts';
 import { ratio, spread, type Spread } from './stats.ts';
+import type { EtaReport } from './eta.ts';
+import type { RemainingSample } from './samples.ts';
 
-export const BENCH_RESULT_VERSION = 1;
+export { thinSamples, type RemainingSample } from './samples.ts';
+import { DEFAULT_PROBE_INTERVAL_MS } from '../guest/probe.ts';
+
+/** 2: raw-QMP variants, `aroundQemuMs`, the ETA checks. 3: the libvirt baseline, `machine.libvirt`. */
+export const BENCH_RESULT_VERSION = 4;
 
 export const METRICS = [
   'totalMs',
   'qemuTotalMs',
+  'aroundQemuMs',
   'downtimeMs',
   'guestDowntimeMs',
   'transferredBytes',
+  'etaErrorAt10',
+  'etaErrorAt25',
+  'etaErrorAt50',
+  'phaseBeginMs',
+  'phasePrepareMs',
+  'phasePerformMs',
+  'phaseFinishMs',
+  'phaseConfirmMs',
 ] as const;
 export type Metric = (typeof METRICS)[number];
 
 const METRIC_LABELS: Record<Metric, string> = {
   totalMs: 'end to end',
   qemuTotalMs: 'QEMU total',
+  aroundQemuMs: 'around QEMU',
   downtimeMs: 'downtime (QEMU)',
-  guestDowntimeMs: 'guest gap (probe)',
+  guestDowntimeMs: `guest gap (probe every ${DEFAULT_PROBE_INTERVAL_MS} ms)`,
   transferredBytes: 'transferred',
+  etaErrorAt10: '|ETA error| at 10 %',
+  etaErrorAt25: '|ETA error| at 25 %',
+  etaErrorAt50: '|ETA error| at 50 %',
+  phaseBeginMs: 'Ferry phase: begin',
+  phasePrepareMs: 'Ferry phase: prepare',
+  phasePerformMs: 'Ferry phase: perform',
+  phaseFinishMs: 'Ferry phase: finish',
+  phaseConfirmMs: 'Ferry phase: confirm',
 };
+
+const PHASE_OF: Partial<Record<Metric, string>> = {
+  phaseBeginMs: 'begin',
+  phasePrepareMs: 'prepare',
+  phasePerformMs: 'perform',
+  phaseFinishMs: 'finish',
+  phaseConfirmMs: 'confirm',
+};
+
+/** A run's value of a metric: the record's figures, the time around QEMU, and the ETA's |error| in %. */
+export function metricOf(r: BenchRun, m: Metric): number | null {
+  switch (m) {
+    case 'aroundQemuMs':
+      return r.totalMs === null || r.qemuTotalMs === null ? null : r.totalMs - r.qemuTotalMs;
+    case 'etaErrorAt10':
+    case 'etaErrorAt25':
+    case 'etaErrorAt50': {
+      const p = r.eta?.[m === 'etaErrorAt10' ? 'at10' : m === 'etaErrorAt25' ? 'at25' : 'at50'];
+      return p?.errorPct == null ? null : Math.abs(p.errorPct);
+    }
+    case 'phaseBeginMs':
+    case 'phasePrepareMs':
+    case 'phasePerformMs':
+    case 'phaseFinishMs':
+    case 'phaseConfirmMs':
+      return r.phases?.[PHASE_OF[m]!] ?? null;
+    default:
+      return r[m];
+  }
+}
 
 /** One migration of a benchmark, and what the guest said after it. */
 export interface BenchRun {
@@ -49,8 +103,18 @@ export interface BenchRun {
   iterations: number | null;
   /** Policy steps the orchestrator took (downtime limit raised, throttling…). */
   escalations: number;
+  /** Ferry's ETA at 10/25/50 % against the real end of the transfer; null for raw-QMP runs. */
+  eta: EtaReport | null;
+  /** Ferry's time per phase (begin, prepare, perform, finish, confirm), from the job's timeline. */
+  phases: Record<string, number> | null;
+  /**
+   * Memory still to send over time, since the migration was asked for: Ferry's progress as its API answers
+   * it, raw QMP's `query-migrate`; null where it is not sampled (libvirt).
+   */
+  remaining: RemainingSample[] | null;
   error: { code: string; message: string } | null;
 }
+
 
 export interface VariantSummary {
   name: string;
@@ -91,6 +155,8 @@ export interface MachineInfo {
   /** As the lab's agents report it (`query-version`). */
   qemu: string | null;
   accel: string | null;
+  /** libvirtd's version when the run had the libvirt baseline (`--with libvirt`), else null. */
+  libvirt: string | null;
 }
 
 export interface BenchResult {
@@ -111,7 +177,7 @@ export function summarize(
 ): VariantSummary[] {
   const statsOf = (name: string): Record<Metric, Spread> => {
     const ok = runs.filter((r) => r.variant === name && r.ok);
-    return Object.fromEntries(METRICS.map((m) => [m, spread(ok.map((r) => r[m]))])) as Record<Metric, Spread>;
+    return Object.fromEntries(METRICS.map((m) => [m, spread(ok.map((r) => metricOf(r, m)))])) as Record<Metric, Spread>;
   };
   const base = statsOf(scenario.baseline);
   return scenario.variants.map((v) => {
@@ -148,6 +214,7 @@ export function fmtBytes(n: number): string {
 }
 
 function fmtValue(m: Metric, v: number): string {
+  if (m.startsWith('etaError')) return `${Math.round(v)} %`;
   return m === 'transferredBytes' ? fmtBytes(v) : fmtMs(v);
 }
 
@@ -174,7 +241,10 @@ export function scenarioRows(s: Pick<ScenarioResult, 'variants'>): string[][] {
     ...s.variants.map((v) => (v.baseline ? `${v.label} (baseline)` : v.label)),
     ...others.map((v) => (others.length === 1 ? 'RATIO' : `RATIO ${v.label}`)),
   ];
-  const rows = METRICS.map((m) => [
+  // ETA and phase rows only where some variant has them (raw QMP has neither).
+  const optional = (m: Metric): boolean => m.startsWith('etaError') || m.startsWith('phase');
+  const shown = METRICS.filter((m) => !optional(m) || s.variants.some((v) => v.stats[m].n > 0));
+  const rows = shown.map((m) => [
     METRIC_LABELS[m],
     ...s.variants.map((v) => fmtSpread(m, v.stats[m])),
     ...others.map((v) => fmtRatio(v.ratio[m])),
@@ -231,7 +301,9 @@ export function renderMarkdown(result: BenchResult): string {
   const out: string[] = [
     `### Results of ${result.startedAt.slice(0, 16).replace('T', ' ')} UTC`,
     '',
-    `${m.cpus} cores (${m.cpuModel}), ${m.accel ?? '?'} accelerator, QEMU ${m.qemu ?? '?'}, Node ${m.node}, kernel ${m.kernel}. ` +
+    `${m.cpus} cores (${m.cpuModel}), ${m.accel ?? '?'} accelerator, QEMU ${m.qemu ?? '?'}, ` +
+      (m.libvirt === null ? '' : `libvirt ${m.libvirt} (driving that QEMU), `) +
+      `Node ${m.node}, kernel ${m.kernel}. ` +
       `${result.runsPerVariant} runs per variant, variants interleaved run by run. Medians, with min–max in parentheses, ` +
       'over the runs that completed and passed the guest memory check; ratio = variant median / baseline median.',
     '',

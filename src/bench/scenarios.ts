@@ -5,6 +5,7 @@
  */
 import { FerryError } from '../common/errors.ts';
 import type { MigrateRequest as PolicyBody } from '../common/policy.ts';
+import { RAW_UNCAPPED, type RawQmpSettings } from './raw-qmp.ts';
 
 /** The policy part of `POST /api/v1/vms/:name/migrate` (the runner adds `to`). */
 export type MigrateRequest = Omit<PolicyBody, 'to'>;
@@ -15,6 +16,16 @@ export interface BenchVariant {
   /** Column heading for humans. */
   label: string;
   body: MigrateRequest;
+  /**
+   * Set for a baseline that is not Ferry: the same guest image migrated between the same lab hosts by hand
+   * with Ferry's QMP client (raw-qmp.ts), with these QEMU parameters; `body` is then unused.
+   */
+  raw?: RawQmpSettings;
+  /**
+   * Set for the libvirt baseline (`ferry bench --with libvirt`): the same guest image as a libvirt domain on
+   * the same lab hosts, moved with `virsh migrate --live` and libvirt's defaults (libvirt.ts); `body` unused.
+   */
+  libvirt?: true;
 }
 
 /** Before the first migration: a guest tool command, or a wait until the memory dirtier has done N passes. */
@@ -59,7 +70,64 @@ const IDLE_FILLED: SetupStep[] = [
   { guest: 'dirty start --mib 16 --rate 1' },
 ];
 
+/** Raw QMP, no control plane, plain TCP: QEMU's defaults, the cap lifted, and the cap lifted + 20 ms. */
+const RAW_DEFAULTS: BenchVariant = { name: 'raw-defaults', label: 'raw QMP, QEMU defaults', body: {}, raw: {} };
+const RAW_UNCAPPED_VARIANT: BenchVariant = {
+  name: 'raw-uncapped',
+  label: 'raw QMP, cap lifted',
+  body: {},
+  raw: { maxBandwidth: RAW_UNCAPPED },
+};
+const RAW_FAST: BenchVariant = {
+  name: 'raw-fast',
+  label: 'raw QMP, cap lifted + 20 ms',
+  body: {},
+  raw: { maxBandwidth: RAW_UNCAPPED, downtimeLimitMs: 20 },
+};
+
+/** What `--with` takes: the other tools a run compares Ferry with. */
+export const WITH_TOOLS = ['libvirt'] as const;
+export type WithTool = (typeof WITH_TOOLS)[number];
+
+/** `--with libvirt[,…]`: the tools named, each once; anything else is bad usage. */
+export function parseWith(value: string | undefined): WithTool[] {
+  if (value === undefined) return [];
+  const names = value.split(',').map((s) => s.trim());
+  for (const n of names) {
+    if (!(WITH_TOOLS as readonly string[]).includes(n)) {
+      throw new FerryError('FERRY_E_USAGE', `Bad --with ${JSON.stringify(value)}: one of ${WITH_TOOLS.join(', ')}.`);
+    }
+  }
+  return [...new Set(names)] as WithTool[];
+}
+
+/** libvirt 9.0 as its users run it: `virsh migrate --live`, plain TCP, libvirt's and QEMU's defaults. */
+export const LIBVIRT_VARIANT: BenchVariant = {
+  name: 'libvirt',
+  label: 'libvirt, virsh migrate --live',
+  body: {},
+  libvirt: true,
+};
+
 export const SCENARIOS: readonly BenchScenario[] = [
+  {
+    name: 'baselines',
+    title: 'Ferry against raw QMP, 160 MiB filled',
+    measures:
+      'The idle 160 MiB guest moved by Ferry (plain TCP, and its defaults with TLS) and, in the same lab, the ' +
+      "same guest image moved by hand with Ferry's QMP client and no control plane (QEMU defaults; cap " +
+      'lifted; cap lifted + 20 ms downtime limit). Baseline: raw QMP with the cap lifted + 20 ms.',
+    memory: '256M',
+    setup: IDLE_FILLED,
+    baseline: RAW_FAST.name,
+    variants: [
+      RAW_FAST,
+      RAW_DEFAULTS,
+      RAW_UNCAPPED_VARIANT,
+      { name: 'ferry-plain', label: 'Ferry, plain TCP', body: { tls: false } },
+      FERRY_DEFAULTS,
+    ],
+  },
   {
     name: 'idle',
     title: 'idle guest, 160 MiB filled',
@@ -94,19 +162,62 @@ export const SCENARIOS: readonly BenchScenario[] = [
     variants: [
       { name: 'tls', label: 'TLS (default)', body: {} },
       { name: 'plain', label: 'plain TCP', body: { tls: false } },
+      { name: 'tls-multifd2', label: 'TLS, multifd 2', body: { multifd: 2 } },
+      { name: 'tls-multifd4', label: 'TLS, multifd 4', body: { multifd: 4 } },
+    ],
+  },
+  {
+    name: 'eta',
+    title: 'ETA on a limited link, 64 MiB dirtied at 5 MiB/s',
+    measures:
+      'A 256 MiB guest rewriting 64 MiB at 5 MiB/s, sent over a link held to 20 or 30 MiB/s: long enough for ' +
+      "Ferry's ETA at 10, 25 and 50 % to be checked against the transfer's real end (the |ETA error| rows).",
+    memory: '256M',
+    setup: [{ guest: 'dirty start --mib 64 --rate 5' }],
+    baseline: 'bw20',
+    variants: [
+      { name: 'bw20', label: '--bandwidth 20M', body: { bandwidth: '20M' } },
+      { name: 'bw30', label: '--bandwidth 30M', body: { bandwidth: '30M' } },
     ],
   },
 ];
 
-/** The scenarios a `ferry bench [SCENARIO]` invocation runs: all of them, or the one named. */
+/** The scenarios a `ferry bench [SCENARIO[,SCENARIO…]]` invocation runs: all of them, or those named. */
 export function selectScenarios(name?: string): BenchScenario[] {
   if (name === undefined || name === 'all') return [...SCENARIOS];
-  const s = SCENARIOS.find((x) => x.name === name);
-  if (s === undefined) {
+  return name.split(',').map((n) => {
+    const s = SCENARIOS.find((x) => x.name === n);
+    if (s === undefined) {
+      throw new FerryError(
+        'FERRY_E_USAGE',
+        `No benchmark scenario ${JSON.stringify(n)}: one of ${SCENARIOS.map((x) => x.name).join(', ')} (comma-separated), or all.`,
+      );
+    }
+    return s;
+  });
+}
+
+/**
+ * The scenarios with the other tools of `--with` added: each joins the scenarios that compare Ferry with
+ * other tools (those with raw-QMP variants), after the others. None of those selected is bad usage.
+ */
+export function withTools(scenarios: readonly BenchScenario[], tools: readonly WithTool[]): BenchScenario[] {
+  if (tools.length === 0) return [...scenarios];
+  const comparing = scenarios.filter((s) => s.variants.some((v) => v.raw !== undefined));
+  if (comparing.length === 0) {
     throw new FerryError(
       'FERRY_E_USAGE',
-      `No benchmark scenario ${JSON.stringify(name)}: one of ${SCENARIOS.map((x) => x.name).join(', ')}, or all.`,
+      `--with ${tools.join(',')} joins the scenarios that compare Ferry with other tools (${SCENARIOS.filter((s) => s.variants.some((v) => v.raw !== undefined)).map((s) => s.name).join(', ')}): select one of them, or all.`,
     );
   }
-  return [s];
+  return scenarios.map((s) =>
+    comparing.includes(s) && tools.includes('libvirt')
+      ? {
+          ...s,
+          title: `${s.title}, and libvirt`,
+          measures: `${s.measures} With --with libvirt also libvirt 9.0's \`virsh migrate --live\` (its defaults, plain TCP) on the same guest image, hosts and links.`,
+          variants: [...s.variants, LIBVIRT_VARIANT],
+        }
+      : s,
+  );
 }

@@ -105,6 +105,12 @@ test('other bad input exits 2 with its code and no config: names, counts, --limi
   }
 });
 
+test('events --json answers in JSON too (its listing is an action called by the command itself)', async () => {
+  const r = await ferry('events', '--after', 'soon', '--json');
+  assert.equal(r.code, 2, r.stderr);
+  assert.equal(errorCode(r), 'FERRY_E_BAD_INPUT');
+});
+
 test('a VM file gives the fields of the flags; flags beside it win; relative paths start at the file', () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-cli-'));
   try {

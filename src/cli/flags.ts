@@ -20,9 +20,10 @@ export function clusterOptions<C extends Command>(cmd: C, kind: 'view' | 'action
   cmd.addOption(new Option('-o, --output <format>', 'output format').choices(kind === 'view' ? LIST_FORMATS : DOCUMENT_FORMATS));
   if (kind === 'view') cmd.option('--no-headers', 'tables without their header line');
   return cmd
-    .option('--server <url>', 'controller URL (overrides the config)')
+    .option('--server <url>', 'controller URL, or several comma-separated (tried in order; overrides the config)')
     .option('--token <token>', 'API token (overrides the config)')
-    .option('--ca <file>', 'cluster CA certificate, PEM (overrides the config)') as C;
+    .option('--ca <file>', 'CA certificate(s) the server is checked against, PEM (overrides the config)')
+    .option('--context <name>', 'a context of the CLI config instead of the current one (ferry context list)') as C;
 }
 
 export interface ClusterFlags extends ConfigOverrides, OutputOptions {}
@@ -53,6 +54,15 @@ export function rateFlag(flag: string, text: string): string {
   if (isBareNonZero(text.replace(/\/s$/i, ''))) unitRequired(flag, text, `${text.trim()}M`, 'a size per second: K, M, G; 0 = no limit');
   parseBandwidth(text);
   return text;
+}
+
+/** A whole number within bounds that may be negative (`--priority -5`). */
+export function signedIntFlag(flag: string, text: string, min: number, max: number): number {
+  const n = Number(text);
+  if (!/^\s*-?\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new FerryError('FERRY_E_BAD_INPUT', `Bad ${flag} ${JSON.stringify(text)}: a whole number from ${min} to ${max}.`);
+  }
+  return n;
 }
 
 /** A whole number within bounds. */

@@ -11,11 +11,15 @@ import { registerLab } from './commands/lab.ts';
 import { registerAgent } from './commands/agent.ts';
 import { registerServer } from './commands/server.ts';
 import { registerHost } from './commands/host.ts';
+import { registerToken } from './commands/token.ts';
+import { registerContext } from './commands/context.ts';
 import { registerVm } from './commands/vm.ts';
 import { registerMigration } from './commands/migration.ts';
 import { registerEvents } from './commands/events.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerBench } from './commands/bench.ts';
+import { registerSim } from './commands/sim.ts';
+import { registerCluster } from './commands/cluster.ts';
 import { registerVersion } from './commands/version.ts';
 import { registerCompletion } from './commands/completion.ts';
 
@@ -31,11 +35,15 @@ export function buildProgram(): Command {
   registerAgent(program);
   registerServer(program);
   registerHost(program);
+  registerToken(program);
+  registerContext(program);
   registerVm(program);
   registerMigration(program);
   registerEvents(program);
   registerDemo(program);
   registerBench(program);
+  registerSim(program);
+  registerCluster(program);
   registerVersion(program);
   // Last: it describes every command registered before it.
   registerCompletion(program);
@@ -48,7 +56,17 @@ export function buildProgram(): Command {
   return program;
 }
 
+let quietOnClosedStdout = false;
+
 export async function main(argv: string[]): Promise<number> {
+  // `ferry … | head`: a reader that stopped reading is not an error of ferry's; end quietly, as cat does.
+  if (!quietOnClosedStdout) {
+    quietOnClosedStdout = true;
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(0);
+      throw err;
+    });
+  }
   const program = buildProgram();
   const format = structuredFormatIn(argv);
   try {

@@ -76,8 +76,9 @@ export function action<A extends unknown[]>(
   fn: (...args: A) => Promise<Outcome<unknown>>,
 ): (...args: A) => Promise<void> {
   return async (...args: A) => {
-    // commander passes (positional..., options, command); the options object holds the output flags.
-    const opts = (args.length >= 2 ? args[args.length - 2] : {}) as OutputOptions;
+    // commander passes (positional..., options, command); the options object holds the output flags. A
+    // command that calls an action itself with its options alone gets them read too.
+    const opts = (args.length >= 2 ? args[args.length - 2] : (args[0] ?? {})) as OutputOptions;
     try {
       process.exitCode = printOutcome(await fn(...args), opts);
     } catch (err) {

@@ -8,7 +8,7 @@
  * The ETA is Ferry's own (src/common/progress.ts, as the API reports it): `estimating…` while unknown,
  * `not converging` when the guest dirties memory faster than the link sends it.
  */
-import type { MigrationJson } from '../common/migration.ts';
+import { phaseDurations, type MigrationJson, type MigrationPrediction } from '../common/migration.ts';
 import type { Escalation } from '../common/policy.ts';
 import { formatBytes, formatDuration } from '../common/units.ts';
 import { isFinal } from '../common/states.ts';
@@ -283,19 +283,25 @@ export async function watchMigration(fetchOnce: () => Promise<MigrationJson>, op
   return r.last!;
 }
 
-/** Milliseconds spent in each phase, from the job's timeline (a phase entered twice adds up). */
-export function phaseDurations(m: Pick<MigrationJson, 'timeline' | 'finishedAt'>): { phase: string; ms: number }[] {
-  const out: { phase: string; ms: number }[] = [];
-  const t = m.timeline ?? [];
-  for (let i = 0; i < t.length; i++) {
-    const end = i + 1 < t.length ? t[i + 1]!.at : m.finishedAt;
-    if (end === null || end === undefined) continue;
-    const ms = Date.parse(end) - Date.parse(t[i]!.at);
-    const last = out.at(-1);
-    if (last && last.phase === t[i]!.phase) last.ms += ms;
-    else out.push({ phase: t[i]!.phase, ms });
-  }
-  return out;
+const STRATEGY_WORDS: Record<MigrationPrediction['strategy'], string> = {
+  precopy: 'pre-copy as is',
+  'auto-converge': 'pre-copy with --auto-converge',
+  postcopy: 'post-copy (--postcopy always)',
+  cold: 'cold',
+  'cannot-converge': 'cannot converge: lower the dirty rate or raise the bandwidth',
+};
+
+/** A prediction in words (`ferry vm migrate --dry-run`, and beside what happened in `ferry migration show`). */
+export function predictionLines(p: MigrationPrediction, indent = ''): string[] {
+  const ms = (v: number | null): string => (v === null ? '-' : formatDuration(v));
+  const dirty = p.dirtyRateBytesPerSec === null ? 'unknown' : `${formatBytes(p.dirtyRateBytesPerSec)}/s`;
+  return [
+    `${indent}recommended  ${STRATEGY_WORDS[p.strategy]}`,
+    `${indent}predicted    total ${ms(p.totalMs)}, downtime ${ms(p.downtimeMs)} (budget ${formatDuration(p.maxDowntimeMs)}); pre-copy as is ${p.converges === null ? 'n/a (cold)' : p.converges ? 'converges' : 'does not converge'}`,
+    `${indent}dirty rate   ${dirty} (measured now by QEMU), ${formatBytes(p.bytes)} to send`,
+    `${indent}bandwidth    ${formatBytes(p.bandwidthBytesPerSec)}/s, ${p.bandwidthSource}: ${p.bandwidthDetail}`,
+    `${indent}why          ${p.reason}`,
+  ];
 }
 
 export function summaryLines(m: MigrationJson): string[] {
@@ -307,13 +313,21 @@ export function summaryLines(m: MigrationJson): string[] {
       `${f(m.guestDowntimeMs, 'ms')} (seen from outside the guest${m.guestDowntimeProbe ? `, ${m.guestDowntimeProbe} probe` : ''})`,
     `  moved ${f(m.transferredBytes, 'bytes')} of ${f(m.memoryBytes, 'bytes')} memory in ${m.iterations ?? '-'} passes`,
   ];
+  if (m.prediction !== null) {
+    const p = m.prediction;
+    const vs = (pred: number | null, real: number | null): string => `${pred === null ? '-' : formatDuration(pred)} predicted, ${real === null ? '-' : formatDuration(real)} real`;
+    lines.push(`  prediction (${STRATEGY_WORDS[p.strategy]}): total ${vs(p.totalMs, m.totalMs)}; downtime ${vs(p.downtimeMs, m.downtimeMs)}`);
+    lines.push(...predictionLines(p, '    ').slice(2));
+  }
   if (m.images.length > 0) {
     const what = m.images.map((i) => `${i.name} ${i.action === 'fetched' ? `fetched first (${formatBytes(i.bytes)})` : 'present'}`);
     lines.push(`  base images on ${m.destination}: ${what.join(', ')}`);
   }
+  if (m.queue !== null) lines.push(`  queued: #${m.queue.position} in line since ${m.queue.since}, waiting for the ${m.queue.reason}${m.priority !== 0 ? ` (priority ${m.priority})` : ''}`);
   const phases = phaseDurations(m);
   if (phases.length > 0) lines.push(`  phases: ${phases.map((p) => `${p.phase} ${formatDuration(p.ms)}`).join(' · ')}`);
   for (const e of m.escalations) lines.push(`  escalation at ${e.at}: ${describeEscalation(e.step)}`);
+  for (const a of m.actions) lines.push(`  ${a.action} at ${a.at}: ${a.detail}`);
   if (m.error) lines.push(`  error ${m.error.code} in phase ${m.phase}: ${m.error.message}`);
   return lines;
 }

@@ -38,10 +38,12 @@ import type { ErrorCode } from './errors.ts';
 import {
   AGENT_PROTOCOL,
   AGENT_PROTOCOL_MIN,
+  AgentCertificate,
   AgentVersion,
   CachedImage,
   CreateVmRequest,
   Deleted,
+  DirtyRate,
   GuestRequest,
   HostInventory,
   SharedDiskFingerprint,
@@ -55,6 +57,13 @@ import { NAME_RE } from './units.ts';
 export const AGENT_BASE = '/agent/v1';
 /** The sha256 (hex) of a cold-migration file, on the source's download and the destination's upload. */
 export const SHA256_HEADER = 'x-ferry-sha256';
+
+/**
+ * The leader's term on every call of a controller that shares its store with others (docs/ha.md). An agent
+ * refuses a term older than the newest it has seen (FERRY_E_STALE_TERM); no header counts as term 0, what
+ * a controller alone on its store sends.
+ */
+export const TERM_HEADER = 'x-ferry-term';
 
 export type RouteMethod = 'GET' | 'POST' | 'PUT' | 'DELETE';
 export type RouteStream = 'text' | 'download' | 'upload' | 'events';
@@ -77,6 +86,8 @@ export interface RouteSpec {
   readonly stream?: RouteStream;
   /** What an id or name this agent does not know answers (404), for routes that look one up. */
   readonly unknown?: ErrorCode;
+  /** The protocol version that added the route (absent: every version in the range has it). */
+  readonly since?: number;
 }
 
 const route = <const R extends RouteSpec>(r: R): R => r;
@@ -107,6 +118,15 @@ export const AGENT_ROUTES = {
     response: AgentVersion,
     status: 200,
     timeoutMs: DEFAULT_TIMEOUT_MS,
+  }),
+  certificate: route({
+    method: 'GET',
+    path: '/certificate',
+    summary: "The agent certificate's validity and when the agent renews it",
+    response: AgentCertificate,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    since: 3,
   }),
   inventory: route({
     method: 'GET',
@@ -141,6 +161,16 @@ export const AGENT_ROUTES = {
     response: VmStatus,
     status: 200,
     timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_VM_NOT_FOUND',
+  }),
+  dirtyRate: route({
+    method: 'GET',
+    path: '/vms/:name/dirty-rate',
+    summary: "How fast the guest dirties its memory, measured now by QEMU over one second (calc-dirty-rate)",
+    params: NameParams,
+    response: DirtyRate,
+    status: 200,
+    timeoutMs: 15_000,
     unknown: 'FERRY_E_VM_NOT_FOUND',
   }),
   sharedDisks: route({
@@ -362,6 +392,16 @@ export const AGENT_ROUTES = {
     timeoutMs: DEFAULT_TIMEOUT_MS,
     unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
   }),
+  complete: route({
+    method: 'POST',
+    path: '/migrations/:id/complete',
+    summary: 'Source: pause the guest (`stop`) so that what is left is sent; it resumes on the destination',
+    params: IdParams,
+    response: AgentMigrationView,
+    status: 200,
+    timeoutMs: DEFAULT_TIMEOUT_MS,
+    unknown: 'FERRY_E_MIGRATION_NOT_FOUND',
+  }),
   finish: route({
     method: 'POST',
     path: '/migrations/:id/finish',
@@ -465,6 +505,26 @@ export function fillPath(name: RouteName, params: Record<string, string> | undef
     if (v === undefined) throw new TypeError(`route ${name}: no value for :${key}`);
     return encodeURIComponent(v);
   });
+}
+
+/** Whether an agent speaking `version` has route `name` (the table's `since`). */
+export function routeIn(name: RouteName, version: number): boolean {
+  const since: number | undefined = (AGENT_ROUTES[name] as RouteSpec).since;
+  return since === undefined || since <= version;
+}
+
+/**
+ * The version of a request to an agent whose current version is `peer` (null: not heard yet): the newest
+ * both sides speak. Before the first answer, the oldest this side speaks, which every agent in range serves.
+ */
+export function requestProtocol(peer: number | null): number {
+  if (peer === null) return AGENT_PROTOCOL_MIN;
+  return Math.max(AGENT_PROTOCOL_MIN, Math.min(AGENT_PROTOCOL, peer));
+}
+
+/** The range an agent serves when it plays protocol `current` (a rolling upgrade's older agent): it and the one before. */
+export function rangeOf(current: number): { current: number; min: number } {
+  return { current, min: Math.max(1, current - 1) };
 }
 
 /** The version range this side speaks, for GET /version and the checks of PROTOCOL_HEADER. */

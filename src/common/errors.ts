@@ -59,8 +59,20 @@ export const ERRORS = {
   FERRY_E_JOIN_TOKEN: def(401, 2, false, 'The join token is unknown or was used already: get a new one.'),
   FERRY_E_FORBIDDEN: def(403, 2, false, 'The client certificate is not allowed here: agents take orders from the controller only.'),
   FERRY_E_HOST_NAME_RESERVED: def(403, 2, false, "That host name is reserved for the controller's own certificates (ferry-controller, ferry-server): choose another."),
+  FERRY_E_CERT_EXPIRED: def(401, 1, false, "The agent's certificate has expired (its agent was offline past its validity), so it cannot renew it: re-join the host with a new join token (`ferry agent --join-token T`, docs/deploy.md)."),
+  FERRY_E_CERT_REFUSED: def(403, 1, false, 'The controller refused to renew this certificate: not from the cluster CA, not the named host\'s, or not signed by its key.'),
   FERRY_E_HOST_EXISTS: def(409, 2, false, 'A host of that name has joined already, and a join cannot take it over: choose another name.'),
+  FERRY_E_BAD_STORE: def(400, 2, false, 'The store (--store) is a SQLite file (PATH or sqlite:PATH) or a PostgreSQL URL (postgres://USER@HOST:PORT/DB).'),
   FERRY_E_JOIN_ADDRESS: def(403, 2, false, "The join did not come from agentUrl's address: join from the agent's own address, which its certificate will carry."),
+  FERRY_E_CONFIG_FILE: def(400, 2, false, 'The config file (`ferry server|agent --config FILE`) is unreadable, not YAML, or not a mapping of keys to values.'),
+  FERRY_E_CONFIG_KEY: def(400, 2, false, 'A key of the config file is unknown or its value is wrong: the message names the key (keys: the flags in camelCase; see docs/deploy.md).'),
+  FERRY_E_READ_ONLY: def(403, 2, false, 'The token is read-only: it may read everything (GET, /metrics) but change nothing; use an admin token (`ferry token create --role admin`).'),
+  FERRY_E_TOKEN_NOT_FOUND: def(404, 2, false, 'No API token with that id: see `ferry token list`.'),
+  FERRY_E_CONTEXT_NOT_FOUND: def(404, 2, false, 'No CLI context of that name: see `ferry context list` (`ferry lab up --name X` adds one).'),
+  FERRY_E_TLS_FILE: def(400, 2, false, 'The server certificate or key (`ferry server --tls-cert FILE --tls-key FILE`) is unreadable or not PEM: give both, a certificate chain (leaf first) and its private key.'),
+  FERRY_E_TLS_KEY_MISMATCH: def(400, 2, false, 'The key (--tls-key) is not the private key of the certificate (--tls-cert): give the key the certificate was issued for.'),
+  FERRY_E_TLS_CERT_EXPIRED: def(400, 2, false, 'The server certificate (--tls-cert) has expired or is not valid yet: renew it (or check the clock).'),
+  FERRY_E_TLS_CERT_USAGE: def(400, 2, false, 'The server certificate (--tls-cert) must allow serverAuth and not clientAuth (extended key usage), so that no cluster member certificate can pass for it: issue a server-only certificate.'),
 
   // --- environment (exit 1) ---
   FERRY_E_NOT_ROOT: def(500, 1, false, 'This needs root (network namespaces, taps): run as root.'),
@@ -70,6 +82,9 @@ export const ERRORS = {
   FERRY_E_KERNEL_MISSING: def(500, 1, false, 'The guest kernel is missing: run `npm run setup`.'),
   FERRY_E_LAB: def(500, 1, false, 'The lab could not be set up.'),
   FERRY_E_CONFIG: def(500, 1, false, 'No cluster configured: run `ferry lab up` or pass --server and --token.'),
+  FERRY_E_STORE_UNAVAILABLE: def(503, 1, true, 'The store (PostgreSQL) could not be reached or opened: check the URL, that the server runs and that the role may connect.'),
+  FERRY_E_NO_MIGRATION_ADDRESS: def(500, 2, false, 'No address of this host is inside the migration network (--migration-cidr): give the host an address there, or fix the CIDR.'),
+  FERRY_E_CERT: def(500, 1, false, 'A certificate or key (`--cert`/`--key`, or the agent\'s renewal) is unreadable, does not match, or does not chain to the cluster CA.'),
 
   // --- QEMU and QMP (exit 1) ---
   FERRY_E_QMP_CONNECT: def(502, 1, true, 'Could not connect to the QMP socket.'),
@@ -81,18 +96,25 @@ export const ERRORS = {
   FERRY_E_QEMU_START: def(500, 1, false, 'QEMU failed to start: see the VM serial log and stderr.'),
   FERRY_E_GUEST_TIMEOUT: def(504, 1, true, 'The guest did not report ready in time.'),
   FERRY_E_GUEST_COMMAND: def(502, 1, false, 'The guest tool refused or failed the command.'),
+  FERRY_E_LIBVIRT_SETUP: def(500, 1, false, '`ferry bench --with libvirt` could not install or start libvirt (apt, libvirtd, virsh): the message says which step; nothing was installed when it would have changed QEMU.'),
   FERRY_E_ACCEL: def(500, 1, false, 'No usable accelerator.'),
   FERRY_E_PROBE_UNAVAILABLE: def(500, 1, false, 'The ICMP guest-downtime probe could not start (iputils ping missing or not permitted): the migration runs, guestDowntimeMs stays null. Install iputils-ping (scripts/setup.sh does).'),
 
   // --- cluster (exit 1) ---
   FERRY_E_AGENT_UNREACHABLE: def(503, 1, true, 'The host agent did not answer.'),
+  FERRY_E_NO_LEADER: def(503, 1, true, 'None of the controllers sharing the store leads right now (an election takes a few seconds): retry.'),
+  FERRY_E_STALE_TERM: def(409, 1, false, 'The agent has taken orders from a newer leader: this controller was deposed and gives none (see docs/ha.md). Talk to the current leader.'),
   FERRY_E_AGENT_PROTOCOL: def(502, 1, false, 'The agent and the controller speak protocol versions too far apart (each side serves its current and previous version): upgrade the older of the two. `ferry host list` shows such a host as incompatible.'),
   FERRY_E_SERVER_UNREACHABLE: def(503, 1, true, 'The Ferry server did not answer: is it running?'),
   FERRY_E_TLS: def(495, 1, false, 'TLS handshake failed (certificate not signed by the cluster CA?).'),
+  FERRY_E_REDIRECT: def(502, 1, false, 'A controller redirected the CLI where it does not send the token (not https, a host outside the context that is not a controller of this cluster, or too many hops): list every controller in the context (docs/ha.md).'),
+  FERRY_E_PORT_RANGE_EXHAUSTED: def(503, 1, true, 'Every port of the destination host\'s migration port range (--migration-ports) is in use: let running migrations end, or widen the range.'),
 
   // --- migration (exit 1) ---
   FERRY_E_MIGRATION_FAILED: def(500, 1, false, 'The migration failed; the VM runs on the source.'),
   FERRY_E_MIGRATION_CANCELLED: def(409, 1, false, 'The migration was cancelled; the VM runs on the source.'),
+  FERRY_E_MIGRATION_NOT_RUNNING: def(409, 2, false, 'The migration is not transferring (queued, preparing, past the switch, or ended): set, postcopy and complete act only on a running live migration.'),
+  FERRY_E_POSTCOPY_NOT_ALLOWED: def(409, 2, false, "The migration's policy does not allow post-copy (--postcopy never): migrate with --postcopy auto to allow it."),
   FERRY_E_MIGRATION_FINISHED: def(409, 1, false, 'The migration has ended already (completed, failed or cancelled): there is nothing to cancel; see `ferry migration show ID`.'),
   FERRY_E_MIGRATION_STALLED: def(504, 1, false, 'The migration made no progress (link down?) and was aborted.'),
   FERRY_E_MIGRATION_TIMEOUT: def(504, 1, false, 'The migration did not finish within its deadline.'),
@@ -108,6 +130,10 @@ export const ERRORS = {
   FERRY_E_SHARED_MISSING: def(409, 1, false, 'A shared disk is not at its path on the destination: mount the shared storage there (the same path on every host), or choose another host.'),
   FERRY_E_SHARED_DIFFERS: def(409, 1, true, "The destination sees another file at a shared disk's path (size or sha256 of its first MiB differ from the source's): mount the same storage. A guest rewriting that MiB meanwhile: retry."),
   FERRY_E_CPU_INCOMPATIBLE: def(409, 2, false, 'The destination CPU or QEMU cannot run this VM.'),
+  FERRY_E_MACHINE_TYPE: def(409, 2, false, "The destination's QEMU has no machine type of the VM's: choose another host (`ferry host show H` lists its machine types) or upgrade its QEMU."),
+  FERRY_E_CPU_MODEL: def(409, 2, false, "The destination's QEMU cannot give the VM's CPU model (unknown, not usable there, or with fewer features): choose another host."),
+  FERRY_E_NOT_CONVERGING: def(409, 1, false, "The VM dirties memory faster than its share of the link carries and its policy allows no post-copy or cold move: mark it `--evacuation postcopy-ok` or `cold-ok`."),
+  FERRY_E_QEMU_CAPABILITY: def(409, 2, false, "The destination's QEMU lacks a migration capability the migration would use (post-copy, multifd, …): choose another host or leave that option out."),
   FERRY_E_CONTROLLER_RESTARTED: def(500, 1, false, 'The controller restarted during the job; it was recovered.'),
 
   FERRY_E_INTERNAL: def(500, 1, false, 'An internal error: please report it with the log.'),

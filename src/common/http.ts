@@ -23,7 +23,7 @@ const TLS_CODES = new Set([
 ]);
 
 /** Every `code` along the cause chain (undici wraps socket errors; connect errors may be aggregates). */
-function codesOf(err: unknown, out: string[] = []): string[] {
+export function codesOf(err: unknown, out: string[] = []): string[] {
   if (!(err instanceof Error) || out.length > 16) return out;
   const c = (err as { code?: unknown }).code;
   if (typeof c === 'string') out.push(c);

@@ -1,7 +1,8 @@
 /**
  * Who is who in a cluster: the names the cluster CA issues to the controller itself (and that no host may
  * therefore join as), the host-name rule for joins, the marker that only the controller's own HTTPS
- * certificate carries, and the public-key pin agents keep of the controller's client certificate.
+ * certificate carries, the public-key pin agents keep of the controller's client certificate, and what an
+ * agent signs to renew its certificate.
  * ARCHITECTURE.md (Security) says why each check exists.
  */
 import { createHash, X509Certificate } from 'node:crypto';
@@ -77,4 +78,45 @@ export function serverRoleError(ekus: readonly string[] | undefined, host: strin
  */
 export function checkControllerIdentity(host: string, cert: PeerCertificate): Error | undefined {
   return checkServerIdentity(host, cert) ?? serverRoleError(cert.ext_key_usage, host);
+}
+
+/**
+ * The SNI name under which a controller serving an operator's own certificate (`ferry server --tls-cert`)
+ * presents its cluster-CA certificate instead: an agent's join asks for it, so agents keep the cluster CA.
+ */
+export const CLUSTER_SNI = CLUSTER_CN.server;
+
+/** id-kp-clientAuth: every certificate the cluster CA issues carries it (agents present theirs to agents). */
+export const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
+/** id-kp-serverAuth. */
+export const SERVER_AUTH_OID = '1.3.6.1.5.5.7.3.1';
+
+/**
+ * Whether a certificate could be a cluster member's rather than an operator's own server certificate:
+ * every certificate the cluster CA issues carries clientAuth, and one without extended key usages may be
+ * used for anything. Such a certificate passes for the controller only with the server role.
+ */
+export function mayBeClusterMember(ekus: readonly string[] | undefined): boolean {
+  return ekus === undefined || ekus.length === 0 || ekus.includes(CLIENT_AUTH_OID);
+}
+
+/**
+ * `checkServerIdentity` for the CLI's configured controllers, which may serve an operator's own
+ * certificate (`ferry server --tls-cert`, serverAuth only, checked at start): the name check, then the
+ * server role for any certificate that could be a cluster member's. A joined agent's certificate carries
+ * clientAuth, so it never passes; an operator's serverAuth-only certificate passes on its name, against
+ * the CA the context trusts.
+ */
+export function checkApiServerIdentity(host: string, cert: PeerCertificate): Error | undefined {
+  return checkServerIdentity(host, cert) ?? (mayBeClusterMember(cert.ext_key_usage) ? serverRoleError(cert.ext_key_usage, host) : undefined);
+}
+
+/**
+ * What a renewing agent signs, with its current key and with its new one (RenewRequest): the request's
+ * fields bound together, so that no signature can be moved to another name, certificate, key or time.
+ */
+export function renewalPayload(r: { name: string; certPem: string; publicKeyPem: string; signedAt: string }): Buffer {
+  const certHash = createHash('sha256').update(new X509Certificate(r.certPem).raw).digest('hex');
+  const keyHash = createHash('sha256').update(r.publicKeyPem.trim()).digest('hex');
+  return Buffer.from(`ferry-renew-v1\n${r.name}\n${certHash}\n${keyHash}\n${r.signedAt}\n`, 'utf8');
 }

@@ -28,6 +28,54 @@ export const MigrationProgress = Type.Object({
 });
 export type MigrationProgress = Static<typeof MigrationProgress>;
 
+/** What a prediction recommends (src/controller/fleet/predict.ts says when each one is chosen). */
+export const PREDICTED_STRATEGIES = ['precopy', 'auto-converge', 'postcopy', 'cold', 'cannot-converge'] as const;
+/** Where the bandwidth a prediction used came from. */
+export const BANDWIDTH_SOURCES = ['measured', 'configured', 'default'] as const;
+
+const NullableNum = Type.Union([Type.Number(), Type.Null()]);
+
+/**
+ * A prediction made before a migration starts (`ferry vm migrate --dry-run`, and kept in the record of a
+ * real one as `prediction`, so a user sees predicted against real): the dirty rate measured now, the link
+ * bandwidth between the two hosts and where it came from, the fleet model's times, and a strategy.
+ */
+export const MigrationPrediction = Type.Object({
+  /** When it was made. */
+  at: Type.String(),
+  /** End to end with the recommended strategy; null when it cannot converge. */
+  totalMs: NullableNum,
+  /** The guest's pause with the recommended strategy (at most the budget); null when it cannot converge. */
+  downtimeMs: NullableNum,
+  /** Whether pre-copy as requested (no throttle, no post-copy) converges within the downtime budget. */
+  converges: Type.Union([Type.Boolean(), Type.Null()]),
+  strategy: Type.Enum(PREDICTED_STRATEGIES),
+  /** Why, in words, with the figures. */
+  reason: Type.String(),
+  /** Memory plus copied disks: what must be sent at least once. */
+  bytes: Type.Number(),
+  /** Measured now by QEMU (calc-dirty-rate); null when the VM's agent could not say (planned as idle). */
+  dirtyRateBytesPerSec: NullableNum,
+  /** The rate the model sends at: the link's, capped by the request's --bandwidth. */
+  bandwidthBytesPerSec: Type.Number(),
+  bandwidthSource: Type.Enum(BANDWIDTH_SOURCES),
+  /** Where the bandwidth came from, in words (which migrations, which setting). */
+  bandwidthDetail: Type.String(),
+  /** The guest's downtime budget the prediction judged against (--max-downtime). */
+  maxDowntimeMs: Type.Number(),
+});
+export type MigrationPrediction = Static<typeof MigrationPrediction>;
+
+/** A dry run's answer (`ferry vm migrate --dry-run`): where the VM would go and the prediction; nothing started. */
+export interface MigrationPlanJson {
+  vm: string;
+  source: string;
+  destination: string;
+  mode: MigrationMode;
+  why: { host: string; accepted: boolean; reason: string; freeMemoryBytes?: number }[] | null;
+  prediction: MigrationPrediction;
+}
+
 /**
  * How a guest's downtime was seen from outside it (src/guest/probe.ts): `udp`, Ferry's tiny guest answering
  * its ferry-guest probe; `icmp`, ICMP echo to any guest with an address on the VM network.
@@ -51,6 +99,19 @@ export interface ImageTransfer {
   bytes: number;
 }
 
+/**
+ * A change made to a running job from outside its policy: the user's (`ferry migration set | postcopy |
+ * complete`) or the queue's, when a link's share changes as jobs start and end.
+ */
+export interface SteeringRecord {
+  at: string;
+  action: 'set' | 'postcopy' | 'complete' | 'share';
+  /** What changed, in words (`bandwidth 8.0 MiB/s, max downtime 300 ms`). */
+  detail: string;
+  bandwidthBytesPerSec?: number;
+  maxDowntimeMs?: number;
+}
+
 export interface MigrationJson {
   id: string;
   vm: string;
@@ -62,7 +123,8 @@ export interface MigrationJson {
   /** QEMU's own migration status string, verbatim (`active`, `device`, `completed`, ...). */
   qemuStatus: string | null;
   policy: MigrationPolicy;
-  prediction: { totalMs: number | null; downtimeMs: number | null; converges: boolean | null } | null;
+  /** The prediction made when it was requested (measured just after), null while it is being made or when none could be. */
+  prediction: MigrationPrediction | null;
   startedAt: string;
   finishedAt: string | null;
   /** End to end, from the request to the end of confirm, as Ferry measured it. */
@@ -94,6 +156,14 @@ export interface MigrationJson {
   images: ImageTransfer[];
   /** Agent calls still owed after the verdict (a discard, confirm or resume whose agent did not answer yet). */
   pending: { host: string; action: string; attempts: number; nextAt: string; lastError: string | null }[];
+  /** Higher starts first in the queue; 0 by default (`--priority`). */
+  priority: number;
+  /** While `queued`: its place (1 = next) and the limit it waits for, e.g. "outbound limit of h1 (2/2)". */
+  queue: { position: number; reason: string; since: string } | null;
+  /** Steering applied to it, in order (src/controller/migrations/steering.ts). */
+  actions: SteeringRecord[];
+  /** What QEMU runs it with now: max-bandwidth (0 = unlimited) and the downtime limit, as the source reports them. */
+  tuning: { bandwidthBytesPerSec: number | null; downtimeLimitMs: number | null } | null;
 }
 
 /** The figures of a migration that reports and benchmarks quote (one place, so they agree). */
@@ -111,4 +181,19 @@ export function migrationFigures(m: MigrationJson): MigrationFigures {
     transferredBytes: m.transferredBytes,
     iterations: m.iterations,
   };
+}
+
+/** Milliseconds spent in each phase, from the job's timeline (a phase entered twice adds up). */
+export function phaseDurations(m: Pick<MigrationJson, 'timeline' | 'finishedAt'>): { phase: string; ms: number }[] {
+  const out: { phase: string; ms: number }[] = [];
+  const t = m.timeline ?? [];
+  for (let i = 0; i < t.length; i++) {
+    const end = i + 1 < t.length ? t[i + 1]!.at : m.finishedAt;
+    if (end === null || end === undefined) continue;
+    const ms = Date.parse(end) - Date.parse(t[i]!.at);
+    const last = out.at(-1);
+    if (last && last.phase === t[i]!.phase) last.ms += ms;
+    else out.push({ phase: t[i]!.phase, ms });
+  }
+  return out;
 }

@@ -73,10 +73,21 @@ export const MigrateBody = Type.Object(
     multifd: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 })),
     stallTimeout: Type.Optional(Duration),
     deadline: Type.Optional(Duration),
+    priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000, description: 'higher starts first when migrations wait in the queue; default 0' })),
   },
   { additionalProperties: false },
 );
 export type MigrateRequest = Static<typeof MigrateBody>;
+
+/** The body of `POST /api/v1/migrations/:id/set`: steering a running migration (at least one of them). */
+export const SteerBody = Type.Object(
+  {
+    bandwidth: Type.Optional(MigrateBody.properties.bandwidth),
+    maxDowntime: Type.Optional(Duration),
+  },
+  { additionalProperties: false },
+);
+export type SteerRequest = Static<typeof SteerBody>;
 
 /** What a user may say (CLI flags / API body), each optional, as strings or numbers. */
 export interface PolicyInput {

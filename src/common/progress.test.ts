@@ -64,3 +64,39 @@ test('predict before the start: disks first, then memory; no rate means no predi
   const tiny = predict({ memoryBytes: 10 * MiB, diskBytes: 0, rateBytesPerSec: 100 * MiB, dirtyRateBytesPerSec: 0, downtimeLimitMs: 300 });
   assert.deepEqual(tiny, { totalMs: 100, downtimeMs: 100, converges: true });
 });
+
+test('estimating until a rate is measured over a window: never a huge ETA from the first few KiB', () => {
+  const m = new ProgressModel({ downtimeLimitMs: 300 });
+  assert.equal(m.add(sampleFromQueryMigrate(info('setup', 0, 0), 0)).etaMs, null);
+  m.add(sampleFromQueryMigrate(info('active', 0, 256 * MiB), 50));
+  // 8 KiB in 50 ms would say 256 MiB take ~27 minutes.
+  const early = m.add(sampleFromQueryMigrate(info('active', 8192, 256 * MiB - 8192), 100));
+  assert.equal(early.etaMs, null);
+  assert.equal(early.prediction.totalMs, null);
+  const later = m.add(sampleFromQueryMigrate(info('active', 64 * MiB, 192 * MiB), 1100));
+  assert.notEqual(later.etaMs, null);
+  assert.ok(later.etaMs! < 10_000, String(later.etaMs));
+});
+
+test('zero pages: remaining falls faster than bytes are sent, and the ETA follows remaining', () => {
+  const m = new ProgressModel({ downtimeLimitMs: 300 });
+  m.add(sampleFromQueryMigrate(info('active', 0, 256 * MiB), 0));
+  // 32 MiB on the wire cleared 128 MiB of guest memory (96 MiB of it zero pages).
+  const v = m.add(sampleFromQueryMigrate(info('active', 32 * MiB, 128 * MiB), 1000));
+  assert.equal(v.rateBytesPerSec, 32 * MiB);
+  // Wire rate alone would say (128 − 9.6) / 32 + 0.3 ≈ 4 s; at 128 MiB/s cleared it is under 1.3 s.
+  assert.ok(v.etaMs! > 800 && v.etaMs! < 1300, String(v.etaMs));
+});
+
+test('a later pass: re-dirtied pages slow the ETA down, and the pass change does not count as clearing', () => {
+  const m = new ProgressModel({ downtimeLimitMs: 300 });
+  m.add(sampleFromQueryMigrate(info('active', 0, 256 * MiB), 0));
+  m.add(sampleFromQueryMigrate(info('active', 100 * MiB, 156 * MiB), 1000));
+  // Pass 2: 40 MiB re-dirtied came back into remaining; the guest dirties 10 MiB/s.
+  const v = m.add(
+    sampleFromQueryMigrate(info('active', 200 * MiB, 40 * MiB, { 'dirty-sync-count': 2, 'dirty-pages-rate': 2560 }), 2000),
+  );
+  assert.equal(v.converges, true);
+  // (40 − 30) MiB at (100 − 10) MiB/s net, then the last 30 MiB within the 300 ms limit.
+  assert.ok(v.etaMs! > 300 && v.etaMs! < 600, String(v.etaMs));
+});

@@ -2,7 +2,9 @@
  * The progress model of a live migration: turns successive `query-migrate` (and mirror job) samples into
  * what a user asks — how far, how fast, how much is being re-dirtied, which pass, when will it end, and will
  * it end at all. The ETA is honest: a guest that dirties memory as fast as the link sends it never
- * converges, and then there is no ETA, only `converges: false`.
+ * converges, and then there is no ETA, only `converges: false`. Memory is counted as QEMU clears it from
+ * `remaining` within a pass, not as bytes on the wire, so zero pages (a few bytes each) shorten the ETA as
+ * they really shorten the transfer; and there is no ETA (`estimating…`) before a rate was measured.
  */
 import Type, { type Static } from 'typebox';
 import type { MigrationProgress } from './migration.ts';
@@ -131,6 +133,11 @@ export interface PredictInput {
   elapsedMs?: number;
   /** RAM still to send; defaults to all of it. */
   remainingBytes?: number;
+  /**
+   * Guest bytes that leave `remaining` per second, when measured: above `rateBytesPerSec` (wire bytes) when
+   * zero pages, which QEMU sends as a few bytes, are being skipped over. Defaults to the wire rate.
+   */
+  clearRateBytesPerSec?: number;
 }
 
 /**
@@ -150,7 +157,8 @@ export function predict(p: PredictInput): Prediction {
   if (remaining <= finalBytes) {
     return { totalMs: Math.round(elapsed + diskMs + downtimeMs), downtimeMs: Math.round(downtimeMs), converges: true };
   }
-  const net = rate - p.dirtyRateBytesPerSec;
+  const clear = p.clearRateBytesPerSec !== undefined && p.clearRateBytesPerSec > rate ? p.clearRateBytesPerSec : rate;
+  const net = clear - p.dirtyRateBytesPerSec;
   if (net <= 0) return { totalMs: null, downtimeMs: null, converges: false };
   const ms = ((remaining - finalBytes) / net) * 1000 + downtimeMs;
   return { totalMs: Math.round(elapsed + diskMs + ms), downtimeMs: Math.round(downtimeMs), converges: true };
@@ -158,11 +166,21 @@ export function predict(p: PredictInput): Prediction {
 
 const clampPct = (x: number): number => Math.max(0, Math.min(100, x));
 
+/**
+ * An ETA needs a rate measured over at least this long: one early sample 50 ms into the setup phase, with
+ * a few KiB sent, once showed `ETA 970m42s` at 0 %. Until then the ETA is null (`estimating…`).
+ */
+export const MIN_RATE_WINDOW_MS = 250;
+
 /** Folds samples into a view. One model per migration; feed it every sample in order. */
 export class ProgressModel {
   private last: MigrationSample | null = null;
   private first: MigrationSample | null = null;
   private rate = 0;
+  /** Smoothed guest bytes cleared from `remaining` per second within one pass (zero pages included). */
+  private clearRate = 0;
+  /** When the first sample with memory moving was taken: the start of the rate's window. */
+  private movingSince: number | null = null;
   private current: ProgressView | null = null;
 
   /** `alpha` weighs the newest rate measurement in the exponential moving average. */
@@ -184,6 +202,14 @@ export class ProgressModel {
       const alpha = this.opts.alpha ?? 0.3;
       // Start from the first real measurement, not from 0, so early ETAs are not wildly long.
       this.rate = this.rate === 0 ? instant : alpha * instant + (1 - alpha) * this.rate;
+      // Within one pass `remaining` only falls (QEMU adds re-dirtied pages at the next sync), and it falls
+      // by whole pages even when a zero page cost a few bytes on the wire.
+      const cleared = prev.remainingBytes - s.remainingBytes;
+      if (s.iterations === prev.iterations && cleared > 0) {
+        const c = (cleared * 1000) / (s.atMs - prev.atMs);
+        this.clearRate = this.clearRate === 0 ? c : alpha * c + (1 - alpha) * this.clearRate;
+      }
+      if (dRam + dDisk > 0) this.movingSince ??= prev.atMs;
     } else if (this.rate === 0 && s.mbps > 0) {
       this.rate = (s.mbps * 1e6) / 8;
     }
@@ -226,6 +252,7 @@ export class ProgressModel {
         remainingBytes: ramStarted ? remainingRam : undefined,
         diskBytes: diskLeft,
         rateBytesPerSec: this.rate,
+        clearRateBytesPerSec: this.clearRate,
         dirtyRateBytesPerSec: dirtyRate,
         downtimeLimitMs: this.opts.downtimeLimitMs,
         elapsedMs: elapsed,
@@ -233,7 +260,9 @@ export class ProgressModel {
       if (s.expectedDowntimeMs !== null && prediction.converges && prediction.downtimeMs !== null) {
         prediction.downtimeMs = Math.min(prediction.downtimeMs, s.expectedDowntimeMs);
       }
-      etaMs = prediction.totalMs === null ? null : Math.max(0, prediction.totalMs - elapsed);
+      const rateKnown = this.movingSince !== null && s.atMs - this.movingSince >= MIN_RATE_WINDOW_MS;
+      etaMs = prediction.totalMs === null || !rateKnown ? null : Math.max(0, prediction.totalMs - elapsed);
+      if (!rateKnown) prediction = { ...prediction, totalMs: null };
     }
     return {
       status: s.status,

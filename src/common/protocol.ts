@@ -13,21 +13,28 @@
  * both versions; the controller then shows the host as `incompatible` with that error. Errors travel as
  * `{ error: { code, message, details? } }`.
  *
- * Protocol 2 (this one) added GET /agent/v1/version and the version header on answers; a protocol-2 agent
- * still serves a protocol-1 controller (upgrade the agents first, then the controller).
+ * Protocol 2 added GET /agent/v1/version and the version header on answers. Protocol 3 (this one) added
+ * GET /agent/v1/certificate (the agent certificate's validity, for `ferry host list`). Each route of the
+ * table says since which version it exists (`since`, agent-routes.ts): an agent mounts only the routes of
+ * the version it speaks, and the controller sends each agent the newest version both speak and never calls
+ * a route the agent's version lacks. So a cluster keeps working while one agent is a version behind
+ * (upgrade the agents first, then the controller).
  *
  * Controller routes used by agents (HTTPS, server certificate from the cluster CA):
  *   POST /api/v1/join {token, name, agentUrl} → JoinResponse   (one-time join token; from agentUrl's own
  *                                   address; reserved or existing names refused)
+ *   POST /api/v1/renew RenewRequest → RenewResponse   (a joined agent's new certificate for a new key, asked
+ *                                   for with its current certificate and a signature by its current key;
+ *                                   src/agent/renewal.ts, src/controller/renewal.ts)
  */
 import Type, { type Static } from 'typebox';
 import { SHA256_PATTERN, VmSpec } from './spec.ts';
 import { NAME_RE } from './units.ts';
 
 /** This side's protocol version; what every request and answer carries in PROTOCOL_HEADER. */
-export const AGENT_PROTOCOL = 2;
+export const AGENT_PROTOCOL = 3;
 /** The oldest protocol an agent still serves (the previous one). 0 is never valid. */
-export const AGENT_PROTOCOL_MIN = 1;
+export const AGENT_PROTOCOL_MIN = 2;
 export const PROTOCOL_HEADER = 'x-ferry-protocol';
 
 export const VM_STATES = ['running', 'paused', 'stopped', 'migrating'] as const;
@@ -53,7 +60,20 @@ export const HostInventory = Type.Object({
   /** Memory not yet promised to VMs on this host (total less the VMs' memory and a reserve). */
   freeMemoryBytes: Type.Number(),
   accel: Type.Enum(['kvm', 'tcg']),
-  qemu: Type.Object({ version: Type.String(), machineTypes: Type.Array(Type.String()) }),
+  qemu: Type.Object({
+    version: Type.String(),
+    machineTypes: Type.Array(Type.String()),
+    /**
+     * The rest is what a probe QEMU (`-machine none`, TCG) answered at agent start: `query-cpu-definitions`,
+     * `query-cpu-model-expansion` (full) of the CPU models asked about, and the migration capabilities it
+     * knows. Optional: agents from before it do not send them, and the scheduler then checks the machine type only.
+     */
+    cpuDefinitions: Type.Optional(
+      Type.Array(Type.Object({ name: Type.String(), usable: Type.Boolean(), unavailableFeatures: Type.Array(Type.String()) })),
+    ),
+    cpuExpansions: Type.Optional(Type.Record(Type.String(), Type.Array(Type.String()))),
+    migrationCapabilities: Type.Optional(Type.Array(Type.String())),
+  }),
   /** Address that QEMU migration streams and NBD exports of this host listen on. */
   migrationAddress: Type.String(),
   agentVersion: Type.String(),
@@ -66,6 +86,17 @@ export const AgentVersion = Type.Object({
   protocol: Type.Object({ current: Type.Integer({ minimum: 1 }), min: Type.Integer({ minimum: 1 }) }),
 });
 export type AgentVersion = Static<typeof AgentVersion>;
+
+/** GET /agent/v1/certificate (protocol 3): the agent certificate's validity and when it renews it. */
+export const AgentCertificate = Type.Object({
+  notBefore: Type.String(),
+  notAfter: Type.String(),
+  /** When the agent asks the controller for a new one (2/3 of the lifetime). */
+  renewAfter: Type.String(),
+  /** The last renewal by this agent process, or null. */
+  renewedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export type AgentCertificate = Static<typeof AgentCertificate>;
 
 export const VmStatus = Type.Object({
   name: Type.String(),
@@ -123,6 +154,16 @@ export const SharedDiskFingerprint = Type.Object({
 });
 export type SharedDiskFingerprint = Static<typeof SharedDiskFingerprint>;
 
+/**
+ * GET /vms/:name/dirty-rate: how fast the guest dirties its memory now, as QEMU measures it
+ * (`calc-dirty-rate`, page sampling over `calcTimeMs`); what a drain plans with before it moves the VM.
+ */
+export const DirtyRate = Type.Object({
+  dirtyRateBytesPerSec: Type.Number({ minimum: 0 }),
+  calcTimeMs: Type.Integer({ minimum: 0 }),
+});
+export type DirtyRate = Static<typeof DirtyRate>;
+
 export const Deleted = Type.Object({ deleted: Type.Boolean() });
 export type Deleted = Static<typeof Deleted>;
 
@@ -158,6 +199,39 @@ export const JoinResponse = Type.Object({
   }),
 });
 export type JoinResponse = Static<typeof JoinResponse>;
+
+/**
+ * A joined agent asks for a new certificate for a key pair it just made. The credential is its current
+ * certificate and a signature by its current key over `renewalPayload` (src/common/identity.ts); a second
+ * signature, by the new key, shows it holds that key too. An agent whose certificate has expired adds a
+ * one-time join token: the operator's consent to re-join under the same name.
+ */
+export const RenewRequest = Type.Object(
+  {
+    name: Name,
+    /** The certificate the agent serves now (PEM). */
+    certPem: Type.String({ minLength: 1, maxLength: 16_384 }),
+    /** The new public key, SPKI PEM. */
+    publicKeyPem: Type.String({ minLength: 1, maxLength: 4096 }),
+    /** When the agent signed (ISO 8601); the controller takes only a few minutes' skew. */
+    signedAt: Type.String({ minLength: 1, maxLength: 64 }),
+    /** base64 signature (SHA-256) of renewalPayload by the current certificate's key. */
+    signature: Type.String({ minLength: 1, maxLength: 1024 }),
+    /** base64 signature (SHA-256) of renewalPayload by the new key. */
+    proof: Type.String({ minLength: 1, maxLength: 1024 }),
+    /** Only for a certificate that has expired: a one-time join token (`ferry agent --join-token`). */
+    joinToken: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+export type RenewRequest = Static<typeof RenewRequest>;
+
+export const RenewResponse = Type.Object({
+  /** The new certificate: same name and address, the new key, a new validity. */
+  certPem: Type.String(),
+  caCertPem: Type.String(),
+});
+export type RenewResponse = Static<typeof RenewResponse>;
 
 /** Every failure, from the agent as from the controller's API. */
 export const ErrorEnvelope = Type.Object({

@@ -10,6 +10,9 @@ import { FerryError } from './errors.ts';
 import { NAME_RE } from './units.ts';
 
 export const SPEC_VERSION = 1;
+/** How far a drain may go to move a VM: live only, post-copy too, or cold (stopping the guest) too. */
+export const EVACUATIONS = ['live', 'postcopy-ok', 'cold-ok'] as const;
+export type Evacuation = (typeof EVACUATIONS)[number];
 export const DEFAULT_MACHINE = 'pc-q35-10.0';
 export const DEFAULT_CPU_MODEL = 'qemu64';
 export const MIB = 1024 * 1024;
@@ -141,6 +144,8 @@ export const VmSpec = Type.Object({
   guestAgent: Type.Optional(Type.Boolean()),
   /** A cloud-init NoCloud seed attached as a read-only CD; absent: none. */
   cloudInit: Type.Optional(CloudInitSpec),
+  /** How far a drain may go to move it (src/controller/fleet/planner.ts); absent: `live`. */
+  evacuation: Type.Optional(Type.Enum(EVACUATIONS)),
 });
 export type VmSpec = Static<typeof VmSpec>;
 

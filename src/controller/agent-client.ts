@@ -3,11 +3,14 @@
  * (src/common/agent-routes.ts) — `client.call('prepare', { params: { id }, body })` answers the route's
  * response type, checked against its schema on arrival, and the cold-migration file streams go through
  * `download` and `upload` of the same table. HTTPS with mutual TLS (the controller's client certificate,
- * the cluster CA pinned), the protocol version header on every request and checked on every answer,
+ * the cluster CA pinned), the protocol version header on every request and checked on every answer (each
+ * agent is sent the newest version both speak, learnt from its answers, and a route newer than the agent's
+ * version is never sent: `supports`),
  * timeouts on every call (the table's, unless the caller gives one), the error envelope decoded back into
  * a FerryError in one place (`decodeAgentError`), and network failures as FERRY_E_AGENT_UNREACHABLE.
  */
 import type { Readable } from 'node:stream';
+import { createSecureContext } from 'node:tls';
 import { Agent, request, type Dispatcher } from 'undici';
 import { Compile } from 'typebox/compile';
 import type { TSchema } from 'typebox';
@@ -15,10 +18,13 @@ import {
   AGENT_ROUTES,
   PROTOCOL_RANGE,
   SHA256_HEADER,
+  TERM_HEADER,
   answerAccepted,
   describeRange,
   fillPath,
   parseProtocol,
+  requestProtocol,
+  routeIn,
   type BodyOf,
   type HeadersOf,
   type ParamsOf,
@@ -29,7 +35,7 @@ import {
 } from '../common/agent-routes.ts';
 import { FerryError, fromErrorJSON, type ErrorCode } from '../common/errors.ts';
 import { transportError } from '../common/http.ts';
-import { AGENT_PROTOCOL, ErrorEnvelope, PROTOCOL_HEADER } from '../common/protocol.ts';
+import { ErrorEnvelope, PROTOCOL_HEADER } from '../common/protocol.ts';
 
 export interface AgentTls {
   caCertPem: string;
@@ -43,13 +49,26 @@ export interface CallOptions {
 }
 
 
+/**
+ * The leader's term, for controllers that share their store (leader.ts): sent on every call (TERM_HEADER);
+ * undefined while this controller does not lead, and then no header, which agents that have seen a leader
+ * refuse (FERRY_E_STALE_TERM): a follower gives no orders.
+ */
+export type TermSource = () => number | undefined;
+
 /** One connection pool for all agents: they share the controller's client certificate and the CA. */
 export class AgentPool {
   readonly dispatcher: Agent;
   private readonly clients = new Map<string, AgentClient>();
-  constructor(tls: AgentTls) {
+  constructor(
+    tls: AgentTls,
+    private readonly term?: TermSource,
+  ) {
     this.dispatcher = new Agent({
-      connect: { ca: tls.caCertPem, cert: tls.certPem, key: tls.keyPem, timeout: 5_000 },
+      // One TLS context for every connection: given only ca/cert/key, Node builds a context per connection
+      // (parsing the key and certificates again, ~5 ms of CPU each), which at 1,000 hosts made the first
+      // heartbeat round alone take seconds of the event loop (BENCHMARKS.md, the API under load).
+      connect: { secureContext: createSecureContext({ ca: tls.caCertPem, cert: tls.certPem, key: tls.keyPem }), timeout: 5_000 },
       keepAliveTimeout: 10_000,
     });
   }
@@ -59,7 +78,7 @@ export class AgentPool {
     const key = `${host} ${url}`;
     let c = this.clients.get(key);
     if (!c) {
-      c = new AgentClient(host, url, this.dispatcher);
+      c = new AgentClient(host, url, this.dispatcher, this.term);
       this.clients.set(key, c);
     }
     return c;
@@ -126,14 +145,33 @@ export function decodeAgentError(status: number, text: string, what: string, fal
 }
 
 export class AgentClient {
+  /** The agent's current version, from its last answer (null before the first). */
+  private peer: number | null = null;
+
   constructor(
     readonly host: string,
     readonly url: string,
     private readonly dispatcher: Agent,
+    private readonly term?: TermSource,
   ) {}
 
   private get what(): string {
     return `The agent of ${this.host} (${this.url})`;
+  }
+
+  /** The agent's current protocol version as last heard, or null. */
+  get peerProtocol(): number | null {
+    return this.peer;
+  }
+
+  /** Whether the agent's version has route `name` (unknown before its first answer: only the routes of every version). */
+  supports(name: RouteName): boolean {
+    return routeIn(name, requestProtocol(this.peer));
+  }
+
+  private learn(res: Dispatcher.ResponseData): void {
+    const v = parseProtocol(headerOf(res.headers, PROTOCOL_HEADER));
+    if (v !== null) this.peer = v;
   }
 
   /** A successful answer from an agent too old for this controller's range (one that did not check) is refused. */
@@ -148,21 +186,36 @@ export class AgentClient {
     );
   }
 
+  private termHeader(): Record<string, string> {
+    const term = this.term?.();
+    return term === undefined ? {} : { [TERM_HEADER]: String(term) };
+  }
+
   private async send(
     name: RouteName,
     init: { params: Record<string, string> | undefined; body: string | Readable | null; headers: Record<string, string>; timeoutMs: number; whole: boolean },
   ): Promise<Dispatcher.ResponseData> {
     const def: RouteSpec = AGENT_ROUTES[name];
+    const version = requestProtocol(this.peer);
+    if (!routeIn(name, version)) {
+      throw new FerryError(
+        'FERRY_E_AGENT_PROTOCOL',
+        `${this.what} speaks protocol ${version}, which has no ${name} route (since protocol ${def.since}): upgrade the agent.`,
+        { details: { agentProtocol: this.peer, route: name, since: def.since ?? null } },
+      );
+    }
     try {
-      return await request(new URL(fillPath(name, init.params), this.url), {
+      const res = await request(new URL(fillPath(name, init.params), this.url), {
         method: def.method,
         dispatcher: this.dispatcher,
-        headers: { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL), ...init.headers },
+        headers: { [PROTOCOL_HEADER]: String(version), ...this.termHeader(), ...init.headers },
         body: init.body,
         headersTimeout: init.timeoutMs,
         bodyTimeout: init.timeoutMs,
         ...(init.whole ? { signal: AbortSignal.timeout(init.timeoutMs) } : {}),
       });
+      this.learn(res);
+      return res;
     } catch (err) {
       throw transportError(err, this.what, 'FERRY_E_AGENT_UNREACHABLE');
     }

@@ -46,13 +46,38 @@ export interface ClusterCa {
    * An agent's certificate: CN = host name, SAN DNS = the host name (what the migration source checks its
    * destination against: `tls-hostname`), SAN IP = the agent's address as the controller verified it.
    */
-  issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem>;
+  issueAgentCert(name: string, ips: string[], opts?: AgentCertOptions): Promise<KeyPairPem>;
 }
+
+export interface AgentCertOptions {
+  /** Lifetime in milliseconds (default CERT_DAYS days): `ferry server --agent-cert-days`. */
+  lifetimeMs?: number;
+  /**
+   * The agent's own new public key (SPKI PEM), for a renewal: the private key never leaves the agent, and
+   * the answer's `keyPem` is empty. Without it the CA makes the key pair (a join).
+   */
+  publicKeyPem?: string;
+}
+
+/** What the CA's certificates live unless told otherwise (agents': `ferry server --agent-cert-days`). */
+export const CERT_DAYS = 825;
 
 export interface IssueOptions {
   days?: number;
+  /** Start of validity (default five minutes ago); with `days`, a certificate already expired can be made. */
+  notBefore?: Date;
+  /**
+   * serverAuth only, as an operator's own server certificate (`ferry server --tls-cert`) has it: for tests
+   * that play the operator's CA. The cluster CA never issues one, since clients accept a server-only
+   * certificate without the server role (src/common/identity.ts, checkApiServerIdentity).
+   */
+  serverOnly?: boolean;
   /** Adds SERVER_ROLE_OID to the extended key usages; only issueServerCert sets it. */
   serverRole?: boolean;
+  /** Lifetime in milliseconds; wins over `days`. */
+  lifetimeMs?: number;
+  /** Certify this public key instead of a new pair (the answer's keyPem is then empty). */
+  publicKey?: CryptoKey;
 }
 
 const serial = (): string => {
@@ -69,6 +94,15 @@ async function keyToPem(key: CryptoKey): Promise<string> {
 async function pemToKey(pem: string): Promise<CryptoKey> {
   const der = x509.PemConverter.decodeFirst(pem);
   return crypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
+}
+
+/** An agent's new public key: ECDSA P-256 as the whole cluster uses; anything else is refused. */
+async function spkiToKey(pem: string): Promise<CryptoKey> {
+  try {
+    return await crypto.subtle.importKey('spki', x509.PemConverter.decodeFirst(pem), { name: 'ECDSA', namedCurve: 'P-256' }, true, ['verify']);
+  } catch (err) {
+    throw new FerryError('FERRY_E_CERT_REFUSED', 'The new public key is not an ECDSA P-256 key in SPKI PEM.', { cause: err });
+  }
 }
 
 const generate = (): Promise<CryptoKeyPair> => crypto.subtle.generateKey(ALG, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
@@ -104,16 +138,21 @@ class Ca implements ClusterCa {
   }
 
   async issue(commonName: string, sans: string[], opts: IssueOptions = {}): Promise<KeyPairPem> {
-    const keys = await generate();
+    const keys = opts.publicKey === undefined ? await generate() : undefined;
+    const publicKey = opts.publicKey ?? keys!.publicKey;
+    const lifetimeMs = opts.lifetimeMs ?? (opts.days ?? CERT_DAYS) * DAY;
+    // Backdated against clocks a little behind ours, by at most a tenth of the lifetime: a certificate
+    // of a minute (tests) must not be two-thirds through its life when it is issued.
+    const notBefore = opts.notBefore ?? new Date(Date.now() - Math.min(5 * 60_000, lifetimeMs / 10));
     const extensions: x509.Extension[] = [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       new x509.ExtendedKeyUsageExtension([
         x509.ExtendedKeyUsage.serverAuth,
-        x509.ExtendedKeyUsage.clientAuth,
+        ...(opts.serverOnly === true ? [] : [x509.ExtendedKeyUsage.clientAuth]),
         ...(opts.serverRole === true ? [SERVER_ROLE_OID] : []),
       ]),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.SubjectKeyIdentifierExtension.create(publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(this.caCert),
     ];
     const names = sanNames(sans);
@@ -122,26 +161,30 @@ class Ca implements ClusterCa {
       serialNumber: serial(),
       subject: [{ CN: [commonName] }],
       issuer: this.caCert.subjectName,
-      notBefore: new Date(Date.now() - 5 * 60_000),
-      notAfter: new Date(Date.now() + (opts.days ?? 825) * DAY),
+      notBefore,
+      notAfter: new Date((opts.notBefore?.getTime() ?? Date.now()) + lifetimeMs),
       signingAlgorithm: ALG,
-      publicKey: keys.publicKey,
+      publicKey,
       signingKey: this.caKey,
       extensions,
     });
-    return { certPem: cert.toString('pem'), keyPem: await keyToPem(keys.privateKey) };
+    return { certPem: cert.toString('pem'), keyPem: keys === undefined ? '' : await keyToPem(keys.privateKey) };
   }
 
   issueServerCert(sans: string[]): Promise<KeyPairPem> {
     return this.issue(CLUSTER_CN.server, sans, { serverRole: true });
   }
 
-  async issueAgentCert(name: string, ips: string[]): Promise<KeyPairPem> {
+  async issueAgentCert(name: string, ips: string[], opts: AgentCertOptions = {}): Promise<KeyPairPem> {
     const bad = ips.filter((ip) => isIP(ip) === 0);
     if (bad.length > 0) throw new FerryError('FERRY_E_BAD_INPUT', `Not IP addresses: ${bad.join(', ')}.`);
     // The join checks this too (with its own error); here it guards every other path to an agent certificate.
     if (RESERVED_HOST_NAMES.includes(name)) throw new FerryError('FERRY_E_HOST_NAME_RESERVED', `No agent certificate for ${JSON.stringify(name)}.`);
-    return this.issue(name, [name, ...ips]);
+    const publicKey = opts.publicKeyPem === undefined ? undefined : await spkiToKey(opts.publicKeyPem);
+    return this.issue(name, [name, ...ips], {
+      ...(opts.lifetimeMs === undefined ? {} : { lifetimeMs: opts.lifetimeMs }),
+      ...(publicKey === undefined ? {} : { publicKey }),
+    });
   }
 }
 

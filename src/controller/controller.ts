@@ -15,10 +15,13 @@ import { HostRegistry } from './hosts.ts';
 import { createMetrics, type ControllerMetrics } from './metrics.ts';
 import { upsertNetworks, type VmNetwork } from './networks.ts';
 import { openStore, type Store } from './store/db.ts';
+import { parseStoreLocation } from './store/open.ts';
+import { LeaderLease, type LeaseParams } from './leader.ts';
 import { ensureAdminToken } from './tokens.ts';
 import { ImageService } from './images.ts';
 import { VmService } from './vms.ts';
 import { MigrationOrchestrator } from './migrations/orchestrator.ts';
+import type { QueueLimits } from './migrations/queue.ts';
 import { DrainService } from './drain.ts';
 import { silentLogger, type Log } from '../common/log.ts';
 
@@ -26,6 +29,10 @@ export interface ControllerOptions {
   dataDir: string;
   vmNetworks?: VmNetwork[];
   heartbeatMs?: number;
+  /** Lifetime of the agent certificates issued at join and renewal (default 825 days). */
+  agentCertMs?: number;
+  /** The migration queue's limits (src/controller/migrations/queue.ts); its defaults otherwise. */
+  limits?: QueueLimits;
   /** Start heartbeats (default true); tests driving `hosts.poll()` by hand turn them off. */
   heartbeats?: boolean;
   /** Recover unfinished migration jobs at start (default true). */
@@ -41,6 +48,29 @@ export interface ControllerOptions {
   holdDir?: string;
   /** The controller's logger (src/controller/log.ts); default: silent. */
   log?: Log;
+  /** Where the store is (`ferry server --store`): a SQLite file; default `<dataDir>/ferry.db`. */
+  store?: string;
+  /**
+   * Share the store with other controllers (docs/ha.md): a leader lease decides which one acts; this one
+   * starts heartbeats, recovery and every agent call only once it leads, and each call carries its term.
+   */
+  ha?: HaOptions;
+}
+
+export interface HaOptions {
+  /** Unique among the controllers of the store. */
+  id: string;
+  params?: LeaseParams;
+  /** This controller lost a term it held: it must stop acting at once (`ferry server` exits). */
+  onDeposed: (term: number) => void;
+}
+
+/** Leadership, when the controller shares its store (HaOptions). */
+export interface ControllerHa {
+  readonly id: string;
+  readonly lease: LeaderLease;
+  /** Starts competing for the lease; `url` is where followers send writers. */
+  start(url: string): void;
 }
 
 export interface Controller {
@@ -61,6 +91,8 @@ export interface Controller {
   readonly migrations: MigrationOrchestrator;
   readonly drains: DrainService;
   readonly log: Log;
+  /** Present when the store is shared (ControllerOptions.ha). */
+  readonly ha: ControllerHa | undefined;
   close(): Promise<void>;
 }
 
@@ -71,11 +103,13 @@ export const ADMIN_TOKEN_FILE = 'admin-token';
 export async function createController(opts: ControllerOptions): Promise<Controller> {
   const log = opts.log ?? silentLogger();
   const probeKind = opts.probeKind ?? testProbeKind(process.env.FERRY_TEST_GUEST_PROBE);
+  // Checked before anything is created.
+  const storeFile = controllerStoreFile(opts.dataDir, opts.store);
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
   chmodSync(opts.dataDir, 0o700);
   const { ca, created } = await loadOrCreateCa(join(opts.dataDir, CA_DIR));
-  const store = openStore(join(opts.dataDir, STORE_FILE));
+  const store = openStore(storeFile);
   try {
     if (opts.vmNetworks && opts.vmNetworks.length > 0) upsertNetworks(store.sqlite, opts.vmNetworks);
     const newAdminToken = ensureAdminToken(store);
@@ -83,7 +117,8 @@ export async function createController(opts: ControllerOptions): Promise<Control
     // file is the only place it can still be read from.
     if (newAdminToken !== null) writeFileSync(join(opts.dataDir, ADMIN_TOKEN_FILE), newAdminToken + '\n', { mode: 0o600 });
     const events = new EventBus(store);
-    const pool = new AgentPool({ caCertPem: ca.caCertPem, ...ca.controllerClient });
+    let lease: LeaderLease | undefined;
+    const pool = new AgentPool({ caCertPem: ca.caCertPem, ...ca.controllerClient }, opts.ha === undefined ? undefined : () => lease?.term());
     const guard = new VmGuard();
     const hosts = new HostRegistry({
       store,
@@ -93,6 +128,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       ca,
       log,
       ...(opts.heartbeatMs === undefined ? {} : { intervalMs: opts.heartbeatMs }),
+      ...(opts.agentCertMs === undefined ? {} : { agentCertMs: opts.agentCertMs }),
     });
     const images = new ImageService({
       store,
@@ -108,20 +144,58 @@ export async function createController(opts: ControllerOptions): Promise<Control
     const holdDir = opts.holdDir ?? process.env.FERRY_TEST_HOLD_DIR;
     const migrations = new MigrationOrchestrator({
       store,
+      ...(opts.ha === undefined ? {} : { term: () => lease?.term() }),
       events,
       pool,
       images,
       log,
       onJob: (type, job) => metrics.migrationChanged(type, job),
+      ...(opts.limits === undefined ? {} : { limits: opts.limits }),
       ...(opts.probe === undefined ? {} : { probe: opts.probe }),
       ...(probeKind ? { probeKind } : {}),
       ...(holdDir ? { holdDir } : {}),
     });
     metrics.watch(migrations.jobs);
-    const drains = new DrainService({ store, events, migrations, log });
-    if (opts.heartbeats !== false) hosts.start();
-    // Jobs a previous controller left unfinished are rolled forward or back, by who is the truth now.
-    if (opts.recover !== false) migrations.recover();
+    const drains = new DrainService({ store, events, migrations, pool, log });
+    let closed = false;
+    const act = (): void => {
+      if (closed) return; // elected while closing: nothing to start
+      if (opts.heartbeats !== false) hosts.start();
+      // Jobs a previous controller (or leader) left unfinished are rolled forward or back, by who is the truth now.
+      if (opts.recover !== false) migrations.recover();
+    };
+    let ha: ControllerHa | undefined;
+    if (opts.ha === undefined) act();
+    else {
+      const { id, params, onDeposed } = opts.ha;
+      let url = '';
+      const leader = new LeaderLease({
+        store,
+        id,
+        url: () => url,
+        ...(params === undefined ? {} : { params }),
+        onElected: (term) => {
+          log.warn({ term }, `leading in term ${term}`);
+          // Every agent hears the new term first, so that none still takes the deposed leader's orders;
+          // then the background work and the recovery of the jobs the old leader left.
+          void announceTerm(store, pool).finally(act);
+        },
+        onDeposed: (term) => {
+          log.error({ term }, `deposed: term ${term} is over`);
+          onDeposed(term);
+        },
+        onError: (err) => log.warn({ err }, `leader lease: ${String(err)}`),
+      });
+      lease = leader;
+      ha = {
+        id,
+        lease: leader,
+        start: (u) => {
+          url = u;
+          leader.start();
+        },
+      };
+    }
     return {
       dataDir: opts.dataDir,
       store,
@@ -138,10 +212,14 @@ export async function createController(opts: ControllerOptions): Promise<Control
       migrations,
       drains,
       log,
+      ha,
       close: async () => {
+        closed = true;
         drains.close();
         await migrations.close();
         await hosts.stop();
+        // Released last: the next leader starts only once this one gives no more orders.
+        await lease?.stop();
         await pool.close();
         await store.close();
       },
@@ -150,6 +228,24 @@ export async function createController(opts: ControllerOptions): Promise<Control
     await store.close();
     throw err;
   }
+}
+
+/** The SQLite file of `--store` (a path or sqlite:PATH), or the data dir's. */
+function controllerStoreFile(dataDir: string, location: string | undefined): string {
+  if (location === undefined) return join(dataDir, STORE_FILE);
+  const where = parseStoreLocation(location);
+  if (where.kind !== 'sqlite') {
+    // The store layer opens PostgreSQL (store/postgres.ts), but the controller's own code still runs
+    // synchronous SQLite transactions: until those speak Kysely, a controller refuses it plainly.
+    throw new FerryError('FERRY_E_BAD_STORE', 'This controller runs on a SQLite store so far; PostgreSQL is open to the store layer only (docs/ha.md).');
+  }
+  return where.file;
+}
+
+/** Tells every known agent the current term (a cheap version call each); agents that do not answer hear it on the next call. */
+async function announceTerm(store: Store, pool: AgentPool): Promise<void> {
+  const hosts = await store.db.selectFrom('hosts').select(['name', 'url']).execute();
+  await Promise.allSettled(hosts.map((h) => pool.client(h.name, h.url).call('version', undefined, { timeoutMs: 2_000 })));
 }
 
 function testProbeKind(value: string | undefined): GuestProbe | undefined {

@@ -1,27 +1,32 @@
 /**
  * The host registry: joins (a one-time token buys an agent certificate and a row in `hosts`),
- * heartbeats (every ~2 s each agent's inventory, VM list and version; 3 misses → `unreachable`, an agent
+ * heartbeats (every ~2 s each agent's inventory, VM list and version, 64 hosts at a time; 3 misses →
+ * `unreachable`, asked then less and less often, up to every 3 intervals; an agent
  * speaking a protocol outside the range → `incompatible` with its error, an answer → `ready`, each
  * transition published), and reconciliation of the `vms` table from what agents report.
  */
-import type { HostJson } from '../common/api.ts';
+import type { HostInventorySummary, HostJson, HostSummaryJson } from '../common/api.ts';
 import { isIP } from 'node:net';
 import { FerryError } from '../common/errors.ts';
 import { silentLogger, type Log } from '../common/log.ts';
 import { validateHostName } from '../common/identity.ts';
-import type { AgentVersion, HostInventory, HostState, JoinRequest, JoinResponse, VmStatus } from '../common/protocol.ts';
+import type { AgentCertificate, AgentVersion, HostInventory, HostState, JoinRequest, JoinResponse, RenewRequest, RenewResponse, VmStatus } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import type { AgentPool } from './agent-client.ts';
 import type { ClusterCa } from './ca.ts';
 import type { EventBus } from './events.ts';
 import type { VmGuard } from './guard.ts';
-import { freeMemory, type HostView, type VmLoad } from './scheduler.ts';
+import { freeMemoryOf, NO_LOAD, type HostLoad, type HostView, type VmLoad } from './scheduler.ts';
 import { nowIso, type HostsTable, type Store, type VmsTable } from './store/db.ts';
 import { consumeJoinToken } from './tokens.ts';
+import { renewAgentCert } from './renewal.ts';
 import { hasActiveJob } from './migrations/jobs.ts';
 import { VmRows } from './store/vms.ts';
 import { PendingCalls } from './migrations/pending.ts';
 
+
+/** Heartbeats in flight at once in a round (enough that a round of 1,000 answering hosts fits in an interval). */
+const HEARTBEAT_CONCURRENCY = 64;
 
 export interface HostRegistryOptions {
   store: Store;
@@ -33,6 +38,42 @@ export interface HostRegistryOptions {
   /** Heartbeats missed in a row before a host is declared unreachable. */
   missesToUnreachable?: number;
   log?: Log;
+  /** Lifetime of agent certificates, issued at join and renewal (`ferry server --agent-cert-days`). */
+  agentCertMs?: number;
+}
+
+/** A page of the host list by name (the API's `?limit=N&after=NAME`). */
+export interface HostPage {
+  limit?: number;
+  after?: string;
+}
+
+/** An inventory as stored (`text`), parsed, and reduced to what a list shows. */
+interface ParsedInventory {
+  text: string;
+  inventory: HostInventory;
+  summary: HostInventorySummary;
+}
+
+function summarize(inv: HostInventory): HostInventorySummary {
+  return {
+    protocol: inv.protocol,
+    cpu: { model: inv.cpu.model, vendor: inv.cpu.vendor, cores: inv.cpu.cores },
+    memoryBytes: inv.memoryBytes,
+    accel: inv.accel,
+    qemu: { version: inv.qemu.version },
+    agentVersion: inv.agentVersion,
+  };
+}
+
+/**
+ * A host's JSON text with `inventoryText` (JSON already, or null) in place of its inventory, in HostJson's
+ * own order of fields: what JSON.stringify(host) gives when inventoryText is JSON.stringify(host.inventory).
+ */
+function hostJsonText(host: HostJson, inventoryText: string | null): string {
+  const { name, url, state, maintenance, inventory: _parsed, ...rest } = host;
+  const head = JSON.stringify({ name, url, state, maintenance });
+  return `${head.slice(0, -1)},"inventory":${inventoryText ?? 'null'},${JSON.stringify(rest).slice(1)}`;
 }
 
 export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostState {
@@ -41,13 +82,19 @@ export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostS
   return row.maintenance ? 'maintenance' : 'ready';
 }
 
-/** Memory and vCPUs of the VMs the store places on hosts, as the scheduler wants them. */
-export function vmLoads(store: Store): VmLoad[] {
-  const rows = store.sqlite.prepare('SELECT host, state, spec FROM vms').all() as Pick<VmsTable, 'host' | 'state' | 'spec'>[];
-  return rows.map((r) => {
-    const spec = JSON.parse(r.spec) as { memoryBytes?: number; vcpus?: number };
-    return { host: r.host, memoryBytes: spec.memoryBytes ?? 0, vcpus: spec.vcpus ?? 0, pending: r.state === 'creating' };
-  });
+/**
+ * Memory and vCPUs of the VMs the store places on hosts (or on a range of host names), as the scheduler
+ * wants them. SQLite reads the two numbers out of each spec (json_extract): parsing 10,000 specs in
+ * JavaScript for each host list was most of what a list cost.
+ */
+export function vmLoads(store: Store, hosts?: { first: string; last: string }): VmLoad[] {
+  const cols = "host, state, json_extract(spec, '$.memoryBytes') AS memoryBytes, json_extract(spec, '$.vcpus') AS vcpus";
+  const rows = (
+    hosts === undefined
+      ? store.sqlite.prepare(`SELECT ${cols} FROM vms`).all()
+      : store.sqlite.prepare(`SELECT ${cols} FROM vms WHERE host BETWEEN ? AND ?`).all(hosts.first, hosts.last)
+  ) as { host: string; state: string; memoryBytes: number | null; vcpus: number | null }[];
+  return rows.map((r) => ({ host: r.host, memoryBytes: r.memoryBytes ?? 0, vcpus: r.vcpus ?? 0, pending: r.state === 'creating' }));
 }
 
 export function hostViews(store: Store): HostView[] {
@@ -86,15 +133,20 @@ export function canonicalIp(addr: string): string {
 }
 
 export class HostRegistry {
-  private readonly o: Required<HostRegistryOptions>;
+  private readonly o: Required<Omit<HostRegistryOptions, 'agentCertMs'>> & Pick<HostRegistryOptions, 'agentCertMs'>;
   private readonly misses = new Map<string, number>();
   private readonly inFlight = new Map<string, Promise<void>>();
+  private readonly inventories = new Map<string, ParsedInventory>();
+  /** Hosts that missed heartbeats: the earliest time (Date.now()) a round asks them again. */
+  private readonly notBefore = new Map<string, number>();
   /** The VMs each host last reported running (a foreign copy is removed only while its owner runs it). */
   private readonly lastRunning = new Map<string, Set<string>>();
   private readonly resolving = new Set<string>();
   private readonly flagged = new Set<string>();
   /** Each host's last answer to GET /version, and the protocol error of an incompatible one. */
   private readonly versions = new Map<string, AgentVersion>();
+  /** Each host's certificate validity, from agents whose version has the route (protocol 3). */
+  private readonly certificates = new Map<string, AgentCertificate>();
   private readonly errors = new Map<string, { code: string; message: string }>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
@@ -130,7 +182,7 @@ export class HostRegistry {
     }
     // Everything was checked without side effects; now issue, then use the token and register in one
     // transaction, so a failure in between neither burns the token nor leaves a host without a certificate.
-    const cert = await this.o.ca.issueAgentCert(name, [ip]);
+    const cert = await this.o.ca.issueAgentCert(name, [ip], this.o.agentCertMs === undefined ? {} : { lifetimeMs: this.o.agentCertMs });
     store.sqlite.transaction(() => {
       // Again inside the transaction: two joins of one name with two tokens must not both win.
       if (taken()) throw new FerryError('FERRY_E_HOST_EXISTS', `A host named ${JSON.stringify(name)} has joined already.`);
@@ -145,30 +197,106 @@ export class HostRegistry {
     return { caCertPem: this.o.ca.caCertPem, certPem: cert.certPem, keyPem: cert.keyPem, serverUrl, controllerPin: this.o.ca.controllerPin };
   }
 
-  list(): HostJson[] {
-    const rows = this.o.store.sqlite.prepare('SELECT * FROM hosts ORDER BY name').all() as HostsTable[];
-    return rows.map((r) => this.toJson(r));
+  /** A joined agent's new certificate for its new key (src/controller/renewal.ts says what is refused). */
+  renew(req: RenewRequest): Promise<RenewResponse> {
+    const { store, ca, events, log, agentCertMs } = this.o;
+    return renewAgentCert({ store, ca, events, log, ...(agentCertMs === undefined ? {} : { lifetimeMs: agentCertMs }) }, req);
+  }
+
+  /** By name; a page when `limit` is given (names after `after`). */
+  list(page: HostPage = {}): HostJson[] {
+    const { rows, loads, names } = this.page(page);
+    return rows.map((r) => this.toJson(r, loads.get(r.name) ?? NO_LOAD, names.get(r.name) ?? []));
+  }
+
+  /**
+   * The same list as the JSON text the API answers, each inventory spliced in as the store holds it: the
+   * heartbeat wrote it with JSON.stringify, so it is already the text JSON.stringify of the parsed
+   * inventory would give, and serialising 100 inventories again was most of the cost of a page.
+   */
+  listText(page: HostPage = {}): string {
+    const { rows, loads, names } = this.page(page);
+    return `[${rows.map((r) => hostJsonText(this.toJson(r, loads.get(r.name) ?? NO_LOAD, names.get(r.name) ?? []), r.inventory)).join(',')}]`;
+  }
+
+  /** The same list, each inventory reduced to what a list shows (HostSummaryJson). */
+  summaries(page: HostPage = {}): HostSummaryJson[] {
+    const { rows, loads, names } = this.page(page);
+    return rows.map((r) => ({ ...this.toJson(r, loads.get(r.name) ?? NO_LOAD, names.get(r.name) ?? []), inventory: this.parsed(r)?.summary ?? null }));
+  }
+
+  /**
+   * The rows of a page, and the load and VM names of its hosts: one read of the VMs for the whole page, not
+   * one per host (at 1,000 hosts and 10,000 VMs the per-host reads made the list take seconds, BENCHMARKS.md).
+   * A page is a range of names, so only the VMs of that range are read.
+   */
+  private page(page: HostPage): { rows: HostsTable[]; loads: Map<string, HostLoad>; names: Map<string, string[]> } {
+    const rows = this.o.store.sqlite
+      .prepare('SELECT * FROM hosts WHERE name > ? ORDER BY name LIMIT ?')
+      .all(page.after ?? '', page.limit ?? -1) as HostsTable[];
+    if (rows.length === 0) return { rows, loads: new Map(), names: new Map() };
+    return { rows, ...this.vmsOf({ first: rows[0]!.name, last: rows.at(-1)!.name }) };
   }
 
   get(name: string): HostJson {
     const row = this.row(name);
     if (!row) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(name)}: see \`ferry host list\`.`);
-    return this.toJson(row);
+    const { loads, names } = this.vmsOf({ first: row.name, last: row.name });
+    return this.toJson(row, loads.get(row.name) ?? NO_LOAD, names.get(row.name) ?? []);
+  }
+
+  /**
+   * The load and the VM names (sorted) of each host in a range of host names: one row per host, summed by
+   * SQLite from the index vms_host_load (store/migrations.ts), which holds each VM's memory and vCPUs.
+   */
+  private vmsOf(range: { first: string; last: string }): { loads: Map<string, HostLoad>; names: Map<string, string[]> } {
+    const rows = this.o.store.sqlite
+      .prepare(
+        `SELECT host, group_concat(name, ' ') AS names,
+           SUM(json_extract(spec, '$.memoryBytes')) AS memoryBytes, SUM(json_extract(spec, '$.vcpus')) AS vcpus,
+           SUM(CASE WHEN state = 'creating' THEN json_extract(spec, '$.memoryBytes') ELSE 0 END) AS pendingBytes
+         FROM vms WHERE host BETWEEN ? AND ? GROUP BY host`,
+      )
+      .all(range.first, range.last) as { host: string; names: string; memoryBytes: number | null; vcpus: number | null; pendingBytes: number | null }[];
+    const names = new Map<string, string[]>();
+    const loads = new Map<string, HostLoad>();
+    for (const r of rows) {
+      // Names never hold a space (NAME_RE, common/units.ts): the separator is unambiguous. Sorted here, not
+      // by group_concat's ORDER BY: that sort went through a temporary B-tree, and cost a host page more
+      // than all the rest of its query; NAME_RE's ASCII sorts the same in JavaScript as in SQLite.
+      names.set(r.host, r.names.split(' ').sort());
+      loads.set(r.host, { memoryBytes: r.memoryBytes ?? 0, vcpus: r.vcpus ?? 0, pendingBytes: r.pendingBytes ?? 0 });
+    }
+    return { loads, names };
   }
 
   row(name: string): HostsTable | undefined {
     return this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
   }
 
-  private toJson(r: HostsTable): HostJson {
-    const loads = vmLoads(this.o.store);
+  /**
+   * A host's inventory as the store holds it, parsed (and summarised) once per text it had: an inventory is
+   * kilobytes and changes seldom, and a host list parsed a hundred of them per request. A heartbeat that
+   * brings another inventory writes another text, which is parsed anew. Read-only: answers share it.
+   */
+  private parsed(r: HostsTable): ParsedInventory | null {
+    if (r.inventory === null) return null;
+    const known = this.inventories.get(r.name);
+    if (known?.text === r.inventory) return known;
+    const inventory = JSON.parse(r.inventory) as HostInventory;
+    const entry = { text: r.inventory, inventory, summary: summarize(inventory) };
+    this.inventories.set(r.name, entry);
+    return entry;
+  }
+
+  /** `load`: what the VMs on this host take; `vms`: their names. */
+  private toJson(r: HostsTable, load: HostLoad, vms: string[]): HostJson {
     const view: HostView = {
       name: r.name,
       state: hostState(r),
       maintenance: r.maintenance === 1,
-      inventory: r.inventory === null ? null : (JSON.parse(r.inventory) as HostInventory),
+      inventory: this.parsed(r)?.inventory ?? null,
     };
-    const vms = (this.o.store.sqlite.prepare('SELECT name FROM vms WHERE host = ? ORDER BY name').all(r.name) as { name: string }[]).map((v) => v.name);
     return {
       name: r.name,
       url: r.url,
@@ -176,8 +304,9 @@ export class HostRegistry {
       maintenance: view.maintenance,
       inventory: view.inventory,
       agent: this.versions.get(r.name) ?? null,
+      certificate: this.certificates.get(r.name) ?? null,
       error: view.state === 'incompatible' ? (this.errors.get(r.name) ?? null) : null,
-      freeMemoryBytes: freeMemory(view, loads),
+      freeMemoryBytes: freeMemoryOf(view, load),
       vms,
       lastSeenAt: r.last_seen_at,
       joinedAt: r.joined_at,
@@ -202,10 +331,35 @@ export class HostRegistry {
     await Promise.allSettled([...this.inFlight.values()]);
   }
 
-  /** One heartbeat round over every host (each host at most one heartbeat at a time). */
+  /**
+   * One heartbeat round over every host due (each host at most one heartbeat at a time), at most
+   * HEARTBEAT_CONCURRENCY at once: a fleet of 1,000 hosts is not 3,000 connections opened in one tick of
+   * the event loop, which the API's requests would wait behind. A host declared unreachable is due less
+   * and less often (`backoffMs`); `poll(name)` asks it at once all the same.
+   */
   async pollAll(): Promise<void> {
-    const names = (this.o.store.sqlite.prepare('SELECT name FROM hosts').all() as { name: string }[]).map((r) => r.name);
-    await Promise.allSettled(names.map((n) => this.poll(n)));
+    const now = Date.now();
+    const names = (this.o.store.sqlite.prepare('SELECT name FROM hosts').all() as { name: string }[])
+      .map((r) => r.name)
+      .filter((n) => (this.notBefore.get(n) ?? 0) <= now);
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < names.length) await this.poll(names[next++]!).catch(() => undefined);
+    };
+    await Promise.all(Array.from({ length: Math.min(HEARTBEAT_CONCURRENCY, names.length) }, worker));
+  }
+
+  /**
+   * How long a round leaves alone a host that missed `misses` heartbeats in a row: nothing while it may
+   * still be a blip (before it is declared unreachable), then twice as long after each further miss, up to
+   * three intervals (6 s by default): an agent that comes back is seen within that (a restarted agent is
+   * waited for by a recovering migration), and 1,000 hosts that are gone cost a connection attempt each
+   * per three intervals, not per interval.
+   */
+  private backoffMs(misses: number): number {
+    const over = misses - this.o.missesToUnreachable;
+    if (over < 0) return 0;
+    return Math.min(this.o.intervalMs * 2 ** over, this.o.intervalMs * 3);
   }
 
   poll(name: string): Promise<void> {
@@ -237,6 +391,7 @@ export class HostRegistry {
       if (err instanceof FerryError && err.code === 'FERRY_E_AGENT_PROTOCOL') return this.incompatible(name, err);
       const n = (this.misses.get(name) ?? 0) + 1;
       this.misses.set(name, n);
+      this.notBefore.set(name, Date.now() + this.backoffMs(n));
       if (n >= this.o.missesToUnreachable) {
         const res = store.sqlite.prepare("UPDATE hosts SET state = 'unreachable' WHERE name = ? AND state != 'unreachable'").run(name);
         if (res.changes === 1) {
@@ -249,7 +404,13 @@ export class HostRegistry {
       return;
     }
     this.misses.set(name, 0);
+    this.notBefore.delete(name);
     this.versions.set(name, version);
+    // A route of protocol 3: an agent a version behind (a rolling upgrade) is simply not asked.
+    if (client.supports('certificate')) {
+      const cert = await client.call('certificate', {}).catch(() => undefined);
+      if (cert !== undefined) this.certificates.set(name, cert);
+    } else this.certificates.delete(name);
     this.errors.delete(name);
     const wasReady = row.state === 'ready' && row.inventory !== null;
     store.sqlite
@@ -265,6 +426,7 @@ export class HostRegistry {
   /** The agent answered with FERRY_E_AGENT_PROTOCOL: the host is `incompatible` (never scheduled) until it speaks ours. */
   private incompatible(name: string, err: FerryError): void {
     this.misses.set(name, 0);
+    this.notBefore.delete(name);
     const error = { code: err.code, message: err.message };
     this.errors.set(name, error);
     const res = this.o.store.sqlite.prepare("UPDATE hosts SET state = 'incompatible' WHERE name = ? AND state != 'incompatible'").run(name);

@@ -1,7 +1,9 @@
 /**
- * Secrets the controller hands out: the admin API token and one-time join tokens. Both are
- * `<id>.<secret>`; only a SHA-256 of the secret is stored (the secrets are 256 random bits, so a slow
- * hash buys nothing), and comparison is constant-time.
+ * Secrets the controller hands out: API tokens (the first admin token, and those of `ferry token create`)
+ * and one-time join tokens. All are `<id>.<secret>`; only a SHA-256 of the secret is stored (the secrets are
+ * 256 random bits, so a slow hash buys nothing), and comparison is constant-time. An API token has a role:
+ * `admin` may do everything, `read-only` may read (GET, the event stream, /metrics) and nothing else
+ * (app.ts refuses its writes with FERRY_E_READ_ONLY). Revoking deletes the token: it is refused at once.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { FerryError } from '../common/errors.ts';
@@ -28,6 +30,37 @@ function mint(): { id: string; secret: string; token: string } {
   return { id, secret, token: `${id}.${secret}` };
 }
 
+export const TOKEN_ROLES = ['admin', 'read-only'] as const;
+export type TokenRole = (typeof TOKEN_ROLES)[number];
+
+export interface ApiTokenInfo {
+  id: string;
+  role: TokenRole;
+  createdAt: string;
+}
+
+/** A new API token of `role`; the secret is in `token`, shown this once. */
+export function createApiToken(store: Store, role: TokenRole): ApiTokenInfo & { token: string } {
+  const t = mint();
+  const createdAt = nowIso();
+  store.sqlite.prepare('INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)').run(t.id, hash(t.secret), role, createdAt);
+  return { id: t.id, role, createdAt, token: t.token };
+}
+
+export function listApiTokens(store: Store): ApiTokenInfo[] {
+  const rows = store.sqlite.prepare('SELECT id, role, created_at FROM api_tokens ORDER BY created_at, id').all() as { id: string; role: string; created_at: string }[];
+  return rows.map((r) => ({ id: r.id, role: r.role === 'admin' ? 'admin' : 'read-only', createdAt: r.created_at }));
+}
+
+/** Deletes the token `id` (its id, or the whole token); FERRY_E_TOKEN_NOT_FOUND when there is none. */
+export function revokeApiToken(store: Store, id: string): ApiTokenInfo {
+  const key = id.split('.')[0]!;
+  const row = listApiTokens(store).find((t) => t.id === key);
+  if (row === undefined) throw new FerryError('FERRY_E_TOKEN_NOT_FOUND', `No API token with id ${JSON.stringify(key)}: see \`ferry token list\`.`);
+  store.sqlite.prepare('DELETE FROM api_tokens WHERE id = ?').run(key);
+  return row;
+}
+
 /** Creates the admin token if there is none; returns it only when it was just created. */
 export function ensureAdminToken(store: Store): string | null {
   const has = store.sqlite.prepare("SELECT 1 FROM api_tokens WHERE role = 'admin' LIMIT 1").get();
@@ -39,14 +72,16 @@ export function ensureAdminToken(store: Store): string | null {
   return t.token;
 }
 
-/** The token's role, or null when it is not a valid API token. */
-export function checkApiToken(store: Store, token: string): string | null {
+/** The token's role, or null when it is not a valid API token (unknown, wrong or revoked). */
+export function checkApiToken(store: Store, token: string): TokenRole | null {
   const p = split(token);
   if (!p) return null;
   const row = store.sqlite.prepare('SELECT secret_hash, role FROM api_tokens WHERE id = ?').get(p.id) as
     | { secret_hash: string; role: string }
     | undefined;
-  return row && sameHash(p.secret, row.secret_hash) ? row.role : null;
+  if (!row || !sameHash(p.secret, row.secret_hash)) return null;
+  // An unknown role reads only: a token is never given more than its row says.
+  return row.role === 'admin' ? 'admin' : 'read-only';
 }
 
 export function createJoinToken(store: Store, ttlMs = DEFAULT_JOIN_TOKEN_TTL_MS): { token: string; expiresAt: string } {

@@ -9,7 +9,7 @@ import { statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { FerryError } from '../common/errors.ts';
 import type { VmStatus } from '../common/protocol.ts';
-import { APPEND_PATTERN, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type DiskSpec, type NicSpec, type VmSpec } from '../common/spec.ts';
+import { APPEND_PATTERN, DEFAULT_CPU_MODEL, DEFAULT_MACHINE, defaultVmSpec, MAX_USER_DATA_BYTES, parseCloudInit, parseVmSpec, type BootSpec, type CloudInitSpec, type DiskSpec, type Evacuation, type NicSpec, type VmSpec } from '../common/spec.ts';
 import { parseDuration, parseSize, validateName } from '../common/units.ts';
 import { inspectDiskImage } from '../guest/disk-image.ts';
 import type { AgentPool } from './agent-client.ts';
@@ -45,6 +45,8 @@ export interface CreateVmRequest {
   ip?: string;
   /** A qemu-guest-agent port; default true with diskImage. */
   guestAgent?: boolean;
+  /** How far a drain may go to move it; absent: live only. */
+  evacuation?: Evacuation;
   /** A cloud-init NoCloud seed; implied by hostname, sshKeys or userData. */
   cloudInit?: boolean;
   hostname?: string;
@@ -163,8 +165,12 @@ export class VmService {
     this.rows = new VmRows(o.store.sqlite);
   }
 
-  list(): VmJson[] {
-    return (this.o.store.sqlite.prepare('SELECT * FROM vms ORDER BY name').all() as VmsTable[]).map(vmJson);
+  /** By name; a page when `limit` is given (names after `after`). */
+  list(page: { limit?: number; after?: string } = {}): VmJson[] {
+    const rows = this.o.store.sqlite
+      .prepare('SELECT * FROM vms WHERE name > ? ORDER BY name LIMIT ?')
+      .all(page.after ?? '', page.limit ?? -1) as VmsTable[];
+    return rows.map(vmJson);
   }
 
   get(name: string): VmJson {
@@ -393,7 +399,7 @@ export class VmService {
         );
       }
       const placement = placeVm(
-        { memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host },
+        { memoryBytes: p.memoryBytes, vcpus: p.vcpus, host: p.host, machine: DEFAULT_MACHINE, cpuModel: DEFAULT_CPU_MODEL },
         hostViews(store),
         vmLoads(store),
       );
@@ -474,7 +480,7 @@ export class VmService {
                 nics,
                 ...(p.guestAgent ? { guestAgent: true } : {}),
               });
-      const spec = p.cloudInit === undefined ? spec0 : parseVmSpec({ ...spec0, cloudInit: p.cloudInit });
+      const spec = p.cloudInit === undefined && req.evacuation === undefined ? spec0 : parseVmSpec({ ...spec0, ...(p.cloudInit === undefined ? {} : { cloudInit: p.cloudInit }), ...(req.evacuation === undefined ? {} : { evacuation: req.evacuation }) });
       this.rows.setSpec(p.name, spec, ip);
       return { spec, ip, placement };
     })();

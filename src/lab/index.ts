@@ -26,8 +26,9 @@ import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, toFerryError } from '../common/errors.ts';
 import { checkControllerIdentity } from '../common/identity.ts';
+import { validateName } from '../common/units.ts';
 import { PACKAGE_ROOT } from '../common/paths.ts';
-import { configPath, writeConfig } from '../client/config.ts';
+import { configPath, removeContext, writeContext } from '../client/config.ts';
 import {
   DEFAULT_LAB,
   HOST_VM_BRIDGE,
@@ -91,6 +92,12 @@ export interface LabHost {
   pid: number;
   dataDir: string;
   log: string;
+  /**
+   * More flags of this host's agent (kept across restarts): a migration network and port range, a config
+   * file, an older protocol (`--protocol`) for rolling-upgrade tests. With `--config` or `--migration-cidr`
+   * the lab gives no `--migration-address`: the agent picks its own.
+   */
+  agentArgs?: string[];
 }
 
 export interface LabState {
@@ -105,6 +112,8 @@ export interface LabState {
   configPath: string | null;
   /** Extra environment of the controller (kept here so that a restarted controller gets it too). */
   serverEnv?: Record<string, string>;
+  /** Extra arguments of `ferry server` (e.g. `--ha --id c1`), kept across restarts too. */
+  serverArgs?: string[];
 }
 
 export interface LabOptions {
@@ -123,6 +132,8 @@ export interface LabUpOptions extends LabOptions {
   log?: (line: string) => void;
   /** Extra environment of the controller, e.g. a test's FERRY_TEST_HOLD_DIR; kept across its restarts. */
   serverEnv?: Record<string, string>;
+  /** Extra arguments of `ferry server` (e.g. `--ha --id c1`); kept across its restarts. */
+  serverArgs?: string[];
 }
 
 export interface LabUpResult extends LabState {
@@ -399,21 +410,28 @@ export async function labApiHosts(state: Pick<LabState, 'server'>, timeoutMs = 5
 }
 
 /** `ready`, and its first heartbeat came in (the inventory the scheduler needs), when the API shows it. */
-function hostReady(h: ApiHost | undefined): boolean {
+/** Ready, with an inventory, and (given `heardSince`) heard by a heartbeat that began after that time. */
+function hostReady(h: ApiHost | undefined, heardSince?: number): boolean {
   return (
     h !== undefined &&
     h.state === 'ready' &&
-    (!('inventory' in h) || (h.inventory !== null && h.inventory !== undefined))
+    (!('inventory' in h) || (h.inventory !== null && h.inventory !== undefined)) &&
+    (heardSince === undefined || (typeof h.lastSeenAt === 'string' && Date.parse(h.lastSeenAt) > heardSince))
   );
 }
 
-async function waitHostsReady(state: LabState, names: string[], timeoutMs: number): Promise<void> {
+/**
+ * Waits for the hosts to be ready. After an agent restart the host is still `ready` from before it (a quick
+ * restart misses no heartbeat), so the restart passes `heardSince`: a heartbeat that answered afterwards,
+ * one that saw the new agent (its version, its inventory).
+ */
+async function waitHostsReady(state: LabState, names: string[], timeoutMs: number, heardSince?: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
     try {
       const hosts = await labApiHosts(state);
-      const notReady = names.filter((n) => !hostReady(hosts.find((h) => h.name === n)));
+      const notReady = names.filter((n) => !hostReady(hosts.find((h) => h.name === n), heardSince));
       if (notReady.length === 0) return;
       last = `not ready: ${notReady.map((n) => `${n}=${hosts.find((h) => h.name === n)?.state ?? 'absent'}`).join(', ')}`;
     } catch (err) {
@@ -428,17 +446,15 @@ async function waitHostsReady(state: LabState, names: string[], timeoutMs: numbe
 // ---------------------------------------------------------------------------------------------------
 // starting the parts
 
-async function startServer(state: LabState, timeoutMs: number): Promise<void> {
-  const s = state.server;
-  const started = await startDetached(
-    [
+function serverArgv(state: LabState, listen: string, extra: string[]): string[] {
+  return [
       process.execPath,
       FERRY_BIN,
       'server',
       '--data',
-      s.dataDir,
+      state.server.dataDir,
       '--listen',
-      s.listen,
+      listen,
       '--vm-network',
       `vm0=${state.network.vmCidr}`,
       // The root namespace's address on the VM LAN is never handed to a guest.
@@ -447,7 +463,14 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
       // Its stdout goes to server.log: the admin token is read from the data dir's 0600 file instead.
       '--no-show-token',
       '--json',
-    ],
+      ...extra,
+  ];
+}
+
+async function startServer(state: LabState, timeoutMs: number): Promise<void> {
+  const s = state.server;
+  const started = await startDetached(
+    serverArgv(state, s.listen, state.serverArgs ?? []),
     s.log,
     timeoutMs,
     'the controller',
@@ -507,10 +530,10 @@ async function startAgent(
     h.listen,
     '--data',
     h.dataDir,
-    '--migration-address',
-    h.migrationAddress,
+    ...(h.agentArgs?.some((a) => a === '--config' || a === '--migration-cidr') ? [] : ['--migration-address', h.migrationAddress]),
     '--vm-bridge',
     h.vmBridge,
+    ...(h.agentArgs ?? []),
     '--json',
   ];
   // `ip netns exec` execs the command, so the pid is the agent's own.
@@ -553,8 +576,9 @@ function planState(name: string, dir: string, net: LabNetwork): LabState {
   };
 }
 
+/** The lab's CLI context, named as the lab and made current; other contexts of the file stay. */
 function writeCliConfig(state: LabState): string {
-  return writeConfig({
+  return writeContext(state.name, {
     server: state.server.url,
     token: state.server.adminToken,
     caCertPem: state.server.caCertPem,
@@ -697,6 +721,7 @@ export async function labUp(opts: LabUpOptions = {}): Promise<LabUpResult> {
     const net = await createLabNetwork({ name, hosts });
     state = planState(name, dir, net);
     if (opts.serverEnv !== undefined) state.serverEnv = opts.serverEnv;
+    if (opts.serverArgs !== undefined) state.serverArgs = opts.serverArgs;
     writeLabState(state);
     log(`controller on ${state.server.listen}`);
     await startServer(state, timeoutMs);
@@ -785,11 +810,8 @@ export async function labDown(opts: LabOptions & { keepLogs?: boolean } = {}): P
   if (state !== null) {
     const cfg = cliConfigPath();
     try {
-      const c = JSON.parse(readFileSync(cfg, 'utf8')) as { server?: unknown };
-      if (c.server === state.server.url) {
-        rmSync(cfg, { force: true });
-        removedConfig = cfg;
-      }
+      // Only the lab's own context, and only while it still points at this lab.
+      if (removeContext(state.name, state.server.url, cfg)) removedConfig = cfg;
     } catch {
       /* no config, or not ours */
     }
@@ -815,22 +837,47 @@ function requireState(lab: string | LabState, dataRoot?: string): LabState {
   return s;
 }
 
-/** Kills a host's agent (by pid) and starts it again with the same data dir; waits until it is ready. */
+/** Kills a host's agent (by pid) and starts it again with the same data dir (and `agentArgs`, when given); waits until it is ready. */
 export async function labRestartAgent(
   lab: string | LabState,
   host: HostRef,
-  opts: { dataRoot?: string; timeoutMs?: number } = {},
+  opts: { dataRoot?: string; timeoutMs?: number; agentArgs?: string[] } = {},
 ): Promise<LabState> {
   const state = requireState(lab, opts.dataRoot);
   const i = hostIndex(host);
   const h = state.hosts.find((x) => x.name === `h${i}`);
   if (h === undefined) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `Lab ${state.name} has no host h${i}.`);
+  if (opts.agentArgs !== undefined) h.agentArgs = opts.agentArgs;
   if (isOurProcess(h.pid, h.dataDir)) await killPids([h.pid]);
   // The agent keeps its certificate in its data dir: no join token on a restart.
   await startAgent(state, h, null, opts.timeoutMs ?? 60_000);
+  const started = Date.now();
   writeLabState(state);
-  await waitHostsReady(state, [h.name], opts.timeoutMs ?? 60_000);
+  await waitHostsReady(state, [h.name], opts.timeoutMs ?? 60_000, started);
   return state;
+}
+
+/**
+ * Starts one more controller over the lab's data dir (its CA and controller key, which agents pin, and its
+ * store), on the management bridge at a free port: with `--ha` in both, a standby (docs/ha.md). `lab down`
+ * stops it with the rest (it runs with the lab's `--data`).
+ */
+export async function labStartController(
+  lab: string | LabState,
+  opts: { id: string; args?: string[]; env?: Record<string, string>; dataRoot?: string; timeoutMs?: number },
+): Promise<{ pid: number; url: string; log: string }> {
+  const state = requireState(lab, opts.dataRoot);
+  const log = join(state.dir, `server-${validateName(opts.id)}.log`);
+  const address = state.server.listen.slice(0, state.server.listen.lastIndexOf(':'));
+  const started = await startDetached(
+    serverArgv(state, `${address}:0`, ['--id', opts.id, ...(opts.args ?? [])]),
+    log,
+    opts.timeoutMs ?? 60_000,
+    `controller ${opts.id}`,
+    { ...process.env, ...opts.env },
+  );
+  if (typeof started.line.url !== 'string') throw new FerryError('FERRY_E_LAB', `controller ${opts.id} printed no URL; see ${log}`);
+  return { pid: started.pid, url: started.line.url, log };
 }
 
 /** Kills the controller (by pid) and starts it again with the same data dir; waits for every host. */

@@ -142,7 +142,8 @@ export async function launchQemu(argv: readonly string[], opts: LaunchOptions): 
   child.once('exit', () => gone.abort());
   let qmp: QmpClient;
   try {
-    qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs, signal: gone.signal });
+    // A migration destination may need out-of-band commands to recover a broken post-copy (docs/qemu.md).
+    qmp = await QmpClient.connect(files.qmpSocket, { timeoutMs, signal: gone.signal, oob: argv.includes('-incoming') });
   } catch (err) {
     if (spawnError !== undefined) return fail(`cannot run ${qemuBinary()}: ${spawnError.message}`, spawnError);
     return fail(exited ?? `QMP did not answer within ${timeoutMs} ms`, err);

@@ -68,12 +68,20 @@ export interface ConnectOptions {
   /** Total time for connecting (retried while the socket is missing or refuses) and the handshake. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * Enable out-of-band execution when QEMU offers it (`exec-oob`): commands such as `migrate-pause` and
+   * `migrate-recover` then run even while QEMU's main thread is blocked (a post-copy destination waiting
+   * for a page over a broken stream), where in-band commands wait for ever.
+   */
+  oob?: boolean;
 }
 
 export interface ExecuteOptions {
   /** Default 30 s; `Infinity` waits for ever (only for commands that end on their own). */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /** Out of band (`exec-oob`), when the connection enabled it (`oobEnabled`); in band otherwise. */
+  oob?: boolean;
 }
 
 export interface WaitForEventOptions {
@@ -126,8 +134,10 @@ export class QmpClient {
   readonly version: QemuVersionTriple;
   /** QEMU's package string from the greeting (e.g. the Debian version). */
   readonly package: string;
-  /** Capabilities QEMU offered in the greeting (e.g. `oob`); none are enabled. */
+  /** Capabilities QEMU offered in the greeting (e.g. `oob`). */
   readonly capabilities: readonly string[];
+  /** Out-of-band execution was asked for at connect and negotiated. */
+  readonly oobEnabled: boolean;
   readonly socketPath: string;
   /** Resolves when the socket has ended, for any reason (never rejects). */
   readonly closed: Promise<void>;
@@ -140,6 +150,7 @@ export class QmpClient {
     this.version = greeting.version;
     this.package = greeting.package;
     this.capabilities = greeting.capabilities;
+    this.oobEnabled = greeting.oobEnabled;
     this.closed = conn.closed;
   }
 
@@ -155,7 +166,7 @@ export class QmpClient {
     const socket = await connectWithRetry(socketPath, deadline, opts.signal);
     const conn = new Connection(socket, socketPath);
     try {
-      const greeting = await conn.handshake(Math.max(1, deadline - Date.now()), opts.signal);
+      const greeting = await conn.handshake(Math.max(1, deadline - Date.now()), opts.signal, opts.oob === true);
       return new QmpClient(conn, greeting);
     } catch (err) {
       conn.destroy();
@@ -222,6 +233,8 @@ interface Greeting {
   version: QemuVersionTriple;
   package: string;
   capabilities: string[];
+  /** Set by the handshake: `oob` was offered and enabled. */
+  oobEnabled: boolean;
 }
 
 async function connectWithRetry(socketPath: string, deadline: number, signal?: AbortSignal): Promise<Socket> {
@@ -302,6 +315,7 @@ function parseGreeting(msg: Record<string, unknown>): Greeting | undefined {
     version: { major: v.major, minor: v.minor, micro: v.micro },
     package: typeof qmp.version.package === 'string' ? qmp.version.package : '',
     capabilities: caps,
+    oobEnabled: false,
   };
 }
 
@@ -338,6 +352,7 @@ class Connection {
   #nextId = 1;
   #buf = '';
   #greeting: Greeting | undefined;
+  #oob = false;
   #onGreeting: ((g: Greeting) => void) | undefined;
   #failGreeting: ((err: FerryError) => void) | undefined;
 
@@ -370,7 +385,7 @@ class Connection {
     });
   }
 
-  handshake(timeoutMs: number, signal?: AbortSignal): Promise<Greeting> {
+  handshake(timeoutMs: number, signal?: AbortSignal, oob = false): Promise<Greeting> {
     const greeting = new Promise<Greeting>((resolve, reject) => {
       if (this.#greeting) return resolve(this.#greeting);
       if (this.isClosed) return reject(this.closeError);
@@ -402,8 +417,10 @@ class Connection {
     const started = Date.now();
     return greeting.then(async (g) => {
       const left = Math.max(1, timeoutMs - (Date.now() - started));
-      await this.execute('qmp_capabilities', undefined, { timeoutMs: left, ...(signal ? { signal } : {}) });
-      return g;
+      const enable = oob && g.capabilities.includes('oob');
+      await this.execute('qmp_capabilities', enable ? { enable: ['oob'] } : undefined, { timeoutMs: left, ...(signal ? { signal } : {}) });
+      this.#oob = enable;
+      return { ...g, oobEnabled: enable };
     });
   }
 
@@ -461,7 +478,7 @@ class Connection {
       }
       signal?.addEventListener('abort', onAbort, { once: true });
       this.#pending.set(id, entry);
-      const msg: Record<string, unknown> = { execute: command, id };
+      const msg: Record<string, unknown> = opts.oob === true && this.#oob ? { 'exec-oob': command, id } : { execute: command, id };
       if (args !== undefined) msg.arguments = args;
       if (diag.hasSubscribers) {
         const a = redactArgs(command, args);

@@ -13,6 +13,7 @@
  *
  * Requests go through the controller's typed client where it serves the route, raw HTTPS otherwise.
  */
+import { MigrationPorts } from '../agent/migration/ports.ts';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -77,6 +78,7 @@ export const realAgent: ContractFactory = async (world) => {
     dataDir: dir,
     accel: 'tcg',
     migrationAddress: '127.0.0.1',
+    migrationPorts: new MigrationPorts(null),
     // No room: an incoming VM is refused before any QEMU could start (no QEMU in unit tests).
     admit: async () => {
       throw new FerryError('FERRY_E_NO_CAPACITY', 'The contract host has no room.');
@@ -120,6 +122,7 @@ const UPLOAD_PARAMS: Record<UploadRouteName, Record<string, string>> = {
 /** A valid request of every route the typed client calls, in the table's order (state carries over). */
 const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   version: {},
+  certificate: {},
   inventory: {},
   listVms: {},
   createVm: { body: { spec: defaultVmSpec('v2') } },
@@ -132,6 +135,7 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   guest: { params: { name: 'v1' }, body: { command: 'ping 1' } },
   console: { params: { name: 'v1' } },
   sharedDisks: { params: { name: 'v1' } },
+  dirtyRate: { params: { name: 'v1' } },
   listImages: {},
   metrics: {},
   prepare: {
@@ -146,6 +150,7 @@ const SAMPLES: { [N in CallRouteName]: CallInput<N> } = {
   postcopyResume: { params: { id: 'm-src' }, body: { uri: 'tcp:127.0.0.1:49153' } },
   recover: { params: { id: 'm-dst' } },
   tune: { params: { id: 'm-src' }, body: { downtimeLimitMs: 100 } },
+  complete: { params: { id: 'm-src' } },
   finish: { params: { id: 'm-dst' }, body: { success: false } },
   confirm: { params: { id: 'm-src' }, body: { success: true } },
   coldPrepare: { params: { id: 'm-cold-in' }, body: { spec: defaultVmSpec('v4'), start: false } },
@@ -167,6 +172,7 @@ const SUCCEED = new Set<RouteName>([
   'guest',
   'console',
   'sharedDisks',
+  'dirtyRate',
   'metrics',
   'migration',
   'events',

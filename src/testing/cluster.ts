@@ -116,10 +116,21 @@ export class TestCluster {
     return this.state;
   }
 
-  async up(hosts: number): Promise<LabState> {
+  /**
+   * `serverArgs`: more arguments of the lab's `ferry server` (e.g. `--ha --id c1`), kept across its restarts;
+   * `serverEnv`: more of its environment (e.g. FERRY_AGENT_CERT_SECONDS), kept too.
+   */
+  async up(hosts: number, opts: { serverArgs?: string[]; serverEnv?: Record<string, string> } = {}): Promise<LabState> {
     process.env.FERRY_CONFIG = this.configFile; // where labUp writes the CLI config
     // The hold dir goes to this lab's controller only (and to its restarts): two clusters may run at once.
-    this.state = await labUp({ name: this.lab, hosts, dataRoot: this.dataRoot, timeoutMs: 180_000, serverEnv: { FERRY_TEST_HOLD_DIR: this.holdDir } });
+    this.state = await labUp({
+      name: this.lab,
+      hosts,
+      dataRoot: this.dataRoot,
+      timeoutMs: 180_000,
+      serverEnv: { ...opts.serverEnv, FERRY_TEST_HOLD_DIR: this.holdDir },
+      ...(opts.serverArgs === undefined ? {} : { serverArgs: opts.serverArgs }),
+    });
     return this.state;
   }
 

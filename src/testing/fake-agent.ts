@@ -26,6 +26,7 @@ import {
   type HostInventory,
   type ImageReceived,
   type SharedDiskFingerprint,
+  type DirtyRate,
   type VmStatus,
 } from '../common/protocol.ts';
 import { parseVmSpec, type VmSpec } from '../common/spec.ts';
@@ -37,7 +38,9 @@ import {
   type MigrationRouteName,
 } from '../agent/http.ts';
 import type { AgentIdentity } from '../agent/identity.ts';
+import { TermFence } from '../agent/term.ts';
 import { hostHandlers } from '../agent/server.ts';
+import { certificateView } from '../agent/renewal.ts';
 
 const MiB = 1024 * 1024;
 
@@ -196,6 +199,12 @@ export class FakeVmHost implements VmHost {
       .map((d) => ({ id: d.id, path: d.path!, sizeBytes: d.sizeBytes, headSha256: zeros }));
   }
 
+  /** A guest that dirties nothing. */
+  async dirtyRate(name: string): Promise<DirtyRate> {
+    this.vm(name);
+    return { dirtyRateBytesPerSec: 0, calcTimeMs: 1000 };
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -303,7 +312,7 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const m = known(params.id);
       if (
         m.view.role === 'source' &&
-        m.view.stage === 'transferring' &&
+        (m.view.stage === 'transferring' || m.view.stage === 'postcopy') &&
         ++m.polls >= agent.completeAfterPolls
       ) {
         Object.assign(m.view, {
@@ -365,6 +374,13 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       const m = running(params.id, 'transferring');
       if (body.downtimeLimitMs !== undefined) m.view.downtimeLimitMs = Math.round(body.downtimeLimitMs);
       if (body.bandwidthBytesPerSec !== undefined) m.view.bandwidthBytesPerSec = body.bandwidthBytesPerSec;
+      return structuredClone(m.view);
+    },
+    complete: ({ params }) => {
+      const m = running(params.id, 'transferring');
+      if (m.view.stage !== 'transferring')
+        throw new FerryError('FERRY_E_VM_STATE', `Cannot complete in stage ${m.view.stage}.`);
+      m.view.runState = 'paused';
       return structuredClone(m.view);
     },
     finish: ({ params, body }) => {
@@ -494,6 +510,8 @@ export class FakeAgent {
   readonly host: FakeVmHost;
   readonly migrations = new Map<string, FakeMigration>();
   readonly calls: string[] = [];
+  /** The leader terms it has seen, as a real agent's (in memory). */
+  readonly fence = new TermFence();
   /** How many reads of a source's view a perform takes to complete. */
   completeAfterPolls = 1;
   private app: FastifyInstance | undefined;
@@ -522,13 +540,14 @@ export class FakeAgent {
   async start(tls: AgentIdentity, port = 0): Promise<void> {
     const app = agentFastify({
       tls,
+      fence: this.fence,
       ...(this.opts.protocol === undefined ? {} : { protocol: this.opts.protocol }),
     });
     app.addHook('onRequest', async (req) => {
       this.calls.push(`${req.method} ${req.url}`);
     });
     mountAgentRoutes(app, {
-      ...hostHandlers(this.host),
+      ...hostHandlers(this.host, undefined, { protocol: this.protocol, certificate: () => certificateView(tls.certPem) }),
       version: () => ({ agentVersion: 'fake', protocol: { ...this.protocol } }),
       ...fakeMigrationHandlers(this),
     });

@@ -40,7 +40,7 @@ async function roundTrip(name: string): Promise<{ manifest: Record<string, unkno
   return { manifest: parseYaml(shown.stdout) as Record<string, unknown>, before, after };
 }
 
-describe('declarative VMs and output formats, in a one-host lab', { timeout: 240_000 }, () => {
+describe('declarative VMs and output formats, in a one-host lab', { timeout: 480_000 }, () => {
   before(async () => {
     const up = await h.ferry(['lab', 'up', '--hosts', '1', '--name', h.lab, '--json'], 180_000);
     h.state = readLabState({ name: h.lab, dataRoot: h.dataRoot });
@@ -85,7 +85,8 @@ describe('declarative VMs and output formats, in a one-host lab', { timeout: 240
     assert.equal(bare.stdout.trim().split('\n').length, 2, bare.stdout);
     assert.ok(!bare.stdout.includes('NAME'));
     const wide = await h.ferry(['host', 'list', '-o', 'wide']);
-    assert.match(wide.stdout.split('\n')[0]!, /AGENT +PROTOCOL/);
+    // Wide adds the agent's version, the protocol range it serves and its certificate's end to the default columns.
+    assert.match(wide.stdout.split('\n')[0]!, /PROTOCOL .* AGENT +SERVES +CERT-EXPIRES/);
 
     const v = await h.ferry(['version', '-o', 'json']);
     assert.equal(v.code, 0, v.stderr);

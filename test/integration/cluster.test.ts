@@ -163,7 +163,7 @@ function callAgent(
 
 test(
   'cluster acceptance (issue #3): lab, VM, agent restart, TLS and token, bad input, delete, down',
-  { timeout: 240_000 },
+  { timeout: 480_000 },
   async () => {
     const name = 'c' + randomBytes(4).toString('hex').slice(0, 4);
     const root = mkdtempSync(join(tmpdir(), 'ferry-cluster-test-'));

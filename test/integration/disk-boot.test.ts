@@ -49,7 +49,7 @@ interface VmDoc {
   spec: VmSpec;
 }
 
-describe('boot from a disk image under an overlay, in a two-host lab', { timeout: 240_000 }, () => {
+describe('boot from a disk image under an overlay, in a two-host lab', { timeout: 480_000 }, () => {
   let base = '';
   let baseSum = '';
 

@@ -13,7 +13,7 @@ import { LabHarness, type VmView } from './helpers.ts';
 const h = new LabHarness('d');
 const { lab, dataRoot } = h;
 
-describe('host drain in a two-host lab', { timeout: 300_000 }, () => {
+describe('host drain in a two-host lab', { timeout: 600_000 }, () => {
   let bootId = '';
   let diskSum = '';
 

@@ -66,7 +66,7 @@ function assertMeasured(m: MigrationJson, probe: 'udp' | 'icmp'): void {
   );
 }
 
-describe('guest downtime probes in a two-host lab', { timeout: 240_000 }, () => {
+describe('guest downtime probes in a two-host lab', { timeout: 480_000 }, () => {
   before(async () => {
     const up = await h.ferry(['lab', 'up', '--hosts', '2', '--name', h.lab, '--json'], 180_000);
     h.state = readLabState({ name: h.lab, dataRoot: h.dataRoot });

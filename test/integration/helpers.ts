@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MigrationJson } from '../../src/common/migration.ts';
@@ -104,15 +104,39 @@ export class LabHarness {
   }
 
   async waitFinal(id: string, timeoutMs: number): Promise<MigrationJson> {
-    return waitFor(
-      `migration ${id} to end`,
-      async () => {
-        const m = await this.migrationShow(id);
-        return FINAL_STATES.includes(m.state) ? m : null;
-      },
-      timeoutMs,
-      300,
-    );
+    let last: MigrationJson | null = null;
+    try {
+      return await waitFor(
+        `migration ${id} to end`,
+        async () => {
+          const m = await this.migrationShow(id);
+          last = m;
+          return FINAL_STATES.includes(m.state) ? m : null;
+        },
+        timeoutMs,
+        300,
+      );
+    } catch (err) {
+      // A migration that never ends is explained by its record and by what the lab's processes logged about it.
+      throw new Error(`${(err as Error).message}\nlast seen: ${JSON.stringify(last)}\n${this.logLinesOf(id)}`, { cause: err });
+    }
+  }
+
+  /** The last lines that mention `what` in the controller's and the agents' logs of this lab. */
+  logLinesOf(what: string, max = 40): string {
+    if (!this.state) return '';
+    const logs = [this.state.server.log, ...this.state.hosts.map((x) => x.log)];
+    return logs
+      .map((file) => {
+        let lines: string[] = [];
+        try {
+          lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.includes(what));
+        } catch {
+          // not written (yet)
+        }
+        return `--- ${file}: ${lines.length} lines about ${what}\n${lines.slice(-max).join('\n')}`;
+      })
+      .join('\n');
   }
 
   hostDir(host: string): string {

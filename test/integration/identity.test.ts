@@ -139,7 +139,7 @@ async function assertRefusedMigration(from: string, to: string, bootId: string, 
   return m;
 }
 
-describe('identity hardening in a two-host lab', { timeout: 420_000 }, () => {
+describe('identity hardening in a two-host lab', { timeout: 840_000 }, () => {
   let bootId = '';
 
   before(async () => {

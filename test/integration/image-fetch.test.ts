@@ -81,7 +81,7 @@ async function runsOnlyOn(host: string, other: string): Promise<void> {
   await waitFor(`the guest to go on ticking on ${host}`, async () => (await dots()) > n0 + 1, 30_000, 500);
 }
 
-describe('images fetched on first use, in a two-host lab', { timeout: 300_000 }, () => {
+describe('images fetched on first use, in a two-host lab', { timeout: 600_000 }, () => {
   let base = '';
   let baseSum = '';
   const measured: string[] = [];

@@ -37,7 +37,7 @@ function ferry(
 
 test(
   'ferry lab up --hosts 2: every host ready, restarts, idempotent up, clean down',
-  { timeout: 300_000 },
+  { timeout: 600_000 },
   async () => {
     const name = 'l' + randomBytes(3).toString('hex');
     const root = mkdtempSync(join(tmpdir(), 'ferry-lab-test-'));
@@ -72,12 +72,13 @@ test(
         ['h2', 'ready'],
       ]);
 
-      // The CLI config points at this lab's controller with its CA.
-      const cfg = JSON.parse(readFileSync(env.FERRY_CONFIG, 'utf8')) as {
-        server: string;
-        token: string;
-        caCertPem: string;
+      // The CLI config has this lab as a context, the current one, pointing at its controller with its CA.
+      const doc = JSON.parse(readFileSync(env.FERRY_CONFIG, 'utf8')) as {
+        current: string | null;
+        contexts: Record<string, { server: string; token: string; caCertPem: string }>;
       };
+      assert.equal(doc.current, name);
+      const cfg = doc.contexts[name]!;
       assert.equal(cfg.server, state.server.url);
       assert.match(cfg.caCertPem, /BEGIN CERTIFICATE/);
 

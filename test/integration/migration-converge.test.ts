@@ -139,7 +139,7 @@ async function overloaded(
   }
 }
 
-describe('convergence and post-copy in a two-host lab', { timeout: 300_000 }, () => {
+describe('convergence and post-copy in a two-host lab', { timeout: 600_000 }, () => {
   let bootId = '';
 
   before(async () => {

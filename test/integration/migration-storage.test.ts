@@ -82,7 +82,7 @@ async function assertRefused(args: string[], code: string, host: string, bootId:
   assert.equal(h.qemuPids(otherHost(host), VM).length, 0, `migrate ${args.join(' ')}: nothing started elsewhere`);
 }
 
-describe('storage and cold migration in a two-host lab', { timeout: 300_000 }, () => {
+describe('storage and cold migration in a two-host lab', { timeout: 600_000 }, () => {
   let bootId = '';
   let sum = '';
 

@@ -45,7 +45,7 @@ function promtoolCheck(text: string, what: string): void {
   assert.equal(r.status, 0, `promtool check metrics of ${what}: ${r.stdout}${r.stderr}`);
 }
 
-describe('observability: JSON logs without secrets, Prometheus metrics', { timeout: 5 * 60_000 }, () => {
+describe('observability: JSON logs without secrets, Prometheus metrics', { timeout: 10 * 60_000 }, () => {
   before(async () => {
     await cluster.up(2);
     await cluster.ferryJson(['vm', 'create', VM, '--memory', '64M', '--host', 'h1']);

@@ -79,7 +79,7 @@ async function untilTransferring(pty: Pty): Promise<void> {
   await waitFor('a transferring status line', () => drawn(pty.out()).some((l) => l.startsWith('transferring perform ') && STATUS.test(l)), 60_000, 50);
 }
 
-describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 240_000 }, () => {
+describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 480_000 }, () => {
   before(async () => {
     const up = await h.ferry(['lab', 'up', '--hosts', '2', '--name', h.lab, '--json'], 180_000);
     h.state = readLabState({ name: h.lab, dataRoot: h.dataRoot });
@@ -97,13 +97,15 @@ describe('progress in a terminal, Ctrl-C and events --follow', { timeout: 240_00
 
   it('vm migrate --wait at 80 columns: state first, no placeholder, percent ≤ 100, moved/total as the job says', async () => {
     const to = other((await h.vmShow(VM)).host);
-    // The event stream of the same job, read by `ferry events --follow` as a pipe (no TTY).
-    const events = spawn(process.execPath, [FERRY, 'events', '--follow', '--type', 'migration', '--vm', VM], { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // The event stream of the same job, read by `ferry events --follow` as a pipe (no TTY), from the newest
+    // event before the job: however late the follower connects (a loaded machine), it misses nothing.
+    const kept = await h.ferryJson<{ seq: number }[]>(['events']);
+    const newest = String(Math.max(0, ...kept.map((e) => e.seq)));
+    const events = spawn(process.execPath, [FERRY, 'events', '--follow', '--after', newest, '--type', 'migration', '--vm', VM], { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] });
     started.push(events);
     let evOut = '';
     events.stdout.on('data', (b: Buffer) => (evOut += b.toString('utf8')));
     const evExit = new Promise<number | null>((resolve) => events.on('exit', (code) => resolve(code)));
-    await new Promise((r) => setTimeout(r, 1500)); // subscribed before the job starts (it follows from now on)
 
     const pty = inPty(['vm', 'migrate', VM, '--to', to, '--bandwidth', '40M', '--wait']);
     const code = await pty.exit;

@@ -67,7 +67,7 @@ async function assertRunsOnce(what: string): Promise<VmView> {
   return vm;
 }
 
-describe('racing requests for one VM in a two-host lab', { timeout: 300_000 }, () => {
+describe('racing requests for one VM in a two-host lab', { timeout: 600_000 }, () => {
   before(async () => {
     const up = await h.ferry(['lab', 'up', '--hosts', '2', '--name', h.lab, '--json'], 180_000);
     h.state = readLabState({ name: h.lab, dataRoot: h.dataRoot });

@@ -84,7 +84,7 @@ function agentRecord(
   };
 }
 
-describe('shared storage in a two-host lab', { timeout: 240_000 }, () => {
+describe('shared storage in a two-host lab', { timeout: 480_000 }, () => {
   let sharedDir = '';
   let disk = '';
   let bootId = '';

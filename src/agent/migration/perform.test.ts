@@ -29,13 +29,20 @@ test('migration URIs are tcp:HOST:PORT only', () => {
  * The shared fake QMP server (src/testing/fake-qmp.ts) playing a QEMU whose migration stays `active` with the byte
  * counter frozen — what a cut link looks like from the source (docs/qemu.md).
  */
-async function frozenQemu(path: string): Promise<{ commands: string[]; close: () => Promise<void> }> {
+async function frozenQemu(path: string, opts: { cancellingFor?: number } = {}): Promise<{ commands: string[]; close: () => Promise<void> }> {
   const commands: string[] = [];
-  let status = 'none';
+  // `cancellingFor`: the migration before is still being cancelled for that many `query-migrate`s.
+  let cancelling = opts.cancellingFor ?? 0;
+  let status = cancelling > 0 ? 'cancelling' : 'none';
   const server = await fakeQmp(
     dirname(path),
     (cmd, conn) => {
       commands.push(cmd.execute);
+      if (cmd.execute === 'migrate-set-capabilities' && status === 'cancelling') {
+        conn.error(cmd.id, 'GenericError', "There's a migration process in progress");
+        return;
+      }
+      if (cmd.execute === 'query-migrate' && status === 'cancelling' && --cancelling === 0) status = 'cancelled';
       let ret: unknown = {};
       if (cmd.execute === 'query-status') ret = { running: true, status: 'running' };
       if (cmd.execute === 'query-migrate-capabilities') ret = [{ capability: 'events', state: false }, { capability: 'postcopy-ram', state: false }, { capability: 'multifd', state: false }, { capability: 'xbzrle', state: false }, { capability: 'auto-converge', state: false }];
@@ -51,19 +58,24 @@ async function frozenQemu(path: string): Promise<{ commands: string[]; close: ()
   return { commands, close: () => server.close() };
 }
 
+/** A pre-copy of VM v1 (6000 bytes, shared storage) to a port nobody listens on, over `qmp`. */
+function performOn(dir: string, qmp: QmpClient, id: string): ReturnType<typeof startPerform> {
+  return startPerform({
+    id,
+    agentDir: dir,
+    identity: null,
+    pollMs: 20,
+    vm: { name: 'v1', runDir: dir, memoryBytes: 6000, localDiskIds: [], qmp },
+    request: { vm: 'v1', uri: 'tcp:127.0.0.1:1', tls: false, storage: 'shared' },
+  });
+}
+
 test('a frozen stream is the controller\'s to judge: the agent reports it, and its cancel ends it (migrate_cancel, cancelled)', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
   const fake = await frozenQemu(join(dir, 'qmp.sock'));
   const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
   try {
-    const job = startPerform({
-      id: 'm1',
-      agentDir: dir,
-      identity: null,
-      pollMs: 20,
-      vm: { name: 'v1', runDir: dir, memoryBytes: 6000, localDiskIds: [], qmp },
-      request: { vm: 'v1', uri: 'tcp:127.0.0.1:1', tls: false, storage: 'shared' },
-    });
+    const job = performOn(dir, qmp, 'm1');
     // Long past any stall timeout: the agent keeps watching (the controller's policy decides).
     await new Promise((r) => setTimeout(r, 400));
     assert.equal(job.view().stage, 'transferring');
@@ -77,5 +89,23 @@ test('a frozen stream is the controller\'s to judge: the agent reports it, and i
     await qmp.close();
     await fake.close();
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a migration still being cancelled in QEMU is waited for before the next one sets its capabilities', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
+  const fake = await frozenQemu(join(dir, 'qmp.sock'), { cancellingFor: 3 });
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    const job = performOn(dir, qmp, 'm2');
+    for (let i = 0; i < 100 && !fake.commands.includes('migrate') && job.view().stage !== 'failed'; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(job.view().stage, 'transferring', JSON.stringify(job.view().error));
+    const before = fake.commands.slice(0, fake.commands.indexOf('migrate-set-capabilities'));
+    assert.equal(before.filter((c) => c === 'query-migrate').length, 3, `asked until QEMU had cancelled the one before: ${fake.commands.join(' ')}`);
+    await job.cancel();
+  } finally {
+    await qmp.close();
+    await fake.close();
+    await rm(dir, { recursive: true, force: true, maxRetries: 5 });
   }
 });

@@ -60,6 +60,12 @@ const STAGE_PHASE: Partial<Record<AgentStage, AgentPhase>> = { mirroring: 'mirro
 
 /** The controller's policy owns the downtime limit; this is what an agent uses when a caller sends none. */
 const DEFAULT_DOWNTIME_LIMIT_MS = DEFAULT_POLICY.initialDowntimeMs;
+/** How long a new migration waits for QEMU to finish cancelling the one before (a cut link ends in seconds). */
+const CANCELLING_WAIT_MS = 20_000;
+/** How long a post-copy pause waits for QEMU to say `postcopy-paused`. */
+const POSTCOPY_PAUSED_WITHIN_MS = 5_000;
+/** QEMU refuses a downtime-limit above 2000 s (MAX_MIGRATE_DOWNTIME_SECONDS). */
+const QEMU_MAX_DOWNTIME_LIMIT_MS = 2_000_000;
 
 /** QEMU's error-desc when the other end vanished (process killed, host down, connection reset). */
 const PEER_GONE =
@@ -174,12 +180,20 @@ export class SourceMigration {
   /**
    * Post-copy recovery, source half: break the stream on purpose (`migrate-pause`) so that a connection
    * that hangs on a cut link stops pretending to be alive. The guest runs nowhere meanwhile; its pages
-   * are split between the two hosts, so post-copy is never cancelled, only recovered.
+   * are split between the two hosts, so post-copy is never cancelled, only recovered. A recovery that hangs
+   * in its handshake (`postcopy-recover`: connected, the stream never moving) is broken the same way, so
+   * that the controller's next try starts from `postcopy-paused` (QEMU allows the pause in both states).
+   * Answers once QEMU is paused (bounded: the next try asks again).
    */
   async pausePostcopy(): Promise<AgentMigrationView> {
     if (!this.record.view.postcopyStarted) throw new FerryError('FERRY_E_VM_STATE', 'Post-copy has not started: nothing to pause.');
-    const mig = await this.opts.vm.qmp.execute('query-migrate');
-    if (mig.status === 'postcopy-active') await this.opts.vm.qmp.execute('migrate-pause');
+    const qmp = this.opts.vm.qmp;
+    let status = (await qmp.execute('query-migrate')).status ?? 'none';
+    if (status === 'postcopy-active' || status === 'postcopy-recover') await qmp.execute('migrate-pause');
+    for (const until = Date.now() + POSTCOPY_PAUSED_WITHIN_MS; status.startsWith('postcopy') && status !== 'postcopy-paused' && Date.now() < until; ) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      status = (await qmp.execute('query-migrate')).status ?? 'none';
+    }
     return this.view();
   }
 
@@ -193,6 +207,23 @@ export class SourceMigration {
     await this.opts.vm.qmp.execute('migrate', { uri, resume: true });
     this.record.view.uri = uri;
     this.record.view.recoveries = (this.record.view.recoveries ?? 0) + 1;
+    return this.view();
+  }
+
+  /**
+   * Pauses the guest here so that pre-copy ends: nothing is dirtied any more, and the downtime limit is
+   * lifted to QEMU's maximum so that the next check completes instead of running more passes. The guest
+   * is paused from now on: that pause is the migration's downtime. It resumes where the migration ends
+   * (finish on the destination, or confirm(false) here).
+   */
+  async complete(): Promise<AgentMigrationView> {
+    if (this.record.view.stage !== 'transferring') {
+      throw new FerryError('FERRY_E_VM_STATE', `Cannot complete in stage ${this.record.view.stage}.`);
+    }
+    await this.opts.vm.qmp.execute('stop');
+    await this.opts.vm.qmp.execute('migrate-set-parameters', { 'downtime-limit': QEMU_MAX_DOWNTIME_LIMIT_MS });
+    this.record.view.downtimeLimitMs = QEMU_MAX_DOWNTIME_LIMIT_MS;
+    this.model.setDowntimeLimit(QEMU_MAX_DOWNTIME_LIMIT_MS);
     return this.view();
   }
 
@@ -312,8 +343,14 @@ export class SourceMigration {
     const st = await qmp.execute('query-status');
     this.record.wasRunning = st.running;
     v.runState = st.status;
-    const mig = await qmp.execute('query-migrate');
-    if (mig.status === 'active' || mig.status === 'setup' || mig.status === 'postcopy-active' || mig.status === 'device') {
+    // A migration failed or cancelled just before (the stall watchdog cancels over a cut link) may still be
+    // `cancelling` in QEMU, which refuses new capabilities until it is over: wait for that, bounded.
+    let mig = await qmp.execute('query-migrate');
+    for (const until = Date.now() + CANCELLING_WAIT_MS; mig.status === 'cancelling' && Date.now() < until; ) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      mig = await qmp.execute('query-migrate');
+    }
+    if (mig.status === 'active' || mig.status === 'setup' || mig.status === 'postcopy-active' || mig.status === 'device' || mig.status === 'cancelling') {
       throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `QEMU is already migrating this VM (status ${mig.status}).`);
     }
     const supported = (await qmp.execute('query-migrate-capabilities')).map((c) => c.capability);

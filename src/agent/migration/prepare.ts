@@ -3,7 +3,8 @@
  * exists and memory that does not fit), starts QEMU from the very same spec with `-incoming defer` (empty
  * local disks of the same sizes are created by LocalVm), sets the capabilities that must match the
  * source, exports the disks over NBD when storage is copied, and listens for the stream on the migration
- * address. QEMU picks the port (`tcp:ADDR:0`) and reports it, so no port can be stolen in between.
+ * address. Without a port range QEMU picks the port (`tcp:ADDR:0`) and reports it, so no port can be stolen
+ * in between; with one (ports.ts) the port is taken from the range, and a bind QEMU refuses tries the next.
  */
 import { join } from 'node:path';
 import { rm } from 'node:fs/promises';
@@ -16,6 +17,7 @@ import { capabilityList, destinationParameters, negotiateCapabilities, validateC
 import { emptyView } from '../../common/agent-migration.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import { exportDisks } from './storage.ts';
+import { MigrationPorts } from './ports.ts';
 import { addTlsAuthz, addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
 import type { PrepareRequest, PrepareResponse } from '../../common/agent-migration.ts';
 
@@ -29,6 +31,8 @@ export interface PrepareOptions {
   taps?: Record<string, string>;
   /** Memory kept for the host; see LocalVm.create. */
   reserveBytes?: number;
+  /** The host's migration port range; absent: any free port. */
+  ports?: MigrationPorts;
 }
 
 const HOST_RE = /^(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]+|[A-Za-z0-9][A-Za-z0-9.-]{0,252})$/;
@@ -52,6 +56,26 @@ export async function incomingPort(qmp: QmpClient): Promise<number> {
   const port = addr !== undefined && addr.type === 'inet' ? Number(addr.port) : NaN;
   if (!(port > 0)) throw new FerryError('FERRY_E_QMP_PROTOCOL', 'QEMU did not report the port it listens on for the migration.');
   return port;
+}
+
+/**
+ * `migrate-incoming` (or `migrate-recover`) on `host`: any port QEMU picks, or one of the range; a port
+ * taken by someone else between the probe and QEMU's bind is given up and the next one tried.
+ */
+export async function listenIncoming(qmp: QmpClient, command: 'migrate-incoming' | 'migrate-recover', host: string, ports: MigrationPorts | undefined): Promise<void> {
+  if (ports === undefined || ports.range === null) {
+    await qmp.execute(command, { uri: tcpUri(host, 0) });
+    return;
+  }
+  for (let attempt = 0; ; attempt++) {
+    const port = await ports.take(host);
+    try {
+      await qmp.execute(command, { uri: tcpUri(host, port) });
+      return;
+    } catch (err) {
+      if (attempt >= 3 || !/in use|bind/i.test((err as Error).message)) throw err;
+    }
+  }
 }
 
 /** The result of prepare, and the destination VM (its QEMU waits in `inmigrate`). */
@@ -108,9 +132,9 @@ export async function prepare(o: PrepareOptions): Promise<Prepared> {
     if (copied.length > 0) {
       // QEMU waits paused (-S) until finish, so the guest cannot run before the source's last mirrored
       // writes arrived (see storage.ts).
-      nbd = await exportDisks(qmp, { host, diskIds: copied, tlsCredsId: credsId, tlsAuthzId: authzId });
+      nbd = await exportDisks(qmp, { host, diskIds: copied, tlsCredsId: credsId, tlsAuthzId: authzId, ...(o.ports === undefined ? {} : { ports: o.ports }) });
     }
-    await qmp.execute('migrate-incoming', { uri: tcpUri(host, 0) });
+    await listenIncoming(qmp, 'migrate-incoming', host, o.ports);
     const uri = tcpUri(host, await incomingPort(qmp));
     const response: PrepareResponse = { id: o.id, uri, nbd, tlsHostname: tls ? host : null };
     view.uri = uri;

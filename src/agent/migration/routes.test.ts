@@ -1,3 +1,4 @@
+import { MigrationPorts } from './ports.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -18,6 +19,7 @@ function emptyHost(dataDir: string): MigrationHost {
     dataDir,
     accel: 'tcg',
     migrationAddress: '127.0.0.1',
+    migrationPorts: new MigrationPorts(null),
     admit: async () => undefined,
     exclusive: (_name, fn) => fn(undefined as LocalVm | undefined),
     adopt: () => undefined,

@@ -37,6 +37,7 @@
  * progress model src/common/progress.ts; the job states, policy and truth rule live with the controller
  * (src/common/states.ts, src/controller/migrations/).
  */
+import type { MigrationPorts } from './ports.ts';
 import type { FastifyInstance } from 'fastify';
 import { Readable } from 'node:stream';
 import { SHA256_HEADER } from '../../common/agent-routes.ts';
@@ -68,6 +69,8 @@ export interface MigrationHost {
   readonly dataDir: string;
   readonly accel: Accel;
   readonly migrationAddress: string;
+  /** Where streams and NBD exports listen: the configured range, or any free port. */
+  readonly migrationPorts: MigrationPorts;
   admit(spec: VmSpec): Promise<void>;
   exclusive<T>(name: string, fn: (vm: LocalVm | undefined) => Promise<T>): Promise<T>;
   adopt(vm: LocalVm): void;
@@ -198,7 +201,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         }
         const taps = await host.ensureTaps(spec);
         try {
-          const p = await prepare({ id, agentDir: host.dataDir, accel: host.accel, request, identity: ctx.tls, taps });
+          const p = await prepare({ id, agentDir: host.dataDir, accel: host.accel, request, identity: ctx.tls, taps, ports: host.migrationPorts });
           if (existing === undefined) host.adopt(p.vm);
           return p.response;
         } catch (err) {
@@ -241,7 +244,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const id = idOf(params);
       await view(id);
       // Written raw, past fastify: the protocol header its onRequest hook set must be repeated here.
-      reply.raw.writeHead(200, { [PROTOCOL_HEADER]: String(AGENT_PROTOCOL), 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
+      reply.raw.writeHead(200, { [PROTOCOL_HEADER]: String(reply.getHeader(PROTOCOL_HEADER) ?? AGENT_PROTOCOL), 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
       let last = '';
       let closed = false;
       req.raw.on('close', () => (closed = true));
@@ -281,7 +284,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       const id = idOf(params);
       const rec = await record(id);
       return timed(id, 'recover', { vm: rec.view.vm, role: 'destination' }, () =>
-        host.exclusive(rec.view.vm, (vm) => recoverIncoming({ id, agentDir: host.dataDir, vm, listenAddress: host.migrationAddress })),
+        host.exclusive(rec.view.vm, (vm) => recoverIncoming({ id, agentDir: host.dataDir, vm, listenAddress: host.migrationAddress, ports: host.migrationPorts })),
       );
     },
 
@@ -292,6 +295,12 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
       if (body.bandwidthBytesPerSec !== undefined) t.bandwidthBytesPerSec = body.bandwidthBytesPerSec;
       note(id, 'tune', { role: 'source', ...t });
       return (await runningJob(id, 'transferring')).tune(t);
+    },
+
+    complete: async ({ params }) => {
+      const id = idOf(params);
+      note(id, 'complete asked: pausing the guest', { role: 'source' });
+      return (await runningJob(id, 'transferring')).complete();
     },
 
     // --- cold migration: the controller streams each file from the source's download to the destination's upload.

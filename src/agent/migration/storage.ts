@@ -8,7 +8,7 @@
  * clears QEMU's autostart): the source's last mirrored writes land after the stream ends, and the guest
  * must not read its disk before they do. finish() resumes it.
  */
-import { createServer } from 'node:net';
+import { MigrationPorts } from './ports.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../../common/errors.ts';
 import { formatNode } from '../../qemu/argv.ts';
@@ -23,29 +23,18 @@ export type { NbdTarget };
 export const nbdNode = (diskId: string): string => `nbd-${diskId}`;
 export const mirrorJob = (diskId: string): string => `mirror-${diskId}`;
 
-/** A free TCP port on `host` (the kernel picks it; a small race with other programs is accepted). */
-export async function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 // ------------------------------------------------------------------------------------------ destination
 
 /** Starts the NBD server on the migration address and exports each disk writable under its disk id. */
 export async function exportDisks(
   qmp: QmpClient,
-  opts: { host: string; diskIds: readonly string[]; tlsCredsId: string | null; tlsAuthzId?: string | null },
+  opts: { host: string; diskIds: readonly string[]; tlsCredsId: string | null; tlsAuthzId?: string | null; ports?: MigrationPorts },
 ): Promise<NbdTarget> {
   // Safe to repeat: a retried prepare on the same QEMU starts over.
   await qmp.execute('nbd-server-stop').catch(() => undefined);
-  const port = await freePort(opts.host);
+  // A small race with other programs between the probe and QEMU's bind is accepted.
+  const port = await (opts.ports ?? new MigrationPorts(null)).take(opts.host);
   await qmp.execute('nbd-server-start', {
     addr: { type: 'inet', data: { host: opts.host, port: String(port) } },
     ...(opts.tlsCredsId === null ? {} : { 'tls-creds': opts.tlsCredsId }),

@@ -3,11 +3,18 @@
  * serves this host's VMs to the controller over mutual TLS until SIGTERM. With --json it prints exactly one
  * line `{name, url, pid}` once listening (the lab waits for it); logs go to stderr as JSON lines
  * (src/agent/log.ts). Stopping the agent never
- * stops its VMs: they run on, and the next agent re-attaches them.
+ * stops its VMs: they run on, and the next agent re-attaches them. `--config FILE` takes every flag from a
+ * YAML file (keys: the flags in camelCase; a flag given wins), e.g. deploy/agent.yaml. The migration stream
+ * and NBD listen on the address of this host inside `--migration-cidr` (not the management one) and on
+ * ports of `--migration-ports`. `--protocol N` plays an agent of an older protocol version (rolling-upgrade
+ * tests): it advertises N and serves only the routes N has.
  */
 import type { Command } from 'commander';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import { isIP } from 'node:net';
+import { AGENT_PROTOCOL, AGENT_PROTOCOL_MIN } from '../../common/protocol.ts';
+import { rangeOf } from '../../common/agent-routes.ts';
+import { fromFile, inCidr4, loadConfigFile, parseCidr4, parsePortRange, type PortRange } from '../../common/config-file.ts';
 import { FerryError } from '../../common/errors.ts';
 import { defaultAgentDir } from '../../common/paths.ts';
 import { validateName } from '../../common/units.ts';
@@ -24,7 +31,63 @@ export interface AgentCliOptions {
   migrationAddress?: string;
   vmBridge?: string;
   caHash?: string;
+  migrationCidr?: string;
+  migrationPorts?: string;
+  protocol?: string;
+  config?: string;
   json?: boolean;
+}
+
+/** The keys of `ferry agent --config FILE`: its flags in camelCase (not --config, --json, --protocol). */
+export const AGENT_CONFIG_KEYS = {
+  server: 'string',
+  joinToken: 'string',
+  name: 'string',
+  listen: 'string',
+  data: 'string',
+  migrationAddress: 'string',
+  migrationCidr: 'string',
+  migrationPorts: 'string',
+  vmBridge: 'string',
+  caHash: 'string',
+} as const;
+
+/** The flags over the config file's keys, and for each value whether a flag gave it. */
+export function agentOptions(o: AgentCliOptions): { opts: AgentCliOptions; fromFlag: (k: keyof AgentCliOptions) => boolean } {
+  if (o.config === undefined) return { opts: o, fromFlag: () => true };
+  const file = loadConfigFile(o.config, AGENT_CONFIG_KEYS);
+  const given = new Set(Object.keys(o).filter((k) => o[k as keyof AgentCliOptions] !== undefined));
+  return { opts: { ...file, ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) }, fromFlag: (k) => given.has(k) };
+}
+
+/** This host's address inside the migration network: the one the stream and NBD listen on. */
+export function migrationAddressIn(cidr: string, addresses: string[] = localAddresses()): string {
+  parseCidr4(cidr);
+  const found = addresses.find((a) => inCidr4(a, cidr));
+  if (found === undefined) {
+    throw new FerryError(
+      'FERRY_E_NO_MIGRATION_ADDRESS',
+      `No address of this host is inside the migration network ${cidr} (it has ${addresses.join(', ') || 'none'}): add one, or fix --migration-cidr.`,
+      { details: { cidr, addresses } },
+    );
+  }
+  return found;
+}
+
+function localAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flatMap((l) => l ?? [])
+    .filter((a) => a.family === 'IPv4' && !a.internal)
+    .map((a) => a.address);
+}
+
+/** `--protocol N`: a version this Ferry can still play (its current or previous one). */
+export function parseProtocolFlag(text: string): { current: number; min: number } {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < AGENT_PROTOCOL_MIN || n > AGENT_PROTOCOL) {
+    throw new FerryError('FERRY_E_USAGE', `Bad --protocol ${JSON.stringify(text)}: ${AGENT_PROTOCOL_MIN}–${AGENT_PROTOCOL} (this agent speaks ${AGENT_PROTOCOL}; ${AGENT_PROTOCOL_MIN} plays the previous version).`);
+  }
+  return rangeOf(n);
 }
 
 /** `ADDR:PORT`, `[v6]:PORT`, `ADDR` or `:PORT`. */
@@ -54,12 +117,22 @@ function defaultName(): string {
 const isUnspecified = (addr: string): boolean => addr === '0.0.0.0' || addr === '::';
 
 /** Runs the agent until SIGTERM/SIGINT; resolves with the exit code. */
-export async function runAgent(o: AgentCliOptions): Promise<number> {
-  const json = o.json === true;
+export async function runAgent(flags: AgentCliOptions): Promise<number> {
+  const json = flags.json === true;
   try {
-    const name = validateName(o.name ?? defaultName(), 'host name');
-    const listen = parseListen(o.listen);
-    const migrationAddress = o.migrationAddress ?? listen.host;
+    const { opts: o, fromFlag } = agentOptions(flags);
+    const checked = <T>(key: keyof AgentCliOptions, parse: () => T): T => fromFile(o.config, key, fromFlag(key), parse);
+    const name = checked('name', () => validateName(o.name ?? defaultName(), 'host name'));
+    const listen = checked('listen', () => parseListen(o.listen));
+    const protocol = o.protocol === undefined ? undefined : parseProtocolFlag(o.protocol);
+    const migrationPorts: PortRange | undefined = o.migrationPorts === undefined ? undefined : checked('migrationPorts', () => parsePortRange(o.migrationPorts!));
+    if (o.migrationCidr !== undefined && o.migrationAddress !== undefined) {
+      throw new FerryError('FERRY_E_USAGE', '--migration-cidr picks the migration address: give it or --migration-address, not both.');
+    }
+    const migrationAddress =
+      o.migrationCidr !== undefined
+        ? checked('migrationCidr', () => migrationAddressIn(o.migrationCidr!))
+        : (o.migrationAddress ?? listen.host);
     if (isIP(migrationAddress) === 0 || isUnspecified(migrationAddress)) {
       throw new FerryError(
         'FERRY_E_USAGE',
@@ -79,7 +152,7 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
 
     const { agentLogger } = await import('../../agent/log.ts');
     const log = agentLogger(name);
-    const { ensureIdentity } = await import('../../agent/identity.ts');
+    const { ensureIdentity, loadJoinRecord } = await import('../../agent/identity.ts');
     const { startAgent } = await import('../../agent/server.ts');
     const { identity, joined } = await ensureIdentity({
       dataDir,
@@ -90,6 +163,23 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       ...(o.joinToken === undefined ? {} : { token: o.joinToken }),
       ...(o.caHash === undefined ? {} : { caHash: o.caHash }),
     });
+    const { CertificateRenewer, requestRenewal, saveRenewal, renewalStep, certificateView } = await import('../../agent/renewal.ts');
+    const record = await loadJoinRecord(dataDir);
+    if (!joined && renewalStep(certificateView(identity.certPem), Date.now()).kind === 'expired') {
+      // Offline past its certificate's validity: only the operator's new join token lets it back in.
+      const notAfter = certificateView(identity.certPem).notAfter;
+      const serverUrl = o.server ?? record?.serverUrl;
+      if (o.joinToken === undefined || serverUrl === undefined) {
+        throw new FerryError(
+          'FERRY_E_CERT_EXPIRED',
+          `The certificate in ${dataDir} expired at ${notAfter}: ask the controller for a join token (ferry server join-token, or POST /api/v1/join-tokens) and start once with --join-token T${serverUrl === undefined ? ' --server URL' : ''} to re-join as ${name}.`,
+        );
+      }
+      const pair = await requestRenewal({ serverUrl, name, identity, joinToken: o.joinToken });
+      await saveRenewal(dataDir, pair, new Date().toISOString());
+      Object.assign(identity, pair);
+      log.info({ notAfter: certificateView(pair.certPem).notAfter }, `re-joined as ${name} with the join token: the certificate had expired at ${notAfter}`);
+    }
     if (joined && listen.port === 0) {
       log.warn('joined with port 0; the controller was given a URL without the real port');
     }
@@ -99,6 +189,21 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
         : `using the certificates in ${dataDir}`,
     );
 
+    // The renewer is made before the server it reloads (the server serves its view): it finds it here.
+    const served: { agent?: Awaited<ReturnType<typeof startAgent>> } = {};
+    const renewer =
+      record === undefined
+        ? undefined
+        : new CertificateRenewer({
+            dataDir,
+            name,
+            serverUrl: record.serverUrl,
+            identity,
+            apply: () => served.agent?.reloadCertificate(),
+            renewedAt: (await loadJoinRecord(dataDir))?.renewedAt ?? null, // a re-join above just wrote it
+            log,
+          });
+    if (renewer === undefined) log.warn(`no ${dataDir}/agent.json: the certificate will not be renewed (re-join the host before it expires)`);
     const agent = await startAgent({
       name,
       dataDir,
@@ -107,7 +212,12 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
       tls: identity,
       log,
       ...(o.vmBridge === undefined ? {} : { vmBridge: o.vmBridge }),
+      ...(migrationPorts === undefined ? {} : { migrationPorts }),
+      ...(protocol === undefined ? {} : { protocol }),
+      ...(renewer === undefined ? {} : { certificate: () => renewer.view() }),
     });
+    served.agent = agent;
+    renewer?.start();
     const url = isUnspecified(listen.host) ? agentUrl.replace(/:\d+$/, `:${agent.port}`) : agent.url;
     log.info({ url: agent.url, dataDir }, `listening on ${agent.url} (host ${name}, data ${dataDir})`);
     if (json) process.stdout.write(JSON.stringify({ name, url, pid: process.pid }) + '\n');
@@ -118,6 +228,7 @@ export async function runAgent(o: AgentCliOptions): Promise<number> {
         process.off('SIGTERM', stop);
         process.off('SIGINT', stop);
         log.info({ signal: sig }, `${sig}: closing the API; VMs keep running`);
+        renewer?.stop();
         // Closing must not hang the exit on a stuck request: the VMs are safe either way.
         const hard = setTimeout(() => resolve(), 5000);
         hard.unref();
@@ -156,7 +267,11 @@ export function registerAgent(program: Command): void {
       '--migration-address <addr>',
       'address for migration streams and NBD (default: the listen address)',
     )
+    .option('--migration-cidr <cidr>', "the migration network: streams and NBD use this host's address in it")
+    .option('--migration-ports <first-last>', 'ports for migration streams and NBD, for a firewall (default: any free port)')
     .option('--vm-bridge <bridge>', 'bridge that VM NIC taps join')
+    .option('--config <file>', 'YAML file of these options (keys in camelCase; flags win), e.g. deploy/agent.yaml')
+    .option('--protocol <n>', 'play an agent of this older protocol version (rolling-upgrade tests)')
     .option('--ca-hash <sha256:hex>', 'pin the cluster CA at join (else trust on first use)')
     .option('--json', 'print one JSON line {name, url, pid} once listening')
     .action(async (opts: AgentCliOptions) => {

@@ -55,8 +55,9 @@ export function registerEvents(program: Command): void {
       .option('--vm <name>', "only events about this VM (its own, and its migrations')")
       .option('--after <seq>', 'start after this event number (default: all the server kept; with --follow: from now on)')
       .description("The controller's events: hosts, VMs, migrations"),
-  ).action(async (f: EventsFlags) => {
-    if (!f.follow) return list(f);
+  ).action(async (f: EventsFlags, cmd: Command) => {
+    // `action` finds the output flags where commander puts them: the options, then the command.
+    if (!f.follow) return list(f, cmd);
     try {
       await follow(f);
       process.exitCode = 130;
@@ -73,7 +74,7 @@ function afterFlag(f: EventsFlags): number | undefined {
 }
 
 /** What the server kept, up to the end of its replay. */
-const list = action(async (f: EventsFlags) => {
+const list = action(async (f: EventsFlags, _cmd: Command) => {
   const after = afterFlag(f);
   const filter: EventFilter = { types: f.type, vm: f.vm };
   const kept: FerryEventJson[] = [];

@@ -1,5 +1,5 @@
 /**
- * `ferry vm migrate` and `ferry migration list | show | watch | cancel`. With `--wait` (and `watch`) the CLI
+ * `ferry vm migrate` and `ferry migration list | show | watch | cancel | set | postcopy | complete`. With `--wait` (and `watch`) the CLI
  * follows the job over the server's event stream: a live bar on a TTY, plain lines otherwise, one JSON
  * document at the end with --json. A migration that ends failed or cancelled exits 1.
  *
@@ -7,15 +7,16 @@
  * shown, how to follow or cancel it printed) and exits 130; a second Ctrl-C within 2 s cancels the job.
  */
 import { Command } from 'commander';
-import type { MigrationJson } from '../../common/migration.ts';
+import type { MigrationJson, MigrationPlanJson } from '../../common/migration.ts';
 import { formatBytes, formatDuration, validateName } from '../../common/units.ts';
 import { enc, withClient, type ApiClient } from '../../client/api.ts';
 import { migrationFrames } from '../../client/events.ts';
 import { renderTable, type Column } from '../../client/table.ts';
-import { clusterOptions, durationFlag, intFlag, rateFlag, type ClusterFlags } from '../flags.ts';
+import { clusterOptions, durationFlag, intFlag, rateFlag, signedIntFlag, type ClusterFlags } from '../flags.ts';
 import { action, formatOf, type Outcome } from '../output.ts';
-import { followMigration, summaryLines } from '../progress.ts';
-import { resolvePolicy, type MigrateRequest } from '../../common/policy.ts';
+import { followMigration, predictionLines, summaryLines } from '../progress.ts';
+import { resolvePolicy, type MigrateRequest, type SteerRequest } from '../../common/policy.ts';
+import { FerryError } from '../../common/errors.ts';
 
 interface MigrateFlags extends ClusterFlags {
   to?: string;
@@ -30,7 +31,20 @@ interface MigrateFlags extends ClusterFlags {
   multifd?: string;
   deadline?: string;
   stallTimeout?: string;
+  priority?: string;
   wait?: boolean;
+  dryRun?: boolean;
+}
+
+/** GET /api/v1/limits (src/controller/api/responses.ts `Limits`). */
+interface LimitsJson {
+  maxOutbound: number;
+  maxInbound: number;
+  maxConcurrent: number;
+  linkCapacityBytesPerSec: number;
+  minShareBytesPerSec: number;
+  queued: number;
+  running: number;
 }
 
 const duration = (ms: number | null): string => (ms === null ? '-' : formatDuration(ms));
@@ -52,6 +66,8 @@ const MIGRATION_COLUMNS: readonly Column<MigrationJson>[] = [
   { header: 'DOWNTIME', cell: (m) => duration(m.downtimeMs) },
   { header: 'GUEST GAP', cell: (m) => duration(m.guestDowntimeMs) },
   { header: 'ERROR', cell: (m) => m.error?.code ?? '' },
+  { header: 'WAITING FOR', cell: (m) => m.queue?.reason ?? '' },
+  { header: 'PRIORITY', cell: (m) => String(m.priority), wide: true },
   { header: 'FINISHED', cell: (m) => (m.finishedAt === null ? '-' : startedCell(m.finishedAt)), wide: true },
   { header: 'QEMU TOTAL', cell: (m) => duration(m.qemuTotalMs), wide: true },
   { header: 'TRANSFERRED', cell: (m) => (m.transferredBytes === null ? '-' : formatBytes(m.transferredBytes)), wide: true },
@@ -123,6 +139,7 @@ export function migrateBody(f: MigrateFlags): MigrateRequest {
   if (f.autoConverge) body.autoConverge = true;
   if (f.xbzrle) body.xbzrle = true;
   if (f.multifd !== undefined) body.multifd = intFlag('--multifd', f.multifd, 0, 16);
+  if (f.priority !== undefined) body.priority = signedIntFlag('--priority', f.priority, -1000, 1000);
   // The flags' strings as typed, checked; resolvePolicy refuses the combinations the server would.
   resolvePolicy(body as MigrateRequest);
   return body as MigrateRequest;
@@ -146,18 +163,32 @@ export function registerMigration(program: Command): void {
       .option('--multifd <n>', 'parallel channels (0 = off)')
       .option('--deadline <duration>', 'abort if not finished within this (default 10m)')
       .option('--stall-timeout <duration>', 'abort when no byte moves for this long, e.g. a cut link (default 10s)')
+      .option('--priority <n>', 'when migrations wait for the limits, higher starts first (-1000 to 1000, default 0)')
       .option('--wait', 'follow the migration to its end, with progress')
-      .description('Move a VM to another host, live (default) or cold'),
+      .option('--dry-run', 'predict only (dirty rate measured now, link bandwidth, time, downtime, strategy): nothing starts')
+      .description('Move a VM to another host, live (default) or cold; beyond the limits it waits queued'),
   ).action(
     action(async (name: string, f: MigrateFlags) => {
       const body = migrateBody(f);
+      if (f.dryRun) {
+        if (f.wait) throw new FerryError('FERRY_E_USAGE', '--dry-run starts nothing to wait for: not with --wait.');
+        return withClient(f, async (c) => {
+          const plan = await c.post<MigrationPlanJson>(`/api/v1/vms/${enc(name)}/migrate/prediction`, body);
+          const why = plan.why?.map((w) => `  ${w.host}: ${w.accepted ? 'accepted' : 'rejected'} — ${w.reason}`) ?? [];
+          return {
+            json: plan,
+            human: [`dry run: ${plan.vm} ${plan.source} → ${plan.destination} (${plan.mode}); nothing started`, ...why, ...predictionLines(plan.prediction, '  ')].join('\n'),
+          };
+        });
+      }
       return withClient(f, async (c) => {
         const started = await c.post<MigrationJson>(`/api/v1/vms/${enc(name)}/migrate`, body);
         if (!f.wait) {
+          const queued = started.queue === null ? '' : ` (#${started.queue.position} in line, waiting for the ${started.queue.reason})`;
           const why = started.why?.map((w) => `  ${w.host}: ${w.accepted ? 'accepted' : 'rejected'} — ${w.reason}`).join('\n');
           return {
             json: started,
-            human: `migration ${started.id}: ${started.vm} ${started.source} → ${started.destination} ${started.state}\n${why ?? ''}\nfollow it: ferry migration watch ${started.id}`,
+            human: `migration ${started.id}: ${started.vm} ${started.source} → ${started.destination} ${started.state}${queued}\n${why ?? ''}\nfollow it: ferry migration watch ${started.id}`,
           };
         }
         if (formatOf(f) === 'human') process.stderr.write(`migration ${started.id}: ${started.vm} ${started.source} → ${started.destination}\n`);
@@ -195,6 +226,58 @@ export function registerMigration(program: Command): void {
     action(async (id: string, f: ClusterFlags) => {
       const m = await withClient(f, (c) => c.post<MigrationJson>(`/api/v1/migrations/${enc(id)}/cancel`, {}));
       return { json: m, human: `migration ${m.id}: cancel requested (${m.state})` };
+    }),
+  );
+  clusterOptions(mig.command('limits').description("The queue's limits (per host, cluster-wide, link capacity), and how many migrations run and wait"), 'view').action(
+    action(async (f: ClusterFlags) => {
+      const l = await withClient(f, (c) => c.get<LimitsJson>('/api/v1/limits'));
+      const link = (n: number): string => (n === 0 ? 'not limited' : `${formatBytes(n)}/s`);
+      return {
+        json: l,
+        human: [
+          `outbound per host  ${l.maxOutbound}`,
+          `inbound per host   ${l.maxInbound}`,
+          `cluster-wide       ${l.maxConcurrent}`,
+          `link capacity      ${link(l.linkCapacityBytesPerSec)} per host, shared by its migrations`,
+          `least share        ${link(l.minShareBytesPerSec)}`,
+          `now                ${l.running} running, ${l.queued} queued`,
+        ].join('\n'),
+      };
+    }),
+  );
+  clusterOptions(
+    mig
+      .command('set')
+      .argument('<id>', 'migration id')
+      .option('--bandwidth <rate>', 'a new cap, a size per second, e.g. 8M (= 8 MiB/s); 0 = no cap (the link share still applies)')
+      .option('--max-downtime <duration>', "a new downtime budget, e.g. 300ms: QEMU's limit is set to it at once")
+      .description('Steer a running live migration: its bandwidth and downtime budget'),
+  ).action(
+    action(async (id: string, f: ClusterFlags & { bandwidth?: string; maxDowntime?: string }) => {
+      const body: SteerRequest = {};
+      if (f.bandwidth !== undefined) body.bandwidth = rateFlag('--bandwidth', f.bandwidth);
+      if (f.maxDowntime !== undefined) body.maxDowntime = durationFlag('--max-downtime', f.maxDowntime);
+      if (body.bandwidth === undefined && body.maxDowntime === undefined) {
+        throw new FerryError('FERRY_E_USAGE', 'ferry migration set needs --bandwidth and/or --max-downtime.');
+      }
+      const m = await withClient(f, (c) => c.post<MigrationJson>(`/api/v1/migrations/${enc(id)}/set`, body));
+      return { json: m, human: `migration ${m.id}: ${m.actions.at(-1)?.detail ?? 'set'}` };
+    }),
+  );
+  clusterOptions(
+    mig.command('postcopy').argument('<id>', 'migration id').description("Switch a running migration to post-copy now (if its policy allows post-copy)"),
+  ).action(
+    action(async (id: string, f: ClusterFlags) => {
+      const m = await withClient(f, (c) => c.post<MigrationJson>(`/api/v1/migrations/${enc(id)}/postcopy`, {}));
+      return { json: m, human: `migration ${m.id}: switching to post-copy` };
+    }),
+  );
+  clusterOptions(
+    mig.command('complete').argument('<id>', 'migration id').description('Pause the guest on the source so that the migration finishes (the pause is its downtime)'),
+  ).action(
+    action(async (id: string, f: ClusterFlags) => {
+      const m = await withClient(f, (c) => c.post<MigrationJson>(`/api/v1/migrations/${enc(id)}/complete`, {}));
+      return { json: m, human: `migration ${m.id}: guest paused on ${m.source} to finish` };
     }),
   );
 }

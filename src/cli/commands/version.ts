@@ -32,7 +32,7 @@ export function registerVersion(program: Command): void {
       if (!f.client) {
         await withClient(f, async (c) => {
           const [server, hosts] = await Promise.all([c.get<ServerVersionDoc>('/api/v1/version'), c.get<HostJson[]>('/api/v1/hosts')]);
-          doc.server = { ...server, url: c.config.server };
+          doc.server = { ...server, url: c.server };
           doc.agents = hosts.map((h) => ({ host: h.name, state: h.state, version: h.agent?.agentVersion ?? null, protocol: h.agent ? { ...h.agent.protocol } : null }));
         });
       }

@@ -114,6 +114,7 @@ export const CREATE_FIELDS: readonly CreateField[] = [
     fromVm: (v) => directBoot(v)?.append,
   },
   { key: 'ip', kind: 'text', arg: '<a.b.c.d/len>', help: 'reserve this address on the VM network (refused when taken or outside it)', fromVm: (v) => v.spec.nics[0]?.ip },
+  { key: 'evacuation', kind: 'text', arg: '<policy>', help: 'how far a drain may go to move it: live (default), postcopy-ok, cold-ok (stopping the guest)', fromVm: (v) => v.spec.evacuation },
   { key: 'guestAgent', kind: 'switch', help: 'add a qemu-guest-agent port (default with --disk-image)', noHelp: 'no qemu-guest-agent port', fromVm: (v) => v.spec.guestAgent },
   {
     key: 'waitReady',

@@ -244,3 +244,53 @@ test('cloud-init seed input is checked before anything is reserved: user-data ov
     assert.deepEqual(ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
   });
 });
+
+test('the web console: its static files without a token, under a strict CSP; nothing else of the server without one', async () => {
+  await withApp(async ({ app }) => {
+    const page = await app.inject({ method: 'GET', url: '/' });
+    assert.equal(page.statusCode, 200, page.body);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    assert.match(page.body, /<script type="module" src="\/app\.js">/);
+    const csp = String(page.headers['content-security-policy']);
+    for (const d of ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]) assert.ok(csp.includes(d), csp);
+    assert.ok(!/unsafe-inline|unsafe-eval|https?:/.test(csp), `nothing inline, nothing from outside: ${csp}`);
+    assert.match(String((await app.inject({ method: 'GET', url: '/app.js' })).headers['content-type']), /^text\/javascript/);
+    assert.equal((await app.inject({ method: 'GET', url: '/app.css' })).statusCode, 200);
+    for (const url of ['/api/v1/hosts', '/api/v1/events', '/api/v1/openapi.json', '/metrics', '/index.html', '/app.js.map']) {
+      assert.equal((await app.inject({ method: 'GET', url })).statusCode, 401, `${url} needs the token`);
+    }
+  });
+});
+
+test('tokens: a read-only token reads everything (and /metrics) but changes nothing (403 FERRY_E_READ_ONLY); a revoked token is refused', async () => {
+  await withApp(async ({ app, auth }) => {
+    const created = await app.inject({ method: 'POST', url: '/api/v1/tokens', headers: auth, payload: { role: 'read-only' } });
+    assert.equal(created.statusCode, 201);
+    const ro = created.json() as { id: string; role: string; token: string };
+    assert.equal(ro.role, 'read-only');
+    const roAuth = { authorization: `Bearer ${ro.token}` };
+    for (const url of ['/api/v1/vms', '/api/v1/hosts', '/api/v1/migrations', '/api/v1/tokens', '/metrics']) {
+      const r = await app.inject({ method: 'GET', url, headers: roAuth });
+      assert.equal(r.statusCode, 200, url);
+    }
+    for (const [method, url, payload] of [
+      ['POST', '/api/v1/vms', { name: 'a1' }],
+      ['POST', '/api/v1/tokens', { role: 'admin' }],
+      ['POST', '/api/v1/join-tokens', {}],
+      ['DELETE', `/api/v1/tokens/${ro.id}`, undefined],
+    ] as const) {
+      const r = await app.inject({ method, url, headers: roAuth, ...(payload === undefined ? {} : { payload }) });
+      assert.equal(r.statusCode, 403, `${method} ${url}`);
+      assert.equal(r.json().error.code, 'FERRY_E_READ_ONLY');
+    }
+    const list = (await app.inject({ method: 'GET', url: '/api/v1/tokens', headers: auth })).json() as { id: string; role: string }[];
+    assert.deepEqual(list.map((t) => t.role).sort(), ['admin', 'read-only']);
+    assert.ok(!JSON.stringify(list).includes(ro.token.split('.')[1]!), 'no secret is listed');
+    assert.equal((await app.inject({ method: 'DELETE', url: `/api/v1/tokens/${ro.id}`, headers: auth })).statusCode, 200);
+    const after = await app.inject({ method: 'GET', url: '/api/v1/vms', headers: roAuth });
+    assert.equal(after.statusCode, 401);
+    assert.equal(after.json().error.code, 'FERRY_E_UNAUTHORIZED');
+    const again = await app.inject({ method: 'DELETE', url: `/api/v1/tokens/${ro.id}`, headers: auth });
+    assert.equal(again.json().error.code, 'FERRY_E_TOKEN_NOT_FOUND');
+  });
+});

@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
+import { createSecureContext } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyReply } from 'fastify';
 import swagger from '@fastify/swagger';
@@ -23,17 +24,28 @@ import { registerSystemRoutes } from './system.ts';
 import { registerVmRoutes } from './vms.ts';
 import { registerImageRoutes } from './images.ts';
 import { registerMigrationRoutes } from './migrations.ts';
+import { CONSOLE_FILES, registerConsoleRoutes } from './console.ts';
+import { registerTokenRoutes } from './tokens.ts';
 
 
 /** Largest request body the API reads (bytes); a larger one is refused with FERRY_E_BODY_TOO_LARGE (413). */
 export const BODY_LIMIT = 4 * 1024 * 1024; // a cloud-init user-data of 1 MiB, JSON-escaped, fits
 
-/** Routes anyone may call: the health check, and the join (it carries its own one-time token). */
-const PUBLIC = new Set(['/api/v1/health', '/api/v1/join']);
+/**
+ * Routes anyone may call: the health check, the join (it carries its own one-time token), an agent's
+ * certificate renewal (signed by the key of its current certificate, src/controller/renewal.ts), and the web
+ * console's static files (its sign-in page; all it shows comes from the API, with the token).
+ */
+const PUBLIC = new Set(['/api/v1/health', '/api/v1/join', '/api/v1/renew', ...CONSOLE_FILES]);
 
 export interface BuildAppOptions {
   /** TLS certificate chain (server certificate, then the CA) and key. */
   tls: { certPem: string; keyPem: string };
+  /**
+   * With an operator's own certificate in `tls`: the cluster CA's server certificate, presented to clients
+   * that ask for `clusterServername` by SNI (agents joining), so that agents keep the cluster CA.
+   */
+  cluster?: { certPem: string; keyPem: string; servername: string };
 }
 
 /** The HTTP statuses of fastify's and Node's own refusals that keep their status, each under its own code. */
@@ -66,11 +78,22 @@ function bearer(header: string | undefined): string | null {
   return m ? m[1]! : null;
 }
 
+/** The cluster certificate for its SNI name; the default (the operator's) for any other name or none. */
+function sniCallback(cluster: NonNullable<BuildAppOptions['cluster']>): (name: string, cb: (err: Error | null, ctx?: ReturnType<typeof createSecureContext>) => void) => void {
+  const ctx = createSecureContext({ cert: cluster.certPem, key: cluster.keyPem });
+  return (name, cb) => cb(null, name === cluster.servername ? ctx : undefined);
+}
+
 export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<App> {
   const app: App = Fastify({
     // Node would answer a request without Host itself, with an empty 400; the onRequest hook below
     // answers it in the envelope instead.
-    https: { cert: opts.tls.certPem, key: opts.tls.keyPem, requireHostHeader: false },
+    https: {
+      cert: opts.tls.certPem,
+      key: opts.tls.keyPem,
+      requireHostHeader: false,
+      ...(opts.cluster === undefined ? {} : { SNICallback: sniCallback(opts.cluster) }),
+    },
     // App's logger type is fastify's base one: the routes only call its level methods.
     loggerInstance: ctl.log as FastifyBaseLogger,
     // One line per request, written in onResponse below with its route pattern and duration.
@@ -121,6 +144,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
         { name: 'images', description: "Disk images in the server's store" },
         { name: 'migrations', description: 'Live and cold migrations of VMs between hosts' },
         { name: 'events', description: 'What happens, as Server-Sent Events' },
+        { name: 'tokens', description: 'API tokens and their roles (admin, read-only)' },
       ],
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The token `ferry server` printed, or an API token' } } },
       security: [{ bearer: [] }],
@@ -135,10 +159,23 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
       throw new FerryError('FERRY_E_BAD_INPUT', 'HTTP/1.1 requests need a Host header.');
     }
     const path = req.url.split('?')[0]!;
+    if (ctl.ha !== undefined && req.method !== 'GET' && req.method !== 'HEAD' && ctl.ha.lease.term() === undefined) {
+      // A follower answers reads from the shared store; a write goes to the leader (docs/ha.md).
+      const leader = await ctl.ha.lease.current();
+      if (!leader.live || leader.url === '') {
+        throw new FerryError('FERRY_E_NO_LEADER', 'No controller leads right now (an election takes a few seconds): retry.');
+      }
+      return reply.status(307).header('location', new URL(req.url, leader.url).toString()).send();
+    }
     if (PUBLIC.has(path)) return;
     const token = bearer(req.headers.authorization);
-    if (token === null || checkApiToken(ctl.store, token) === null) {
-      throw new FerryError('FERRY_E_UNAUTHORIZED', token === null ? 'Missing bearer token: pass --token or configure the CLI.' : 'Wrong token.');
+    const role = token === null ? null : checkApiToken(ctl.store, token);
+    if (role === null) {
+      throw new FerryError('FERRY_E_UNAUTHORIZED', token === null ? 'Missing bearer token: pass --token or configure the CLI.' : 'Wrong or revoked token.');
+    }
+    // Reading is GET (and HEAD); everything else changes state, which a read-only token may not.
+    if (role === 'read-only' && req.method !== 'GET' && req.method !== 'HEAD') {
+      throw new FerryError('FERRY_E_READ_ONLY', `This token is read-only: ${req.method} ${path} changes state. Use an admin token.`);
     }
   });
 
@@ -193,5 +230,7 @@ export async function buildApp(ctl: Controller, opts: BuildAppOptions): Promise<
   registerImageRoutes(app, ctl);
   registerMigrationRoutes(app, ctl);
   registerEventRoutes(app, ctl);
+  registerConsoleRoutes(app);
+  registerTokenRoutes(app, ctl);
   return app;
 }

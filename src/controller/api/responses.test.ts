@@ -10,6 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +18,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import Type, { type TSchema } from 'typebox';
 import { Value } from 'typebox/value';
 import { isErrorCode } from '../../common/errors.ts';
+import { renewalPayload } from '../../common/identity.ts';
+import type { RenewRequest } from '../../common/protocol.ts';
 import { FakeAgent } from '../../testing/fake-agent.ts';
 import { createController, type Controller } from '../controller.ts';
 import { buildApp } from './app.ts';
@@ -50,12 +53,28 @@ interface Doc {
 const byId = new Map<string, TSchema>(RESPONSE_SCHEMAS.map((s): [string, TSchema] => [(s as unknown as { $id: string }).$id, s]));
 
 /** The TypeBox schema a response of the document names: a component, or an array of one. */
+/** A component whose parts are components themselves (`DrainAnswer`), with those parts put in place of their `$ref`. */
+function inlined(schema: TSchema, where: string): TSchema {
+  const walk = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(walk);
+    if (node === null || typeof node !== 'object') return node;
+    const ref = (node as { $ref?: unknown }).$ref;
+    if (typeof ref === 'string') {
+      const part = byId.get(ref.replace(/#$/, ''));
+      assert.ok(part, `${where}: $ref ${ref} is one of RESPONSE_SCHEMAS`);
+      return part;
+    }
+    return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, walk(v)]));
+  };
+  return walk(schema) as TSchema;
+}
+
 function schemaOf(s: DocSchema, where: string): TSchema {
   if (s.$ref !== undefined) {
     const name = s.$ref.replace('#/components/schemas/', '');
     const schema = byId.get(name);
     assert.ok(schema, `${where}: $ref ${s.$ref} is one of RESPONSE_SCHEMAS`);
-    return schema;
+    return inlined(schema, where);
   }
   assert.ok(s.type === 'array' && s.items, `${where}: a JSON answer is a component or an array of one, not ${JSON.stringify(s)}`);
   return Type.Array(schemaOf(s.items, where));
@@ -119,6 +138,14 @@ async function checked(env: Omit<Env, 'call'>, token: string, method: 'GET' | 'P
   return { status: res.statusCode, body, text: res.body };
 }
 
+/** POST /api/v1/renew's body for a new key, signed with `signer` (the certificate's own key, or not). */
+function renewBody(name: string, certPem: string, signer: string): RenewRequest {
+  const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const fields = { name, certPem, publicKeyPem: pair.publicKey.export({ type: 'spki', format: 'pem' }).toString(), signedAt: new Date().toISOString() };
+  const payload = renewalPayload(fields);
+  return { ...fields, signature: sign('sha256', payload, signer).toString('base64'), proof: sign('sha256', payload, pair.privateKey).toString('base64') };
+}
+
 /** A fake agent that joined through the API, listening with the certificate the join handed out. */
 async function joinAgent(env: Env, ctl: Controller, name: string): Promise<FakeAgent> {
   const agent = new FakeAgent({ name });
@@ -134,6 +161,9 @@ async function joinAgent(env: Env, ctl: Controller, name: string): Promise<FakeA
   await agent.start({ caPem: j.caCertPem, certPem: j.certPem, keyPem: j.keyPem, controllerPin: j.controllerPin }, port);
   // Used once: a second join with it is refused in the envelope.
   assert.equal((await env.call('POST', '/api/v1/join', { token: token.token, name: `${name}x`, agentUrl: `https://127.0.0.1:${port}` }, { auth: false })).status, 401);
+  // A renewal signed by the joined key gets a certificate; one signed by another key, the envelope.
+  assert.equal((await env.call('POST', '/api/v1/renew', renewBody(name, j.certPem, j.keyPem), { auth: false })).status, 200);
+  assert.equal((await env.call('POST', '/api/v1/renew', renewBody(name, j.certPem, boot.keyPem), { auth: false })).status, 403);
   await ctl.hosts.poll(name);
   return agent;
 }
@@ -205,6 +235,7 @@ test('real answers fit the document: status declared, body exactly its schema, e
 
       agents.push(await joinAgent(env, ctl, 'h1'), await joinAgent(env, ctl, 'h2'));
       assert.equal((await call('GET', '/api/v1/hosts')).status, 200);
+      assert.equal((await call('GET', '/api/v1/hosts?limit=1&view=summary')).status, 200);
       assert.equal(((await call('GET', '/api/v1/hosts/h1')).body as { state: string }).state, 'ready');
       assert.equal((await call('GET', '/api/v1/hosts/nope')).status, 404);
 
@@ -217,6 +248,9 @@ test('real answers fit the document: status declared, body exactly its schema, e
       assert.equal((await call('GET', '/api/v1/vms')).status, 200);
       assert.equal((await call('GET', '/api/v1/vms/v1')).status, 200);
       assert.equal((await call('GET', '/api/v1/vms/nope')).status, 404);
+      const verdicts = (await call('GET', '/api/v1/vms/v1/placements')).body as { host: string; fits: boolean }[];
+      assert.deepEqual(verdicts.map((v) => [v.host, v.fits]), [['h1', false], ['h2', true]], 'its own host does not fit; the other does');
+      assert.equal((await call('GET', '/api/v1/vms/nope/placements')).status, 404);
       assert.equal(((await call('POST', '/api/v1/vms/v1/stop', { force: true })).body as { state: string }).state, 'stopped');
       assert.equal((await call('POST', '/api/v1/vms/v1/pause')).status, 409, 'a stopped VM does not pause');
       assert.equal(((await call('POST', '/api/v1/vms/v1/start')).body as { state: string }).state, 'running');
@@ -224,6 +258,13 @@ test('real answers fit the document: status declared, body exactly its schema, e
       assert.equal((await call('POST', '/api/v1/vms/v1/resume')).status, 200);
       assert.equal((await call('POST', '/api/v1/vms/v1/guest', { command: ['ping', '1'] })).status, 200);
       assert.match((await call('GET', '/api/v1/vms/v1/console')).text, /ferry-guest ready/);
+
+      // Its prediction first: nothing starts.
+      const predicted = await call('POST', '/api/v1/vms/v1/migrate/prediction', { to: 'h2', storage: 'shared' });
+      assert.equal(predicted.status, 200, predicted.text);
+      assert.equal((predicted.body as { destination: string }).destination, 'h2');
+      assert.equal((await call('POST', '/api/v1/vms/nope/migrate/prediction', {})).status, 404);
+      assert.equal(((await call('GET', '/api/v1/migrations?vm=v1')).body as unknown[]).length, 0, 'a dry run creates no job');
 
       // A live migration to h2, followed to its end.
       const started = await call('POST', '/api/v1/vms/v1/migrate', { to: 'h2', storage: 'shared' });
@@ -248,6 +289,9 @@ test('real answers fit the document: status declared, body exactly its schema, e
 
       // Drains: none yet, then one of h2 (v1 moves back to h1), then lifted.
       assert.equal(((await call('GET', '/api/v1/hosts/h2/drain')).body as { state: string }).state, 'none');
+      const plan = (await call('POST', '/api/v1/hosts/h2/drain', { dryRun: true })).body as { feasible: boolean; plan: { vm: string; destination: string; strategy: string }[] };
+      assert.deepEqual([plan.feasible, plan.plan.map((i) => [i.vm, i.destination, i.strategy])], [true, [['v1', 'h1', 'live']]], 'the plan, and nothing changed');
+      assert.equal(((await call('GET', '/api/v1/hosts/h2')).body as { maintenance: boolean }).maintenance, false);
       assert.equal((await call('POST', '/api/v1/hosts/h2/drain', { deadline: '1m' })).status, 202);
       assert.equal((await call('POST', '/api/v1/hosts/nope/drain', {})).status, 404);
       const drained = await until('the drain to end', async () => {
@@ -256,6 +300,44 @@ test('real answers fit the document: status declared, body exactly its schema, e
       });
       assert.equal(drained.state, 'drained', JSON.stringify(drained));
       assert.equal((await call('POST', '/api/v1/hosts/h2/undrain')).status, 200);
+
+      // Rebalancing (a dry run: the moves, nothing started) and API tokens (create, list, revoke).
+      const moves = await call('POST', '/api/v1/cluster/rebalance', { dryRun: true });
+      assert.equal(moves.status, 200, moves.text);
+      assert.equal((moves.body as { dryRun: boolean }).dryRun, true);
+      assert.equal((await call('POST', '/api/v1/cluster/rebalance', { threshold: 'lots' })).status, 400);
+      const token = await call('POST', '/api/v1/tokens', { role: 'read-only' });
+      assert.equal(token.status, 201, token.text);
+      const tokenId = (token.body as { id: string }).id;
+      assert.ok(((await call('GET', '/api/v1/tokens')).body as { id: string }[]).some((t) => t.id === tokenId));
+      assert.equal((await call('DELETE', `/api/v1/tokens/${tokenId}`)).status, 200);
+      assert.equal((await call('DELETE', `/api/v1/tokens/${tokenId}`)).status, 404);
+
+      // The queue's limits; steering a running migration (the fake source holds it transferring meanwhile).
+      assert.equal(((await call('GET', '/api/v1/limits')).body as { maxOutbound: number }).maxOutbound, 2);
+      assert.equal((await call('POST', `/api/v1/migrations/${id}/set`, { bandwidth: '8M' })).status, 409, 'an ended job is not steered');
+      assert.equal((await call('POST', `/api/v1/migrations/m-nope/set`, { bandwidth: '8M' })).status, 404);
+      assert.equal((await call('POST', `/api/v1/migrations/${id}/set`, {})).status, 400, 'nothing to set');
+      assert.equal((await call('POST', `/api/v1/migrations/${id}/postcopy`)).status, 409, 'its policy is --postcopy never');
+      assert.equal((await call('POST', `/api/v1/migrations/${id}/complete`)).status, 409);
+      const h1 = agents[0]!;
+      h1.completeAfterPolls = Number.POSITIVE_INFINITY;
+      const steered = await call('POST', '/api/v1/vms/v1/migrate', { to: 'h2', storage: 'shared', postcopy: 'auto', priority: 3 });
+      assert.equal(steered.status, 202, steered.text);
+      const sid = (steered.body as { id: string }).id;
+      await until('the migration to transfer', async () => (((await call('GET', `/api/v1/migrations/${sid}`)).body as { state: string }).state === 'transferring' ? true : undefined));
+      const set = await call('POST', `/api/v1/migrations/${sid}/set`, { bandwidth: '8M', maxDowntime: '2s' });
+      assert.equal(set.status, 200, set.text);
+      assert.equal((set.body as { tuning: { bandwidthBytesPerSec: number } }).tuning.bandwidthBytesPerSec, 8 * 2 ** 20);
+      assert.equal((await call('POST', `/api/v1/migrations/${sid}/complete`)).status, 200);
+      assert.equal((await call('POST', `/api/v1/migrations/${sid}/postcopy`)).status, 200);
+      h1.completeAfterPolls = 1;
+      const steeredDone = await until('the steered migration to end', async () => {
+        const m = (await call('GET', `/api/v1/migrations/${sid}`)).body as { state: string; actions: { action: string }[] };
+        return ['completed', 'failed', 'cancelled'].includes(m.state) ? m : undefined;
+      });
+      assert.equal(steeredDone.state, 'completed', JSON.stringify(steeredDone));
+      assert.deepEqual(steeredDone.actions.map((a) => a.action), ['set', 'complete', 'postcopy']);
 
       // Images: one imported, listed, in no use, deleted.
       const file = join(ctl.dataDir, 'src.qcow2');

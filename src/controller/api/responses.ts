@@ -6,10 +6,10 @@
  * and responses.test.ts checks real answers against the published document.
  */
 import Type, { type Static, type TSchema, type TUnsafe } from 'typebox';
-import type { DrainJson, HostJson, VmJson } from '../../common/api.ts';
+import type { DrainJson, DrainPlanJson, HostJson, HostSummaryJson, PlacementJson, RebalanceJson, VmJson } from '../../common/api.ts';
 import { ErrorEnvelope } from '../../common/protocol.ts';
-import { AgentVersion, HOST_STATES, HostInventory, JoinResponse, VM_STATES } from '../../common/protocol.ts';
-import { GUEST_PROBES, MigrationProgress, type MigrationJson } from '../../common/migration.ts';
+import { AgentCertificate, AgentVersion, HOST_STATES, HostInventory, JoinResponse, RenewResponse, VM_STATES } from '../../common/protocol.ts';
+import { GUEST_PROBES, MigrationPrediction, MigrationProgress, type MigrationJson, type MigrationPlanJson } from '../../common/migration.ts';
 import { POSTCOPY_MODES, STORAGE_MODES } from '../../common/policy.ts';
 import { MIGRATION_MODES, MIGRATION_STATES, PHASES } from '../../common/states.ts';
 import { VmSpec } from '../../common/spec.ts';
@@ -36,11 +36,25 @@ export const Health = Type.Object(
   { $id: 'Health' },
 );
 
+export const ApiToken = Type.Object(
+  { id: Type.String(), role: Type.Enum(['admin', 'read-only']), createdAt: Time },
+  { $id: 'ApiToken', description: 'An API token without its secret' },
+);
+export const ApiTokenCreated = Type.Object(
+  { id: Type.String(), role: Type.Enum(['admin', 'read-only']), createdAt: Time, token: Type.String({ description: 'the secret, shown this once' }) },
+  { $id: 'ApiTokenCreated' },
+);
+
 export const JoinToken = Type.Object({ token: Type.String(), expiresAt: Time }, { $id: 'JoinToken' });
 
 export const Joined = Type.Object(JoinResponse.properties, {
   $id: 'Joined',
   description: "The agent's certificate, the cluster CA and the controller's pin",
+});
+
+export const Renewed = Type.Object(RenewResponse.properties, {
+  $id: 'Renewed',
+  description: "The agent's new certificate (for the key it sent) and the cluster CA",
 });
 
 export const Host = Type.Object(
@@ -51,6 +65,7 @@ export const Host = Type.Object(
     maintenance: Type.Boolean(),
     inventory: Nullable(HostInventory),
     agent: Nullable(AgentVersion),
+    certificate: Nullable(AgentCertificate),
     error: Nullable(CodeMessage),
     freeMemoryBytes: Type.Number({
       description: 'what the scheduler would still give, after the VMs the store knows',
@@ -62,9 +77,53 @@ export const Host = Type.Object(
   { $id: 'Host' },
 );
 
+/** What a list shows of an inventory: HostInventory's own fields, picked (common/api.ts HostInventorySummary). */
+const InventorySummary = Type.Object({
+  protocol: HostInventory.properties.protocol,
+  cpu: Type.Pick(HostInventory.properties.cpu, ['model', 'vendor', 'cores']),
+  memoryBytes: HostInventory.properties.memoryBytes,
+  accel: HostInventory.properties.accel,
+  qemu: Type.Pick(HostInventory.properties.qemu, ['version']),
+  agentVersion: HostInventory.properties.agentVersion,
+});
+
+export const HostSummary = Type.Object(
+  { ...Host.properties, inventory: Nullable(InventorySummary) },
+  {
+    $id: 'HostSummary',
+    description: 'A host as a list shows it (`?view=summary`): every field of Host, the inventory without CPU flags, machine types, CPU definitions and expansions, or migration capabilities (GET /hosts/{name} has them)',
+  },
+);
+
+/** An entry of GET /hosts: a Host, or with `view=summary` a HostSummary. */
+export const HostListEntry = Type.Union([ref(Host), ref(HostSummary)], { $id: 'HostListEntry' });
+
+const DrainPlanEntry = Type.Object({
+  vm: Type.String(),
+  destination: Nullable(Type.String()),
+  reason: Type.String(),
+  predictedMs: Nullable(Type.Number()),
+  strategy: Type.String({ description: 'live | postcopy | cold | none' }),
+  bytes: Type.Number(),
+  dirtyBytesPerSec: Nullable(Type.Number()),
+  code: Nullable(Type.String()),
+});
+
+export const DrainPlan = Type.Object(
+  {
+    host: Type.String(),
+    deadlineMs: Type.Number(),
+    feasible: Type.Boolean(),
+    predictedMs: Nullable(Type.Number()),
+    plan: Type.Array(DrainPlanEntry),
+  },
+  { $id: 'DrainPlan', description: 'What a drain would do (dry run): each VM, its destination and why, its predicted end and strategy' },
+);
+
 const DrainItem = Type.Object({
   vm: Type.String(),
-  status: Type.Enum(['pending', 'migrating', 'moved', 'failed', 'skipped']),
+  status: Type.Enum(['pending', 'migrating', 'moved', 'failed', 'skipped', 'unmovable']),
+  strategy: Type.Optional(Type.String()),
   migration: Nullable(Type.String()),
   destination: Nullable(Type.String()),
   error: Nullable(CodeMessage),
@@ -78,6 +137,9 @@ export const Drain = Type.Object(
     finishedAt: Nullable(Time),
     deadlineMs: Type.Number(),
     items: Type.Array(DrainItem),
+    feasible: Type.Optional(Type.Boolean()),
+    predictedMs: Type.Optional(Nullable(Type.Number())),
+    plan: Type.Optional(Type.Array(DrainPlanEntry)),
   },
   { $id: 'Drain' },
 );
@@ -95,6 +157,37 @@ export const DrainStatus = Type.Union(
   {
     $id: 'DrainStatus',
   },
+);
+
+/** POST /hosts/:name/drain: the drain started (with its plan), or with `dryRun` the plan alone. */
+export const DrainAnswer = Type.Union([ref(Drain), ref(DrainPlan)], { $id: 'DrainAnswer' });
+
+/** GET /vms/:name/placements: every host with the scheduler's verdict for this VM. */
+export const Placements = Type.Array(
+  Type.Object({ host: Type.String(), fits: Type.Boolean(), reason: Type.String() }),
+  { $id: 'Placements' },
+);
+
+export const Rebalance = Type.Object(
+  {
+    dryRun: Type.Boolean(),
+    threshold: Type.Number({ description: 'the spread of memory use (max − min, a fraction) it stops at' }),
+    spreadBefore: Type.Number(),
+    spreadAfter: Type.Number({ description: 'predicted, once every move is done' }),
+    moves: Type.Array(
+      Type.Object({
+        vm: Type.String(),
+        from: Type.String(),
+        to: Type.String(),
+        mode: Type.Enum(['live', 'cold']),
+        costBytes: Type.Number({ description: 'bytes the move is predicted to send' }),
+        reason: Type.String(),
+        migration: Nullable(Type.String()),
+        error: Nullable(CodeMessage),
+      }),
+    ),
+  },
+  { $id: 'Rebalance', description: 'The moves that even out memory use, cheapest first, each with its reason; started unless a dry run' },
 );
 
 export const Undrained = Type.Object(
@@ -202,13 +295,8 @@ export const Migration = Type.Object(
     phase: Type.Enum(PHASES),
     qemuStatus: Nullable(Type.String({ description: "QEMU's own migration status, verbatim" })),
     policy: Policy,
-    prediction: Nullable(
-      Type.Object({
-        totalMs: Nullable(Type.Number()),
-        downtimeMs: Nullable(Type.Number()),
-        converges: Nullable(Type.Boolean()),
-      }),
-    ),
+    /** The prediction made when it was requested (null while it is made, or when none could be): compare with what happened. */
+    prediction: Nullable(MigrationPrediction),
     startedAt: Time,
     finishedAt: Nullable(Time),
     totalMs: Nullable(Type.Number({ description: 'end to end, from the request to the end of confirm' })),
@@ -269,8 +357,58 @@ export const Migration = Type.Object(
           'the store images the disks sit on, and whether the destination had them or fetched them first',
       },
     ),
+    priority: Type.Integer({ description: 'higher starts first in the queue (default 0)' }),
+    queue: Nullable(
+      Type.Object(
+        { position: Type.Integer(), reason: Type.String(), since: Time },
+        { description: 'while queued: its place (1 = next) and the limit it waits for' },
+      ),
+    ),
+    actions: Type.Array(
+      Type.Object({
+        at: Time,
+        action: Type.Enum(['set', 'postcopy', 'complete', 'share']),
+        detail: Type.String(),
+        bandwidthBytesPerSec: Type.Optional(Type.Number()),
+        maxDowntimeMs: Type.Optional(Type.Number()),
+      }),
+      { description: "steering applied to the running job: the user's, and the queue's re-share of a link" },
+    ),
+    tuning: Nullable(
+      Type.Object(
+        { bandwidthBytesPerSec: Nullable(Type.Number()), downtimeLimitMs: Nullable(Type.Number()) },
+        { description: 'what QEMU runs it with now: max-bandwidth (0 = unlimited) and the downtime limit' },
+      ),
+    ),
   },
   { $id: 'Migration' },
+);
+
+/** GET /api/v1/limits: the queue's limits (src/controller/migrations/queue.ts). */
+/** `POST /api/v1/vms/{name}/migrate/prediction` (`ferry vm migrate --dry-run`): where it would go, and the prediction. */
+export const MigrationPlan = Type.Object(
+  {
+    vm: Type.String(),
+    source: Type.String(),
+    destination: Type.String(),
+    mode: Type.Enum(MIGRATION_MODES),
+    why: Nullable(Type.Array(Judgement, { description: "the scheduler's verdict on each host, when it chose the destination" })),
+    prediction: MigrationPrediction,
+  },
+  { $id: 'MigrationPlan' },
+);
+
+export const Limits = Type.Object(
+  {
+    maxOutbound: Type.Integer({ description: 'started migrations leaving one host' }),
+    maxInbound: Type.Integer({ description: 'started migrations arriving at one host' }),
+    maxConcurrent: Type.Integer({ description: 'started migrations in the cluster' }),
+    linkCapacityBytesPerSec: Type.Number({ description: "each host's migration link, bytes per second; 0 = not limited" }),
+    minShareBytesPerSec: Type.Number({ description: 'no migration gets less of a link than this: one more waits' }),
+    queued: Type.Integer({ description: 'migrations waiting now' }),
+    running: Type.Integer({ description: 'migrations started and not ended' }),
+  },
+  { $id: 'Limits' },
 );
 
 /** GET /api/v1/version. */
@@ -305,17 +443,28 @@ export const RESPONSE_SCHEMAS = [
   ApiError,
   Health,
   JoinToken,
+  ApiToken,
+  ApiTokenCreated,
   Joined,
+  Renewed,
   Host,
+  HostSummary,
+  HostListEntry,
   Drain,
+  DrainPlan,
+  DrainAnswer,
   DrainStatus,
+  Placements,
   Undrained,
+  Rebalance,
   Vm,
   VmCreated,
   Deleted,
   GuestReply,
   Image,
   Migration,
+  MigrationPlan,
+  Limits,
   OpenApiDocument,
   ServerVersion,
 ];
@@ -337,18 +486,23 @@ export function ref<T extends TSchema>(schema: T, description?: string): TUnsafe
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 const _same: [
   Same<Static<typeof Host>, HostJson>,
+  Same<Static<typeof HostSummary>, HostSummaryJson>,
   Same<Static<typeof Drain>, DrainJson>,
+  Same<Static<typeof DrainPlan>, DrainPlanJson>,
+  Same<Static<typeof Placements>, PlacementJson[]>,
   Same<Static<typeof Vm>, VmJson>,
   Same<Static<typeof VmCreated>, VmJson & { placement: Judgement[] }>,
   Same<Static<typeof Image>, ImageJson>,
   Same<Static<typeof Migration>, MigrationJson>,
-] = [true, true, true, true, true, true];
+  Same<Static<typeof MigrationPlan>, MigrationPlanJson>,
+  Same<Static<typeof Rebalance>, RebalanceJson>,
+] = [true, true, true, true, true, true, true, true, true, true, true];
 
 /** What each error status means on Ferry's API, in general; a route may say more precisely which codes it answers. */
 const FAILURES = {
   400: 'Bad input: FERRY_E_BAD_INPUT (schema), FERRY_E_BAD_NAME, or a more precise FERRY_E_BAD_* code',
   401: 'Missing or wrong bearer token: FERRY_E_UNAUTHORIZED',
-  403: 'Refused',
+  403: 'Refused: FERRY_E_READ_ONLY when a read-only token asks for a change',
   404: 'No such object',
   409: 'Conflicts with the state of the object',
   413: 'Body over 4 MiB: FERRY_E_BODY_TOO_LARGE (or user-data over 1 MiB: FERRY_E_USER_DATA_TOO_LARGE)',
@@ -371,6 +525,8 @@ export function failures(
     400,
     ...(opts.public ? [] : [401 as const]),
     ...(opts.body ? [413 as const, 415 as const] : []),
+    // Every route that reads a body changes state: a read-only token gets 403 there.
+    ...(opts.body && !opts.public ? [403 as const] : []),
   ]);
   for (const s of Object.keys(specific)) statuses.add(Number(s) as Failure);
   statuses.add('5xx');

@@ -4,6 +4,7 @@
  */
 import Type from 'typebox';
 import { NAME_RE } from '../../common/units.ts';
+import { EVACUATIONS } from '../../common/spec.ts';
 
 export const Name = Type.String({ pattern: NAME_RE.source, description: 'a Ferry name: [a-z0-9][a-z0-9-]{0,62}' });
 export const NameParams = Type.Object({ name: Name });
@@ -19,7 +20,7 @@ export const JoinTokenRequest = Type.Object(
 );
 
 // The join is part of the agent protocol: its shapes live with the other wire types.
-export { JoinRequest } from '../../common/protocol.ts';
+export { JoinRequest, RenewRequest } from '../../common/protocol.ts';
 
 export const CreateVm = Type.Object(
   {
@@ -43,6 +44,7 @@ export const CreateVm = Type.Object(
     // No pattern here: a bad command line is FERRY_E_BAD_CMDLINE from the service, not a schema error.
     append: Type.Optional(Type.String({ maxLength: 2048, description: 'direct kernel boot: the kernel command line, as given' })),
     ip: Type.Optional(Type.String({ maxLength: 32, description: 'the address to reserve on the VM network, A.B.C.D/LEN' })),
+    evacuation: Type.Optional(Type.Enum(EVACUATIONS, { description: 'how far a drain may go to move it: live (default), postcopy-ok, cold-ok (stopping the guest)' })),
     guestAgent: Type.Optional(Type.Boolean({ description: "a qemu-guest-agent port (default: true with diskImage)" })),
     cloudInit: Type.Optional(Type.Boolean({ description: 'attach a cloud-init NoCloud seed (implied by sshKeys, userData, hostname)' })),
     hostname: Type.Optional(Name),
@@ -74,3 +76,19 @@ export const EventsQuery = Type.Object({ after: Type.Optional(Type.Integer({ min
 
 /** The body of an action that takes no options (an empty POST is read as `{}`). */
 export const NoOptions = Type.Object({}, { additionalProperties: false });
+
+/** A page of a list by name: at most `limit` items (all without it), those after the name `after`. */
+export const PageQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, description: 'at most this many (default: all)' })),
+  after: Type.Optional(Type.String({ pattern: NAME_RE.source, description: 'only names after this one (the last name of the page before)' })),
+});
+
+/** GET /hosts: a page as PageQuery says, each host in full (default) or as a list shows it (`summary`). */
+export const HostListQuery = Type.Object({
+  ...PageQuery.properties,
+  view: Type.Optional(
+    Type.Enum(['full', 'summary'], {
+      description: 'full (default): each host with its whole inventory; summary: the inventory reduced to what a list shows (HostSummary), less than half the bytes',
+    }),
+  ),
+});

@@ -1,5 +1,6 @@
 /**
- * Health, the server's version, join tokens and the join itself, the OpenAPI document, and Prometheus
+ * Health, the server's version, join tokens, the join itself and agents' certificate renewals, the OpenAPI
+ * document, and Prometheus
  * metrics: the controller's, and each agent's, fetched over the agents' mTLS (Prometheus holds no agent
  * certificate).
  */
@@ -8,8 +9,8 @@ import type { Controller } from '../controller.ts';
 import { createJoinToken } from '../tokens.ts';
 import type { App } from './types.ts';
 import { API_VERSION } from './types.ts';
-import { JoinRequest, JoinTokenRequest, NameParams } from './schemas.ts';
-import { failures, Health, Joined, JoinToken, OpenApiDocument, ref, ServerVersion } from './responses.ts';
+import { JoinRequest, JoinTokenRequest, NameParams, RenewRequest } from './schemas.ts';
+import { failures, Health, Joined, JoinToken, OpenApiDocument, ref, Renewed, ServerVersion } from './responses.ts';
 import { PROTOCOL_RANGE } from '../../common/agent-routes.ts';
 import { ferryVersion } from '../../common/version.ts';
 
@@ -86,6 +87,31 @@ export function registerSystemRoutes(app: App, ctl: Controller): void {
     // The agent reached us at this address, so it is the one to hand back. The socket's own remote address
     // (never a forwarded header: no proxy is trusted) is what the agent's certificate may carry.
     async (req) => ctl.hosts.join(req.body, `https://${req.host}`, req.socket.remoteAddress),
+  );
+
+  app.post(
+    '/api/v1/renew',
+    {
+      schema: {
+        operationId: 'renewHostCertificate',
+        tags: ['hosts'],
+        summary: "A joined agent's new certificate for a new key, proven by its current certificate and key; public (the signature is the credential)",
+        security: [],
+        body: RenewRequest,
+        response: {
+          200: ref(Renewed, 'Renewed: the same name and address, the new key, a new validity'),
+          ...failures(
+            {
+              400: 'Bad input: FERRY_E_BAD_INPUT, FERRY_E_BAD_NAME',
+              401: 'The certificate has expired (re-join with a join token): FERRY_E_CERT_EXPIRED; a bad join token: FERRY_E_JOIN_TOKEN',
+              403: "Not the cluster CA's, not this host's (name, address), an unknown or removed host, or a bad or stale signature: FERRY_E_CERT_REFUSED",
+            },
+            { public: true, body: true },
+          ),
+        },
+      },
+    },
+    async (req) => ctl.hosts.renew(req.body),
   );
 
   app.get(

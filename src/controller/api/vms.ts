@@ -2,8 +2,9 @@
 import type { Controller } from '../controller.ts';
 import type { App } from './types.ts';
 import Type from 'typebox';
-import { CreateVm, GuestCommand, NameParams, NoOptions, StopVm } from './schemas.ts';
-import { Deleted, failures, GuestReply, ref, Vm, VmCreated } from './responses.ts';
+import { CreateVm, GuestCommand, NameParams, NoOptions, PageQuery, StopVm } from './schemas.ts';
+import { Deleted, failures, GuestReply, Placements, ref, Vm, VmCreated } from './responses.ts';
+import { placementsFor } from '../placements.ts';
 
 const NO_VM = 'No VM of that name: FERRY_E_VM_NOT_FOUND';
 const BUSY = 'Not in a state that allows this, another operation on it, or a migration under way: FERRY_E_VM_STATE, FERRY_E_MIGRATION_ACTIVE';
@@ -11,8 +12,8 @@ const BUSY = 'Not in a state that allows this, another operation on it, or a mig
 export function registerVmRoutes(app: App, ctl: Controller): void {
   app.get(
     '/api/v1/vms',
-    { schema: { operationId: 'listVms', tags: ['vms'], summary: 'VMs of the cluster', response: { 200: Type.Array(ref(Vm), { description: 'Every VM, by name' }), ...failures({}) } } },
-    async () => ctl.vms.list(),
+    { schema: { operationId: 'listVms', tags: ['vms'], summary: 'VMs of the cluster', querystring: PageQuery, response: { 200: Type.Array(ref(Vm), { description: 'Every VM (or a page of them), by name' }), ...failures({}) } } },
+    async (req) => ctl.vms.list(req.query),
   );
 
   app.post(
@@ -46,6 +47,20 @@ export function registerVmRoutes(app: App, ctl: Controller): void {
     '/api/v1/vms/:name',
     { schema: { operationId: 'getVm', tags: ['vms'], summary: 'One VM', params: NameParams, response: { 200: ref(Vm, 'The VM'), ...failures({ 404: NO_VM }) } } },
     async (req) => ctl.vms.get(req.params.name),
+  );
+
+  app.get(
+    '/api/v1/vms/:name/placements',
+    {
+      schema: {
+        operationId: 'getVmPlacements',
+        tags: ['vms'],
+        summary: "Every host with the scheduler's verdict for this VM: fits, or why not",
+        params: NameParams,
+        response: { 200: ref(Placements, 'One verdict per host, by name'), ...failures({ 404: NO_VM }) },
+      },
+    },
+    async (req) => placementsFor(ctl.store, req.params.name),
   );
 
   app.delete(

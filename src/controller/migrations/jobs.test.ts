@@ -63,3 +63,22 @@ test('cancel is refused once post-copy has started; escalations accumulate', () 
   assert.throws(() => jobs.requestCancel(j.id), code('FERRY_E_VM_STATE'));
   assert.equal(jobs.mustGet(j.id).escalations.length, 1);
 });
+
+test('with controllers sharing the store, a transition holds only in the term the lease row is in', () => {
+  const sqlite = new BetterSqlite3(':memory:');
+  migrate(sqlite, MIGRATIONS);
+  sqlite.prepare("UPDATE controller_lease SET holder = 'c1', term = 1").run();
+  let mine: number | undefined = 1;
+  const jobs = new JobStore(sqlite, () => {}, () => mine);
+  const j = jobs.create(job);
+  jobs.transition(j.id, 'queued', 'preparing');
+  // c2 took the lease: c1, deposed but not knowing it yet, moves nothing.
+  sqlite.prepare("UPDATE controller_lease SET holder = 'c2', term = 2").run();
+  assert.throws(() => jobs.transition(j.id, 'preparing', 'failed'), code('FERRY_E_STALE_TERM'));
+  mine = undefined;
+  assert.throws(() => jobs.transition(j.id, 'preparing', 'failed'), code('FERRY_E_STALE_TERM'));
+  assert.equal(jobs.mustGet(j.id).state, 'preparing');
+  mine = 2;
+  assert.throws(() => jobs.transition(j.id, 'queued', 'preparing'), code('FERRY_E_VM_STATE'), 'in its term, a stale `from` is still a state error');
+  jobs.transition(j.id, 'preparing', 'failed');
+});

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from 'better-sqlite3';
 import { FerryError } from '../../common/errors.ts';
-import type { EscalationRecord, GuestProbe, MigrationJson, MigrationProgress } from '../../common/migration.ts';
+import type { EscalationRecord, GuestProbe, MigrationJson, MigrationPrediction, MigrationProgress, SteeringRecord } from '../../common/migration.ts';
 import type { MigrationPolicy } from '../../common/policy.ts';
 import {
   ACTIVE_STATES,
@@ -50,6 +50,10 @@ interface Row {
   timeline: string;
   waiting: string | null;
   images: string | null;
+  priority: number;
+  queue: string | null;
+  actions: string;
+  tuning: string | null;
 }
 
 /** Figures a transition may record along with the new state. */
@@ -65,11 +69,14 @@ export interface JobPatch {
   memoryBytes?: number | null;
   transferredBytes?: number | null;
   iterations?: number | null;
-  prediction?: MigrationJson['prediction'];
   progress?: MigrationProgress | null;
   prepared?: unknown;
   waiting?: MigrationJson['waiting'];
   images?: MigrationJson['images'];
+  /** The request's caps, changed by steering (`ferry migration set`). */
+  policy?: MigrationPolicy;
+  queue?: MigrationJson['queue'];
+  tuning?: MigrationJson['tuning'];
   error?: { code: string; message: string } | null;
 }
 
@@ -85,11 +92,13 @@ const COLUMNS: Record<Exclude<keyof JobPatch, 'error'>, { col: string; json?: bo
   memoryBytes: { col: 'memory_bytes' },
   transferredBytes: { col: 'transferred_bytes' },
   iterations: { col: 'iterations' },
-  prediction: { col: 'prediction', json: true },
   progress: { col: 'progress', json: true },
   prepared: { col: 'prepared', json: true },
   waiting: { col: 'waiting', json: true },
   images: { col: 'images', json: true },
+  policy: { col: 'policy', json: true },
+  queue: { col: 'queue', json: true },
+  tuning: { col: 'tuning', json: true },
 };
 
 function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
@@ -130,12 +139,20 @@ export interface NewJob {
   mode: MigrationMode;
   policy: MigrationPolicy;
   why: MigrationJson['why'];
+  /** Higher starts first (queue.ts); 0 by default. */
+  priority?: number;
 }
 
 export class JobStore {
   constructor(
     private readonly sqlite: Database,
     private readonly listener: JobListener = () => {},
+    /**
+     * With controllers sharing the store (docs/ha.md): the term this one leads in. A transition then also
+     * needs the lease row to be in that term, in the same statement, so that a deposed leader that has not
+     * noticed yet cannot move a job the new leader drives.
+     */
+    private readonly term?: () => number | undefined,
   ) {}
 
   /** Inserts a queued job; a second active job for the same VM is refused by the unique index. */
@@ -145,10 +162,10 @@ export class JobStore {
     try {
       this.sqlite
         .prepare(
-          `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, started_at, updated_at, timeline)
-           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?, json_array(json_object('at', ?, 'state', 'queued', 'phase', 'begin')))`,
+          `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, priority, started_at, updated_at, timeline)
+           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?, ?, json_array(json_object('at', ?, 'state', 'queued', 'phase', 'begin')))`,
         )
-        .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), now, now, now);
+        .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), j.priority ?? 0, now, now, now);
     } catch (err) {
       if (String((err as { code?: string }).code).startsWith('SQLITE_CONSTRAINT')) {
         const active = this.activeFor(j.vm);
@@ -199,6 +216,25 @@ export class JobStore {
     return rows.map((r) => this.toJson(r));
   }
 
+  /**
+   * The newest completed live migrations between two hosts (either way) that ran uncapped by their request:
+   * what they moved and how long QEMU took, the link's measured bandwidth (fleet/predict.ts).
+   */
+  completedBetween(a: string, b: string, limit: number): { id: string; transferredBytes: number; qemuTotalMs: number }[] {
+    const rows = this.sqlite
+      .prepare(
+        `SELECT id, transferred_bytes, qemu_total_ms, policy FROM migrations
+         WHERE state = 'completed' AND mode = 'live' AND ((source = ? AND destination = ?) OR (source = ? AND destination = ?))
+           AND transferred_bytes > 0 AND qemu_total_ms > 0
+         ORDER BY started_at DESC LIMIT ?`,
+      )
+      .all(a, b, b, a, limit * 4) as { id: string; transferred_bytes: number; qemu_total_ms: number; policy: string }[];
+    return rows
+      .filter((r) => ((JSON.parse(r.policy) as MigrationPolicy).bandwidthBytesPerSec ?? 0) === 0)
+      .slice(0, limit)
+      .map((r) => ({ id: r.id, transferredBytes: r.transferred_bytes, qemuTotalMs: r.qemu_total_ms }));
+  }
+
   activeFor(vm: string): MigrationJson | null {
     const row = this.sqlite
       .prepare(`SELECT * FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
@@ -232,9 +268,20 @@ export class JobStore {
       throw new FerryError('FERRY_E_INTERNAL', `Migration ${id}: ${from} → ${to} is not a legal transition.`);
     }
     const p = patchSql(isFinal(to) && patch.finishedAt === undefined ? { ...patch, finishedAt: new Date().toISOString() } : patch);
+    // -1: no term is led, so no lease row matches.
+    const term = this.term === undefined ? undefined : (this.term() ?? -1);
+    const fenced = term === undefined ? '' : ' AND EXISTS (SELECT 1 FROM controller_lease WHERE id = 1 AND term = ?)';
     const res = this.sqlite
-      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?', TIMELINE_APPEND].join(', ')} WHERE id = ? AND state = ?`)
-      .run(to, ...p.values, new Date().toISOString(), new Date().toISOString(), to, patch.phase ?? null, id, from);
+      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?', TIMELINE_APPEND].join(', ')} WHERE id = ? AND state = ?${fenced}`)
+      .run(to, ...p.values, new Date().toISOString(), new Date().toISOString(), to, patch.phase ?? null, id, from, ...(term === undefined ? [] : [term]));
+    if (res.changes !== 1 && term !== undefined) {
+      const lease = this.sqlite.prepare('SELECT term FROM controller_lease WHERE id = 1').get() as { term: number } | undefined;
+      if (lease?.term !== term) {
+        throw new FerryError('FERRY_E_STALE_TERM', `Migration ${id}: this controller's term (${term < 0 ? 'none' : term}) is over (the store is in term ${lease?.term ?? '?'}): it moves no job.`, {
+          details: { newestTerm: lease?.term ?? null, requestTerm: term },
+        });
+      }
+    }
     if (res.changes !== 1) {
       const now = this.get(id);
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${now?.state ?? 'gone'}, not ${from}.`, {
@@ -262,11 +309,29 @@ export class JobStore {
     return job;
   }
 
+  /**
+   * Keeps the prediction a job was started with. Stored, not published: it is made alongside the start
+   * and may land after the job ended, and a late event must not look like progress.
+   */
+  setPrediction(id: string, prediction: MigrationPrediction): void {
+    this.sqlite.prepare('UPDATE migrations SET prediction = ? WHERE id = ?').run(JSON.stringify(prediction), id);
+  }
+
   addEscalation(id: string, e: EscalationRecord): void {
     this.sqlite
       .prepare(`UPDATE migrations SET escalations = json_insert(escalations, '$[#]', json(?)), updated_at = ? WHERE id = ?`)
       .run(JSON.stringify(e), new Date().toISOString(), id);
     this.listener('migration.escalation', this.mustGet(id));
+  }
+
+  /** Records one steering action (the user's, or the queue's re-share of a link) and publishes it. */
+  addAction(id: string, a: SteeringRecord): MigrationJson {
+    this.sqlite
+      .prepare(`UPDATE migrations SET actions = json_insert(actions, '$[#]', json(?)), updated_at = ? WHERE id = ?`)
+      .run(JSON.stringify(a), new Date().toISOString(), id);
+    const job = this.mustGet(id);
+    this.listener('migration.steered', job);
+    return job;
   }
 
   requestCancel(id: string): MigrationJson {
@@ -327,5 +392,9 @@ function toJson(r: Row): Omit<MigrationJson, 'pending'> {
     timeline: JSON.parse(r.timeline ?? '[]') as MigrationJson['timeline'],
     waiting: parse(r.waiting ?? null),
     images: parse<MigrationJson['images']>(r.images ?? null) ?? [],
+    priority: r.priority,
+    queue: parse(r.queue),
+    actions: JSON.parse(r.actions) as SteeringRecord[],
+    tuning: parse(r.tuning),
   };
 }

@@ -23,14 +23,14 @@
  * ```
  */
 import { assertNever, FerryError, isErrorCode, toFerryError, type ErrorCode } from '../../common/errors.ts';
-import type { GuestProbe, MigrationJson } from '../../common/migration.ts';
+import type { GuestProbe, MigrationJson, MigrationPlanJson, MigrationPrediction } from '../../common/migration.ts';
 import type { HostInventory, VmStatus } from '../../common/protocol.ts';
 import type { VmSpec } from '../../common/spec.ts';
-import { validateName } from '../../common/units.ts';
+import { formatBytes, parseDuration, validateName } from '../../common/units.ts';
 import { IcmpProbe } from '../../guest/icmp-probe.ts';
 import { probeAddress, probeKindFor, type DowntimeProbe, type ProbeReport } from '../../guest/probe.ts';
 import { UdpProbe } from '../../guest/udp-probe.ts';
-import { resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
+import { parseBandwidth, resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
 import { nextEscalation } from './escalation.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
@@ -38,7 +38,7 @@ import type { AgentMigrationView, StorageCopy } from '../../common/agent-migrati
 import type { AgentClient, AgentPool } from '../agent-client.ts';
 import type { EventBus } from '../events.ts';
 import { hostViews, vmLoads } from '../hosts.ts';
-import { placeVm } from '../scheduler.ts';
+import { moveRequest, placeVm } from '../scheduler.ts';
 import type { HostsTable, Store } from '../store/db.ts';
 import type { ImageService } from '../images.ts';
 import { JobStore } from './jobs.ts';
@@ -50,10 +50,24 @@ import { holdAt, type HoldPoint } from './holds.ts';
 import { PendingCalls } from './pending.ts';
 import { VmRows } from '../store/vms.ts';
 import { decide, type SideFacts } from './truth.ts';
+import { decideQueue, DEFAULT_LIMITS, type QueueJob, type QueueLimits } from './queue.ts';
+import { HISTORY, linkBandwidth, predictMigration } from '../fleet/predict.ts';
+import { DEFAULT_LINK_BYTES_PER_SEC } from '../fleet/planner.ts';
+
+/** A VM's row as a migration reads it. */
+interface VmRow {
+  name: string;
+  host: string;
+  state: string;
+  spec: string;
+}
+type Placement = ReturnType<typeof placeVm>;
 
 
 export interface OrchestratorOptions {
   store: Store;
+  /** With controllers sharing the store: the term this one leads in; job transitions hold only in it. */
+  term?: () => number | undefined;
   events: EventBus;
   pool: AgentPool;
   log?: Log;
@@ -69,6 +83,8 @@ export interface OrchestratorOptions {
   holdDir?: string;
   /** The image store: a destination fetches the VM's base images from it before prepare. */
   images?: ImageService;
+  /** The queue's limits (queue.ts); DEFAULT_LIMITS unless `ferry server` was told otherwise. */
+  limits?: QueueLimits;
 }
 
 /** A source agent that does not answer for this long during a transfer is given up on. */
@@ -77,8 +93,22 @@ const SOURCE_SILENCE_MS = 20_000;
 const DESTINATION_CHECK_AFTER_MS = 1500;
 /** How long a stalled post-copy waits for the destination to answer again before it gives up on it. */
 const POSTCOPY_RECOVER_MS = 10 * 60_000;
+/** After a post-copy recovery, how long the stream may stay still before the stall rule looks again. */
+const POSTCOPY_RESUME_GRACE_MS = 10_000;
 /** How often owed agent calls (pending.ts) are tried. */
 const SWEEP_MS = 2000;
+/**
+ * Near the switch-over the source is read this often instead of every pollMs: the guest is paused (or about
+ * to be) and every millisecond until finish runs it on the destination is downtime the guest sees.
+ */
+const NEAR_END_POLL_MS = 15;
+
+/** QEMU is about to stop the guest or has stopped it: its ETA is within two polls, or it copies device state. */
+export function nearSwitchover(v: Pick<AgentMigrationView, 'qemuStatus' | 'progress'>, pollMs: number): boolean {
+  if (v.qemuStatus === 'device' || v.qemuStatus === 'pre-switchover') return true;
+  const eta = v.progress?.etaMs;
+  return v.qemuStatus === 'active' && eta !== null && eta !== undefined && eta <= 2 * pollMs;
+}
 /**
  * Failures after which nobody knows yet how things stand (an agent went silent, the controller restarted):
  * the migration goes on if it still runs. Any other failure means "stop": roll back if the truth allows it.
@@ -106,9 +136,12 @@ export class MigrationOrchestrator {
   private sweeping = false;
   /** Probes that run now: a controller that closes ends their children (ping) too. */
   private readonly probes = new Set<DowntimeProbe>();
+  readonly limits: QueueLimits;
+  private pumpScheduled = false;
 
   constructor(private readonly o: OrchestratorOptions) {
     this.pollMs = o.pollMs ?? 100;
+    this.limits = o.limits ?? DEFAULT_LIMITS;
     this.log = o.log ?? silentLogger();
     this.pending = new PendingCalls(o.store.sqlite);
     this.vms = new VmRows(o.store.sqlite);
@@ -120,20 +153,75 @@ export class MigrationOrchestrator {
         this.lastProgressEvent.set(job.id, Date.now());
       }
       this.logJob(type, job);
+      // A job that ended frees its hosts and its share of their links: the queue decides again.
+      // One that starts sending gets the share of the links as they are now.
+      if (isFinal(job.state) || type === 'migration.transferring') this.schedulePump();
       o.onJob?.(type, job);
       o.events.publish(type, job.id, { vm: job.vm, state: job.state, phase: job.phase, source: job.source, destination: job.destination, progress: job.progress, error: job.error });
+    }, o.term);
+  }
+
+  /**
+   * Requests a migration: validates, places, persists a queued job; the queue (queue.ts) starts it in the
+   * background at once or when the limits allow.
+   */
+  async migrate(vmName: string, req: MigrateRequest): Promise<MigrationJson> {
+    const { vm, spec, policy } = this.check(vmName, req);
+    const { sqlite } = this.o.store;
+    const job = sqlite.transaction(() => {
+      const placement = this.place(vm, spec, policy, req.to);
+      const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why, priority: req.priority ?? 0 });
+      if (!this.vms.update(vmName, { state: 'migrating' }, vm.state)) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
+      return created;
+    })();
+    this.o.events.publish('vm.state', vmName, { state: 'migrating', migration: job.id });
+    this.pump();
+    // The prediction it starts with, kept in its record beside what happens: measured alongside the start
+    // (QEMU's page-sampling dirty rate does not touch the migration's dirty bitmap), never delaying it.
+    void this.predictFor(vm, spec, policy, job.destination)
+      .then((prediction) => this.jobs.setPrediction(job.id, prediction))
+      .catch((err: unknown) => this.jlog(job.id).warn(`prediction: ${String(err)}`));
+    return this.jobs.mustGet(job.id);
+  }
+
+  /**
+   * `ferry vm migrate --dry-run`: the same checks and placement as a migration, then the prediction;
+   * nothing is created, nothing changes (the agent only measures the dirty rate).
+   */
+  async predict(vmName: string, req: MigrateRequest): Promise<MigrationPlanJson> {
+    const { vm, spec, policy } = this.check(vmName, req);
+    const placement = this.place(vm, spec, policy, req.to);
+    const prediction = await this.predictFor(vm, spec, policy, placement.host);
+    return { vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, why: placement.why, prediction };
+  }
+
+  private async predictFor(vm: VmRow, spec: VmSpec, policy: MigrationPolicy, destination: string): Promise<MigrationPrediction> {
+    const copied = storageFor(policy, spec) === 'copy' ? spec.disks.filter((d) => !d.shared).reduce((n, d) => n + d.sizeBytes, 0) : 0;
+    let dirty: number | null = null;
+    if (policy.mode === 'live' && vm.state === 'running') {
+      dirty = await this.host(vm.host)
+        .client.call('dirtyRate', { params: { name: vm.name } })
+        .then((r) => r.dirtyRateBytesPerSec, () => null);
+    }
+    return predictMigration({
+      mode: policy.mode,
+      bytes: spec.memoryBytes + copied,
+      dirtyBytesPerSec: dirty,
+      bandwidth: linkBandwidth(this.jobs.completedBetween(vm.host, destination, HISTORY), this.limits.linkCapacityBytesPerSec, DEFAULT_LINK_BYTES_PER_SEC),
+      capBytesPerSec: policy.bandwidthBytesPerSec,
+      maxDowntimeMs: policy.maxDowntimeMs,
+      initialDowntimeMs: policy.initialDowntimeMs,
+      deadlineMs: policy.deadlineMs,
     });
   }
 
-  /** Starts a migration: validates, places, persists a queued job and runs it in the background. */
-  async migrate(vmName: string, req: MigrateRequest): Promise<MigrationJson> {
+  /** Refuses a bad request before anything is created: the VM untouched, no job. */
+  private check(vmName: string, req: MigrateRequest): { vm: VmRow; spec: VmSpec; policy: MigrationPolicy } {
     validateName(vmName, 'VM name');
     const policy = resolvePolicy(req);
     if (req.to !== undefined) validateName(req.to, 'host name');
     const { sqlite } = this.o.store;
-    const vm = sqlite.prepare('SELECT name, host, state, spec FROM vms WHERE name = ?').get(vmName) as
-      | { name: string; host: string; state: string; spec: string }
-      | undefined;
+    const vm = sqlite.prepare('SELECT name, host, state, spec FROM vms WHERE name = ?').get(vmName) as VmRow | undefined;
     if (!vm) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(vmName)}: see \`ferry vm list\`.`);
     const active = this.jobs.activeFor(vmName);
     if (active) throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${vmName} is already being migrated (${active.id}).`, { details: { migration: active.id } });
@@ -145,30 +233,188 @@ export class MigrationOrchestrator {
     const spec = JSON.parse(vm.spec) as VmSpec;
     // Refused here, not in the background run: a bad request must leave no job and the VM untouched.
     storageFor(policy, spec);
+    return { vm, spec, policy };
+  }
 
-    const job = sqlite.transaction(() => {
-      const others = hostViews(this.o.store).filter((h) => h.name !== vm.host);
-      if (req.to !== undefined && !hostViews(this.o.store).some((h) => h.name === req.to)) {
-        throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(req.to)}: see \`ferry host list\`.`);
-      }
-      const placement = placeVm({ memoryBytes: spec.memoryBytes, vcpus: spec.vcpus, host: req.to }, others, vmLoads(this.o.store));
-      const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why });
-      if (!this.vms.update(vmName, { state: 'migrating' }, vm.state)) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
-      return created;
-    })();
-    this.o.events.publish('vm.state', vmName, { state: 'migrating', migration: job.id });
-    this.spawn(job.id, () => this.run(job.id));
+  /** The destination: `to` if given and it takes the VM, else the scheduler's choice, with why. */
+  private place(vm: VmRow, spec: VmSpec, policy: MigrationPolicy, to: string | undefined): Placement {
+    const all = hostViews(this.o.store);
+    const others = all.filter((h) => h.name !== vm.host);
+    if (to !== undefined && !all.some((h) => h.name === to)) {
+      throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(to)}: see \`ferry host list\`.`);
+    }
+    const source = all.find((h) => h.name === vm.host)?.inventory;
+    return placeVm(moveRequest(spec, source, policy, to), others, vmLoads(this.o.store));
+  }
+
+  /**
+   * Cancels a job. A queued one ends `cancelled` at once: nothing was asked of any agent, nothing is held on
+   * any host. A started one is asked to stop; it ends `cancelled` once the source runs alone.
+   */
+  cancel(id: string): MigrationJson {
+    const job = this.jobs.mustGet(id);
+    if (job.state !== 'queued' || this.running.has(id)) return this.jobs.requestCancel(id);
+    const ended = this.jobs.transition(id, 'queued', 'cancelled', {
+      error: { code: 'FERRY_E_MIGRATION_CANCELLED', message: 'Cancelled by the user while queued; it never started.' },
+      totalMs: Date.now() - Date.parse(job.startedAt),
+      queue: null,
+    });
+    // The VM was marked migrating when the job was queued: back to what its host says it is (asked in the
+    // background: the cancel itself needs no agent).
+    void Promise.resolve()
+      .then(() => this.host(job.source).client.call('getVm', { params: { name: job.vm } }))
+      .catch(() => null)
+      .then((status) => {
+        if (!this.closed && this.jobs.activeFor(job.vm) === null) this.setVm(job.vm, { state: status?.state ?? 'running' });
+      });
+    return ended;
+  }
+
+  /** Decides again soon (once, however many jobs ended meanwhile). */
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.closed) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      if (!this.closed) this.pump();
+    });
+  }
+
+  /**
+   * The queue, applied: starts the queued jobs the limits allow now (queue.ts decides), records for each
+   * job that waits its place and reason, and gives every started job its share of its links.
+   */
+  private pump(): void {
+    if (this.closed) return;
+    const active = this.jobs.listActive();
+    const d = decideQueue(active.map((j) => this.queueJob(j)), this.limits);
+    const now = new Date().toISOString();
+    for (const w of d.waiting) {
+      const j = active.find((a) => a.id === w.id)!;
+      if (j.queue?.position === w.position && j.queue.reason === w.reason) continue;
+      this.jobs.update(w.id, { queue: { position: w.position, reason: w.reason, since: j.queue?.since ?? now } });
+    }
+    for (const id of d.start) {
+      const bw = d.bandwidth.get(id) ?? 0;
+      this.jobs.update(id, { queue: null, tuning: { bandwidthBytesPerSec: bw, downtimeLimitMs: null } });
+      this.spawn(id, () => this.run(id));
+    }
+    for (const j of active) {
+      const bw = d.bandwidth.get(j.id);
+      if (bw === undefined || d.start.includes(j.id) || j.state !== 'transferring' || j.mode !== 'live') continue;
+      if (j.tuning !== null && j.tuning.bandwidthBytesPerSec === bw) continue;
+      void this.applyBandwidth(j, bw, 'share', `link share: max-bandwidth ${bw === 0 ? 'unlimited' : `${formatBytes(bw)}/s`}`).catch((e: unknown) =>
+        this.jlog(j.id).warn(`re-sharing the link: ${String(e)}`),
+      );
+    }
+  }
+
+  /** A job as the queue sees it: started unless it is queued and not being started right now. */
+  private queueJob(j: MigrationJson): QueueJob {
+    return {
+      id: j.id,
+      source: j.source,
+      destination: j.destination,
+      started: j.state !== 'queued' || this.running.has(j.id),
+      priority: j.priority,
+      requestedAt: j.startedAt,
+      bandwidthBytesPerSec: j.policy.bandwidthBytesPerSec,
+    };
+  }
+
+  /** The max-bandwidth a started job should run with now: its share of its links, or its own lower cap. */
+  private bandwidthFor(id: string, policy: MigrationPolicy): number {
+    const d = decideQueue(
+      this.jobs.listActive().map((j) => (j.id === id ? { ...this.queueJob(j), bandwidthBytesPerSec: policy.bandwidthBytesPerSec } : this.queueJob(j))),
+      this.limits,
+    );
+    return d.bandwidth.get(id) ?? policy.bandwidthBytesPerSec;
+  }
+
+  /** Tells the source QEMU a new max-bandwidth, then records it (the agent answers what it runs with now). */
+  private async applyBandwidth(job: MigrationJson, bw: number, action: 'share' | 'set', detail: string, downtimeLimitMs?: number): Promise<MigrationJson> {
+    const v = await this.host(job.source).client.call('tune', { params: { id: job.id }, body: { bandwidthBytesPerSec: bw, ...(downtimeLimitMs === undefined ? {} : { downtimeLimitMs }) } });
+    this.jobs.update(job.id, { tuning: { bandwidthBytesPerSec: v.bandwidthBytesPerSec ?? bw, downtimeLimitMs: v.downtimeLimitMs } });
+    return this.jobs.addAction(job.id, { at: new Date().toISOString(), action, detail, bandwidthBytesPerSec: bw, ...(downtimeLimitMs === undefined ? {} : { maxDowntimeMs: downtimeLimitMs }) });
+  }
+
+  // --- steering a running job (what virsh migrate-setspeed, migrate-setmaxdowntime and migrate-postcopy do)
+
+  /** The job, if it is transferring (pre-copy): what steering acts on. Refused with a stable code otherwise. */
+  private steerable(id: string, what: string): MigrationJson {
+    const job = this.jobs.mustGet(id);
+    if (job.state !== 'transferring' || job.mode !== 'live') {
+      throw new FerryError('FERRY_E_MIGRATION_NOT_RUNNING', `Migration ${id} is ${job.state}${job.mode === 'cold' ? ' (cold)' : ''}: ${what} acts only on a live migration that is transferring.`, {
+        details: { state: job.state, mode: job.mode },
+      });
+    }
     return job;
   }
 
-  cancel(id: string): MigrationJson {
-    return this.jobs.requestCancel(id);
+  /**
+   * `ferry migration set`: a new bandwidth cap (the job then runs with the smaller of it and its link
+   * share) and/or a new downtime budget, which QEMU's downtime limit is set to at once (the ladder goes on
+   * from there). Checked before anything changes.
+   */
+  async steer(id: string, req: { bandwidth?: string | number; maxDowntime?: string | number }): Promise<MigrationJson> {
+    if (req.bandwidth === undefined && req.maxDowntime === undefined) {
+      throw new FerryError('FERRY_E_BAD_INPUT', 'Nothing to set: give a bandwidth and/or a max downtime.');
+    }
+    const bandwidth = req.bandwidth === undefined ? undefined : parseBandwidth(req.bandwidth);
+    const maxDowntimeMs = req.maxDowntime === undefined ? undefined : parseDuration(req.maxDowntime, 'max downtime');
+    if (maxDowntimeMs !== undefined && maxDowntimeMs < 1) throw new FerryError('FERRY_E_BAD_INPUT', 'The max downtime must be at least 1ms.');
+    const job = this.steerable(id, 'set');
+    const policy: MigrationPolicy = {
+      ...job.policy,
+      ...(bandwidth === undefined ? {} : { bandwidthBytesPerSec: bandwidth }),
+      ...(maxDowntimeMs === undefined ? {} : { maxDowntimeMs }),
+    };
+    const bw = this.bandwidthFor(id, policy);
+    const detail = [
+      bandwidth === undefined ? null : `bandwidth ${bandwidth === 0 ? 'unlimited' : `${formatBytes(bandwidth)}/s`} (runs with ${bw === 0 ? 'unlimited' : `${formatBytes(bw)}/s`})`,
+      maxDowntimeMs === undefined ? null : `max downtime ${maxDowntimeMs} ms`,
+    ].filter((x) => x !== null).join(', ');
+    // Stored first, so that a re-share of the links meanwhile (pump) already uses the new cap; put back
+    // if the source refuses, so that a refusal changes nothing.
+    this.jobs.update(id, { policy });
+    let out: MigrationJson;
+    try {
+      out = await this.applyBandwidth(job, bw, 'set', detail, maxDowntimeMs);
+    } catch (err) {
+      this.jobs.update(id, { policy: job.policy });
+      throw err;
+    }
+    this.o.events.publish('migration.steered', id, { vm: job.vm, action: 'set', detail });
+    return out;
+  }
+
+  /** `ferry migration postcopy`: switch now, when the job's policy allows post-copy. */
+  async postcopy(id: string): Promise<MigrationJson> {
+    const job = this.jobs.mustGet(id);
+    if (job.policy.postcopy === 'never') {
+      throw new FerryError('FERRY_E_POSTCOPY_NOT_ALLOWED', `Migration ${id} was started with --postcopy never: its VM may not run on a host that does not hold all its memory yet (migrate with --postcopy auto to allow it).`);
+    }
+    this.steerable(id, 'postcopy');
+    const at = new Date().toISOString();
+    await this.host(job.source).client.call('postcopy', { params: { id } });
+    this.o.events.publish('migration.steered', id, { vm: job.vm, action: 'postcopy' });
+    return this.jobs.addAction(id, { at, action: 'postcopy', detail: 'switch to post-copy now (asked by the user)' });
+  }
+
+  /** `ferry migration complete`: pause the guest on the source so that what is left is sent; the pause is its downtime. */
+  async complete(id: string): Promise<MigrationJson> {
+    const job = this.steerable(id, 'complete');
+    const at = new Date().toISOString();
+    await this.host(job.source).client.call('complete', { params: { id } });
+    this.o.events.publish('migration.steered', id, { vm: job.vm, action: 'complete' });
+    return this.jobs.addAction(id, { at, action: 'complete', detail: 'guest paused on the source to finish (asked by the user)' });
   }
 
   /** Settles every job a previous controller left unfinished, and starts carrying out owed agent calls. */
   recover(): void {
     for (const job of this.jobs.listActive()) {
-      if (this.running.has(job.id)) continue;
+      // A queued job asked nothing of any agent yet: it stays queued and starts when the limits allow.
+      if (this.running.has(job.id) || job.state === 'queued') continue;
       this.jlog(job.id).warn(`recovering from state ${job.state}/${job.phase}`);
       this.spawn(job.id, () => this.resume(job));
     }
@@ -179,6 +425,7 @@ export class MigrationOrchestrator {
         .catch((err: unknown) => this.log.warn({ err }, `pending calls: ${String(err)}`))
         .finally(() => (this.sweeping = false));
     }, SWEEP_MS);
+    this.pump();
   }
 
   async close(): Promise<void> {
@@ -329,7 +576,8 @@ export class MigrationOrchestrator {
           tlsHostname: job.destination,
           storage,
           capabilities,
-          bandwidthBytesPerSec: job.policy.bandwidthBytesPerSec,
+          // The queue's share of the links (or the request's lower cap), decided when it started.
+          bandwidthBytesPerSec: job.tuning?.bandwidthBytesPerSec ?? job.policy.bandwidthBytesPerSec,
           downtimeLimitMs: job.policy.initialDowntimeMs,
           destination: job.destination,
         } },
@@ -355,7 +603,6 @@ export class MigrationOrchestrator {
     const job0 = this.jobs.mustGet(id);
     const src = this.host(job0.source);
     const dst = this.host(job0.destination);
-    const policy = job0.policy;
     const t0 = Date.now();
     let lastOk = Date.now();
     let lastTransferred = -1;
@@ -366,6 +613,7 @@ export class MigrationOrchestrator {
     let cancelSent = false;
     // Post-copy: the destination QEMU waits paused (-S) until told to run the guest, which must be at once.
     let destinationRuns = false;
+    let recovered = false;
     for (;;) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       let v: AgentMigrationView;
@@ -389,21 +637,25 @@ export class MigrationOrchestrator {
         continue;
       }
       let job = this.jobs.mustGet(id);
+      // Read each time: `ferry migration set` may have changed the budget.
+      const policy = job.policy;
       if (v.postcopyStarted && job.state === 'transferring') job = this.jobs.transition(id, 'transferring', 'postcopy', { qemuStatus: v.qemuStatus });
       if (v.postcopyStarted && !destinationRuns) {
-        destinationRuns = await dst.client
-          .call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 30_000 })
-          .then(
-            (d) => d.stage === 'postcopy' || d.stage === 'finished',
-            (e: unknown) => (this.jlog(id).warn(`post-copy run on ${job0.destination}: ${String(e)}`), false),
-          );
+        const runs = (d: AgentMigrationView): boolean => d.stage === 'postcopy' || d.stage === 'finished';
+        const finish = () => dst.client.call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 30_000 }).then(runs);
+        // After a recovery, ask first: a finish on a destination that already runs the guest waits there for
+        // the last page, and this loop must keep watching meanwhile. The first time, finish at once (the
+        // guest is paused on both hosts until it runs).
+        destinationRuns = await (recovered ? dst.client.call('migration', { params: { id } }, { timeoutMs: 10_000 }).then((d) => runs(d) || finish()) : finish()).catch(
+          (e: unknown) => (this.jlog(id).warn(`post-copy run on ${job0.destination}: ${String(e)}`), false),
+        );
       }
       this.jobs.update(id, {
         qemuStatus: v.qemuStatus,
         progress: v.progress,
-        prediction: v.prediction ? { totalMs: v.prediction.totalMs, downtimeMs: v.prediction.downtimeMs, converges: v.prediction.converges } : null,
         transferredBytes: v.transferredBytes,
         iterations: v.iterations,
+        tuning: { bandwidthBytesPerSec: v.bandwidthBytesPerSec ?? job.tuning?.bandwidthBytesPerSec ?? null, downtimeLimitMs: v.downtimeLimitMs },
       });
       if (v.stage === 'completed') return v;
       if (v.stage === 'failed' || v.stage === 'cancelled' || v.stage === 'resumed') {
@@ -452,14 +704,17 @@ export class MigrationOrchestrator {
           await src.client.call('postcopy', { params: { id } }).catch((e: unknown) => this.jlog(id).warn(`postcopy: ${String(e)}`));
         } else if (step.kind === 'postcopy-recover') {
           await this.recoverPostcopy(id);
-          lastProgressAt = Date.now();
-          destinationRuns = false; // ask again: finish is idempotent, and a restarted destination must run
+          // The resumed stream first exchanges the received-page bitmaps before bytes move again: a stall
+          // timeout shorter than that handshake (a loaded host) must not break every recovery in turn.
+          lastProgressAt = Date.now() + Math.max(0, POSTCOPY_RESUME_GRACE_MS - policy.stallTimeoutMs);
+          destinationRuns = false; // ask again: a restarted destination must run
+          recovered = true;
         } else {
           await src.client.call('cancel', { params: { id } }).catch(() => {});
           throw new FerryError(step.code, step.reason);
         }
       }
-      await sleep(this.pollMs);
+      await sleep(nearSwitchover(v, this.pollMs) ? NEAR_END_POLL_MS : this.pollMs);
     }
   }
 
@@ -474,11 +729,18 @@ export class MigrationOrchestrator {
     const dst = this.host(job.destination).client;
     this.jlog(id).warn('post-copy stalled; recovering');
     this.o.events.publish('migration.recovering', id, { vm: job.vm, source: job.source, destination: job.destination });
-    await src.call('postcopyPause', { params: { id } }).catch((e: unknown) => this.jlog(id).warn(`postcopy-pause: ${String(e)}`));
     const deadline = Date.now() + POSTCOPY_RECOVER_MS;
     for (let attempt = 0; ; attempt++) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       try {
+        if (attempt > 0) {
+          // The last try's resume may have gone through after its answer was lost: do not break a stream that moves.
+          const v = await src.call('migration', { params: { id } }, { timeoutMs: 10_000 });
+          if (v.qemuStatus === 'postcopy-active' || v.stage === 'completed') return;
+        }
+        // Each try breaks what hangs first — the stream over the cut link, or the last try's stuck handshake —
+        // so that both sides start it from `postcopy-paused`.
+        await src.call('postcopyPause', { params: { id } }, { timeoutMs: 20_000 }).catch((e: unknown) => this.jlog(id).warn(`postcopy-pause: ${String(e)}`));
         const { uri } = await dst.call('recover', { params: { id } }, { timeoutMs: 20_000 });
         await src.call('postcopyResume', { params: { id }, body: { uri } }, { timeoutMs: 20_000 });
         this.jlog(id).info(`post-copy resumed towards ${uri}`);
@@ -544,7 +806,7 @@ export class MigrationOrchestrator {
         finishedAt: new Date(endedAt).toISOString(),
         qemuTotalMs: final?.totalMs ?? null,
         // Cold: the guest is paused from the save to the restore; QEMU's figure covers only the save.
-        downtimeMs: job.mode === 'cold' ? coldPauseMs(this.jobs.mustGet(id), switchedAt) : (final?.downtimeMs ?? null),
+        downtimeMs: job.mode === 'cold' ? coldPauseMs(this.jobs.mustGet(id), switchedAt) : (pausedByUserMs(this.jobs.mustGet(id), switchedAt) ?? final?.downtimeMs ?? null),
         guestDowntimeMs: report ? report.longestGapMs : null,
         guestDowntimeProbe: report ? report.probe : null,
         transferredBytes: final?.transferredBytes ?? job.transferredBytes,
@@ -702,12 +964,6 @@ export class MigrationOrchestrator {
   /** After a controller restart: every unfinished job is settled by the truth rule, from what agents say now. */
   private async resume(job: MigrationJson): Promise<void> {
     const restarted = new FerryError('FERRY_E_CONTROLLER_RESTARTED', `The controller restarted while the job was ${job.state}.`);
-    if (job.state === 'queued') {
-      this.jobs.transition(job.id, 'queued', 'failed', { error: { code: restarted.code, message: restarted.message } });
-      const row = this.o.store.sqlite.prepare('SELECT state FROM vms WHERE name = ?').get(job.vm) as { state: string } | undefined;
-      if (row?.state === 'migrating') this.setVm(job.vm, { state: 'running' });
-      return;
-    }
     await this.settle(job.id, restarted, null);
   }
 
@@ -731,6 +987,15 @@ export class MigrationOrchestrator {
       await this.settle(id, err, probe);
     }
   }
+}
+
+/**
+ * After `ferry migration complete` the guest was paused from that moment to the switch-over: that pause is
+ * its downtime (QEMU counts only its own final stop, which found the guest paused already).
+ */
+function pausedByUserMs(job: MigrationJson, runningAt: number): number | null {
+  const c = job.actions.find((a) => a.action === 'complete');
+  return c ? runningAt - Date.parse(c.at) : null;
 }
 
 /** The pause of a cold move as Ferry measured it: from entering perform (save) to the guest running again. */

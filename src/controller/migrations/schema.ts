@@ -5,8 +5,7 @@ import { ACTIVE_STATES } from '../../common/states.ts';
 export const MIGRATION_JOBS_SCHEMA: Migration = {
   version: 2,
   name: 'migration jobs',
-  up: (db) => {
-    db.exec(`
+  sql: `
       CREATE TABLE migrations (
         id                TEXT PRIMARY KEY,
         vm                TEXT NOT NULL,
@@ -39,17 +38,14 @@ export const MIGRATION_JOBS_SCHEMA: Migration = {
       CREATE INDEX migrations_vm ON migrations(vm, started_at);
       CREATE UNIQUE INDEX migrations_one_active ON migrations(vm)
         WHERE state IN (${ACTIVE_STATES.map((s) => `'${s}'`).join(', ')});
-    `);
-  },
+    `,
 };
 
 /** Schema migration 3: each job keeps its timeline (every state and phase entered, with the time). */
 export const MIGRATION_TIMELINE_SCHEMA: Migration = {
   version: 3,
   name: 'migration timeline',
-  up: (db) => {
-    db.exec(`ALTER TABLE migrations ADD COLUMN timeline TEXT NOT NULL DEFAULT '[]'`);
-  },
+  sql: `ALTER TABLE migrations ADD COLUMN timeline TEXT NOT NULL DEFAULT '[]'`,
 };
 
 /**
@@ -61,8 +57,7 @@ export const MIGRATION_TIMELINE_SCHEMA: Migration = {
 export const MIGRATION_TRUTH_SCHEMA: Migration = {
   version: 4,
   name: 'awaiting states, pending agent calls',
-  up: (db) => {
-    db.exec(`
+  sql: `
       DROP INDEX migrations_one_active;
       CREATE UNIQUE INDEX migrations_one_active ON migrations(vm)
         WHERE state IN ('queued', 'preparing', 'transferring', 'postcopy', 'switching', 'awaiting_destination', 'awaiting_source');
@@ -78,15 +73,29 @@ export const MIGRATION_TRUTH_SCHEMA: Migration = {
         created_at TEXT NOT NULL,
         PRIMARY KEY (migration, host, action)
       ) STRICT;
-    `);
-  },
+    `,
 };
 
 /** Schema migration 7: which probe measured a job's guest downtime (`udp`, `icmp`; NULL when none ran). */
 export const MIGRATION_PROBE_SCHEMA: Migration = {
   version: 7,
   name: 'guest downtime probe',
-  up: (db) => {
-    db.exec(`ALTER TABLE migrations ADD COLUMN guest_downtime_probe TEXT CHECK (guest_downtime_probe IN ('udp', 'icmp'))`);
-  },
+  sql: `ALTER TABLE migrations ADD COLUMN guest_downtime_probe TEXT CHECK (guest_downtime_probe IN ('udp', 'icmp'))`,
+};
+
+/**
+ * Schema migration 10: the queue and steering. A job's priority (higher starts first), why a queued job
+ * waits (its place and the limit it waits for), the steering actions applied to it (`ferry migration set |
+ * postcopy | complete`, the queue's re-share of a link), and what QEMU runs it with now (max-bandwidth,
+ * downtime limit).
+ */
+export const MIGRATION_QUEUE_SCHEMA: Migration = {
+  version: 10,
+  name: 'migration queue and steering',
+  sql: `
+      ALTER TABLE migrations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE migrations ADD COLUMN queue TEXT;
+      ALTER TABLE migrations ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
+      ALTER TABLE migrations ADD COLUMN tuning TEXT
+    `,
 };

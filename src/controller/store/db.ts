@@ -1,15 +1,15 @@
 /**
- * Opens the controller's SQLite store (WAL, foreign keys on), applies pending schema migrations, and
- * exposes it both as a typed Kysely instance and as the raw better-sqlite3 handle (for synchronous
- * transactions where two steps must not interleave with anything else).
+ * The controller's store: its tables as Kysely types, and opening it where `--store` says — a SQLite file
+ * (WAL, foreign keys on; the default) or a PostgreSQL database (postgres.ts) — with pending schema
+ * migrations applied. A SQLite store also exposes the raw better-sqlite3 handle, for the synchronous
+ * transactions of the single-controller code paths.
  */
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database } from 'better-sqlite3';
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import { Kysely, SqliteDialect, type Generated } from 'kysely';
-import { FerryError } from '../../common/errors.ts';
 import { MIGRATIONS } from './migrations.ts';
-import type { Migration } from './versions.ts';
+import { pendingMigrations, type Migration } from './versions.ts';
 
 export interface HostsTable {
   name: string;
@@ -83,14 +83,34 @@ export interface DB {
   join_tokens: JoinTokensTable;
   api_tokens: ApiTokensTable;
   events: EventsTable;
+  controller_lease: ControllerLeaseTable;
 }
 
-export interface Store {
+export interface ControllerLeaseTable {
+  id: number;
+  /** The leading controller's id ('' before the first election). */
+  holder: string;
+  /** Its public API URL, where the others send writers. */
+  url: string;
+  term: number;
+  /** Milliseconds since the epoch, on the store's clock. */
+  expires_at: number;
+}
+
+export type StoreDialect = 'sqlite' | 'postgres';
+
+/** A store of either kind, through Kysely only: what code that runs on both uses. */
+export interface SqlStore {
   readonly db: Kysely<DB>;
-  readonly sqlite: Database;
+  readonly dialect: StoreDialect;
   /** Versions applied by this open (empty when the schema was already current). */
   readonly applied: number[];
   close(): Promise<void>;
+}
+
+export interface Store extends SqlStore {
+  readonly dialect: 'sqlite';
+  readonly sqlite: Database;
 }
 
 /** Applies the migrations not yet recorded; each in a transaction with its bookkeeping row. */
@@ -100,18 +120,10 @@ export function migrate(sqlite: Database, migrations: readonly Migration[] = MIG
   const done = new Set(
     (sqlite.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version),
   );
-  const sorted = [...migrations].sort((a, b) => a.version - b.version);
-  const newest = sorted.at(-1)?.version ?? 0;
-  const unknown = [...done].filter((v) => v > newest);
-  if (unknown.length > 0) {
-    // A newer Ferry wrote this store: running older code on it could corrupt it.
-    throw new FerryError('FERRY_E_CONFIG', `The store has schema version ${Math.max(...unknown)}, newer than this Ferry knows (${newest}): upgrade Ferry.`);
-  }
   const applied: number[] = [];
-  for (const m of sorted) {
-    if (done.has(m.version)) continue;
+  for (const m of pendingMigrations(done, migrations)) {
     sqlite.transaction(() => {
-      m.up(sqlite);
+      sqlite.exec(m.sql);
       sqlite
         .prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)')
         .run(m.version, m.name, new Date().toISOString());
@@ -128,12 +140,36 @@ function restrictStoreFiles(file: string): void {
   for (const f of [file, `${file}-wal`, `${file}-shm`]) if (existsSync(f)) chmodSync(f, STORE_FILE_MODE);
 }
 
+/** Distinct SQL texts whose compiled statements a store keeps (the code has a few hundred; dynamic ones come and go). */
+const STATEMENT_CACHE_SIZE = 1000;
+
+/**
+ * Makes `sqlite.prepare` hand back the statement it compiled before for the same SQL: the code prepares
+ * at the point of use, and compiling was a tenth of the API's CPU at fleet size (BENCHMARKS.md, the API
+ * under load). Safe because nothing here changes a statement's mode (pluck, raw, expand) or iterates one
+ * while calling it again; SQLite recompiles a cached statement itself after a schema change.
+ */
+export function cachePreparedStatements(sqlite: Database): void {
+  const compile = sqlite.prepare.bind(sqlite);
+  const cache = new Map<string, ReturnType<typeof compile>>();
+  sqlite.prepare = ((source: string) => {
+    let stmt = cache.get(source);
+    if (stmt === undefined) {
+      stmt = compile(source);
+      if (cache.size >= STATEMENT_CACHE_SIZE) cache.delete(cache.keys().next().value!);
+      cache.set(source, stmt);
+    }
+    return stmt;
+  }) as typeof sqlite.prepare;
+}
+
 export function openStore(file: string): Store {
   // SQLite creates the WAL and SHM files with the database file's own mode, so the file is made 0600
   // before SQLite opens it; a store created by an older Ferry (0644 under the usual umask) is fixed too.
   closeSync(openSync(file, 'a', STORE_FILE_MODE));
   restrictStoreFiles(file);
   const sqlite = new BetterSqlite3(file);
+  cachePreparedStatements(sqlite);
   sqlite.pragma('journal_mode = WAL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
@@ -142,6 +178,7 @@ export function openStore(file: string): Store {
   const db = new Kysely<DB>({ dialect: new SqliteDialect({ database: sqlite }) });
   return {
     db,
+    dialect: 'sqlite',
     sqlite,
     applied,
     close: async () => {

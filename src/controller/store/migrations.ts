@@ -1,18 +1,18 @@
 /**
  * The controller's schema, as an ordered list of versioned migrations. Append a new entry to change the
  * schema; never edit one that has shipped. Each runs in its own transaction and is recorded in
- * `schema_migrations`, so a restart applies only what is missing.
+ * `schema_migrations`, so a restart applies only what is missing. The SQL is SQLite's (STRICT tables);
+ * PostgreSQL runs the same versions, translated by `postgresSql` (versions.ts).
  */
 import type { Migration } from './versions.ts';
-import { MIGRATION_JOBS_SCHEMA, MIGRATION_PROBE_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
+import { MIGRATION_JOBS_SCHEMA, MIGRATION_PROBE_SCHEMA, MIGRATION_QUEUE_SCHEMA, MIGRATION_TIMELINE_SCHEMA, MIGRATION_TRUTH_SCHEMA } from '../migrations/schema.ts';
 
 
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
     name: 'hosts, vms, networks, tokens, events',
-    up: (db) => {
-      db.exec(`
+    sql: `
         CREATE TABLE hosts (
           name         TEXT PRIMARY KEY,
           url          TEXT NOT NULL,
@@ -66,8 +66,7 @@ export const MIGRATIONS: readonly Migration[] = [
           subject TEXT NOT NULL,
           data    TEXT NOT NULL
         ) STRICT;
-      `);
-    },
+      `,
   },
   MIGRATION_JOBS_SCHEMA,
   MIGRATION_TIMELINE_SCHEMA,
@@ -76,13 +75,12 @@ export const MIGRATIONS: readonly Migration[] = [
     version: 5,
     name: 'vm readiness',
     // `running` says QEMU runs the guest; `ready` that the guest answered (issue #9). 0 for rows from before.
-    up: (db) => db.exec('ALTER TABLE vms ADD COLUMN ready INTEGER NOT NULL DEFAULT 0'),
+    sql: 'ALTER TABLE vms ADD COLUMN ready INTEGER NOT NULL DEFAULT 0',
   },
   {
     version: 6,
     name: 'image store',
-    up: (db) =>
-      db.exec(`CREATE TABLE images (
+    sql: `CREATE TABLE images (
         name         TEXT PRIMARY KEY,
         format       TEXT NOT NULL CHECK (format IN ('qcow2', 'raw')),
         virtual_size INTEGER NOT NULL,
@@ -90,13 +88,36 @@ export const MIGRATIONS: readonly Migration[] = [
         sha256       TEXT NOT NULL,
         path         TEXT NOT NULL UNIQUE,
         created_at   TEXT NOT NULL
-      ) STRICT`),
+      ) STRICT`,
   },
   MIGRATION_PROBE_SCHEMA,
   {
     version: 8,
     name: 'migration images',
     // What the destination did about each base image (present or fetched first); NULL for jobs from before.
-    up: (db) => db.exec('ALTER TABLE migrations ADD COLUMN images TEXT'),
+    sql: 'ALTER TABLE migrations ADD COLUMN images TEXT',
+  },
+  {
+    version: 9,
+    name: 'controller lease',
+    // One row: which controller leads, its term (what agents fence on, see leader.ts) and until when, in
+    // milliseconds of the store's own clock, so that controllers on machines whose clocks differ agree.
+    sql: `CREATE TABLE controller_lease (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        holder     TEXT NOT NULL,
+        url        TEXT NOT NULL,
+        term       INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+      ) STRICT;
+      INSERT INTO controller_lease (id, holder, url, term, expires_at) VALUES (1, '', '', 0, 0)`,
+  },
+  MIGRATION_QUEUE_SCHEMA,
+  {
+    version: 11,
+    name: 'vms by host with their load',
+    // A host list sums the memory and vCPUs of each host's VMs: this index holds them beside the host and
+    // the name, so that a page of 100 hosts reads an index range instead of a thousand specs (BENCHMARKS.md).
+    sql: "CREATE INDEX vms_host_load ON vms(host, name, state, json_extract(spec, '$.memoryBytes'), json_extract(spec, '$.vcpus'))",
+    postgres: "CREATE INDEX vms_host_load ON vms (host, name, state, ((spec::jsonb->>'memoryBytes')), ((spec::jsonb->>'vcpus')))",
   },
 ];
