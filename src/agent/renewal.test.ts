@@ -113,6 +113,8 @@ describe('a renewal against a real controller', () => {
     const renewer = new CertificateRenewer({ dataDir: agentDir(), name: 'h1', serverUrl: record!.serverUrl, identity, apply: () => running.reloadCertificate() });
     assert.equal((await presented(running.port)).fingerprint256, old.fingerprint256);
 
+    // Validity is kept to the second: renew a second later, so the new certificate must end later.
+    await new Promise((r) => setTimeout(r, 1_100));
     await renewer.renewNow();
 
     const now = new X509Certificate(identity.certPem);
@@ -120,7 +122,7 @@ describe('a renewal against a real controller', () => {
     assert.notEqual(now.publicKey.export({ type: 'spki', format: 'pem' }), old.publicKey.export({ type: 'spki', format: 'pem' }), 'a new key pair');
     assert.match(now.subject, /CN=h1/);
     assert.equal(now.subjectAltName, old.subjectAltName, 'the same name and address');
-    assert.ok(Date.parse(now.validTo) > Date.parse(old.validTo));
+    assert.ok(Date.parse(now.validTo) > Date.parse(old.validTo), 'it ends later than the old one');
     assert.equal((await presented(running.port)).fingerprint256, now.fingerprint256, 'new connections see the new certificate');
     const onDisk = await loadIdentity(agentDir());
     assert.equal(onDisk?.certPem, identity.certPem);
