@@ -132,7 +132,7 @@ describe('a renewal against a real controller', () => {
     const view = renewer.view();
     assert.ok(view.renewedAt !== null);
     assert.equal((await loadJoinRecord(agentDir()))?.renewedAt, view.renewedAt, 'kept across restarts');
-    const events = srv.controller.store.sqlite.prepare("SELECT type FROM events WHERE type = 'host.certificate-renewed'").all();
+    const events = srv.controller.store.sql.prepare("SELECT type FROM events WHERE type = 'host.certificate-renewed'").all();
     assert.equal(events.length, 1);
   });
 

@@ -13,6 +13,7 @@ import { FerryError } from '../common/errors.ts';
 import { AGENT_PROTOCOL, PROTOCOL_HEADER } from '../common/protocol.ts';
 import { parseVmSpec } from '../common/spec.ts';
 import { FakeAgent } from '../testing/fake-agent.ts';
+import { storesUnderTest } from '../testing/postgres.ts';
 import { createController, type Controller } from './controller.ts';
 import type { FerryEvent } from './events.ts';
 import { createJoinToken } from './tokens.ts';
@@ -27,13 +28,14 @@ const code = async (p: Promise<unknown>): Promise<string> => {
   }
 };
 
-test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', { timeout: 60_000 }, async () => {
+for (const store of storesUnderTest()) test(`join, heartbeat, create and undo, reconcile, pass-through, unreachable (${store.label})`, { timeout: 60_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-cluster-'));
   let ctl: Controller | undefined;
   const agent = new FakeAgent();
   let listening = false;
   try {
-    ctl = await createController({ dataDir: dir, heartbeats: false, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] });
+    ctl = await createController({ dataDir: dir, store: await store.location(), heartbeats: false, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] });
+    assert.equal(ctl.store.dialect, store.label === 'SQLite' ? 'sqlite' : 'postgres');
     const events: FerryEvent[] = [];
     ctl.events.subscribe((e) => events.push(e));
 
@@ -72,7 +74,7 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     agent.host.failCreate = { code: 'FERRY_E_QEMU_START', message: 'QEMU exited 1' };
     assert.equal(await code(ctl.vms.create({ name: 'v2' })), 'FERRY_E_QEMU_START');
     assert.deepEqual(ctl.vms.list().map((v) => v.name), ['v1']);
-    assert.equal((ctl.store.sqlite.prepare("SELECT COUNT(*) AS n FROM ip_allocations WHERE vm = 'v2'").get() as { n: number }).n, 0);
+    assert.equal((ctl.store.sql.prepare("SELECT COUNT(*) AS n FROM ip_allocations WHERE vm = 'v2'").get() as { n: number }).n, 0);
     assert.ok(agent.calls.includes('DELETE /agent/v1/vms/v2'), 'the agent was asked to remove what it had');
     assert.ok(events.some((e) => e.type === 'vm.create_failed' && e.subject === 'v2'));
     agent.host.failCreate = null;
@@ -96,7 +98,7 @@ test('join, heartbeat, create and undo, reconcile, pass-through, unreachable', {
     await ctl.vms.delete('stray');
     assert.equal(await code(Promise.resolve().then(() => ctl!.vms.get('stray'))), 'FERRY_E_VM_NOT_FOUND');
     await ctl.vms.delete('v1'); // the agent says "not found": still removed from the store
-    assert.equal((ctl.store.sqlite.prepare('SELECT COUNT(*) AS n FROM ip_allocations').get() as { n: number }).n, 0);
+    assert.equal((ctl.store.sql.prepare('SELECT COUNT(*) AS n FROM ip_allocations').get() as { n: number }).n, 0);
 
     // Three missed heartbeats → unreachable, with an event; the scheduler then refuses the host.
     await agent.stop();

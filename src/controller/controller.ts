@@ -14,8 +14,8 @@ import { VmGuard } from './guard.ts';
 import { HostRegistry } from './hosts.ts';
 import { createMetrics, type ControllerMetrics } from './metrics.ts';
 import { upsertNetworks, type VmNetwork } from './networks.ts';
-import { openStore, type Store } from './store/db.ts';
-import { parseStoreLocation } from './store/open.ts';
+import type { Store } from './store/db.ts';
+import { openControllerStore, parseStoreLocation } from './store/open.ts';
 import { LeaderLease, type LeaseParams } from './leader.ts';
 import { ensureAdminToken } from './tokens.ts';
 import { ImageService } from './images.ts';
@@ -104,14 +104,15 @@ export async function createController(opts: ControllerOptions): Promise<Control
   const log = opts.log ?? silentLogger();
   const probeKind = opts.probeKind ?? testProbeKind(process.env.FERRY_TEST_GUEST_PROBE);
   // Checked before anything is created.
-  const storeFile = controllerStoreFile(opts.dataDir, opts.store);
+  const storeLocation = opts.store ?? join(opts.dataDir, STORE_FILE);
+  parseStoreLocation(storeLocation);
   mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
   // mkdir's mode applies only to a directory it creates; the data dir holds the CA key and the store.
   chmodSync(opts.dataDir, 0o700);
   const { ca, created } = await loadOrCreateCa(join(opts.dataDir, CA_DIR));
-  const store = openStore(storeFile);
+  const store = await openControllerStore(storeLocation);
   try {
-    if (opts.vmNetworks && opts.vmNetworks.length > 0) upsertNetworks(store.sqlite, opts.vmNetworks);
+    if (opts.vmNetworks && opts.vmNetworks.length > 0) upsertNetworks(store.sql, opts.vmNetworks);
     const newAdminToken = ensureAdminToken(store);
     // Written at once: the token exists only hashed in the store, so if this start fails later the
     // file is the only place it can still be read from.
@@ -134,7 +135,7 @@ export async function createController(opts: ControllerOptions): Promise<Control
       store,
       dataDir: opts.dataDir,
       agents: () =>
-        (store.sqlite.prepare('SELECT name, url FROM hosts ORDER BY name').all() as { name: string; url: string }[]).map((h) => ({
+        (store.sql.prepare('SELECT name, url FROM hosts ORDER BY name').all() as { name: string; url: string }[]).map((h) => ({
           host: h.name,
           agent: pool.client(h.name, h.url),
         })),
@@ -228,18 +229,6 @@ export async function createController(opts: ControllerOptions): Promise<Control
     await store.close();
     throw err;
   }
-}
-
-/** The SQLite file of `--store` (a path or sqlite:PATH), or the data dir's. */
-function controllerStoreFile(dataDir: string, location: string | undefined): string {
-  if (location === undefined) return join(dataDir, STORE_FILE);
-  const where = parseStoreLocation(location);
-  if (where.kind !== 'sqlite') {
-    // The store layer opens PostgreSQL (store/postgres.ts), but the controller's own code still runs
-    // synchronous SQLite transactions: until those speak Kysely, a controller refuses it plainly.
-    throw new FerryError('FERRY_E_BAD_STORE', 'This controller runs on a SQLite store so far; PostgreSQL is open to the store layer only (docs/ha.md).');
-  }
-  return where.file;
 }
 
 /** Tells every known agent the current term (a cheap version call each); agents that do not answer hear it on the next call. */

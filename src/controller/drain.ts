@@ -46,7 +46,7 @@ export class DrainService {
   ) {}
 
   private setMaintenance(host: string, on: boolean): void {
-    const r = this.o.store.sqlite.prepare('UPDATE hosts SET maintenance = ? WHERE name = ?').run(on ? 1 : 0, host);
+    const r = this.o.store.sql.prepare('UPDATE hosts SET maintenance = ? WHERE name = ?').run(on ? 1 : 0, host);
     if (r.changes !== 1) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `No host named ${JSON.stringify(host)}: see \`ferry host list\`.`);
     this.o.events.publish(on ? 'host.maintenance' : 'host.ready', host, { maintenance: on });
   }
@@ -145,7 +145,7 @@ export class DrainService {
     const t0 = Date.parse(d.startedAt);
     const byVm = new Map(d.items.map((i) => [i.vm, i]));
     const stateOf = (vm: string): { host: string; state: string } | undefined =>
-      this.o.store.sqlite.prepare('SELECT host, state FROM vms WHERE name = ?').get(vm) as { host: string; state: string } | undefined;
+      this.o.store.sql.prepare('SELECT host, state FROM vms WHERE name = ?').get(vm) as { host: string; state: string } | undefined;
     const follow = async (item: DrainItem): Promise<void> => {
       for (;;) {
         if (this.closed) return;

@@ -16,7 +16,7 @@ export class EventBus {
   private readonly insert;
   constructor(private readonly store: Store) {
     // Synchronous insert: the seq must be known before the event is handed to anyone.
-    this.insert = store.sqlite.prepare<[string, string, string, string], { seq: number }>(
+    this.insert = store.sql.prepare<[string, string, string, string], { seq: number }>(
       'INSERT INTO events (at, type, subject, data) VALUES (?, ?, ?, ?) RETURNING seq',
     );
   }

@@ -8,18 +8,20 @@ import { buildApp } from './api/app.ts';
 import type { App } from './api/types.ts';
 import { createController, type Controller } from './controller.ts';
 import type { LeaseParams } from './leader.ts';
+import { storesUnderTest } from '../testing/postgres.ts';
 
 // Short, but with room for a loaded machine: a renewal may take a while without the leader losing its term.
 const FAST: LeaseParams = { ttlMs: 3_000, renewMs: 50, marginMs: 500 };
 
-test('controllers sharing a store: one leads, a follower reads and redirects writes, 503 with no leader, the next takes over on release', async () => {
+for (const store of storesUnderTest()) test(`controllers sharing a store: one leads, a follower reads and redirects writes, 503 with no leader, the next takes over on release (${store.label})`, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-ha-'));
+  const location = await store.location();
   const ctls: Controller[] = [];
   const apps: App[] = [];
   const deposed: string[] = [];
   try {
     const open = async (id: string): Promise<{ ctl: Controller; app: App }> => {
-      const ctl = await createController({ dataDir: dir, heartbeats: false, ha: { id, params: FAST, onDeposed: () => deposed.push(id) } });
+      const ctl = await createController({ dataDir: dir, store: location, heartbeats: false, ha: { id, params: FAST, onDeposed: () => deposed.push(id) } });
       const app = await buildApp(ctl, { tls: await ctl.ca.issue('ferry-server', ['127.0.0.1']) });
       ctls.push(ctl);
       apps.push(app);

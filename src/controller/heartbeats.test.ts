@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Database } from 'better-sqlite3';
+import type { SyncSql } from './store/sync.ts';
 import { createController } from './controller.ts';
 import { nowIso } from './store/db.ts';
 
@@ -37,7 +37,7 @@ async function listener(mode: 'close' | 'hold'): Promise<{ server: Server; port:
   return { server, port, total: () => total, peak: () => peak };
 }
 
-function addHosts(db: Database, names: string[], port: number): void {
+function addHosts(db: SyncSql, names: string[], port: number): void {
   const at = nowIso();
   for (const name of names) {
     db.prepare(`INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, NULL, ?, ?)`).run(name, `https://127.0.0.1:${port}`, at, at);
@@ -49,7 +49,7 @@ test('an unreachable host is backed off by rounds, not by poll(name)', { timeout
   const gone = await listener('close');
   const ctl = await createController({ dataDir: dir, heartbeats: false, recover: false, heartbeatMs: 2000 });
   try {
-    addHosts(ctl.store.sqlite, ['h1'], gone.port);
+    addHosts(ctl.store.sql, ['h1'], gone.port);
     for (let i = 0; i < 3; i++) await ctl.hosts.pollAll();
     assert.equal(ctl.hosts.get('h1').state, 'unreachable');
     const asked = gone.total();
@@ -71,7 +71,7 @@ test('a round over 70 silent hosts asks 64 of them first, the rest as heartbeats
   // Heartbeats time out after 1.5 s at this interval: until then only the first 64 hosts are asked.
   const ctl = await createController({ dataDir: dir, heartbeats: false, recover: false, heartbeatMs: 1000 });
   try {
-    addHosts(ctl.store.sqlite, Array.from({ length: 70 }, (_, i) => `h${i + 1}`), silent.port);
+    addHosts(ctl.store.sql, Array.from({ length: 70 }, (_, i) => `h${i + 1}`), silent.port);
     const round = ctl.hosts.pollAll();
     await new Promise((r) => setTimeout(r, 700));
     // Each heartbeat is three calls (inventory, VM list, version), each its own connection at most.

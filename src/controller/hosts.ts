@@ -22,6 +22,7 @@ import { consumeJoinToken } from './tokens.ts';
 import { renewAgentCert } from './renewal.ts';
 import { hasActiveJob } from './migrations/jobs.ts';
 import { VmRows } from './store/vms.ts';
+import { dialectSql, NO_LIMIT } from './store/sync.ts';
 import { PendingCalls } from './migrations/pending.ts';
 
 
@@ -84,21 +85,22 @@ export function hostState(row: Pick<HostsTable, 'state' | 'maintenance'>): HostS
 
 /**
  * Memory and vCPUs of the VMs the store places on hosts (or on a range of host names), as the scheduler
- * wants them. SQLite reads the two numbers out of each spec (json_extract): parsing 10,000 specs in
+ * wants them. The store reads the two numbers out of each spec (its JSON functions): parsing 10,000 specs in
  * JavaScript for each host list was most of what a list cost.
  */
 export function vmLoads(store: Store, hosts?: { first: string; last: string }): VmLoad[] {
-  const cols = "host, state, json_extract(spec, '$.memoryBytes') AS memoryBytes, json_extract(spec, '$.vcpus') AS vcpus";
+  const d = dialectSql(store.sql.dialect);
+  const cols = `host, state, ${d.jsonNumber('spec', 'memoryBytes')} AS "memoryBytes", ${d.jsonNumber('spec', 'vcpus')} AS vcpus`;
   const rows = (
     hosts === undefined
-      ? store.sqlite.prepare(`SELECT ${cols} FROM vms`).all()
-      : store.sqlite.prepare(`SELECT ${cols} FROM vms WHERE host BETWEEN ? AND ?`).all(hosts.first, hosts.last)
+      ? store.sql.prepare(`SELECT ${cols} FROM vms`).all()
+      : store.sql.prepare(`SELECT ${cols} FROM vms WHERE host BETWEEN ? AND ?`).all(hosts.first, hosts.last)
   ) as { host: string; state: string; memoryBytes: number | null; vcpus: number | null }[];
   return rows.map((r) => ({ host: r.host, memoryBytes: r.memoryBytes ?? 0, vcpus: r.vcpus ?? 0, pending: r.state === 'creating' }));
 }
 
 export function hostViews(store: Store): HostView[] {
-  const rows = store.sqlite.prepare('SELECT * FROM hosts ORDER BY name').all() as HostsTable[];
+  const rows = store.sql.prepare('SELECT * FROM hosts ORDER BY name').all() as HostsTable[];
   return rows.map((r) => ({
     name: r.name,
     state: hostState(r),
@@ -168,7 +170,7 @@ export class HostRegistry {
     const { store } = this.o;
     // The token first (a dry run uses nothing up), so that without one nobody learns which names exist.
     consumeJoinToken(store, req.token, name, { dryRun: true });
-    const taken = (): boolean => store.sqlite.prepare('SELECT 1 FROM hosts WHERE name = ?').get(name) !== undefined;
+    const taken = (): boolean => store.sql.prepare('SELECT 1 FROM hosts WHERE name = ?').get(name) !== undefined;
     if (taken()) {
       throw new FerryError('FERRY_E_HOST_EXISTS', `A host named ${JSON.stringify(name)} has joined already: a join cannot take it over; choose another name.`);
     }
@@ -183,11 +185,11 @@ export class HostRegistry {
     // Everything was checked without side effects; now issue, then use the token and register in one
     // transaction, so a failure in between neither burns the token nor leaves a host without a certificate.
     const cert = await this.o.ca.issueAgentCert(name, [ip], this.o.agentCertMs === undefined ? {} : { lifetimeMs: this.o.agentCertMs });
-    store.sqlite.transaction(() => {
+    store.sql.transaction(() => {
       // Again inside the transaction: two joins of one name with two tokens must not both win.
       if (taken()) throw new FerryError('FERRY_E_HOST_EXISTS', `A host named ${JSON.stringify(name)} has joined already.`);
       consumeJoinToken(store, req.token, name);
-      store.sqlite
+      store.sql
         .prepare(`INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, NULL, NULL, ?)`)
         .run(name, url, nowIso());
     })();
@@ -231,9 +233,9 @@ export class HostRegistry {
    * A page is a range of names, so only the VMs of that range are read.
    */
   private page(page: HostPage): { rows: HostsTable[]; loads: Map<string, HostLoad>; names: Map<string, string[]> } {
-    const rows = this.o.store.sqlite
+    const rows = this.o.store.sql
       .prepare('SELECT * FROM hosts WHERE name > ? ORDER BY name LIMIT ?')
-      .all(page.after ?? '', page.limit ?? -1) as HostsTable[];
+      .all(page.after ?? '', page.limit ?? NO_LIMIT) as HostsTable[];
     if (rows.length === 0) return { rows, loads: new Map(), names: new Map() };
     return { rows, ...this.vmsOf({ first: rows[0]!.name, last: rows.at(-1)!.name }) };
   }
@@ -250,11 +252,14 @@ export class HostRegistry {
    * SQLite from the index vms_host_load (store/migrations.ts), which holds each VM's memory and vCPUs.
    */
   private vmsOf(range: { first: string; last: string }): { loads: Map<string, HostLoad>; names: Map<string, string[]> } {
-    const rows = this.o.store.sqlite
+    const { sql } = this.o.store;
+    const d = dialectSql(sql.dialect);
+    const memory = d.jsonNumber('spec', 'memoryBytes');
+    const rows = sql
       .prepare(
-        `SELECT host, group_concat(name, ' ') AS names,
-           SUM(json_extract(spec, '$.memoryBytes')) AS memoryBytes, SUM(json_extract(spec, '$.vcpus')) AS vcpus,
-           SUM(CASE WHEN state = 'creating' THEN json_extract(spec, '$.memoryBytes') ELSE 0 END) AS pendingBytes
+        `SELECT host, ${d.groupConcat('name', ' ')} AS names,
+           SUM(${memory}) AS "memoryBytes", SUM(${d.jsonNumber('spec', 'vcpus')}) AS vcpus,
+           SUM(CASE WHEN state = 'creating' THEN ${memory} ELSE 0 END) AS "pendingBytes"
          FROM vms WHERE host BETWEEN ? AND ? GROUP BY host`,
       )
       .all(range.first, range.last) as { host: string; names: string; memoryBytes: number | null; vcpus: number | null; pendingBytes: number | null }[];
@@ -262,7 +267,7 @@ export class HostRegistry {
     const loads = new Map<string, HostLoad>();
     for (const r of rows) {
       // Names never hold a space (NAME_RE, common/units.ts): the separator is unambiguous. Sorted here, not
-      // by group_concat's ORDER BY: that sort went through a temporary B-tree, and cost a host page more
+      // by the aggregate's ORDER BY: that sort went through a temporary B-tree, and cost a host page more
       // than all the rest of its query; NAME_RE's ASCII sorts the same in JavaScript as in SQLite.
       names.set(r.host, r.names.split(' ').sort());
       loads.set(r.host, { memoryBytes: r.memoryBytes ?? 0, vcpus: r.vcpus ?? 0, pendingBytes: r.pendingBytes ?? 0 });
@@ -271,7 +276,7 @@ export class HostRegistry {
   }
 
   row(name: string): HostsTable | undefined {
-    return this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
+    return this.o.store.sql.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
   }
 
   /**
@@ -339,7 +344,7 @@ export class HostRegistry {
    */
   async pollAll(): Promise<void> {
     const now = Date.now();
-    const names = (this.o.store.sqlite.prepare('SELECT name FROM hosts').all() as { name: string }[])
+    const names = (this.o.store.sql.prepare('SELECT name FROM hosts').all() as { name: string }[])
       .map((r) => r.name)
       .filter((n) => (this.notBefore.get(n) ?? 0) <= now);
     let next = 0;
@@ -393,7 +398,7 @@ export class HostRegistry {
       this.misses.set(name, n);
       this.notBefore.set(name, Date.now() + this.backoffMs(n));
       if (n >= this.o.missesToUnreachable) {
-        const res = store.sqlite.prepare("UPDATE hosts SET state = 'unreachable' WHERE name = ? AND state != 'unreachable'").run(name);
+        const res = store.sql.prepare("UPDATE hosts SET state = 'unreachable' WHERE name = ? AND state != 'unreachable'").run(name);
         if (res.changes === 1) {
           const message = err instanceof Error ? err.message : String(err);
           const code = err instanceof FerryError ? err.code : 'FERRY_E_AGENT_UNREACHABLE';
@@ -413,7 +418,7 @@ export class HostRegistry {
     } else this.certificates.delete(name);
     this.errors.delete(name);
     const wasReady = row.state === 'ready' && row.inventory !== null;
-    store.sqlite
+    store.sql
       .prepare("UPDATE hosts SET state = 'ready', inventory = ?, last_seen_at = ? WHERE name = ?")
       .run(JSON.stringify(inventory), nowIso(), name);
     if (!wasReady) {
@@ -429,7 +434,7 @@ export class HostRegistry {
     this.notBefore.delete(name);
     const error = { code: err.code, message: err.message };
     this.errors.set(name, error);
-    const res = this.o.store.sqlite.prepare("UPDATE hosts SET state = 'incompatible' WHERE name = ? AND state != 'incompatible'").run(name);
+    const res = this.o.store.sql.prepare("UPDATE hosts SET state = 'incompatible' WHERE name = ? AND state != 'incompatible'").run(name);
     if (res.changes === 1) {
       this.o.events.publish('host.incompatible', name, { error });
       this.o.log.warn({ host: name, code: err.code }, `host ${name} incompatible: ${err.message}`);
@@ -445,11 +450,11 @@ export class HostRegistry {
    */
   reconcile(host: string, reported: readonly VmStatus[], fetchedAt: number): void {
     const { store, events, guard } = this.o;
-    const rows = new VmRows(store.sqlite);
+    const rows = new VmRows(store.sql);
     const seen = new Set<string>();
     const now = nowIso();
     this.lastRunning.set(host, new Set(reported.filter((r) => r.state === 'running').map((r) => r.name)));
-    const migrating = (row: VmsTable): boolean => row.state === 'migrating' && hasActiveJob(store.sqlite, row.name);
+    const migrating = (row: VmsTable): boolean => row.state === 'migrating' && hasActiveJob(store.sql, row.name);
     for (const r of reported) {
       seen.add(r.name);
       if (guard.skip(r.name, fetchedAt)) continue;
@@ -496,7 +501,7 @@ export class HostRegistry {
    */
   private foreignCopy(host: string, row: VmsTable, r: VmStatus): void {
     const { store, events, pool } = this.o;
-    if (hasActiveJob(store.sqlite, row.name) || new PendingCalls(store.sqlite).owedTo(host, row.name)) return;
+    if (hasActiveJob(store.sql, row.name) || new PendingCalls(store.sql).owedTo(host, row.name)) return;
     const key = `${host}/${row.name}`;
     if (this.resolving.has(key)) return;
     const ownerRuns = this.lastRunning.get(row.host)?.has(row.name) === true;

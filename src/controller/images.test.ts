@@ -40,12 +40,12 @@ test('image store: import records what qemu-img says of the stored copy; duplica
 
     // A VM whose disk is an overlay on it keeps it.
     const now = new Date().toISOString();
-    store.sqlite.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', 'https://127.0.0.1:1', 'ready', 0, NULL, NULL, ?)").run(now);
+    store.sql.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', 'https://127.0.0.1:1', 'ready', 0, NULL, NULL, ?)").run(now);
     const spec = defaultVmSpec('v1', { boot: { kind: 'disk' }, guestChannel: false, disks: [{ id: 'vda', sizeBytes: 8 * MIB, shared: false, backing: { path: img.path, format: 'qcow2' } }] });
-    store.sqlite.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES ('v1', 'h1', 'running', ?, NULL, NULL, ?, ?)").run(JSON.stringify(spec), now, now);
+    store.sql.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES ('v1', 'h1', 'running', ?, NULL, NULL, ?, ?)").run(JSON.stringify(spec), now, now);
     assert.deepEqual(images.get('deb').usedBy, ['v1']);
     await assert.rejects(images.delete('deb'), { code: 'FERRY_E_IMAGE_IN_USE' });
-    store.sqlite.prepare("DELETE FROM vms WHERE name = 'v1'").run();
+    store.sql.prepare("DELETE FROM vms WHERE name = 'v1'").run();
     assert.deepEqual(await images.delete('deb'), { deleted: true, name: 'deb' });
     assert.ok(!existsSync(img.path));
     assert.deepEqual(images.list(), []);

@@ -61,14 +61,14 @@ export class ImageService {
   }
 
   private row(name: string): ImageRow {
-    const r = this.o.store.sqlite.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined;
+    const r = this.o.store.sql.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined;
     if (!r) throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `No image named ${JSON.stringify(name)}: see \`ferry image list\`.`, { details: { name } });
     return r;
   }
 
   /** VMs on it: by name (specs of now), or by the stored path (specs from before images were named). */
   private usedBy(r: ImageRow): string[] {
-    return (this.o.store.sqlite.prepare('SELECT name, spec FROM vms ORDER BY name').all() as { name: string; spec: string }[])
+    return (this.o.store.sql.prepare('SELECT name, spec FROM vms ORDER BY name').all() as { name: string; spec: string }[])
       .filter((v) =>
         ((JSON.parse(v.spec) as Partial<VmSpec>).disks ?? []).some((d) =>
           d.backing === undefined ? false : 'path' in d.backing ? d.backing.path === r.path : d.backing.image === r.name,
@@ -91,7 +91,7 @@ export class ImageService {
   }
 
   list(): ImageJson[] {
-    return (this.o.store.sqlite.prepare('SELECT * FROM images ORDER BY name').all() as ImageRow[]).map((r) => this.json(r));
+    return (this.o.store.sql.prepare('SELECT * FROM images ORDER BY name').all() as ImageRow[]).map((r) => this.json(r));
   }
 
   get(name: string): ImageJson {
@@ -102,7 +102,7 @@ export class ImageService {
   async import(name: string, file: string): Promise<ImageJson> {
     validateName(name, 'image name');
     if (RESERVED.has(name)) throw new FerryError('FERRY_E_BAD_NAME', `The image name ${name} is reserved (Ferry's own guest): choose another.`);
-    if (this.o.store.sqlite.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) {
+    if (this.o.store.sql.prepare('SELECT 1 FROM images WHERE name = ?').get(name)) {
       throw new FerryError('FERRY_E_IMAGE_EXISTS', `An image named ${name} exists already: delete it first or choose another name.`);
     }
     if (!file.startsWith('/') || file.split('/').some((s) => s === '.' || s === '..')) {
@@ -137,7 +137,7 @@ export class ImageService {
       const info = await inspectDiskImage(tmp);
       await rename(tmp, path);
       const row: ImageRow = { name, format: info.format, virtual_size: info.virtualSizeBytes, file_bytes: bytes, sha256: hash.digest('hex'), path, created_at: nowIso() };
-      this.o.store.sqlite
+      this.o.store.sql
         .prepare('INSERT INTO images (name, format, virtual_size, file_bytes, sha256, path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
         .run(row.name, row.format, row.virtual_size, row.file_bytes, row.sha256, row.path, row.created_at);
       return this.json(row);
@@ -155,7 +155,7 @@ export class ImageService {
     if (users.length > 0) {
       throw new FerryError('FERRY_E_IMAGE_IN_USE', `Image ${name} is the base of ${users.join(', ')}: delete those VMs first.`, { details: { usedBy: users } });
     }
-    this.o.store.sqlite.prepare('DELETE FROM images WHERE name = ?').run(name);
+    this.o.store.sql.prepare('DELETE FROM images WHERE name = ?').run(name);
     await rm(r.path, { force: true });
     return { deleted: true, name };
   }
@@ -191,7 +191,7 @@ export class ImageService {
     const had = cached.find((c) => c.sha256 === b.sha256);
     if (had !== undefined) return { name: b.image, sha256: b.sha256, action: 'present', bytes: 0 };
     // By content: the name may have been deleted and imported again with other bytes since the spec was made.
-    const r = this.o.store.sqlite.prepare('SELECT * FROM images WHERE sha256 = ? ORDER BY name LIMIT 1').get(b.sha256) as ImageRow | undefined;
+    const r = this.o.store.sql.prepare('SELECT * FROM images WHERE sha256 = ? ORDER BY name LIMIT 1').get(b.sha256) as ImageRow | undefined;
     if (r === undefined) {
       throw new FerryError('FERRY_E_IMAGE_NOT_FOUND', `The store has no image with sha256 ${b.sha256} (${b.image}) to give the host.`, { details: { image: b.image, sha256: b.sha256 } });
     }

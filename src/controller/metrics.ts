@@ -38,7 +38,7 @@ export function createMetrics(store: Store): ControllerMetrics {
   const registry = new Registry();
   registerProcessMetrics(registry, 'controller');
   const count = (sql: string): Map<string, number> =>
-    new Map((store.sqlite.prepare(sql).all() as { k: string; n: number }[]).map((r) => [r.k, r.n]));
+    new Map((store.sql.prepare(sql).all() as { k: string; n: number }[]).map((r) => [r.k, r.n]));
   new Gauge({
     name: 'ferry_hosts',
     help: 'Hosts known to the controller, by state.',

@@ -3,7 +3,7 @@
  * gets the lowest free address, skipping the network and broadcast addresses and the gateway.
  * Allocation happens inside the caller's transaction, so two creates never get the same address.
  */
-import type { Database } from 'better-sqlite3';
+import type { SyncSql } from './store/sync.ts';
 import { FerryError } from '../common/errors.ts';
 
 export interface VmNetwork {
@@ -45,7 +45,7 @@ export function parseNetworkArg(arg: string, gateway?: string): VmNetwork {
 }
 
 /** Creates or updates the configured networks (allocations already made stay). */
-export function upsertNetworks(db: Database, nets: readonly VmNetwork[]): void {
+export function upsertNetworks(db: SyncSql, nets: readonly VmNetwork[]): void {
   const stmt = db.prepare(
     'INSERT INTO networks (name, cidr, gateway) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET cidr = excluded.cidr, gateway = excluded.gateway',
   );
@@ -54,7 +54,7 @@ export function upsertNetworks(db: Database, nets: readonly VmNetwork[]): void {
   })();
 }
 
-export function getNetwork(db: Database, name: string): VmNetwork | undefined {
+export function getNetwork(db: SyncSql, name: string): VmNetwork | undefined {
   const r = db.prepare('SELECT name, cidr, gateway FROM networks WHERE name = ?').get(name) as
     | { name: string; cidr: string; gateway: string | null }
     | undefined;
@@ -62,7 +62,7 @@ export function getNetwork(db: Database, name: string): VmNetwork | undefined {
 }
 
 /** Allocates the lowest free address of `network` to `vm`; returns `a.b.c.d/len`. Call inside a transaction. */
-export function allocateIp(db: Database, network: string, vm: string, wanted?: string): string {
+export function allocateIp(db: SyncSql, network: string, vm: string, wanted?: string): string {
   const net = getNetwork(db, network);
   if (!net) throw new FerryError('FERRY_E_BAD_INPUT', `No VM network ${JSON.stringify(network)} is configured (ferry server --vm-network).`);
   const { base, prefix, size } = parseCidr(net.cidr);

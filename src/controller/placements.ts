@@ -12,7 +12,7 @@ import type { Store } from './store/db.ts';
 
 export function placementsFor(store: Store, vmName: string): PlacementJson[] {
   const name = validateName(vmName, 'VM name');
-  const vm = store.sqlite.prepare('SELECT host, spec FROM vms WHERE name = ?').get(name) as { host: string; spec: string } | undefined;
+  const vm = store.sql.prepare('SELECT host, spec FROM vms WHERE name = ?').get(name) as { host: string; spec: string } | undefined;
   if (!vm) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(name)}: see \`ferry vm list\`.`);
   const spec = JSON.parse(vm.spec) as VmSpec;
   const loads = vmLoads(store);

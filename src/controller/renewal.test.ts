@@ -92,7 +92,7 @@ describe('renewing an agent certificate', () => {
     const r = await renew('h1', h1, token);
     assert.ok(Date.parse(new X509Certificate(r.certPem).validTo) > Date.now() + 86_400_000);
     await assert.rejects(renew('h1', h1, token), { code: 'FERRY_E_JOIN_TOKEN' }, 'the token is used up');
-    const events = srv.controller.store.sqlite.prepare("SELECT data FROM events WHERE type = 'host.certificate-renewed' AND subject = 'h1'").all() as { data: string }[];
+    const events = srv.controller.store.sql.prepare("SELECT data FROM events WHERE type = 'host.certificate-renewed' AND subject = 'h1'").all() as { data: string }[];
     assert.deepEqual(events.map((e) => (JSON.parse(e.data) as { rejoined: boolean }).rejoined), [false, true]);
   });
 });

@@ -83,7 +83,7 @@ export async function renewAgentCert(d: RenewalDeps, req: RenewRequest): Promise
   if (cn !== req.name || !names.dns.includes(req.name)) {
     throw refuse('name-mismatch', `The certificate is ${JSON.stringify(cn ?? '')}'s, not ${JSON.stringify(req.name)}'s.`);
   }
-  const row = d.store.sqlite.prepare('SELECT url FROM hosts WHERE name = ?').get(req.name) as { url: string } | undefined;
+  const row = d.store.sql.prepare('SELECT url FROM hosts WHERE name = ?').get(req.name) as { url: string } | undefined;
   if (row === undefined) throw refuse('unknown-host', `No host ${JSON.stringify(req.name)} (never joined, or removed): join it again with a new token.`);
   const ip = urlIp(row.url);
   if (!names.ips.includes(ip)) {

@@ -43,12 +43,12 @@ export interface ApiTokenInfo {
 export function createApiToken(store: Store, role: TokenRole): ApiTokenInfo & { token: string } {
   const t = mint();
   const createdAt = nowIso();
-  store.sqlite.prepare('INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)').run(t.id, hash(t.secret), role, createdAt);
+  store.sql.prepare('INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)').run(t.id, hash(t.secret), role, createdAt);
   return { id: t.id, role, createdAt, token: t.token };
 }
 
 export function listApiTokens(store: Store): ApiTokenInfo[] {
-  const rows = store.sqlite.prepare('SELECT id, role, created_at FROM api_tokens ORDER BY created_at, id').all() as { id: string; role: string; created_at: string }[];
+  const rows = store.sql.prepare('SELECT id, role, created_at FROM api_tokens ORDER BY created_at, id').all() as { id: string; role: string; created_at: string }[];
   return rows.map((r) => ({ id: r.id, role: r.role === 'admin' ? 'admin' : 'read-only', createdAt: r.created_at }));
 }
 
@@ -57,16 +57,16 @@ export function revokeApiToken(store: Store, id: string): ApiTokenInfo {
   const key = id.split('.')[0]!;
   const row = listApiTokens(store).find((t) => t.id === key);
   if (row === undefined) throw new FerryError('FERRY_E_TOKEN_NOT_FOUND', `No API token with id ${JSON.stringify(key)}: see \`ferry token list\`.`);
-  store.sqlite.prepare('DELETE FROM api_tokens WHERE id = ?').run(key);
+  store.sql.prepare('DELETE FROM api_tokens WHERE id = ?').run(key);
   return row;
 }
 
 /** Creates the admin token if there is none; returns it only when it was just created. */
 export function ensureAdminToken(store: Store): string | null {
-  const has = store.sqlite.prepare("SELECT 1 FROM api_tokens WHERE role = 'admin' LIMIT 1").get();
+  const has = store.sql.prepare("SELECT 1 FROM api_tokens WHERE role = 'admin' LIMIT 1").get();
   if (has) return null;
   const t = mint();
-  store.sqlite
+  store.sql
     .prepare('INSERT INTO api_tokens (id, secret_hash, role, created_at) VALUES (?, ?, ?, ?)')
     .run(t.id, hash(t.secret), 'admin', nowIso());
   return t.token;
@@ -76,7 +76,7 @@ export function ensureAdminToken(store: Store): string | null {
 export function checkApiToken(store: Store, token: string): TokenRole | null {
   const p = split(token);
   if (!p) return null;
-  const row = store.sqlite.prepare('SELECT secret_hash, role FROM api_tokens WHERE id = ?').get(p.id) as
+  const row = store.sql.prepare('SELECT secret_hash, role FROM api_tokens WHERE id = ?').get(p.id) as
     | { secret_hash: string; role: string }
     | undefined;
   if (!row || !sameHash(p.secret, row.secret_hash)) return null;
@@ -87,7 +87,7 @@ export function checkApiToken(store: Store, token: string): TokenRole | null {
 export function createJoinToken(store: Store, ttlMs = DEFAULT_JOIN_TOKEN_TTL_MS): { token: string; expiresAt: string } {
   const t = mint();
   const expiresAt = new Date(Date.now() + ttlMs).toISOString();
-  store.sqlite
+  store.sql
     .prepare('INSERT INTO join_tokens (id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?)')
     .run(t.id, hash(t.secret), nowIso(), expiresAt);
   return { token: t.token, expiresAt };
@@ -100,7 +100,7 @@ export function createJoinToken(store: Store, ttlMs = DEFAULT_JOIN_TOKEN_TTL_MS)
 export function consumeJoinToken(store: Store, token: string, hostName: string, opts: { dryRun?: boolean } = {}): void {
   const p = split(token);
   const row = p
-    ? (store.sqlite.prepare('SELECT secret_hash, expires_at, used_at FROM join_tokens WHERE id = ?').get(p.id) as
+    ? (store.sql.prepare('SELECT secret_hash, expires_at, used_at FROM join_tokens WHERE id = ?').get(p.id) as
         | { secret_hash: string; expires_at: string; used_at: string | null }
         | undefined)
     : undefined;
@@ -110,7 +110,7 @@ export function consumeJoinToken(store: Store, token: string, hostName: string, 
   if (row.used_at !== null) throw new FerryError('FERRY_E_JOIN_TOKEN', 'The join token was used already: get a new one.');
   if (Date.parse(row.expires_at) <= Date.now()) throw new FerryError('FERRY_E_JOIN_TOKEN', 'The join token has expired: get a new one.');
   if (opts.dryRun) return;
-  const res = store.sqlite
+  const res = store.sql
     .prepare('UPDATE join_tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL')
     .run(nowIso(), hostName, p.id);
   if (res.changes !== 1) throw new FerryError('FERRY_E_JOIN_TOKEN', 'The join token was used already: get a new one.');

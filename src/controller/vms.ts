@@ -21,6 +21,7 @@ import { allocateIp, getNetwork } from './networks.ts';
 import { placeVm, type Judgement } from './scheduler.ts';
 import type { HostsTable, Store, VmsTable } from './store/db.ts';
 import { VmRows } from './store/vms.ts';
+import { NO_LIMIT } from './store/sync.ts';
 
 export interface CreateVmRequest {
   name: string;
@@ -162,14 +163,14 @@ export function checkImage(image: string): string {
 export class VmService {
   private readonly rows: VmRows;
   constructor(private readonly o: VmServiceOptions) {
-    this.rows = new VmRows(o.store.sqlite);
+    this.rows = new VmRows(o.store.sql);
   }
 
   /** By name; a page when `limit` is given (names after `after`). */
   list(page: { limit?: number; after?: string } = {}): VmJson[] {
-    const rows = this.o.store.sqlite
+    const rows = this.o.store.sql
       .prepare('SELECT * FROM vms WHERE name > ? ORDER BY name LIMIT ?')
-      .all(page.after ?? '', page.limit ?? -1) as VmsTable[];
+      .all(page.after ?? '', page.limit ?? NO_LIMIT) as VmsTable[];
     return rows.map(vmJson);
   }
 
@@ -178,7 +179,7 @@ export class VmService {
   }
 
   private row(name: string): VmsTable {
-    const r = this.o.store.sqlite.prepare('SELECT * FROM vms WHERE name = ?').get(name) as
+    const r = this.o.store.sql.prepare('SELECT * FROM vms WHERE name = ?').get(name) as
       VmsTable | undefined;
     if (!r)
       throw new FerryError(
@@ -189,7 +190,7 @@ export class VmService {
   }
 
   private agentFor(r: VmsTable) {
-    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(r.host) as
+    const h = this.o.store.sql.prepare('SELECT * FROM hosts WHERE name = ?').get(r.host) as
       HostsTable | undefined;
     if (!h)
       throw new FerryError(
@@ -201,7 +202,7 @@ export class VmService {
 
   private networkNames(): string {
     const names = (
-      this.o.store.sqlite.prepare('SELECT name FROM networks ORDER BY name').all() as { name: string }[]
+      this.o.store.sql.prepare('SELECT name FROM networks ORDER BY name').all() as { name: string }[]
     ).map((r) => r.name);
     return names.length === 0 ? 'none (ferry server --vm-network NAME=CIDR adds one)' : names.join(', ');
   }
@@ -272,13 +273,13 @@ export class VmService {
     if (network !== undefined) {
       validateName(network, 'network name');
       // A NIC on a network the controller does not manage would get no address and a bridge no agent has.
-      if (!getNetwork(this.o.store.sqlite, network)) {
+      if (!getNetwork(this.o.store.sql, network)) {
         throw new FerryError(
           'FERRY_E_NETWORK_NOT_FOUND',
           `No VM network named ${JSON.stringify(network)}: the server has ${this.networkNames()}.`,
         );
       }
-    } else if (this.o.defaultNetwork && getNetwork(this.o.store.sqlite, this.o.defaultNetwork))
+    } else if (this.o.defaultNetwork && getNetwork(this.o.store.sql, this.o.defaultNetwork))
       network = this.o.defaultNetwork;
     // The tiny guest answers ~2 s after QEMU starts, and clients have always got its boot id from create; any
     // other guest may take a minute or never answer, and is a running VM either way.
@@ -376,7 +377,7 @@ export class VmService {
         throw new FerryError('FERRY_E_BAD_SSH_KEY', `Not an SSH public key: ${JSON.stringify(k.slice(0, 40))}…`);
       }
     }
-    const gateway = network === undefined ? undefined : getNetwork(this.o.store.sqlite, network)?.gateway;
+    const gateway = network === undefined ? undefined : getNetwork(this.o.store.sql, network)?.gateway;
     return parseCloudInit({
       instanceId: `${name}-${randomBytes(4).toString('hex')}`,
       hostname: validateName(req.hostname ?? name, 'hostname'),
@@ -391,8 +392,8 @@ export class VmService {
     const { store, events } = this.o;
     // Reserve the name, place, and allocate in one synchronous transaction: two creates racing for the
     // same name, address or last bit of a host's memory cannot both win.
-    const reserved = store.sqlite.transaction(() => {
-      if (store.sqlite.prepare('SELECT 1 FROM vms WHERE name = ?').get(p.name)) {
+    const reserved = store.sql.transaction(() => {
+      if (store.sql.prepare('SELECT 1 FROM vms WHERE name = ?').get(p.name)) {
         throw new FerryError(
           'FERRY_E_VM_EXISTS',
           `A VM named ${p.name} exists already: choose another name or delete it.`,
@@ -408,13 +409,13 @@ export class VmService {
       let ip: string | null = null;
       if (p.network !== undefined) {
         const used = new Set(
-          (store.sqlite.prepare('SELECT spec FROM vms').all() as { spec: string }[]).flatMap((r) =>
+          (store.sql.prepare('SELECT spec FROM vms').all() as { spec: string }[]).flatMap((r) =>
             ((JSON.parse(r.spec) as Partial<VmSpec>).nics ?? []).map((n) => n.mac),
           ),
         );
         const nic: NicSpec = { id: 'net0', mac: macFor(p.name, used), network: p.network };
-        if (getNetwork(store.sqlite, p.network)) {
-          nic.ip = allocateIp(store.sqlite, p.network, p.name, p.ip);
+        if (getNetwork(store.sql, p.network)) {
+          nic.ip = allocateIp(store.sql, p.network, p.name, p.ip);
           ip = nic.ip.split('/')[0]!;
         }
         nics.push(nic);
@@ -595,13 +596,13 @@ export class VmService {
         return await agent.call('resumeVm', { params: { name } });
       } catch (err) {
         if (!(err instanceof FerryError && err.code === 'FERRY_E_RECEIPT_REQUIRED')) throw err;
-        const job = this.o.store.sqlite
+        const job = this.o.store.sql
           .prepare(
             'SELECT id, destination, state FROM migrations WHERE vm = ? AND source = ? ORDER BY started_at DESC LIMIT 1',
           )
           .get(name, r.host) as { id: string; destination: string; state: string } | undefined;
         if (!job || (job.state !== 'failed' && job.state !== 'cancelled')) throw err;
-        const d = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(job.destination) as
+        const d = this.o.store.sql.prepare('SELECT * FROM hosts WHERE name = ?').get(job.destination) as
           HostsTable | undefined;
         if (!d) throw err;
         const view = await this.o.pool

@@ -10,6 +10,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { after } from 'node:test';
 
 const run = promisify(execFile);
 
@@ -86,4 +87,36 @@ export async function startPostgres(): Promise<PostgresServer> {
       }
     },
   };
+}
+
+/** A store a controller test runs on: the data dir's SQLite file (`location` undefined) or a fresh PostgreSQL database. */
+export interface StoreUnderTest {
+  readonly label: 'SQLite' | 'PostgreSQL';
+  /** `--store` for one controller (or several sharing it): undefined for the data dir's SQLite file. */
+  location(): Promise<string | undefined>;
+}
+
+let shared: Promise<PostgresServer> | undefined;
+let databases = 0;
+
+/**
+ * The two stores, for a test file that runs its controller tests on both: the same test twice. One
+ * PostgreSQL server per test file, started at its first use and stopped when the file's tests end.
+ */
+export function storesUnderTest(): StoreUnderTest[] {
+  after(async () => {
+    const server = shared;
+    shared = undefined;
+    if (server !== undefined) await (await server).stop();
+  });
+  return [
+    { label: 'SQLite', location: () => Promise.resolve(undefined) },
+    {
+      label: 'PostgreSQL',
+      location: async () => {
+        shared ??= startPostgres();
+        return (await shared).createDatabase(`ferry_test_${++databases}`);
+      },
+    },
+  ];
 }

@@ -84,8 +84,8 @@ test('malformed bodies → 400 FERRY_E_BAD_INPUT; unknown route → 404 FERRY_E_
 test('duplicate VM → 409 FERRY_E_VM_EXISTS; unknown host → 404; unknown VM → 404', async () => {
   await withApp(async ({ ctl, app, auth }) => {
     const now = nowIso();
-    ctl.store.sqlite.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', 'https://127.0.0.1:1', 'ready', 0, NULL, NULL, ?)").run(now);
-    ctl.store.sqlite.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES ('v1', 'h1', 'running', '{}', NULL, NULL, ?, ?)").run(now, now);
+    ctl.store.sql.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', 'https://127.0.0.1:1', 'ready', 0, NULL, NULL, ?)").run(now);
+    ctl.store.sql.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ip, created_at, updated_at) VALUES ('v1', 'h1', 'running', '{}', NULL, NULL, ?, ?)").run(now, now);
     const dup = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'v1' } });
     assert.equal(dup.statusCode, 409);
     assert.equal(dup.json().error.code, 'FERRY_E_VM_EXISTS');
@@ -130,7 +130,7 @@ test('join tokens are single-use; the join issues a certificate and registers th
     const forged = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, token: token.split('.')[0] + '.' + 'x'.repeat(43) } });
     assert.equal(forged.json().error.code, 'FERRY_E_JOIN_TOKEN');
     const expired = await app.inject({ method: 'POST', url: '/api/v1/join-tokens', headers: auth, payload: { ttlSeconds: 10 } });
-    ctl.store.sqlite.prepare('UPDATE join_tokens SET expires_at = ? WHERE id = ?').run(new Date(Date.now() - 1000).toISOString(), (expired.json() as { token: string }).token.split('.')[0]);
+    ctl.store.sql.prepare('UPDATE join_tokens SET expires_at = ? WHERE id = ?').run(new Date(Date.now() - 1000).toISOString(), (expired.json() as { token: string }).token.split('.')[0]);
     const late = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, token: (expired.json() as { token: string }).token } });
     assert.equal(late.json().error.code, 'FERRY_E_JOIN_TOKEN');
     const named = await app.inject({ method: 'POST', url: '/api/v1/join', payload: { ...body, agentUrl: 'https://example.com:1' } });
@@ -201,7 +201,7 @@ test('the OpenAPI document lists the routes; metrics are exposed', async () => {
 
 test('a create with a bad image or an unknown network is a 4xx with its own code, and leaves nothing', async () => {
   await withApp(async ({ ctl, app, auth }) => {
-    const before = ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
+    const before = ctl.store.sql.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
     for (const image of ['/etc', '/nonexistent', '/etc/passwd', '/a/../etc', '/tmp']) {
       const res = await app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'a1', image } });
       assert.equal(res.statusCode, 400, `${image}: ${res.body}`);
@@ -211,7 +211,7 @@ test('a create with a bad image or an unknown network is a 4xx with its own code
     assert.equal(net.statusCode, 404, net.body);
     assert.equal(net.json().error.code, 'FERRY_E_NETWORK_NOT_FOUND');
     assert.match(net.json().error.message, /vm0/);
-    assert.deepEqual(ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
+    assert.deepEqual(ctl.store.sql.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
   });
 });
 
@@ -231,7 +231,7 @@ test('transport refusals keep their status in the envelope: 413 over the body li
 
 test('cloud-init seed input is checked before anything is reserved: user-data over 1 MiB, a line that is no SSH key', async () => {
   await withApp(async ({ ctl, app, auth }) => {
-    const before = ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
+    const before = ctl.store.sql.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get();
     const post = (body: object) => app.inject({ method: 'POST', url: '/api/v1/vms', headers: auth, payload: { name: 'ci1', network: 'vm0', ...body } });
     const big = await post({ userData: `#cloud-config\n# ${'x'.repeat(1024 * 1024)}\n` });
     assert.equal(big.statusCode, 413, big.body);
@@ -241,7 +241,7 @@ test('cloud-init seed input is checked before anything is reserved: user-data ov
     assert.equal(key.json().error.code, 'FERRY_E_BAD_SSH_KEY');
     const host = await post({ hostname: 'Not_A_Name' });
     assert.equal(host.statusCode, 400, host.body);
-    assert.deepEqual(ctl.store.sqlite.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
+    assert.deepEqual(ctl.store.sql.prepare('SELECT (SELECT count(*) FROM vms) AS vms, (SELECT count(*) FROM ip_allocations) AS ips').get(), before);
   });
 });
 

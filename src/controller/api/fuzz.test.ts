@@ -202,7 +202,7 @@ async function startFakeAgent(ctl: Controller): Promise<HttpsServer> {
 
 /** The objects requests are about; put back before each request when a previous one removed them. */
 function ensureFixture(ctl: Controller, agentUrl: string): void {
-  const db = ctl.store.sqlite;
+  const db = ctl.store.sql;
   const now = nowIso();
   db.prepare("INSERT OR IGNORE INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h1', ?, 'ready', 0, ?, ?, ?)").run(
     agentUrl,
@@ -225,7 +225,7 @@ function ensureFixture(ctl: Controller, agentUrl: string): void {
 
 /** Every table but the event log (a 4xx may well be logged) and the schema's own bookkeeping. */
 function snapshot(ctl: Controller): Record<string, string> {
-  const db = ctl.store.sqlite;
+  const db = ctl.store.sql;
   const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('events', 'schema_migrations', 'sqlite_sequence') ORDER BY name").all() as { name: string }[]).map((r) => r.name);
   return Object.fromEntries(tables.map((t) => [t, JSON.stringify(db.prepare(`SELECT * FROM "${t}" ORDER BY rowid`).all())]));
 }

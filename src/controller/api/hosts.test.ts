@@ -51,7 +51,7 @@ test('the full list is the registry objects byte for byte; the summary keeps eve
   await withApp(async ({ ctl, get }) => {
     seedSyntheticFleet(ctl.store, { hosts: 5, vms: 12 });
     // A host that never answered a heartbeat has no inventory: null in both views.
-    ctl.store.sqlite.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h9999', 'https://127.0.0.1:9', 'ready', 0, NULL, NULL, ?)").run(new Date().toISOString());
+    ctl.store.sql.prepare("INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES ('h9999', 'https://127.0.0.1:9', 'ready', 0, NULL, NULL, ?)").run(new Date().toISOString());
 
     const full = await get('/api/v1/hosts');
     assert.equal(full.status, 200);

@@ -14,7 +14,7 @@ export function fleetHosts(store: Store, linkBytesPerSec = DEFAULT_LINK_BYTES_PE
 }
 
 export function fleetVms(store: Store): FleetVm[] {
-  const rows = store.sqlite.prepare('SELECT name, host, state, spec FROM vms ORDER BY name').all() as { name: string; host: string; state: string; spec: string }[];
+  const rows = store.sql.prepare('SELECT name, host, state, spec FROM vms ORDER BY name').all() as { name: string; host: string; state: string; spec: string }[];
   return rows.map((r) => {
     const spec = JSON.parse(r.spec) as VmSpec & { evacuation?: Evacuation };
     return {
@@ -30,7 +30,7 @@ export function fleetVms(store: Store): FleetVm[] {
 
 /** Asks each running VM's agent for its dirty rate, all at once; a VM whose agent cannot say stays unknown. */
 export async function measureDirtyRates(store: Store, pool: AgentPool, vms: FleetVm[]): Promise<void> {
-  const urls = new Map((store.sqlite.prepare('SELECT name, url FROM hosts').all() as { name: string; url: string }[]).map((h) => [h.name, h.url]));
+  const urls = new Map((store.sql.prepare('SELECT name, url FROM hosts').all() as { name: string; url: string }[]).map((h) => [h.name, h.url]));
   await Promise.all(
     vms
       .filter((v) => v.state === 'running')

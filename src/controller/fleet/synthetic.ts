@@ -40,13 +40,13 @@ function inventory(name: string): HostInventory {
 /** Writes `hosts` hosts and `vms` VMs (spread evenly) into an empty store, in one transaction. */
 export function seedSyntheticFleet(store: Store, opts: { hosts: number; vms: number }): void {
   const at = nowIso();
-  const addHost = store.sqlite.prepare(
+  const addHost = store.sql.prepare(
     `INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, 'ready', 0, ?, ?, ?)`,
   );
-  const addVm = store.sqlite.prepare(
+  const addVm = store.sql.prepare(
     `INSERT INTO vms (name, host, state, spec, boot_id, ready, ip, created_at, updated_at) VALUES (?, ?, 'running', ?, ?, 1, NULL, ?, ?)`,
   );
-  store.sqlite.transaction(() => {
+  store.sql.transaction(() => {
     for (let i = 0; i < opts.hosts; i++) {
       const name = syntheticHostName(i);
       addHost.run(name, 'https://127.0.0.1:9', JSON.stringify(inventory(name)), at, at);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import BetterSqlite3 from 'better-sqlite3';
 import { migrate } from '../store/db.ts';
 import { MIGRATIONS } from '../store/migrations.ts';
+import { sqliteSync } from '../store/sync.ts';
 import { JobStore } from './jobs.ts';
 import { DEFAULT_POLICY } from '../../common/policy.ts';
 import { FerryError } from '../../common/errors.ts';
@@ -12,7 +13,7 @@ function store(): { jobs: JobStore; events: string[] } {
   const all = MIGRATIONS;
   migrate(sqlite, all);
   const events: string[] = [];
-  return { jobs: new JobStore(sqlite, (t) => events.push(t)), events };
+  return { jobs: new JobStore(sqliteSync(sqlite), (t) => events.push(t)), events };
 }
 const job = { vm: 'a1', source: 'h1', destination: 'h2', mode: 'live' as const, policy: DEFAULT_POLICY, why: null };
 const code = (c: string) => (e: unknown) => e instanceof FerryError && e.code === c;
@@ -69,7 +70,7 @@ test('with controllers sharing the store, a transition holds only in the term th
   migrate(sqlite, MIGRATIONS);
   sqlite.prepare("UPDATE controller_lease SET holder = 'c1', term = 1").run();
   let mine: number | undefined = 1;
-  const jobs = new JobStore(sqlite, () => {}, () => mine);
+  const jobs = new JobStore(sqliteSync(sqlite), () => {}, () => mine);
   const j = jobs.create(job);
   jobs.transition(j.id, 'queued', 'preparing');
   // c2 took the lease: c1, deposed but not knowing it yet, moves nothing.

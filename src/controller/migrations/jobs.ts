@@ -5,7 +5,7 @@
  * moment knows exactly where each job stood. Every change is published as an event.
  */
 import { randomUUID } from 'node:crypto';
-import type { Database } from 'better-sqlite3';
+import { dialectSql, isConstraintError, type DialectSql, type SyncSql } from '../store/sync.ts';
 import { FerryError } from '../../common/errors.ts';
 import type { EscalationRecord, GuestProbe, MigrationJson, MigrationPrediction, MigrationProgress, SteeringRecord } from '../../common/migration.ts';
 import type { MigrationPolicy } from '../../common/policy.ts';
@@ -123,11 +123,12 @@ function patchSql(patch: JobPatch): { sets: string[]; values: unknown[] } {
  * Appends `{at, state, phase}` to the job's timeline in the same UPDATE. Right-hand sides see the old row,
  * so the new state and phase are bound (NULL = unchanged, then the old value is the current one).
  */
-const TIMELINE_APPEND = `timeline = json_insert(timeline, '$[#]', json_object('at', ?, 'state', COALESCE(?, state), 'phase', COALESCE(?, phase)))`;
+const timelineAppend = (d: DialectSql): string =>
+  `timeline = ${d.jsonAppend('timeline', d.jsonObject([['at', 'CAST(? AS TEXT)'], ['state', 'COALESCE(?, state)'], ['phase', 'COALESCE(?, phase)']]))}`;
 
 /** Does `vm` have a migration job that is not final (its owner writes the VM's row meanwhile)? */
-export function hasActiveJob(sqlite: Database, vm: string): boolean {
-  return sqlite.prepare(`SELECT 1 FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')}) LIMIT 1`).get(vm, ...ACTIVE_STATES) !== undefined;
+export function hasActiveJob(sql: SyncSql, vm: string): boolean {
+  return sql.prepare(`SELECT 1 FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')}) LIMIT 1`).get(vm, ...ACTIVE_STATES) !== undefined;
 }
 
 export type JobListener = (type: string, job: MigrationJson) => void;
@@ -144,8 +145,10 @@ export interface NewJob {
 }
 
 export class JobStore {
+  private readonly d: DialectSql;
+
   constructor(
-    private readonly sqlite: Database,
+    private readonly sql: SyncSql,
     private readonly listener: JobListener = () => {},
     /**
      * With controllers sharing the store (docs/ha.md): the term this one leads in. A transition then also
@@ -153,21 +156,23 @@ export class JobStore {
      * noticed yet cannot move a job the new leader drives.
      */
     private readonly term?: () => number | undefined,
-  ) {}
+  ) {
+    this.d = dialectSql(sql.dialect);
+  }
 
   /** Inserts a queued job; a second active job for the same VM is refused by the unique index. */
   create(j: NewJob): MigrationJson {
     const id = `m-${randomUUID().slice(0, 8)}`;
     const now = new Date().toISOString();
     try {
-      this.sqlite
+      this.sql
         .prepare(
           `INSERT INTO migrations (id, vm, source, destination, mode, state, phase, policy, why, priority, started_at, updated_at, timeline)
-           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?, ?, json_array(json_object('at', ?, 'state', 'queued', 'phase', 'begin')))`,
+           VALUES (?, ?, ?, ?, ?, 'queued', 'begin', ?, ?, ?, ?, ?, ${this.d.jsonArray([this.d.jsonObject([['at', 'CAST(? AS TEXT)'], ['state', "'queued'"], ['phase', "'begin'"]])])})`,
         )
         .run(id, j.vm, j.source, j.destination, j.mode, JSON.stringify(j.policy), JSON.stringify(j.why), j.priority ?? 0, now, now, now);
     } catch (err) {
-      if (String((err as { code?: string }).code).startsWith('SQLITE_CONSTRAINT')) {
+      if (isConstraintError(err)) {
         const active = this.activeFor(j.vm);
         throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${j.vm} is already being migrated (${active?.id ?? '?'}).`, {
           cause: err,
@@ -182,13 +187,13 @@ export class JobStore {
   }
 
   get(id: string): MigrationJson | null {
-    const row = this.sqlite.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as Row | undefined;
+    const row = this.sql.prepare('SELECT * FROM migrations WHERE id = ?').get(id) as Row | undefined;
     return row ? this.toJson(row) : null;
   }
 
   private toJson(r: Row): MigrationJson {
     const pending = (
-      this.sqlite.prepare('SELECT host, action, attempts, next_at, last_error FROM migration_pending WHERE migration = ?').all(r.id) as {
+      this.sql.prepare('SELECT host, action, attempts, next_at, last_error FROM migration_pending WHERE migration = ?').all(r.id) as {
         host: string;
         action: string;
         attempts: number;
@@ -208,8 +213,8 @@ export class JobStore {
   list(opts: { vm?: string; limit?: number } = {}): MigrationJson[] {
     const rows = (
       opts.vm === undefined
-        ? this.sqlite.prepare('SELECT * FROM migrations ORDER BY started_at DESC LIMIT ?').all(opts.limit ?? 100)
-        : this.sqlite
+        ? this.sql.prepare('SELECT * FROM migrations ORDER BY started_at DESC LIMIT ?').all(opts.limit ?? 100)
+        : this.sql
             .prepare('SELECT * FROM migrations WHERE vm = ? ORDER BY started_at DESC LIMIT ?')
             .all(opts.vm, opts.limit ?? 100)
     ) as Row[];
@@ -221,7 +226,7 @@ export class JobStore {
    * what they moved and how long QEMU took, the link's measured bandwidth (fleet/predict.ts).
    */
   completedBetween(a: string, b: string, limit: number): { id: string; transferredBytes: number; qemuTotalMs: number }[] {
-    const rows = this.sqlite
+    const rows = this.sql
       .prepare(
         `SELECT id, transferred_bytes, qemu_total_ms, policy FROM migrations
          WHERE state = 'completed' AND mode = 'live' AND ((source = ? AND destination = ?) OR (source = ? AND destination = ?))
@@ -236,7 +241,7 @@ export class JobStore {
   }
 
   activeFor(vm: string): MigrationJson | null {
-    const row = this.sqlite
+    const row = this.sql
       .prepare(`SELECT * FROM migrations WHERE vm = ? AND state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
       .get(vm, ...ACTIVE_STATES) as Row | undefined;
     return row ? this.toJson(row) : null;
@@ -244,7 +249,7 @@ export class JobStore {
 
   listActive(): MigrationJson[] {
     return (
-      this.sqlite
+      this.sql
         .prepare(`SELECT * FROM migrations WHERE state IN (${ACTIVE_STATES.map(() => '?').join(',')})`)
         .all(...ACTIVE_STATES) as Row[]
     ).map((r) => this.toJson(r));
@@ -253,7 +258,7 @@ export class JobStore {
   /** Every job that ended, oldest first (the metrics' history at a start). */
   listFinished(): MigrationJson[] {
     return (
-      this.sqlite
+      this.sql
         .prepare(`SELECT * FROM migrations WHERE state NOT IN (${ACTIVE_STATES.map(() => '?').join(',')}) ORDER BY started_at`)
         .all(...ACTIVE_STATES) as Row[]
     ).map((r) => this.toJson(r));
@@ -271,11 +276,11 @@ export class JobStore {
     // -1: no term is led, so no lease row matches.
     const term = this.term === undefined ? undefined : (this.term() ?? -1);
     const fenced = term === undefined ? '' : ' AND EXISTS (SELECT 1 FROM controller_lease WHERE id = 1 AND term = ?)';
-    const res = this.sqlite
-      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?', TIMELINE_APPEND].join(', ')} WHERE id = ? AND state = ?${fenced}`)
+    const res = this.sql
+      .prepare(`UPDATE migrations SET ${['state = ?', ...p.sets, 'updated_at = ?', timelineAppend(this.d)].join(', ')} WHERE id = ? AND state = ?${fenced}`)
       .run(to, ...p.values, new Date().toISOString(), new Date().toISOString(), to, patch.phase ?? null, id, from, ...(term === undefined ? [] : [term]));
     if (res.changes !== 1 && term !== undefined) {
-      const lease = this.sqlite.prepare('SELECT term FROM controller_lease WHERE id = 1').get() as { term: number } | undefined;
+      const lease = this.sql.prepare('SELECT term FROM controller_lease WHERE id = 1').get() as { term: number } | undefined;
       if (lease?.term !== term) {
         throw new FerryError('FERRY_E_STALE_TERM', `Migration ${id}: this controller's term (${term < 0 ? 'none' : term}) is over (the store is in term ${lease?.term ?? '?'}): it moves no job.`, {
           details: { newestTerm: lease?.term ?? null, requestTerm: term },
@@ -298,9 +303,9 @@ export class JobStore {
     const p = patchSql(patch);
     if (p.sets.length > 0) {
       // A new phase is a step of the timeline; progress samples are not.
-      const sets = [...p.sets, 'updated_at = ?', ...(patch.phase !== undefined ? [TIMELINE_APPEND] : [])];
+      const sets = [...p.sets, 'updated_at = ?', ...(patch.phase !== undefined ? [timelineAppend(this.d)] : [])];
       const now = new Date().toISOString();
-      this.sqlite
+      this.sql
         .prepare(`UPDATE migrations SET ${sets.join(', ')} WHERE id = ?`)
         .run(...p.values, now, ...(patch.phase !== undefined ? [now, null, patch.phase] : []), id);
     }
@@ -314,20 +319,20 @@ export class JobStore {
    * and may land after the job ended, and a late event must not look like progress.
    */
   setPrediction(id: string, prediction: MigrationPrediction): void {
-    this.sqlite.prepare('UPDATE migrations SET prediction = ? WHERE id = ?').run(JSON.stringify(prediction), id);
+    this.sql.prepare('UPDATE migrations SET prediction = ? WHERE id = ?').run(JSON.stringify(prediction), id);
   }
 
   addEscalation(id: string, e: EscalationRecord): void {
-    this.sqlite
-      .prepare(`UPDATE migrations SET escalations = json_insert(escalations, '$[#]', json(?)), updated_at = ? WHERE id = ?`)
+    this.sql
+      .prepare(`UPDATE migrations SET escalations = ${this.d.jsonAppend('escalations', '?')}, updated_at = ? WHERE id = ?`)
       .run(JSON.stringify(e), new Date().toISOString(), id);
     this.listener('migration.escalation', this.mustGet(id));
   }
 
   /** Records one steering action (the user's, or the queue's re-share of a link) and publishes it. */
   addAction(id: string, a: SteeringRecord): MigrationJson {
-    this.sqlite
-      .prepare(`UPDATE migrations SET actions = json_insert(actions, '$[#]', json(?)), updated_at = ? WHERE id = ?`)
+    this.sql
+      .prepare(`UPDATE migrations SET actions = ${this.d.jsonAppend('actions', '?')}, updated_at = ? WHERE id = ?`)
       .run(JSON.stringify(a), new Date().toISOString(), id);
     const job = this.mustGet(id);
     this.listener('migration.steered', job);
@@ -344,17 +349,17 @@ export class JobStore {
     if (job.state === 'postcopy' || job.state === 'switching') {
       throw new FerryError('FERRY_E_VM_STATE', `Migration ${id} is ${job.state}: past the point where it can be cancelled.`);
     }
-    this.sqlite.prepare('UPDATE migrations SET cancel_requested = 1, updated_at = ? WHERE id = ?').run(new Date().toISOString(), id);
+    this.sql.prepare('UPDATE migrations SET cancel_requested = 1, updated_at = ? WHERE id = ?').run(new Date().toISOString(), id);
     return this.mustGet(id);
   }
 
   cancelRequested(id: string): boolean {
-    const r = this.sqlite.prepare('SELECT cancel_requested FROM migrations WHERE id = ?').get(id) as { cancel_requested: number } | undefined;
+    const r = this.sql.prepare('SELECT cancel_requested FROM migrations WHERE id = ?').get(id) as { cancel_requested: number } | undefined;
     return r?.cancel_requested === 1;
   }
 
   prepared<T>(id: string): T | null {
-    const r = this.sqlite.prepare('SELECT prepared FROM migrations WHERE id = ?').get(id) as { prepared: string | null } | undefined;
+    const r = this.sql.prepare('SELECT prepared FROM migrations WHERE id = ?').get(id) as { prepared: string | null } | undefined;
     return r?.prepared ? (JSON.parse(r.prepared) as T) : null;
   }
 }

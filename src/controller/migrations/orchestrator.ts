@@ -143,9 +143,9 @@ export class MigrationOrchestrator {
     this.pollMs = o.pollMs ?? 100;
     this.limits = o.limits ?? DEFAULT_LIMITS;
     this.log = o.log ?? silentLogger();
-    this.pending = new PendingCalls(o.store.sqlite);
-    this.vms = new VmRows(o.store.sqlite);
-    this.jobs = new JobStore(o.store.sqlite, (type, job) => {
+    this.pending = new PendingCalls(o.store.sql);
+    this.vms = new VmRows(o.store.sql);
+    this.jobs = new JobStore(o.store.sql, (type, job) => {
       if (type === 'migration.progress') {
         // Progress is stored every poll, but published at most once a second.
         const last = this.lastProgressEvent.get(job.id) ?? 0;
@@ -167,8 +167,8 @@ export class MigrationOrchestrator {
    */
   async migrate(vmName: string, req: MigrateRequest): Promise<MigrationJson> {
     const { vm, spec, policy } = this.check(vmName, req);
-    const { sqlite } = this.o.store;
-    const job = sqlite.transaction(() => {
+    const { sql } = this.o.store;
+    const job = sql.transaction(() => {
       const placement = this.place(vm, spec, policy, req.to);
       const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why, priority: req.priority ?? 0 });
       if (!this.vms.update(vmName, { state: 'migrating' }, vm.state)) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
@@ -220,8 +220,8 @@ export class MigrationOrchestrator {
     validateName(vmName, 'VM name');
     const policy = resolvePolicy(req);
     if (req.to !== undefined) validateName(req.to, 'host name');
-    const { sqlite } = this.o.store;
-    const vm = sqlite.prepare('SELECT name, host, state, spec FROM vms WHERE name = ?').get(vmName) as VmRow | undefined;
+    const { sql } = this.o.store;
+    const vm = sql.prepare('SELECT name, host, state, spec FROM vms WHERE name = ?').get(vmName) as VmRow | undefined;
     if (!vm) throw new FerryError('FERRY_E_VM_NOT_FOUND', `No VM named ${JSON.stringify(vmName)}: see \`ferry vm list\`.`);
     const active = this.jobs.activeFor(vmName);
     if (active) throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${vmName} is already being migrated (${active.id}).`, { details: { migration: active.id } });
@@ -478,7 +478,7 @@ export class MigrationOrchestrator {
   }
 
   private host(name: string): { client: AgentClient; inventory: HostInventory | null } {
-    const h = this.o.store.sqlite.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
+    const h = this.o.store.sql.prepare('SELECT * FROM hosts WHERE name = ?').get(name) as HostsTable | undefined;
     if (!h) throw new FerryError('FERRY_E_HOST_NOT_FOUND', `Host ${name} is not registered.`);
     return { client: this.o.pool.client(h.name, h.url), inventory: h.inventory ? (JSON.parse(h.inventory) as HostInventory) : null };
   }
@@ -496,7 +496,7 @@ export class MigrationOrchestrator {
    */
   private async startProbe(job: MigrationJson): Promise<DowntimeProbe | null> {
     if (this.o.probe === false) return null;
-    const row = this.o.store.sqlite.prepare('SELECT ip, spec FROM vms WHERE name = ?').get(job.vm) as { ip: string | null; spec: string } | undefined;
+    const row = this.o.store.sql.prepare('SELECT ip, spec FROM vms WHERE name = ?').get(job.vm) as { ip: string | null; spec: string } | undefined;
     if (!row) return null;
     const spec = JSON.parse(row.spec) as VmSpec;
     const ip = probeAddress(row.ip, spec);

@@ -5,7 +5,7 @@
  * discard receipt. Each is retried with backoff until the agent answers; the store row goes only when the
  * call succeeded or the agent said there is nothing left to do.
  */
-import type { Database } from 'better-sqlite3';
+import type { SyncSql } from '../store/sync.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
 
 export const PENDING_ACTIONS = ['discard', 'confirm', 'resume'] as const;
@@ -47,11 +47,11 @@ export function backoffMs(attempts: number): number {
 }
 
 export class PendingCalls {
-  constructor(private readonly sqlite: Database) {}
+  constructor(private readonly sql: SyncSql) {}
 
   add(migration: string, host: string, action: PendingAction, body: PendingCall['body'], error: string): void {
     const now = new Date().toISOString();
-    this.sqlite
+    this.sql
       .prepare(
         `INSERT INTO migration_pending (migration, host, action, body, attempts, next_at, last_error, created_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)
          ON CONFLICT (migration, host, action) DO UPDATE SET body = excluded.body, last_error = excluded.last_error`,
@@ -60,26 +60,26 @@ export class PendingCalls {
   }
 
   due(now = new Date()): PendingCall[] {
-    return (this.sqlite.prepare('SELECT * FROM migration_pending WHERE next_at <= ? ORDER BY next_at').all(now.toISOString()) as Row[]).map(toCall);
+    return (this.sql.prepare('SELECT * FROM migration_pending WHERE next_at <= ? ORDER BY next_at').all(now.toISOString()) as Row[]).map(toCall);
   }
 
 
   /** Is there any call owed to `host` about `vm`? (Reconcile leaves such a copy to the sweeper.) */
   owedTo(host: string, vm: string): boolean {
     return (
-      this.sqlite
+      this.sql
         .prepare('SELECT 1 FROM migration_pending p JOIN migrations m ON m.id = p.migration WHERE p.host = ? AND m.vm = ? LIMIT 1')
         .get(host, vm) !== undefined
     );
   }
 
   done(c: Pick<PendingCall, 'migration' | 'host' | 'action'>): void {
-    this.sqlite.prepare('DELETE FROM migration_pending WHERE migration = ? AND host = ? AND action = ?').run(c.migration, c.host, c.action);
+    this.sql.prepare('DELETE FROM migration_pending WHERE migration = ? AND host = ? AND action = ?').run(c.migration, c.host, c.action);
   }
 
   retryLater(c: PendingCall, error: string): void {
     const attempts = c.attempts + 1;
-    this.sqlite
+    this.sql
       .prepare('UPDATE migration_pending SET attempts = ?, next_at = ?, last_error = ? WHERE migration = ? AND host = ? AND action = ?')
       .run(attempts, new Date(Date.now() + backoffMs(attempts)).toISOString(), error, c.migration, c.host, c.action);
   }

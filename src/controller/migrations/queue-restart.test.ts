@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FakeAgent } from '../../testing/fake-agent.ts';
 import { createController, type Controller } from '../controller.ts';
+import { storesUnderTest } from '../../testing/postgres.ts';
 import { createJoinToken } from '../tokens.ts';
 import { DEFAULT_LIMITS } from './queue.ts';
 import type { MigrationJson } from '../../common/migration.ts';
@@ -37,9 +38,9 @@ async function joinAgent(ctl: Controller, name: string): Promise<FakeAgent> {
   return agent;
 }
 
-test('a queued job survives a controller restart queued, never half-started, and starts when the limit allows', { timeout: 60_000 }, async () => {
+for (const store of storesUnderTest()) test(`a queued job survives a controller restart queued, never half-started, and starts when the limit allows (${store.label})`, { timeout: 60_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-queue-'));
-  const opts = { dataDir: dir, heartbeats: false, probe: false, limits: { ...DEFAULT_LIMITS, maxOutbound: 1 }, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] };
+  const opts = { dataDir: dir, store: await store.location(), heartbeats: false, probe: false, limits: { ...DEFAULT_LIMITS, maxOutbound: 1 }, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] };
   let ctl: Controller | undefined = await createController(opts);
   const agents: FakeAgent[] = [];
   try {

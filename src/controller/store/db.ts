@@ -1,14 +1,15 @@
 /**
  * The controller's store: its tables as Kysely types, and opening it where `--store` says — a SQLite file
  * (WAL, foreign keys on; the default) or a PostgreSQL database (postgres.ts) — with pending schema
- * migrations applied. A SQLite store also exposes the raw better-sqlite3 handle, for the synchronous
- * transactions of the single-controller code paths.
+ * migrations applied. Either kind also has a synchronous handle (sync.ts) for the controller's guarded
+ * transitions; a SQLite store exposes its raw better-sqlite3 handle too.
  */
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database } from 'better-sqlite3';
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import { Kysely, SqliteDialect, type Generated } from 'kysely';
 import { MIGRATIONS } from './migrations.ts';
+import { sqliteSync, type StoreDialect, type SyncSql } from './sync.ts';
 import { pendingMigrations, type Migration } from './versions.ts';
 
 export interface HostsTable {
@@ -97,7 +98,7 @@ export interface ControllerLeaseTable {
   expires_at: number;
 }
 
-export type StoreDialect = 'sqlite' | 'postgres';
+export type { StoreDialect };
 
 /** A store of either kind, through Kysely only: what code that runs on both uses. */
 export interface SqlStore {
@@ -108,7 +109,13 @@ export interface SqlStore {
   close(): Promise<void>;
 }
 
+/** The controller's store: Kysely for code that awaits, and the synchronous handle its transitions use (sync.ts). */
 export interface Store extends SqlStore {
+  readonly sql: SyncSql;
+}
+
+/** A SQLite store, with its raw better-sqlite3 handle (pragmas, bulk loads). */
+export interface SqliteStore extends Store {
   readonly dialect: 'sqlite';
   readonly sqlite: Database;
 }
@@ -163,7 +170,7 @@ export function cachePreparedStatements(sqlite: Database): void {
   }) as typeof sqlite.prepare;
 }
 
-export function openStore(file: string): Store {
+export function openStore(file: string): SqliteStore {
   // SQLite creates the WAL and SHM files with the database file's own mode, so the file is made 0600
   // before SQLite opens it; a store created by an older Ferry (0644 under the usual umask) is fixed too.
   closeSync(openSync(file, 'a', STORE_FILE_MODE));
@@ -180,6 +187,7 @@ export function openStore(file: string): Store {
     db,
     dialect: 'sqlite',
     sqlite,
+    sql: sqliteSync(sqlite),
     applied,
     close: async () => {
       // Kysely's destroy closes the better-sqlite3 handle too.

@@ -1,7 +1,8 @@
 /** Opening the store `ferry server --store` names: which kind, from the location's form, and opening it. */
 import { FerryError } from '../../common/errors.ts';
-import { openStore, type SqlStore } from './db.ts';
+import { openStore, type SqlStore, type Store } from './db.ts';
 import { openPostgresStore } from './postgres.ts';
+import { PostgresSync } from './sync-postgres.ts';
 
 /**
  * Where `ferry server --store` points: `postgres://…` / `postgresql://…` (a libpq URL), `sqlite:PATH`,
@@ -31,3 +32,29 @@ export async function openSqlStore(location: string): Promise<SqlStore> {
   return where.kind === 'sqlite' ? openStore(where.file) : openPostgresStore(where.url);
 }
 
+
+/**
+ * The controller's store at `location`: on PostgreSQL, Kysely's pool and the synchronous handle
+ * (sync-postgres.ts, one more connection) side by side on the same database.
+ */
+export async function openControllerStore(location: string): Promise<Store> {
+  const where = parseStoreLocation(location);
+  if (where.kind === 'sqlite') return openStore(where.file);
+  const store = await openPostgresStore(where.url);
+  const handle = new PostgresSync(where.url);
+  try {
+    handle.prepare('SELECT 1').get();
+  } catch (err) {
+    handle.close();
+    await store.close();
+    throw err;
+  }
+  return {
+    ...store,
+    sql: handle,
+    close: async () => {
+      handle.close();
+      await store.close();
+    },
+  };
+}
