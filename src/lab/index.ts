@@ -497,7 +497,9 @@ async function startServer(state: LabState, timeoutMs: number): Promise<void> {
 }
 
 async function joinToken(state: LabState): Promise<string> {
-  const out = (await runFerry(['server', 'join-token', '--data', state.server.dataDir, '--json'])).trim();
+  const i = (state.serverArgs ?? []).indexOf('--store');
+  const store = i >= 0 ? ['--store', state.serverArgs![i + 1]!] : [];
+  const out = (await runFerry(['server', 'join-token', '--data', state.server.dataDir, ...store, '--json'])).trim();
   // commander may hand `--json` to the parent `server` command; then the token comes as a bare line.
   const token = out.startsWith('{') ? lastJson(out).token : out.split('\n').pop()?.trim();
   if (typeof token !== 'string' || !/^[A-Za-z0-9._~+/=-]{16,}$/.test(token)) {

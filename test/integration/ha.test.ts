@@ -6,9 +6,9 @@
  * whose context lists the dead leader first goes on to the standby; one pointed at the old leader alone,
  * now a follower, has its writes redirected to the leader.
  *
- * The two controllers share the lab's data dir (its CA and controller key, which agents pin) and its SQLite
- * store (WAL, one machine): the controller's own code does not run on PostgreSQL yet (docs/ha.md says
- * what is missing); the lease and the fencing are the same on both stores (store contract suite).
+ * The two controllers share the lab's data dir (its CA and controller key, which agents pin) and one real
+ * PostgreSQL server (Debian's, started for the test on 127.0.0.1: `--store postgres://…`), as controllers on
+ * two machines would share theirs.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -25,10 +25,12 @@ import { pidGone, TestCluster, waitUntil } from '../../src/testing/cluster.ts';
 import { migrateArgs, reachPoint } from '../../src/testing/faults.ts';
 import { checkInvariants } from '../../src/testing/invariants.ts';
 import { createVm, type VmUnderTest } from '../../src/testing/matrix.ts';
+import { startPostgres, type PostgresServer } from '../../src/testing/postgres.ts';
 
 const cluster = new TestCluster('ha');
 let standby: { pid: number; url: string; log: string } | undefined;
 let vm: VmUnderTest;
+let pg: PostgresServer | undefined;
 
 /** The terms a controller's log says it won (`leading in term N`), from byte `from` on. */
 function termsWon(log: string, from = 0): number[] {
@@ -66,9 +68,10 @@ function post(base: string, path: string): Promise<{ status: number; location: s
 
 describe('two controllers, one leader', { timeout: 6 * 60_000 }, () => {
   before(async () => {
-    await cluster.up(2, { serverArgs: ['--ha', '--id', 'c1'] });
+    pg = await startPostgres();
+    await cluster.up(2, { serverArgs: ['--ha', '--id', 'c1', '--store', pg.url] });
     vm = await createVm(cluster, 1);
-    standby = await labStartController(cluster.lab, { id: 'c2', args: ['--ha'], dataRoot: cluster.dataRoot, env: { FERRY_TEST_HOLD_DIR: cluster.holdDir } });
+    standby = await labStartController(cluster.lab, { id: 'c2', args: ['--ha', '--store', pg.url], dataRoot: cluster.dataRoot, env: { FERRY_TEST_HOLD_DIR: cluster.holdDir } });
   });
 
   after(async () => {
@@ -76,6 +79,7 @@ describe('two controllers, one leader', { timeout: 6 * 60_000 }, () => {
       await cluster.down(); // stops the standby too: it runs with the lab's --data
     } finally {
       if (standby !== undefined && !pidGone(standby.pid)) process.kill(standby.pid, 'SIGKILL');
+      await pg?.stop();
     }
   });
 

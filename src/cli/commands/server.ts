@@ -222,7 +222,7 @@ export function registerServer(program: Command): void {
     .option('--max-concurrent <n>', 'migrations in the whole cluster at a time (default 5)')
     .option('--link-capacity <rate>', "each host's migration link, shared by its migrations, e.g. 1G (= 1 GiB/s; 0 = not limited; default 1G)")
     .option('--min-link-share <rate>', 'no migration gets less of a link than this: one more waits (default 64M; 0 = no floor)')
-    .option('--store <location>', 'the store: a SQLite file, PATH or sqlite:PATH (default DATA/ferry.db)')
+    .option('--store <location>', 'the store: a SQLite file, PATH or sqlite:PATH (default DATA/ferry.db), or a PostgreSQL database, postgres://USER@HOST:PORT/DB')
     .option('--ha', 'share the store with other controllers: one leads (lease + term), the others answer reads and redirect writes')
     .option('--id <name>', 'this controller among those sharing the store (with --ha; default random)')
     .option('--san <name>', "a DNS name (or address) clients use for the server, added to its certificate (repeatable)", collect, [])
@@ -240,18 +240,23 @@ export function registerServer(program: Command): void {
     .command('join-token')
     .description('Create a one-time join token directly in the store (no HTTP)')
     .option('--data <dir>', 'data directory of the server')
+    .option('--store <location>', "the server's store, when it is not DATA/ferry.db (as `ferry server --store`)")
     .option('--ttl <duration>', 'validity (default 1h)')
     .option('--json', 'print one JSON document')
     .action(
-      action(async (flags: { data?: string; ttl?: string }) => {
-        // `ferry server --data D join-token` puts `--data` on the parent: accept it there too.
-        const dataDir = flags.data ?? (server.opts() as { data?: string }).data ?? defaultServerDir();
+      action(async (flags: { data?: string; store?: string; ttl?: string }) => {
+        // `ferry server --data D join-token` puts `--data` (and `--store`) on the parent: accept them there too.
+        const parent = server.opts() as { data?: string; store?: string };
+        const dataDir = flags.data ?? parent.data ?? defaultServerDir();
         const { STORE_FILE } = await import('../../controller/controller.ts');
-        const file = join(dataDir, STORE_FILE);
-        if (!existsSync(file)) throw new FerryError('FERRY_E_CONFIG', `No server store in ${dataDir}: start \`ferry server --data ${dataDir}\` once first.`);
-        const { openStore } = await import('../../controller/store/db.ts');
+        const { openControllerStore, parseStoreLocation } = await import('../../controller/store/open.ts');
+        const location = flags.store ?? parent.store ?? join(dataDir, STORE_FILE);
+        const where = parseStoreLocation(location);
+        if (where.kind === 'sqlite' && !existsSync(where.file)) {
+          throw new FerryError('FERRY_E_CONFIG', `No server store in ${dataDir}: start \`ferry server --data ${dataDir}\` once first.`);
+        }
         const { createJoinToken } = await import('../../controller/tokens.ts');
-        const store = openStore(file);
+        const store = await openControllerStore(location);
         try {
           const t = createJoinToken(store, flags.ttl === undefined ? undefined : parseDuration(flags.ttl, '--ttl'));
           return { json: t, human: t.token };
