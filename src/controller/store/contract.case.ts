@@ -10,7 +10,8 @@ import { ACTIVE_STATES } from '../../common/states.ts';
 import { LeaderLease, type LeaseParams } from '../leader.ts';
 import type { SqlStore } from './db.ts';
 import { MIGRATIONS } from './migrations.ts';
-import { openSqlStore } from './open.ts';
+import { openControllerStore, openSqlStore } from './open.ts';
+import { dialectSql, isConstraintError } from './sync.ts';
 
 export interface StoreFactory {
   /** A fresh location for one test (`openSqlStore` opens it, as often as a test wants). */
@@ -184,6 +185,45 @@ export function storeContract(label: string, factory: StoreFactory): void {
       } finally {
         for (const l of leases) await l.stop();
         for (const s of stores) await s.close();
+      }
+    });
+
+    test('the synchronous handle: counts, transactions that commit or roll back, savepoints, constraint errors', async () => {
+      const store = await openControllerStore(await factory.location());
+      try {
+        const q = store.sql;
+        const insert = q.prepare('INSERT INTO hosts (name, url, state, maintenance, inventory, last_seen_at, joined_at) VALUES (?, ?, ?, 0, NULL, NULL, ?)');
+        assert.equal(insert.run('h1', 'https://h1:1', 'ready', now).changes, 1);
+        assert.deepEqual(q.prepare("SELECT name, '?' AS mark, maintenance FROM hosts WHERE name = ?").get('h1'), { name: 'h1', mark: '?', maintenance: 0 }, 'a ? inside quotes is no placeholder');
+        assert.equal(q.prepare('SELECT name FROM hosts WHERE name = ?').get('none'), undefined);
+        assert.throws(() => q.transaction(() => {
+          insert.run('h2', 'https://h2:1', 'ready', now);
+          throw new Error('undo');
+        })(), /undo/);
+        assert.deepEqual(q.prepare('SELECT name FROM hosts ORDER BY name').all(), [{ name: 'h1' }], 'rolled back');
+        q.transaction(() => {
+          insert.run('h2', 'https://h2:1', 'ready', now);
+          assert.throws(() => q.transaction(() => {
+            insert.run('h3', 'https://h3:1', 'ready', now);
+            insert.run('h1', 'https://h1:1', 'ready', now);
+          })(), (err: unknown) => isConstraintError(err), 'a duplicate key is a constraint error');
+        })();
+        assert.deepEqual(q.prepare('SELECT name FROM hosts ORDER BY name').all(), [{ name: 'h1' }, { name: 'h2' }], 'the inner savepoint rolled back, the outer committed');
+        assert.equal(q.prepare("UPDATE hosts SET state = 'unreachable' WHERE state = ?").run('ready').changes, 2);
+        await addVm(store, 'v1', 'h1');
+        const d = dialectSql(q.dialect);
+        q.prepare(`UPDATE vms SET spec = ? WHERE name = ?`).run(JSON.stringify({ memoryBytes: 134217728, vcpus: 2, list: [] }), 'v1');
+        const load = q.prepare(`SELECT ${d.groupConcat('name', ' ')} AS names, SUM(${d.jsonNumber('spec', 'memoryBytes')}) AS "memoryBytes", SUM(${d.jsonNumber('spec', 'vcpus')}) AS vcpus FROM vms GROUP BY host`).get();
+        assert.deepEqual(load, { names: 'v1', memoryBytes: 134217728, vcpus: 2 }, 'numbers out of JSON, summed, under camelCase names');
+        await addVm(store, 'v2', 'h1');
+        q.prepare(`UPDATE vms SET spec = ? WHERE name = ?`).run('[]', 'v2');
+        q.prepare(`UPDATE vms SET spec = ${d.jsonAppend('spec', d.jsonObject([['at', 'CAST(? AS TEXT)'], ['state', 'COALESCE(?, state)']]))} WHERE name = ?`).run(now, null, 'v2');
+        q.prepare(`UPDATE vms SET spec = ${d.jsonAppend('spec', '?')} WHERE name = ?`).run(JSON.stringify({ n: 1 }), 'v2');
+        const spec = (q.prepare('SELECT spec FROM vms WHERE name = ?').get('v2') as { spec: string }).spec;
+        assert.deepEqual(JSON.parse(spec), [{ at: now, state: 'running' }, { n: 1 }], 'appended to a JSON array, in order');
+        assert.deepEqual(JSON.parse((q.prepare(`SELECT ${d.jsonArray([d.jsonObject([['a', "'x'"]])])} AS j`).get() as { j: string }).j), [{ a: 'x' }]);
+      } finally {
+        await store.close();
       }
     });
   });

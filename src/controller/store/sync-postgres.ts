@@ -53,7 +53,7 @@ port.on('message', async (req) => {
     const last = Array.isArray(r) ? r[r.length - 1] : r;
     answer({ id: req.id, rows: (last && last.rows) || [], rowCount: (last && last.rowCount) || 0 });
   } catch (err) {
-    if (client !== null && (err.code === undefined || String(err.code).startsWith('08') || String(err.code).startsWith('57P'))) {
+    if (client !== null && (err.code === undefined || /^E[A-Z]+$/.test(err.code) || String(err.code).startsWith('08') || String(err.code).startsWith('57P'))) {
       const c = client; client = null; c.end().catch(() => {});
     }
     answer({ id: req.id, error: { message: String(err && err.message), code: err && err.code } });
@@ -118,25 +118,45 @@ export class PostgresSync implements SyncSql {
   private call(req: Request): { rows: Record<string, unknown>[]; rowCount: number } {
     if (this.closed) throw new FerryError('FERRY_E_STORE_UNAVAILABLE', 'The PostgreSQL store is closed.');
     const id = this.nextId++;
-    Atomics.store(this.flag, 0, 0);
     this.port.postMessage({ ...req, id });
     const deadline = Date.now() + this.timeoutMs;
     for (;;) {
-      for (let m = receiveMessageOnPort(this.port); m !== undefined; m = receiveMessageOnPort(this.port)) {
-        const reply = m.message as Reply;
-        if (reply.id !== id) continue; // the late answer to a statement that timed out
-        if ('error' in reply) throw new PostgresError(reply.error.message, reply.error.code);
-        return reply;
-      }
-      const left = deadline - Date.now();
-      if (left <= 0 || Atomics.wait(this.flag, 0, 0, left) === 'timed-out') {
-        if (receiveMessageOnPort(this.port) === undefined) {
-          const u = new URL(this.url);
-          throw new FerryError('FERRY_E_STORE_UNAVAILABLE', `The PostgreSQL store at ${u.hostname}:${u.port || 5432} did not answer within ${this.timeoutMs / 1000} s.`);
-        }
-      }
+      // Cleared before the channel is read: an answer posted after the read sets it again, so the wait
+      // below cannot miss it.
       Atomics.store(this.flag, 0, 0);
+      const reply = this.take(id);
+      if (reply !== undefined) return this.answer(reply);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new FerryError('FERRY_E_STORE_UNAVAILABLE', `The PostgreSQL store at ${this.where()} did not answer within ${this.timeoutMs / 1000} s.`);
+      Atomics.wait(this.flag, 0, 0, left);
     }
+  }
+
+  /** The answer to statement `id` if it is in the channel; late answers to earlier statements are dropped. */
+  private take(id: number): Reply | undefined {
+    for (let m = receiveMessageOnPort(this.port); m !== undefined; m = receiveMessageOnPort(this.port)) {
+      const reply = m.message as Reply;
+      if (reply.id === id) return reply;
+    }
+    return undefined;
+  }
+
+  private answer(reply: Reply): { rows: Record<string, unknown>[]; rowCount: number } {
+    if (!('error' in reply)) return reply;
+    const cause = new PostgresError(reply.error.message, reply.error.code);
+    // A socket's error (no code, or Node's ECONNREFUSED and kin: no SQLSTATE class starts with E), class 08
+    // (connection) or 57P (shutdown): the store is away, not the statement wrong.
+    const code = reply.error.code ?? '';
+    if (code === '' || /^E[A-Z]+$/.test(code) || code.startsWith('08') || code.startsWith('57P')) {
+      throw new FerryError('FERRY_E_STORE_UNAVAILABLE', `The PostgreSQL store at ${this.where()} is not reachable: ${reply.error.message}`, { cause });
+    }
+    throw cause;
+  }
+
+  /** Host and port, never the password the URL may hold. */
+  private where(): string {
+    const u = new URL(this.url);
+    return `${u.hostname || 'localhost'}:${u.port || 5432}`;
   }
 
   private text(source: string): string {
