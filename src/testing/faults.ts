@@ -169,7 +169,7 @@ export async function reachPoint(cluster: TestCluster, point: Point, job: string
     async () => {
       const m = await cluster.migration(job);
       if (FINAL_STATES.includes(m.state) || m.state === 'switching') {
-        throw new PointMissed(`job ${job} reached ${m.state} (${m.error?.code ?? 'no error'}) before ${point} was seen`);
+        throw new PointMissed(`job ${job} reached ${m.state} (${m.error ? `${m.error.code}: ${m.error.message}` : 'no error'}) before ${point} was seen`);
       }
       if (point === 'precopy') return m.state === 'transferring' && (m.transferredBytes ?? 0) > 4 << 20 ? m : null;
       return m.state === 'postcopy' ? m : null;

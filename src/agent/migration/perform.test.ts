@@ -4,8 +4,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { QmpClient } from '../../qemu/qmp.ts';
+import { FerryError } from '../../common/errors.ts';
 import { fakeQmp } from '../../testing/fake-qmp.ts';
-import { classifyFailure, parseTcpUri, startPerform } from './perform.ts';
+import { classifyFailure, parseTcpUri, startPerform, whileOneLingers } from './perform.ts';
 import { loadRecord } from './record.ts';
 
 test('QEMU’s failure text says who is to blame', () => {
@@ -29,16 +30,19 @@ test('migration URIs are tcp:HOST:PORT only', () => {
  * The shared fake QMP server (src/testing/fake-qmp.ts) playing a QEMU whose migration stays `active` with the byte
  * counter frozen — what a cut link looks like from the source (docs/qemu.md).
  */
-async function frozenQemu(path: string, opts: { cancellingFor?: number } = {}): Promise<{ commands: string[]; close: () => Promise<void> }> {
+async function frozenQemu(path: string, opts: { cancellingFor?: number; lingeringFor?: number } = {}): Promise<{ commands: string[]; close: () => Promise<void> }> {
   const commands: string[] = [];
+  // `lingeringFor`: QEMU says `cancelled` but refuses that many capability settings (an old migration's
+  // connection completed after its cancel and QEMU is still winding it up).
+  let lingering = opts.lingeringFor ?? 0;
   // `cancellingFor`: the migration before is still being cancelled for that many `query-migrate`s.
   let cancelling = opts.cancellingFor ?? 0;
-  let status = cancelling > 0 ? 'cancelling' : 'none';
+  let status = cancelling > 0 ? 'cancelling' : lingering > 0 ? 'cancelled' : 'none';
   const server = await fakeQmp(
     dirname(path),
     (cmd, conn) => {
       commands.push(cmd.execute);
-      if (cmd.execute === 'migrate-set-capabilities' && status === 'cancelling') {
+      if (cmd.execute === 'migrate-set-capabilities' && (status === 'cancelling' || (lingering > 0 && lingering-- > 0))) {
         conn.error(cmd.id, 'GenericError', "There's a migration process in progress");
         return;
       }
@@ -108,4 +112,32 @@ test('a migration still being cancelled in QEMU is waited for before the next on
     await fake.close();
     await rm(dir, { recursive: true, force: true, maxRetries: 5 });
   }
+});
+
+test('a migration that lingers in QEMU after its cancel is waited for: the capabilities are set once QEMU takes them', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
+  const fake = await frozenQemu(join(dir, 'qmp.sock'), { lingeringFor: 2 });
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    const job = performOn(dir, qmp, 'm3');
+    for (let i = 0; i < 200 && !fake.commands.includes('migrate') && job.view().stage !== 'failed'; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(job.view().stage, 'transferring', JSON.stringify(job.view().error));
+    assert.equal(fake.commands.filter((c) => c === 'migrate-set-capabilities').length, 3, 'refused twice, then taken');
+    await job.cancel();
+  } finally {
+    await qmp.close();
+    await fake.close();
+    await rm(dir, { recursive: true, force: true, maxRetries: 5 });
+  }
+});
+
+test('whileOneLingers: other refusals at once, a lingering migration until the bound', async () => {
+  const inProgress = new FerryError('FERRY_E_QMP_COMMAND', "QEMU refused migrate: There's a migration process in progress");
+  let calls = 0;
+  await assert.rejects(whileOneLingers(() => { calls++; return Promise.reject(new FerryError('FERRY_E_QMP_COMMAND', 'QEMU refused migrate: bad URI')); }, 1_000), /bad URI/);
+  assert.equal(calls, 1, 'not retried');
+  calls = 0;
+  const t0 = Date.now();
+  await assert.rejects(whileOneLingers(() => { calls++; return Promise.reject(inProgress); }, 500), /in progress/);
+  assert.ok(calls >= 2 && Date.now() - t0 >= 500, `retried until the bound (${calls} calls)`);
 });

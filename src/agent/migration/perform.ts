@@ -93,6 +93,28 @@ export function parseTcpUri(uri: string): { host: string; port: number } {
 
 const now = (): string => new Date().toISOString();
 
+/** QEMU's refusal while a migration of this VM is in progress (capabilities, `migrate`). */
+const IN_PROGRESS = /migration process in progress/i;
+
+/**
+ * Runs `command`, and again while QEMU refuses it because a migration is in progress: here that is always
+ * one that ended for Ferry and lingers in QEMU — cancelled while its connection was still being made, that
+ * connection completing later and QEMU running the old migration's last steps — never one Ferry runs
+ * (setup has checked). Bounded by CANCELLING_WAIT_MS; then QEMU's refusal stands.
+ */
+export async function whileOneLingers<T>(command: () => Promise<T>, waitMs = CANCELLING_WAIT_MS): Promise<T> {
+  const until = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await command();
+    } catch (err) {
+      const refused = err instanceof FerryError && err.code === 'FERRY_E_QMP_COMMAND' && IN_PROGRESS.test(err.message);
+      if (!refused || Date.now() >= until) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+}
+
 
 /** A running source-side migration. Create with `startPerform`; read `view()`; `done` settles at the end. */
 export class SourceMigration {
@@ -355,7 +377,7 @@ export class SourceMigration {
     }
     const supported = (await qmp.execute('query-migrate-capabilities')).map((c) => c.capability);
     const caps = negotiateCapabilities(capabilityList(this.caps, 'source'), supported);
-    await qmp.execute('migrate-set-capabilities', { capabilities: caps });
+    await whileOneLingers(() => qmp.execute('migrate-set-capabilities', { capabilities: caps }));
     let tls: { credsId: string; hostname: string } | null = null;
     if (v.tls && identity !== null) {
       const dir = await writeQemuTlsDir(join(vm.runDir, 'migration-tls'), identity);
@@ -406,7 +428,7 @@ export class SourceMigration {
       }
     })();
     try {
-      if (this.opts.resume === undefined) await qmp.execute('migrate', { uri: r.uri });
+      if (this.opts.resume === undefined) await whileOneLingers(() => qmp.execute('migrate', { uri: r.uri }));
       for (;;) {
         const info = await qmp.execute('query-migrate');
         const mirror = this.mirrorsRunning ? await mirrorProgress(qmp, vm.localDiskIds).catch(() => this.lastMirror) : null;
