@@ -32,7 +32,6 @@ export async function openSqlStore(location: string): Promise<SqlStore> {
   return where.kind === 'sqlite' ? openStore(where.file) : openPostgresStore(where.url);
 }
 
-
 /**
  * The controller's store at `location`: on PostgreSQL, Kysely's pool and the synchronous handle
  * (sync-postgres.ts, one more connection) side by side on the same database.
