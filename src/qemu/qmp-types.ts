@@ -553,6 +553,8 @@ export interface QmpCommands {
   'migrate-recover': { args: { uri: string }; ret: Empty };
   'migrate-start-postcopy': { args: NoArgs; ret: Empty };
   'query-migrate': { args: NoArgs; ret: MigrationInfo };
+  /** Instances with yank functions (`{type: 'migration'}` while a migration's connection exists or is being made). */
+  'query-yank': { args: NoArgs; ret: { type: string; id?: string }[] };
   'migrate-set-capabilities': { args: { capabilities: MigrationCapabilityStatus[] }; ret: Empty };
   'query-migrate-capabilities': { args: NoArgs; ret: MigrationCapabilityStatus[] };
   'migrate-set-parameters': { args: MigrationParameters; ret: Empty };

@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { QmpClient } from '../../qemu/qmp.ts';
 import { FerryError } from '../../common/errors.ts';
 import { fakeQmp } from '../../testing/fake-qmp.ts';
-import { classifyFailure, parseTcpUri, startPerform, whileOneLingers } from './perform.ts';
+import { classifyFailure, parseTcpUri, startPerform, waitForLingeringMigration, whileOneLingers } from './perform.ts';
 import { loadRecord } from './record.ts';
 
 test('QEMU’s failure text says who is to blame', () => {
@@ -140,4 +140,39 @@ test('whileOneLingers: other refusals at once, a lingering migration until the b
   const t0 = Date.now();
   await assert.rejects(whileOneLingers(() => { calls++; return Promise.reject(inProgress); }, 500), /in progress/);
   assert.ok(calls >= 2 && Date.now() - t0 >= 500, `retried until the bound (${calls} calls)`);
+});
+
+test('perform waits while QEMU holds a cancelled migration’s yank instance, not for a running one, and gives up with FERRY_E_MIGRATION_ACTIVE', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-yank-'));
+  let heldFor = 3;
+  let status = 'cancelled';
+  let yank = true;
+  const server = await fakeQmp(
+    dir,
+    (cmd, conn) => {
+      if (cmd.execute === 'query-yank') {
+        if (!yank) return conn.error(cmd.id, 'CommandNotFound', 'The command query-yank has not been found');
+        return conn.reply(cmd.id, heldFor-- > 0 ? [{ type: 'chardev', id: 'm' }, { type: 'migration' }] : [{ type: 'chardev', id: 'm' }]);
+      }
+      if (cmd.execute === 'query-migrate') return conn.reply(cmd.id, { status });
+      conn.reply(cmd.id, {});
+    },
+    { path: join(dir, 'qmp.sock') },
+  );
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    await waitForLingeringMigration(qmp, 5_000);
+    assert.ok(heldFor < 0, 'asked until QEMU let go');
+    heldFor = 1_000;
+    status = 'active';
+    await waitForLingeringMigration(qmp, 5_000); // a running one is setup's to refuse: no wait
+    status = 'cancelled';
+    await assert.rejects(waitForLingeringMigration(qmp, 300), (err: unknown) => err instanceof FerryError && err.code === 'FERRY_E_MIGRATION_ACTIVE');
+    yank = false;
+    await waitForLingeringMigration(qmp, 5_000); // a QEMU without query-yank is not waited for
+  } finally {
+    await qmp.close();
+    await server.close();
+    await rm(dir, { recursive: true, force: true, maxRetries: 5 });
+  }
 });

@@ -94,7 +94,37 @@ export function parseTcpUri(uri: string): { host: string; port: number } {
 const now = (): string => new Date().toISOString();
 
 /** QEMU's refusal while a migration of this VM is in progress (capabilities, `migrate`). */
-const IN_PROGRESS = /migration process in progress/i;
+const IN_PROGRESS = /migration process in progress|duplicate yank instance/i;
+/** How long perform waits for QEMU to drop a cancelled migration's connection attempt (the controller's call allows 60 s). */
+const LINGERING_WAIT_MS = 40_000;
+
+/**
+ * Waits, before a new migration starts, while QEMU still holds an earlier one's yank instance: a migration
+ * cancelled while its connection was being made reads `cancelled` at once, but keeps the connection attempt
+ * (and its `migration` yank instance) until the attempt fails — over a cut link, until a SYN retransmit is
+ * answered or the kernel gives up (~2 min) — and `migrate` is refused meanwhile with "duplicate yank
+ * instance" (docs/qemu.md). Called before the source's job starts, so no stall clock runs meanwhile. A QEMU
+ * without `query-yank` is not waited for. Still held after `waitMs`: FERRY_E_MIGRATION_ACTIVE, retryable.
+ */
+export async function waitForLingeringMigration(qmp: QmpClient, waitMs = LINGERING_WAIT_MS): Promise<void> {
+  const until = Date.now() + waitMs;
+  for (;;) {
+    let held: boolean;
+    try {
+      held = (await qmp.execute('query-yank')).some((i) => i.type === 'migration');
+    } catch {
+      return;
+    }
+    if (!held) return;
+    const status = (await qmp.execute('query-migrate')).status ?? 'none';
+    // A migration that really runs is the caller's to refuse (setup checks the status).
+    if (!['none', 'cancelled', 'failed', 'completed'].includes(status)) return;
+    if (Date.now() >= until) {
+      throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `QEMU still holds the connection attempt of a cancelled migration of this VM (status ${status}); it lets go once that attempt fails, within about 2 minutes: try again then.`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
 
 /**
  * Runs `command`, and again while QEMU refuses it because a migration is in progress: here that is always

@@ -50,7 +50,7 @@ import { mountAgentRoutes, type AgentHandlers, type MigrationRouteName } from '.
 import { openColdFile, performCold, prepareCold, receiveColdFile } from './cold.ts';
 import { confirm } from './confirm.ts';
 import { finish } from './finish.ts';
-import { sourceVmOf, startPerform, type SourceMigration } from './perform.ts';
+import { sourceVmOf, startPerform, waitForLingeringMigration, type SourceMigration } from './perform.ts';
 import { recoverIncoming } from './postcopy.ts';
 import { prepare } from './prepare.ts';
 import { loadRecord, validateMigrationId } from './record.ts';
@@ -230,6 +230,7 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
             throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `VM ${request.vm} is being migrated (${j.id}).`);
           }
         }
+        await waitForLingeringMigration(vm.qmp);
         const j = startPerform({ id, agentDir: host.dataDir, vm: sourceVmOf(vm), request, identity: ctx.tls, ...performLog(id, request.vm) });
         jobs.set(id, j);
         return j;
