@@ -203,7 +203,8 @@ export class LocalVm {
         throw new FerryError('FERRY_E_BAD_SPEC', `Disk ${d.id}: its base image ${base} is not on this host.`, { details: { disk: d.id, base } });
       }
     }
-    if (spec.boot.kind === 'kernel') await resolveImage(spec.boot.image); // fails before anything exists
+    // Fails before anything exists; an incoming migration takes the tiny image as it is (resolveImage).
+    const image = spec.boot.kind === 'kernel' ? await resolveImage(spec.boot.image, { rebuild: opts.incoming === undefined }) : undefined;
     if (spec.boot.kind === 'direct') {
       for (const f of [spec.boot.kernel, spec.boot.initrd]) {
         if (f !== undefined && !existsSync(f)) throw new FerryError('FERRY_E_BAD_BOOT', `VM ${spec.name}: ${f} is not on this host.`, { details: { file: f } });
@@ -229,7 +230,7 @@ export class LocalVm {
         }
       }
       if (spec.cloudInit !== undefined) await writeSeedIso(spec, vm.#seedPath());
-      await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, readiness: opts.readiness, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir });
+      await vm.#boot({ readyTimeoutMs: opts.readyTimeoutMs, readiness: opts.readiness, incoming: opts.incoming, tlsCredsDir: opts.tlsCredsDir }, image);
       return vm;
     } catch (err) {
       await vm.#kill();
@@ -472,7 +473,8 @@ export class LocalVm {
     await writeJsonAtomic(join(this.runDir, 'state.json'), this.#state);
   }
 
-  async #boot(opts: StartOptions): Promise<void> {
+  /** `image`: the kernel image resolved already (create), not resolved a second time. */
+  async #boot(opts: StartOptions, image?: { kernel: string; initrd: string }): Promise<void> {
     const files = runFiles(this.runDir);
     const spec = this.#spec;
     const paths: VmPaths = {
@@ -486,7 +488,7 @@ export class LocalVm {
       taps: this.#state.taps,
       ...(spec.cloudInit === undefined ? {} : { seed: this.#seedPath() }),
     };
-    if (spec.boot.kind === 'kernel') Object.assign(paths, await resolveImage(spec.boot.image));
+    if (spec.boot.kind === 'kernel') Object.assign(paths, image ?? (await resolveImage(spec.boot.image)));
     const argv = buildQemuArgv(spec, paths, {
       accel: this.#state.accel,
       ...(opts.incoming ? { incoming: opts.incoming } : {}),

@@ -281,9 +281,11 @@ async function build(dir: string, opts: BuildOptions): Promise<ImageManifest> {
  * The kernel and initrd to boot for an image: `tiny` (built on first use, and brought up to date when its
  * inputs changed: a reused build costs a read of the inputs, ~0.1 s) or an absolute directory that holds
  * `vmlinuz` and `initramfs.gz`. A tiny image that exists is still used when it can't be rebuilt (say, the
- * kernel package was removed from the cache).
+ * kernel package was removed from the cache). `rebuild: false` takes a tiny image that exists as it is,
+ * without reading its inputs: a migration's destination boots nothing (the guest's memory, its running
+ * kernel included, comes from the source), so it does not pay that read while the guest waits.
  */
-export async function resolveImage(image: 'tiny' | string): Promise<{ kernel: string; initrd: string }> {
+export async function resolveImage(image: 'tiny' | string, opts: { rebuild?: boolean } = {}): Promise<{ kernel: string; initrd: string }> {
   if (image !== 'tiny' && !image.startsWith('/')) {
     throw new FerryError('FERRY_E_BAD_INPUT', `Image ${JSON.stringify(image)}: use \`tiny\` or an absolute directory.`);
   }
@@ -291,7 +293,7 @@ export async function resolveImage(image: 'tiny' | string): Promise<{ kernel: st
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initramfs.gz');
   const present = async (): Promise<boolean> => (await exists(kernel)) && (await exists(initrd));
-  if (image === 'tiny') {
+  if (image === 'tiny' && (opts.rebuild !== false || !(await present()))) {
     try {
       await buildTinyImage({ outDir: dir });
     } catch (err) {
