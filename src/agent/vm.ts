@@ -141,6 +141,8 @@ export class LocalVm {
   #spec: VmSpec;
   #state: VmStateFile;
   #qemu: QemuHandle | undefined;
+  /** A boot id asked of the guest in the background (refreshBootIdSoon), that status() waits for. */
+  #bootIdAsked: Promise<void> | undefined;
   /** The readiness watcher of the current boot; aborted when QEMU ends or we let go of it. */
   #watch: AbortController | undefined;
 
@@ -303,6 +305,7 @@ export class LocalVm {
   }
 
   async status(): Promise<VmStatus> {
+    if (this.#bootIdAsked !== undefined) await this.#bootIdAsked;
     let q = this.#live();
     if (q?.qmp.isClosed) {
       // QEMU lives but our QMP connection broke (framing error, timeout): connect again rather than lie.
@@ -409,6 +412,21 @@ export class LocalVm {
    * `timeoutMs` bounds the whole exchange (connect and answer), for callers that must not stall on a
    * guest that is slow or has no ferry-guest.
    */
+  /**
+   * Asks the guest for its boot id in the background (a migration's finish: the guest runs, and the source
+   * is let go meanwhile); status() waits for that answer, so whoever asks next sees it. Never throws.
+   */
+  refreshBootIdSoon(opts: { timeoutMs: number }): void {
+    const p = this.refreshBootId(opts).then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#bootIdAsked = p;
+    void p.finally(() => {
+      if (this.#bootIdAsked === p) this.#bootIdAsked = undefined;
+    });
+  }
+
   async refreshBootId(opts: { timeoutMs?: number } = {}): Promise<string> {
     const deadline = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
     const left = (): { timeoutMs?: number } => (deadline === undefined ? {} : { timeoutMs: Math.max(1, deadline - Date.now()) });

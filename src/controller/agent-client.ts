@@ -6,12 +6,13 @@
  * the cluster CA pinned), the protocol version header on every request and checked on every answer (each
  * agent is sent the newest version both speak, learnt from its answers, and a route newer than the agent's
  * version is never sent: `supports`),
- * timeouts on every call (the table's, unless the caller gives one), the error envelope decoded back into
+ * timeouts on every call (the table's, unless the caller gives one), an `events` route followed with `watch`, the error envelope decoded back into
  * a FerryError in one place (`decodeAgentError`), and network failures as FERRY_E_AGENT_UNREACHABLE.
  */
 import type { Readable } from 'node:stream';
 import { createSecureContext } from 'node:tls';
 import { Agent, request, type Dispatcher } from 'undici';
+import { createParser } from 'eventsource-parser';
 import { Compile } from 'typebox/compile';
 import type { TSchema } from 'typebox';
 import {
@@ -89,8 +90,9 @@ export class AgentPool {
   }
 }
 
-/** The routes `call` serves: JSON and text answers (the file streams have `download`/`upload`, events none). */
+/** The routes `call` serves: JSON and text answers (the file streams have `download`/`upload`, events `watch`). */
 export type CallRouteName = RoutesStreaming<undefined | 'text'>;
+export type EventsRouteName = RoutesStreaming<'events'>;
 export type DownloadRouteName = RoutesStreaming<'download'>;
 export type UploadRouteName = RoutesStreaming<'upload'>;
 
@@ -193,7 +195,7 @@ export class AgentClient {
 
   private async send(
     name: RouteName,
-    init: { params: Record<string, string> | undefined; body: string | Readable | null; headers: Record<string, string>; timeoutMs: number; whole: boolean },
+    init: { params: Record<string, string> | undefined; body: string | Readable | null; headers: Record<string, string>; timeoutMs: number; whole: boolean; signal?: AbortSignal },
   ): Promise<Dispatcher.ResponseData> {
     const def: RouteSpec = AGENT_ROUTES[name];
     const version = requestProtocol(this.peer);
@@ -212,7 +214,7 @@ export class AgentClient {
         body: init.body,
         headersTimeout: init.timeoutMs,
         bodyTimeout: init.timeoutMs,
-        ...(init.whole ? { signal: AbortSignal.timeout(init.timeoutMs) } : {}),
+        ...(init.whole ? { signal: AbortSignal.timeout(init.timeoutMs) } : init.signal === undefined ? {} : { signal: init.signal }),
       });
       this.learn(res);
       return res;
@@ -272,6 +274,45 @@ export class AgentClient {
       whole: true,
     });
     return this.answer(name, res);
+  }
+
+  /**
+   * The values of an `events` route as the agent sends them (server-sent events, each checked against the
+   * route's response schema), until the agent ends the stream or `signal` aborts (then it just ends). The
+   * stream may stay quiet for long: `timeoutMs` bounds the wait for each next event.
+   */
+  async *watch<N extends EventsRouteName>(name: N, input: { params: ParamsOf<N> }, opts: { signal: AbortSignal; timeoutMs: number }): AsyncGenerator<ResponseOf<N>> {
+    const def: RouteSpec = AGENT_ROUTES[name];
+    const res = await this.send(name, {
+      // Params of the table are strings (ids, names); Static<> of a params schema is that record.
+      params: input.params as Record<string, string>,
+      body: null,
+      headers: { accept: 'text/event-stream' },
+      timeoutMs: opts.timeoutMs,
+      whole: false,
+      signal: opts.signal,
+    });
+    if (res.statusCode >= 400) throw decodeAgentError(res.statusCode, await this.text(res), this.what, 'FERRY_E_INTERNAL');
+    const queue: unknown[] = [];
+    const parser = createParser({ onEvent: (m) => queue.push(JSON.parse(m.data)) });
+    const check = checker(def.response);
+    try {
+      this.checkProtocol(res);
+      for await (const chunk of res.body) {
+        parser.feed((chunk as Buffer).toString('utf8'));
+        for (let value = queue.shift(); value !== undefined; value = queue.shift()) {
+          if (!check.Check(value)) throw new FerryError('FERRY_E_AGENT_PROTOCOL', `${this.what} sent an event on ${name} that is not the protocol's.`);
+          // Checked against the route's schema just above.
+          yield value as ResponseOf<N>;
+        }
+      }
+    } catch (err) {
+      if (opts.signal.aborted) return;
+      if (err instanceof FerryError) throw err;
+      throw transportError(err, this.what, 'FERRY_E_AGENT_UNREACHABLE');
+    } finally {
+      res.body.destroy();
+    }
   }
 
   /** A file from a `download` route (the source of a cold migration), as a stream; its error is the agent's. */

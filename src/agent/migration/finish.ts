@@ -136,8 +136,9 @@ export async function finish(o: OutcomeOptions): Promise<AgentMigrationView> {
   await rm(join(vm.runDir, 'migration-tls'), { recursive: true, force: true });
   if (vm.spec.guestChannel || vm.spec.guestAgent === true) {
     // The boot id the guest brought along; best effort and bounded: a guest without ferry-guest, or one
-    // slow to answer, is still migrated, and the migration never waits on it for long.
-    await vm.refreshBootId({ timeoutMs: FINISH_BOOT_ID_TIMEOUT_MS }).catch(() => undefined);
+    // slow to answer, is still migrated. Asked in the background (~90 ms of a guest just resumed under
+    // TCG), while the controller lets the source go; the VM's status waits for the answer.
+    vm.refreshBootIdSoon({ timeoutMs: FINISH_BOOT_ID_TIMEOUT_MS });
   }
   return settle(rec, o.agentDir, 'finished');
 }

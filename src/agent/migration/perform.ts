@@ -165,6 +165,8 @@ export class SourceMigration {
   private phase: AgentPhase = 'setup';
   private phaseSince = performance.now();
   private readonly startedAt = performance.now();
+  /** Who waits for the next change of stage (stageChange). */
+  private readonly stageWaiters = new Set<() => void>();
 
   constructor(opts: PerformOptions) {
     this.opts = opts;
@@ -199,6 +201,23 @@ export class SourceMigration {
 
   view(): AgentMigrationView {
     return structuredClone(this.record.view);
+  }
+
+  /**
+   * Resolves once the stage is no longer `seen` (at once if it changed already), or after `maxMs`: what the
+   * events route waits on, so that a watcher learns of the switch-over the moment QEMU reports it.
+   */
+  stageChange(seen: AgentStage, maxMs: number): Promise<void> {
+    if (this.record.view.stage !== seen) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.stageWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, maxMs);
+      this.stageWaiters.add(done);
+    });
   }
 
   /** Stops the migration; the guest stays here. No effect once QEMU completed the switch-over. */
@@ -308,6 +327,7 @@ export class SourceMigration {
     v.updatedAt = now();
     if (stage === 'completed' || stage === 'failed' || stage === 'cancelled') v.finishedAt = v.updatedAt;
     await saveRecord(this.opts.agentDir, this.record).catch(() => undefined);
+    for (const wake of [...this.stageWaiters]) wake();
   }
 
   /** Logs the end of the phase that ran until `next`, and the end of perform when `next` is final. */

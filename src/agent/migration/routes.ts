@@ -257,7 +257,9 @@ export function migrationHandlers(ctx: Omit<MigrationRoutesContext, 'app'>): Pic
         last = text;
         const ended = FINAL_AGENT_STAGES.includes(v.stage) || v.stage === 'completed' || v.stage === 'failed' || v.stage === 'cancelled';
         if (ended) break;
-        await new Promise((r) => setTimeout(r, 250));
+        // A change of stage is sent at once (the controller hands over on `completed`), figures every 250 ms.
+        const live = jobs.get(id);
+        await (live !== undefined ? live.stageChange(v.stage, 250) : new Promise((r) => setTimeout(r, 250)));
       }
       reply.raw.end();
       return reply;

@@ -104,6 +104,35 @@ const SWEEP_MS = 2000;
 const NEAR_END_POLL_MS = 15;
 
 /** QEMU is about to stop the guest or has stopped it: its ETA is within two polls, or it copies device state. */
+/** A sleep that a change of stage (the source's events) cuts short. */
+class StageWake {
+  #wake: (() => void) | null = null;
+  #fired = false;
+
+  fire(): void {
+    this.#fired = true;
+    this.#wake?.();
+  }
+
+  /** Sleeps `ms`, or less when fire() comes first (or came since the last sleep). */
+  sleep(ms: number): Promise<void> {
+    if (this.#fired) {
+      this.#fired = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#wake = null;
+        this.#fired = false;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+    });
+  }
+}
+
 export function nearSwitchover(v: Pick<AgentMigrationView, 'qemuStatus' | 'progress'>, pollMs: number): boolean {
   if (v.qemuStatus === 'device' || v.qemuStatus === 'pre-switchover') return true;
   const eta = v.progress?.etaMs;
@@ -613,6 +642,35 @@ export class MigrationOrchestrator {
     const job0 = this.jobs.mustGet(id);
     const src = this.host(job0.source);
     const dst = this.host(job0.destination);
+    // The source's events wake the loop the moment its stage changes (QEMU completed: the guest is paused on
+    // both hosts until finish), rather than at the next poll; the poll stays, for figures and as the fallback.
+    const wake = new StageWake();
+    const watching = new AbortController();
+    void this.watchStages(src.client, id, job0.policy.deadlineMs + 60_000, watching.signal, wake);
+    try {
+      return await this.follow(id, src, dst, job0, wake);
+    } finally {
+      watching.abort();
+      wake.fire();
+    }
+  }
+
+  /** Follows the source's stream of views; each change of stage fires `wake`. Ends quietly on any error. */
+  private async watchStages(client: AgentClient, id: string, timeoutMs: number, signal: AbortSignal, wake: StageWake): Promise<void> {
+    let stage: string | null = null;
+    try {
+      for await (const v of client.watch('events', { params: { id } }, { signal, timeoutMs })) {
+        if (v.stage !== stage) {
+          stage = v.stage;
+          wake.fire();
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) this.jlog(id).debug(`events of the source: ${String(err)}`);
+    }
+  }
+
+  private async follow(id: string, src: { client: AgentClient }, dst: { client: AgentClient }, job0: MigrationJson, wake: StageWake): Promise<AgentMigrationView> {
     const t0 = Date.now();
     let lastOk = Date.now();
     let lastTransferred = -1;
@@ -724,7 +782,7 @@ export class MigrationOrchestrator {
           throw new FerryError(step.code, step.reason);
         }
       }
-      await sleep(nearSwitchover(v, this.pollMs) ? NEAR_END_POLL_MS : this.pollMs);
+      await wake.sleep(nearSwitchover(v, this.pollMs) ? NEAR_END_POLL_MS : this.pollMs);
     }
   }
 
@@ -790,12 +848,13 @@ export class MigrationOrchestrator {
         return await this.monitorAndFinish(id, probe);
       }
       if (job.state !== 'switching') job = this.jobs.transition(id, job.state, 'switching', { phase: 'finish', waiting: null });
-      // From here on the destination is the truth.
-      const status = await dst.client.call('getVm', { params: { name: job.vm } }).catch(() => null);
-      this.setVm(job.vm, { host: job.destination, state: status?.state ?? 'running', bootId: status?.bootId ?? null });
+      // From here on the destination is the truth (its guest runs: finish let it).
+      this.setVm(job.vm, { host: job.destination, state: 'running' });
       const switchedAt = Date.now();
       await this.hold(id, 'finish');
       this.jobs.update(id, { phase: 'confirm' });
+      // The destination reads the guest's boot id while the source lets go: asked side by side.
+      const status = dst.client.call('getVm', { params: { name: job.vm } }).catch(() => null);
       await retry(() => src.client.call('confirm', { params: { id }, body: { success: true } }, { timeoutMs: 60_000 }), 3).catch((err: unknown) => {
         // The guest runs on the destination; the source QEMU is paused (post-migrate) and can never resume
         // without a discard receipt, which a destination that ran the guest never gives. Owe the confirm.
@@ -803,6 +862,8 @@ export class MigrationOrchestrator {
         this.pending.add(id, job.source, 'confirm', { success: true }, String(err));
         this.o.events.publish('migration.confirm_failed', id, { host: job.source, error: String(err) });
       });
+      const seen = await status;
+      this.setVm(job.vm, { host: job.destination, state: seen?.state ?? 'running', bootId: seen?.bootId ?? null });
       const endedAt = Date.now();
       await this.hold(id, 'confirm');
       const final = view ?? (await src.client.call('migration', { params: { id } }).catch(() => null));
