@@ -95,7 +95,8 @@ test('the guest channel answers after each hop of a migration there and back, sa
       Date.now() - t0 < 5000,
       `finish took ${Date.now() - t0} ms: its boot-id refresh must be bounded`,
     );
-    assert.equal(prepared.vm.bootId, bootId, `hop ${hop + 1}: finish recorded the boot id over the channel`);
+    // finish reads the boot id in the background; the VM's status waits for that answer.
+    assert.equal((await prepared.vm.status()).bootId, bootId, `hop ${hop + 1}: finish recorded the boot id over the channel`);
     await held.close();
     assert.equal((await confirm({ id, agentDir: from, success: true, vm })).stage, 'confirmed');
     vm = prepared.vm;

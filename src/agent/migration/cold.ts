@@ -19,7 +19,7 @@ import { basePathOf, rebaseOverlay } from '../images.ts';
 import { LocalVm } from '../vm.ts';
 import type { Accel } from '../../qemu/argv.ts';
 import type { QmpClient } from '../../qemu/qmp.ts';
-import { UNLIMITED_BANDWIDTH } from './capabilities.ts';
+import { capabilityList, negotiateCapabilities, NO_CAPABILITIES, UNLIMITED_BANDWIDTH } from './capabilities.ts';
 import { emptyView } from '../../common/agent-migration.ts';
 import { loadRecord, saveRecord, type MigrationRecord } from './record.ts';
 import type { AgentMigrationView, ColdFile, ColdManifest, ColdMode } from '../../common/agent-migration.ts';
@@ -82,6 +82,10 @@ export async function performCold(o: { id: string; agentDir: string; vm: LocalVm
       await qmp.execute('stop');
       // A file needs no TLS and no cap: whatever an earlier live migration left set would only hinder.
       await qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'max-bandwidth': UNLIMITED_BANDWIDTH });
+      // Nor the stream's capabilities: a QEMU that arrived over multifd still has it set, and QEMU refuses
+      // `migrate file:` then ("Migration requires multi-channel URIs").
+      const supported = (await qmp.execute('query-migrate-capabilities')).map((c) => c.capability);
+      await qmp.execute('migrate-set-capabilities', { capabilities: negotiateCapabilities(capabilityList(NO_CAPABILITIES, 'destination'), supported) });
       const uri = `file:${localPath(vm.runDir, STATE_FILE)}`;
       await qmp.execute('migrate', { uri });
       await waitMigration(qmp, o.timeoutMs ?? 120_000);
