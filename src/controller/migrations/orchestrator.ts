@@ -103,7 +103,6 @@ const SWEEP_MS = 2000;
  */
 const NEAR_END_POLL_MS = 15;
 
-/** QEMU is about to stop the guest or has stopped it: its ETA is within two polls, or it copies device state. */
 /** A sleep that a change of stage (the source's events) cuts short. */
 class StageWake {
   #wake: (() => void) | null = null;
@@ -133,6 +132,7 @@ class StageWake {
   }
 }
 
+/** QEMU is about to stop the guest or has stopped it: its ETA is within two polls, or it copies device state. */
 export function nearSwitchover(v: Pick<AgentMigrationView, 'qemuStatus' | 'progress'>, pollMs: number): boolean {
   if (v.qemuStatus === 'device' || v.qemuStatus === 'pre-switchover') return true;
   const eta = v.progress?.etaMs;
