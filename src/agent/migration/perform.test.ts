@@ -96,6 +96,33 @@ test('a frozen stream is the controller\'s to judge: the agent reports it, and i
   }
 });
 
+test('stageChange: a waiter wakes at the change of stage, not at its bound; one that saw an old stage returns at once', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
+  const fake = await frozenQemu(join(dir, 'qmp.sock'));
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    const job = performOn(dir, qmp, 'm0');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(job.view().stage, 'transferring');
+    const t0 = Date.now();
+    const woken = job.stageChange('transferring', 10_000);
+    const bounded = job.stageChange('transferring', 50);
+    await bounded;
+    assert.ok(Date.now() - t0 < 5000, 'the bound ends a wait without a change');
+    await job.cancel();
+    await woken;
+    assert.ok(Date.now() - t0 < 5000, `woken by the cancel's stage, not by the 10-s bound (${Date.now() - t0} ms)`);
+    assert.equal(job.view().stage, 'cancelled');
+    const t1 = Date.now();
+    await job.stageChange('transferring', 10_000);
+    assert.ok(Date.now() - t1 < 1000, 'a stage seen before the change returns at once');
+  } finally {
+    await qmp.close();
+    await fake.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test('a migration still being cancelled in QEMU is waited for before the next one sets its capabilities', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
   const fake = await frozenQemu(join(dir, 'qmp.sock'), { cancellingFor: 3 });
