@@ -129,3 +129,26 @@ test('a heartbeat that brings a new inventory shows in both views at once (the p
     }
   });
 });
+
+test("a host's VMs and free memory follow every change of the store at once (the loads are kept only while it is unchanged)", async () => {
+  await withApp(async ({ ctl, get }) => {
+    seedSyntheticFleet(ctl.store, { hosts: 3, vms: 6 });
+    const host = async (name: string): Promise<HostJson> => (await get(`/api/v1/hosts/${name}`)).json() as HostJson;
+    const page = async (): Promise<HostJson[]> => (await get('/api/v1/hosts?limit=2')).json() as HostJson[];
+    const before = await host('h0001');
+    assert.deepEqual(before.vms, ['vm00001', 'vm00004']);
+    assert.deepEqual((await page())[0]!.vms, before.vms, 'asked twice: the same');
+
+    // A VM placed, one moved, one removed: each shows in the next answer, in the page and the single host.
+    const spec = (ctl.store.sql.prepare("SELECT spec FROM vms WHERE name = 'vm00001'").get() as { spec: string }).spec;
+    const at = new Date().toISOString();
+    ctl.store.sql.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ready, ip, created_at, updated_at) VALUES ('new1', 'h0001', 'creating', ?, NULL, 1, NULL, ?, ?)").run(spec.replace('vm00001', 'new1'), at, at);
+    assert.deepEqual((await host('h0001')).vms, ['new1', 'vm00001', 'vm00004']);
+    const after = (await host('h0001')).freeMemoryBytes;
+    assert.ok(typeof after === 'number' && typeof before.freeMemoryBytes === 'number' && after < before.freeMemoryBytes, `a VM being created takes memory: ${before.freeMemoryBytes} → ${after}`);
+    ctl.store.sql.prepare("UPDATE vms SET host = 'h0002' WHERE name = 'vm00004'").run();
+    assert.deepEqual((await page()).map((h) => h.vms), [['new1', 'vm00001'], ['vm00002', 'vm00004', 'vm00005']]);
+    ctl.store.sql.prepare("DELETE FROM vms WHERE name = 'new1'").run();
+    assert.deepEqual((await host('h0001')).vms, ['vm00001']);
+  });
+});
