@@ -6,7 +6,8 @@
  * (agent-contract.case.ts) holds it to what the real agent answers.
  *
  * Scripted: VMs live in `host.vms`; `host.failCreate` makes the next creates fail; a perform completes after
- * `completeAfterPolls` reads of the source's view; `calls` lists every request (`METHOD /path`).
+ * `completeAfterPolls` reads of the source's view; `onPerform` scripts a source's view as it starts;
+ * `finishHeld` holds finishes back; `calls` lists every request (`METHOD /path`).
  */
 import { createHash } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
@@ -306,6 +307,7 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
         remainingBytes: vm.spec.memoryBytes,
         iterations: 1,
       });
+      agent.onPerform?.(m.view);
       return structuredClone(m.view);
     },
     migration: ({ params }) => {
@@ -383,7 +385,8 @@ export function fakeMigrationHandlers(agent: FakeAgent): Pick<AgentHandlers, Mig
       m.view.runState = 'paused';
       return structuredClone(m.view);
     },
-    finish: ({ params, body }) => {
+    finish: async ({ params, body }) => {
+      if (agent.finishHeld !== null) await agent.finishHeld;
       const m = as(params.id, 'destination');
       const st = m.view.stage;
       if (body.success) {
@@ -514,6 +517,10 @@ export class FakeAgent {
   readonly fence = new TermFence();
   /** How many reads of a source's view a perform takes to complete. */
   completeAfterPolls = 1;
+  /** While set, a finish waits for it before it answers: an answer held up by a cut link. */
+  finishHeld: Promise<void> | null = null;
+  /** Called when a perform starts a migration here, to script the source's view. */
+  onPerform: ((view: AgentMigrationView) => void) | null = null;
   private app: FastifyInstance | undefined;
   port = 0;
 

@@ -91,6 +91,8 @@ export interface OrchestratorOptions {
 const SOURCE_SILENCE_MS = 20_000;
 /** …but after this long the destination is asked whether it already holds the complete guest. */
 const DESTINATION_CHECK_AFTER_MS = 1500;
+/** How long the loop waits for the destination's answer to "run the guest" before it goes on watching. */
+const RUN_ANSWER_WAIT_MS = 500;
 /** How long a stalled post-copy waits for the destination to answer again before it gives up on it. */
 const POSTCOPY_RECOVER_MS = 10 * 60_000;
 /** After a post-copy recovery, how long the stream may stay still before the stall rule looks again. */
@@ -672,6 +674,10 @@ export class MigrationOrchestrator {
     // Post-copy: the destination QEMU waits paused (-S) until told to run the guest, which must be at once.
     let destinationRuns = false;
     let recovered = false;
+    // The call that makes the destination run it goes on beside this loop: when the link is cut while it is in
+    // flight, its answer waits for the link, and the stall rule must go on watching the stream meanwhile.
+    let running: Promise<void> | null = null;
+    let runsAsked = 0; // a recovery asks anew: an answer to an earlier ask does not count
     for (;;) {
       if (this.closed) throw new FerryError('FERRY_E_CONTROLLER_RESTARTED', 'The controller is shutting down.');
       let v: AgentMigrationView;
@@ -698,15 +704,20 @@ export class MigrationOrchestrator {
       // Read each time: `ferry migration set` may have changed the budget.
       const policy = job.policy;
       if (v.postcopyStarted && job.state === 'transferring') job = this.jobs.transition(id, 'transferring', 'postcopy', { qemuStatus: v.qemuStatus });
-      if (v.postcopyStarted && !destinationRuns) {
+      if (v.postcopyStarted && !destinationRuns && running === null) {
         const runs = (d: AgentMigrationView): boolean => d.stage === 'postcopy' || d.stage === 'finished';
         const finish = () => dst.client.call('finish', { params: { id }, body: { success: true } }, { timeoutMs: 30_000 }).then(runs);
         // After a recovery, ask first: a finish on a destination that already runs the guest waits there for
-        // the last page, and this loop must keep watching meanwhile. The first time, finish at once (the
-        // guest is paused on both hosts until it runs).
-        destinationRuns = await (recovered ? dst.client.call('migration', { params: { id } }, { timeoutMs: 10_000 }).then((d) => runs(d) || finish()) : finish()).catch(
-          (e: unknown) => (this.jlog(id).warn(`post-copy run on ${job0.destination}: ${String(e)}`), false),
-        );
+        // the last page. The first time, finish at once (the guest is paused on both hosts until it runs).
+        const ask = ++runsAsked;
+        running = (recovered ? dst.client.call('migration', { params: { id } }, { timeoutMs: 10_000 }).then((d) => runs(d) || finish()) : finish())
+          .catch((e: unknown) => (this.jlog(id).warn(`post-copy run on ${job0.destination}: ${String(e)}`), false))
+          .then((ok) => {
+            if (ask === runsAsked) destinationRuns = ok;
+            running = null;
+          });
+        // Most answers come in a few milliseconds: wait that long, so that the usual case reads as before.
+        await Promise.race([running, sleep(RUN_ANSWER_WAIT_MS)]);
       }
       this.jobs.update(id, {
         qemuStatus: v.qemuStatus,
@@ -715,7 +726,11 @@ export class MigrationOrchestrator {
         iterations: v.iterations,
         tuning: { bandwidthBytesPerSec: v.bandwidthBytesPerSec ?? job.tuning?.bandwidthBytesPerSec ?? null, downtimeLimitMs: v.downtimeLimitMs },
       });
-      if (v.stage === 'completed') return v;
+      if (v.stage === 'completed') {
+        // The stream completed, so the destination is reachable: let its run call answer before finish is asked.
+        if (running !== null) await running;
+        return v;
+      }
       if (v.stage === 'failed' || v.stage === 'cancelled' || v.stage === 'resumed') {
         const code: ErrorCode = v.stage === 'cancelled' && !v.error ? 'FERRY_E_MIGRATION_CANCELLED' : isErrorCode(v.error?.code) ? v.error.code : 'FERRY_E_MIGRATION_FAILED';
         throw new FerryError(code, v.error?.message ?? `The source reports the migration ${v.stage}.`);
@@ -766,6 +781,7 @@ export class MigrationOrchestrator {
           // timeout shorter than that handshake (a loaded host) must not break every recovery in turn.
           lastProgressAt = Date.now() + Math.max(0, POSTCOPY_RESUME_GRACE_MS - policy.stallTimeoutMs);
           destinationRuns = false; // ask again: a restarted destination must run
+          runsAsked++;
           recovered = true;
         } else {
           await src.client.call('cancel', { params: { id } }).catch(() => {});

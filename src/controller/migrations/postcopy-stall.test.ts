@@ -1,0 +1,84 @@
+/**
+ * Post-copy with the link cut while the destination is being told to run the guest, against fake agents at
+ * the wire: that call's answer is held up (as a cut link holds it), and the stall rule must still see the
+ * stream stand still and recover it, instead of waiting on the answer until TCP brings it back.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FakeAgent } from '../../testing/fake-agent.ts';
+import { createController, type Controller } from '../controller.ts';
+import { createJoinToken } from '../tokens.ts';
+import { FINAL_STATES } from '../../common/states.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until<T>(what: string, fn: () => T | null, ms = 10_000): Promise<T> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(20)) {
+    const v = fn();
+    if (v !== null) return v;
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+async function joinAgent(ctl: Controller, name: string): Promise<FakeAgent> {
+  const agent = new FakeAgent({ name });
+  const boot = await ctl.ca.issueAgentCert(name, ['127.0.0.1']);
+  await agent.start({ caPem: ctl.ca.caCertPem, ...boot, controllerPin: ctl.ca.controllerPin });
+  const port = agent.port;
+  await agent.stop();
+  const { token } = createJoinToken(ctl.store);
+  const j = await ctl.hosts.join({ token, name, agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
+  await agent.start({ caPem: j.caCertPem, certPem: j.certPem, keyPem: j.keyPem, controllerPin: j.controllerPin }, port);
+  await ctl.hosts.poll(name);
+  return agent;
+}
+
+test('post-copy stalls while the destination\'s answer to "run" is held up: recovered meanwhile, then completed', { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-pcstall-'));
+  let ctl: Controller | undefined;
+  const agents: FakeAgent[] = [];
+  let release = (): void => {};
+  try {
+    ctl = await createController({ dataDir: dir, heartbeats: false, probe: false, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] });
+    agents.push(await joinAgent(ctl, 'h1'), await joinAgent(ctl, 'h2'));
+    const [h1, h2] = agents as [FakeAgent, FakeAgent];
+    await ctl.vms.create({ name: 'v1', memory: '128M', host: 'h1' });
+    h1.completeAfterPolls = Number.POSITIVE_INFINITY;
+    // The first pass is done at once (post-copy `always` switches), and then nothing moves: the link is cut.
+    h1.onPerform = (v) => {
+      v.iterations = 2;
+      v.transferredBytes = 64 << 20;
+      const incoming = h2.migrations.get(v.id);
+      if (incoming) incoming.view.postcopyStarted = true;
+    };
+    h2.finishHeld = new Promise<void>((r) => (release = r));
+    const c = ctl;
+    const m = await c.migrations.migrate('v1', { to: 'h2', storage: 'shared', postcopy: 'always', stallTimeout: '1s' });
+    await until('post-copy', () => (c.migrations.jobs.mustGet(m.id).state === 'postcopy' ? true : null));
+    await until('the destination asked to run the guest', () => (h2.calls.some((x) => x === `POST /agent/v1/migrations/${m.id}/finish`) ? true : null));
+    const recovered = await until('a recovery while the answer is held up', () => {
+      const j = c.migrations.jobs.mustGet(m.id);
+      return j.escalations.some((e) => e.step.kind === 'postcopy-recover') ? j : null;
+    });
+    assert.equal(recovered.state, 'postcopy', 'not aborted: post-copy cannot be cancelled');
+    assert.ok(h1.calls.includes(`POST /agent/v1/migrations/${m.id}/postcopy-pause`), `the source's stream broken first: ${h1.calls.join(', ')}`);
+    assert.ok(h1.calls.includes(`POST /agent/v1/migrations/${m.id}/postcopy-resume`), 'and resumed towards the destination');
+    // The link is back: the held answer arrives, the rest of the pages arrive, the job rolls forward.
+    release();
+    h1.completeAfterPolls = 0;
+    const end = await until('the end', () => {
+      const j = c.migrations.jobs.mustGet(m.id);
+      return FINAL_STATES.includes(j.state) ? j : null;
+    });
+    assert.equal(end.state, 'completed', JSON.stringify(end.error));
+    assert.equal(c.vms.get('v1').host, 'h2');
+  } finally {
+    release();
+    await ctl?.close();
+    for (const a of agents) await a.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
