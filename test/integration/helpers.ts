@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { MigrationJson } from '../../src/common/migration.ts';
@@ -54,9 +54,17 @@ export class LabHarness {
     this.env = { ...process.env, FERRY_LAB_DIR: this.dataRoot, FERRY_CONFIG: join(this.root, 'config.json') };
   }
 
-  /** Removes the lab and the temporary folder, even after a failure; prints what the tests measured. */
+  /**
+   * Removes the lab and the temporary folder, even after a failure; prints what the tests measured. With
+   * FERRY_TEST_LOGS=DIR the lab's logs (controller, agents) are copied to DIR/<lab>/ first, to read after a failure.
+   */
   async down(measured: readonly string[] = []): Promise<void> {
     try {
+      const keep = process.env.FERRY_TEST_LOGS;
+      if (keep) {
+        const from = join(this.dataRoot, this.lab);
+        if (existsSync(from)) cpSync(from, join(keep, this.lab), { recursive: true, filter: (f) => !/\.(qcow2|img|raw|sock)$/.test(f) });
+      }
       await labDown({ name: this.lab, dataRoot: this.dataRoot });
     } finally {
       rmSync(this.root, { recursive: true, force: true });
