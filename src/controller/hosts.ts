@@ -143,7 +143,7 @@ export class HostRegistry {
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly inventories = new Map<string, ParsedInventory>();
   /** VM loads and names per range of host names, while the store is unchanged (vmsOf). Shared: read-only. */
-  private vmsCache: { state: string; pages: Map<string, { loads: Map<string, HostLoad>; names: Map<string, string[]> }> } = { state: '', pages: new Map() };
+  private vmsCache: { generation: number; pages: Map<string, { loads: Map<string, HostLoad>; names: Map<string, string[]> }> } = { generation: -1, pages: new Map() };
   /** Hosts that missed heartbeats: the earliest time (Date.now()) a round asks them again. */
   private readonly notBefore = new Map<string, number>();
   /** The VMs each host last reported running (a foreign copy is removed only while its owner runs it). */
@@ -257,28 +257,22 @@ export class HostRegistry {
    * SQLite from the index vms_host_load (store/migrations.ts), which holds each VM's memory and vCPUs.
    */
   private vmsOf(range: { first: string; last: string }): { loads: Map<string, HostLoad>; names: Map<string, string[]> } {
-    // SQLite: the answer is kept while the database is unchanged — no commit by another connection
-    // (`data_version`) and no row changed by this one (`total_changes()`). PostgreSQL may be written by
-    // other controllers unseen: asked every time.
-    const state = this.storeState();
+    // The answer is kept while the VMs' generation stays the same: the database raises it on every change of a
+    // VM's name, host, state or spec, by whichever controller (store/migrations.ts, version 12). One read of one
+    // row; the heartbeats' writes to the hosts table leave it alone.
+    const generation = this.vmsGeneration();
     const key = `${range.first} ${range.last}`;
-    if (state !== null) {
-      if (state !== this.vmsCache.state) this.vmsCache = { state, pages: new Map() };
-      const known = this.vmsCache.pages.get(key);
-      if (known !== undefined) return known;
-    }
+    if (generation !== this.vmsCache.generation) this.vmsCache = { generation, pages: new Map() };
+    const known = this.vmsCache.pages.get(key);
+    if (known !== undefined) return known;
     const answer = this.readVmsOf(range);
-    if (state !== null && this.vmsCache.pages.size < VMS_CACHE_PAGES) this.vmsCache.pages.set(key, answer);
+    if (this.vmsCache.pages.size < VMS_CACHE_PAGES) this.vmsCache.pages.set(key, answer);
     return answer;
   }
 
-  /** A token that changes whenever the SQLite database may have (null: not known, PostgreSQL). */
-  private storeState(): string | null {
-    const { sql } = this.o.store;
-    if (sql.dialect !== 'sqlite') return null;
-    const dv = sql.prepare('PRAGMA data_version').get() as { data_version: number };
-    const tc = sql.prepare('SELECT total_changes() AS n').get() as { n: number };
-    return `${dv.data_version}/${tc.n}`;
+  private vmsGeneration(): number {
+    const row = this.o.store.sql.prepare("SELECT n FROM store_generation WHERE name = 'vms'").get() as { n: number | string };
+    return Number(row.n);
   }
 
   private readVmsOf(range: { first: string; last: string }): { loads: Map<string, HostLoad>; names: Map<string, string[]> } {

@@ -188,6 +188,41 @@ export function storeContract(label: string, factory: StoreFactory): void {
       }
     });
 
+    test("the VMs' generation rises with each change of a VM a host list shows, and with nothing else", async () => {
+      const store = await openControllerStore(await factory.location());
+      try {
+        const q = store.sql;
+        const gen = (): number => Number((q.prepare("SELECT n FROM store_generation WHERE name = 'vms'").get() as { n: number | string }).n);
+        await addHost(store, 'h1');
+        await addHost(store, 'h2');
+        let last = gen();
+        const rises = (what: string, change: () => unknown): void => {
+          change();
+          const now = gen();
+          assert.ok(now > last, `${what}: ${last} → ${now}`);
+          last = now;
+        };
+        const stays = (what: string, change: () => unknown): void => {
+          change();
+          assert.equal(gen(), last, what);
+        };
+        rises('a VM placed', () => q.prepare("INSERT INTO vms (name, host, state, spec, boot_id, ready, ip, created_at, updated_at) VALUES ('v1', 'h1', 'creating', '{}', NULL, 0, NULL, ?, ?)").run(now, now));
+        rises('its state', () => q.prepare("UPDATE vms SET state = 'running' WHERE name = 'v1'").run());
+        rises('moved', () => q.prepare("UPDATE vms SET host = 'h2' WHERE name = 'v1'").run());
+        rises('its spec', () => q.prepare('UPDATE vms SET spec = ? WHERE name = ?').run('{"memoryBytes":1}', 'v1'));
+        stays('its boot id and readiness', () => q.prepare("UPDATE vms SET boot_id = 'b', ready = 1, updated_at = ? WHERE name = 'v1'").run(now));
+        stays('the same host written again', () => q.prepare("UPDATE vms SET host = 'h2', state = 'running' WHERE name = 'v1'").run());
+        stays("a host's heartbeat", () => q.prepare("UPDATE hosts SET last_seen_at = ?, state = 'ready' WHERE name = 'h1'").run(now));
+        stays('a transaction rolled back', () => assert.throws(() => q.transaction(() => {
+          q.prepare("UPDATE vms SET host = 'h1' WHERE name = 'v1'").run();
+          throw new Error('undo');
+        })(), /undo/));
+        rises('removed', () => q.prepare("DELETE FROM vms WHERE name = 'v1'").run());
+      } finally {
+        await store.close();
+      }
+    });
+
     test('the synchronous handle: counts, transactions that commit or roll back, savepoints, constraint errors', async () => {
       const store = await openControllerStore(await factory.location());
       try {

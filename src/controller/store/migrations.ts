@@ -120,4 +120,33 @@ export const MIGRATIONS: readonly Migration[] = [
     sql: "CREATE INDEX vms_host_load ON vms(host, name, state, json_extract(spec, '$.memoryBytes'), json_extract(spec, '$.vcpus'))",
     postgres: "CREATE INDEX vms_host_load ON vms (host, name, state, ((spec::jsonb->>'memoryBytes')), ((spec::jsonb->>'vcpus')))",
   },
+  {
+    version: 12,
+    name: 'vms generation',
+    // A number that every change of a VM's row that a host list shows (its host, name, state, spec) raises,
+    // kept by the database itself, so that host lists may keep VM loads while it stays the same — also
+    // across controllers on one PostgreSQL. Heartbeats write the hosts table, not this.
+    sql: `CREATE TABLE store_generation (
+        name TEXT PRIMARY KEY,
+        n    INTEGER NOT NULL
+      ) STRICT;
+      INSERT INTO store_generation (name, n) VALUES ('vms', 0);
+      CREATE TRIGGER vms_generation_insert AFTER INSERT ON vms
+        BEGIN UPDATE store_generation SET n = n + 1 WHERE name = 'vms'; END;
+      CREATE TRIGGER vms_generation_delete AFTER DELETE ON vms
+        BEGIN UPDATE store_generation SET n = n + 1 WHERE name = 'vms'; END;
+      CREATE TRIGGER vms_generation_update AFTER UPDATE OF name, host, state, spec ON vms
+        WHEN OLD.name IS NOT NEW.name OR OLD.host IS NOT NEW.host OR OLD.state IS NOT NEW.state OR OLD.spec IS NOT NEW.spec
+        BEGIN UPDATE store_generation SET n = n + 1 WHERE name = 'vms'; END`,
+    postgres: [
+      'CREATE TABLE store_generation (name TEXT PRIMARY KEY, n BIGINT NOT NULL)',
+      "INSERT INTO store_generation (name, n) VALUES ('vms', 0)",
+      `CREATE FUNCTION vms_generation_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE store_generation SET n = n + 1 WHERE name = 'vms'; RETURN NULL; END $$`,
+      'CREATE TRIGGER vms_generation_change AFTER INSERT OR DELETE ON vms FOR EACH STATEMENT EXECUTE FUNCTION vms_generation_bump()',
+      `CREATE TRIGGER vms_generation_update AFTER UPDATE OF name, host, state, spec ON vms FOR EACH ROW
+        WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.host IS DISTINCT FROM NEW.host OR OLD.state IS DISTINCT FROM NEW.state OR OLD.spec IS DISTINCT FROM NEW.spec)
+        EXECUTE FUNCTION vms_generation_bump()`,
+    ],
+  },
 ];

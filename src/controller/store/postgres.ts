@@ -33,7 +33,7 @@ export async function migratePostgres(db: Kysely<DB>, migrations: readonly Migra
       const rows = await sql<{ version: number }>`SELECT version FROM schema_migrations`.execute(tx);
       const m = pendingMigrations(new Set(rows.rows.map((r) => r.version)), migrations)[0];
       if (m === undefined) return undefined;
-      for (const statement of postgresStatements(m.postgres ?? m.sql)) await sql.raw(statement).execute(tx);
+      for (const statement of typeof m.postgres === 'object' ? m.postgres : postgresStatements(m.postgres ?? m.sql)) await sql.raw(statement).execute(tx);
       await sql`INSERT INTO schema_migrations (version, name, applied_at) VALUES (${m.version}, ${m.name}, ${new Date().toISOString()})`.execute(tx);
       return m.version;
     });

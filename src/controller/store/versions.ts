@@ -10,8 +10,11 @@ export interface Migration {
   readonly name: string;
   /** SQLite's DDL (STRICT tables, `;` between statements, none inside a literal). */
   readonly sql: string;
-  /** PostgreSQL's text of the step, where SQLite's does not translate (expressions over a spec's JSON). */
-  readonly postgres?: string;
+  /**
+   * PostgreSQL's text of the step, where SQLite's does not translate (expressions over a spec's JSON); a list
+   * is run statement by statement as written (a function body holds `;`).
+   */
+  readonly postgres?: string | readonly string[];
 }
 
 /** The steps not yet in `done`, in order; a store written by a newer Ferry is refused. */
