@@ -4,6 +4,8 @@
  * size (`ferry bench api`, BENCHMARKS.md) without a thousand agents. Never used on a real cluster: the hosts'
  * URLs point at a closed port on loopback, so a heartbeat finds them unreachable at once.
  */
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import type { HostInventory } from '../../common/protocol.ts';
 import { defaultVmSpec, MIB } from '../../common/spec.ts';
 import { nowIso, type Store } from '../store/db.ts';
@@ -59,3 +61,48 @@ export function seedSyntheticFleet(store: Store, opts: { hosts: number; vms: num
     }
   })();
 }
+
+/**
+ * What a live fleet's heartbeats write, without the agents: each synthetic host's row rewritten as a
+ * successful heartbeat rewrites it (state, inventory, last_seen_at; hosts.ts), `perSecond` rows a second
+ * round-robin, each its own commit, from a second connection in a worker thread so that the writes do not
+ * share an event loop with whoever measures. SQLite stores only (the bench's). `stop` says how many it wrote.
+ */
+export function startSyntheticHeartbeats(file: string, opts: { hosts: number; perSecond: number }): { stop(): Promise<number> } {
+  const sqlitePath = createRequire(import.meta.url).resolve('better-sqlite3');
+  const worker = new Worker(HEARTBEAT_WORKER, { eval: true, workerData: { file, sqlitePath, ...opts, names: Array.from({ length: opts.hosts }, (_, i) => syntheticHostName(i)) } });
+  let written = 0;
+  worker.on('message', (n: number) => (written = n));
+  return {
+    stop: async () => {
+      worker.postMessage('stop');
+      await new Promise((r) => worker.once('exit', r));
+      return written;
+    },
+  };
+}
+
+// Plain JavaScript: a worker evaluated from text runs outside the bundle and the TypeScript loader.
+const HEARTBEAT_WORKER = `
+const { parentPort, workerData: w } = require('node:worker_threads');
+const db = new (require(w.sqlitePath))(w.file);
+db.pragma('busy_timeout = 5000');
+const write = db.prepare("UPDATE hosts SET state = 'ready', inventory = inventory, last_seen_at = ? WHERE name = ?");
+const tickMs = 20;
+let next = 0, written = 0, owed = 0;
+const timer = setInterval(() => {
+  owed += (w.perSecond * tickMs) / 1000;
+  const at = new Date().toISOString();
+  for (; owed >= 1; owed--) {
+    write.run(at, w.names[next]);
+    next = (next + 1) % w.names.length;
+    written++;
+  }
+}, tickMs);
+parentPort.on('message', () => {
+  clearInterval(timer);
+  db.close();
+  parentPort.postMessage(written);
+  parentPort.close();
+});
+`;
