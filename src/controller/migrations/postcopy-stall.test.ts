@@ -64,8 +64,12 @@ test('post-copy stalls while the destination\'s answer to "run" is held up: reco
       return j.escalations.some((e) => e.step.kind === 'postcopy-recover') ? j : null;
     });
     assert.equal(recovered.state, 'postcopy', 'not aborted: post-copy cannot be cancelled');
-    assert.ok(h1.calls.includes(`POST /agent/v1/migrations/${m.id}/postcopy-pause`), `the source's stream broken first: ${h1.calls.join(', ')}`);
-    assert.ok(h1.calls.includes(`POST /agent/v1/migrations/${m.id}/postcopy-resume`), 'and resumed towards the destination');
+    // The escalation is recorded first, then carried out: the source's stream broken, then resumed.
+    const route = (r: string) => `POST /agent/v1/migrations/${m.id}/${r}`;
+    await until('the source resumed towards the destination', () => (h1.calls.includes(route('postcopy-resume')) ? true : null));
+    assert.ok(h1.calls.indexOf(route('postcopy-pause')) >= 0 && h1.calls.indexOf(route('postcopy-pause')) < h1.calls.indexOf(route('postcopy-resume')), `paused first: ${h1.calls.join(', ')}`);
+    assert.ok(h2.calls.includes(route('recover')), 'the destination asked to listen again');
+    assert.ok(!h2.calls.slice(h2.calls.indexOf(route('finish')) + 1).includes(route('finish')), 'the held finish was not asked again meanwhile');
     // The link is back: the held answer arrives, the rest of the pages arrive, the job rolls forward.
     release();
     h1.completeAfterPolls = 0;
