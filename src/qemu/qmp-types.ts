@@ -555,6 +555,8 @@ export interface QmpCommands {
   'query-migrate': { args: NoArgs; ret: MigrationInfo };
   /** Instances with yank functions (`{type: 'migration'}` while a migration's connection exists or is being made). */
   'query-yank': { args: NoArgs; ret: { type: string; id?: string }[] };
+  /** Shuts down the channels of the instances at once (for migration: the main one and every multifd one). */
+  yank: { args: { instances: ({ type: 'migration' } | { type: 'chardev'; id: string } | { type: 'block-node'; 'node-name': string })[] }; ret: Empty };
   'migrate-set-capabilities': { args: { capabilities: MigrationCapabilityStatus[] }; ret: Empty };
   'query-migrate-capabilities': { args: NoArgs; ret: MigrationCapabilityStatus[] };
   'migrate-set-parameters': { args: MigrationParameters; ret: Empty };

@@ -30,7 +30,7 @@ test('migration URIs are tcp:HOST:PORT only', () => {
  * The shared fake QMP server (src/testing/fake-qmp.ts) playing a QEMU whose migration stays `active` with the byte
  * counter frozen — what a cut link looks like from the source (docs/qemu.md).
  */
-async function frozenQemu(path: string, opts: { cancellingFor?: number; lingeringFor?: number } = {}): Promise<{ commands: string[]; close: () => Promise<void> }> {
+async function frozenQemu(path: string, opts: { cancellingFor?: number; lingeringFor?: number; cancelHangs?: boolean } = {}): Promise<{ commands: string[]; close: () => Promise<void> }> {
   const commands: string[] = [];
   // `lingeringFor`: QEMU says `cancelled` but refuses that many capability settings (an old migration's
   // connection completed after its cancel and QEMU is still winding it up).
@@ -46,12 +46,14 @@ async function frozenQemu(path: string, opts: { cancellingFor?: number; lingerin
         conn.error(cmd.id, 'GenericError', "There's a migration process in progress");
         return;
       }
-      if (cmd.execute === 'query-migrate' && status === 'cancelling' && --cancelling === 0) status = 'cancelled';
+      if (cmd.execute === 'query-migrate' && status === 'cancelling' && !opts.cancelHangs && --cancelling === 0) status = 'cancelled';
       let ret: unknown = {};
       if (cmd.execute === 'query-status') ret = { running: true, status: 'running' };
       if (cmd.execute === 'query-migrate-capabilities') ret = [{ capability: 'events', state: false }, { capability: 'postcopy-ram', state: false }, { capability: 'multifd', state: false }, { capability: 'xbzrle', state: false }, { capability: 'auto-converge', state: false }];
       if (cmd.execute === 'migrate') status = 'active';
-      if (cmd.execute === 'migrate_cancel') status = 'cancelled';
+      // `cancelHangs`: multifd channels blocked on a cut link keep the migration `cancelling` until yanked.
+      if (cmd.execute === 'migrate_cancel') status = opts.cancelHangs ? 'cancelling' : 'cancelled';
+      if (cmd.execute === 'yank') status = 'cancelled';
       if (cmd.execute === 'query-migrate') {
         ret = status === 'none' ? {} : { status, 'total-time': 1, ram: { transferred: 1000, remaining: 5000, total: 6000, 'dirty-sync-count': 1 } };
       }
@@ -89,6 +91,25 @@ test('a frozen stream is the controller\'s to judge: the agent reports it, and i
     assert.equal(end.error?.code, 'FERRY_E_MIGRATION_CANCELLED');
     assert.ok(fake.commands.includes('migrate_cancel'));
     assert.equal((await loadRecord(dir, 'm1'))?.view.stage, 'cancelled', 'the record survives the agent');
+  } finally {
+    await qmp.close();
+    await fake.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a cancel that QEMU does not carry out (multifd channels stuck on a cut link) yanks the channels, and ends', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-perform-'));
+  const fake = await frozenQemu(join(dir, 'qmp.sock'), { cancelHangs: true });
+  const qmp = await QmpClient.connect(join(dir, 'qmp.sock'));
+  try {
+    const job = performOn(dir, qmp, 'm4');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(job.view().stage, 'transferring');
+    const end = await job.cancel();
+    assert.equal(end.stage, 'cancelled');
+    const cancelAt = fake.commands.indexOf('migrate_cancel');
+    assert.ok(cancelAt >= 0 && fake.commands.indexOf('yank') > cancelAt, `migrate_cancel first, then yank: ${fake.commands.join(' ')}`);
   } finally {
     await qmp.close();
     await fake.close();

@@ -94,6 +94,8 @@ export function parseTcpUri(uri: string): { host: string; port: number } {
 const now = (): string => new Date().toISOString();
 
 /** QEMU's refusal while a migration of this VM is in progress (capabilities, `migrate`). */
+/** How long a cancel waits for QEMU before it shuts the migration's channels down itself. */
+const CANCEL_YANK_AFTER_MS = 1000;
 const IN_PROGRESS = /migration process in progress|duplicate yank instance/i;
 /** How long perform waits for QEMU to drop a cancelled migration's connection attempt (the controller's call allows 60 s). */
 const LINGERING_WAIT_MS = 40_000;
@@ -229,7 +231,15 @@ export class SourceMigration {
     if (st !== 'mirroring' && st !== 'transferring') return this.view();
     this.cancelRequested = true;
     this.abort.abort();
-    await this.opts.vm.qmp.execute('migrate_cancel').catch(() => undefined);
+    const qmp = this.opts.vm.qmp;
+    await qmp.execute('migrate_cancel').catch(() => undefined);
+    // Over a cut link a multifd channel stays blocked in a send that TCP will not fail for minutes, and the
+    // cancel waits for it: shut every channel of the migration down (`yank`), as the link would have.
+    const ended = await Promise.race([this.done.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), CANCEL_YANK_AFTER_MS))]);
+    if (!ended) {
+      this.opts.log?.warn(`migrate_cancel still waits after ${CANCEL_YANK_AFTER_MS} ms: yanking the migration's channels`);
+      await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch((e: unknown) => this.opts.log?.warn(`yank: ${String(e)}`));
+    }
     await this.done;
     return this.view();
   }
