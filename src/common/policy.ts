@@ -145,6 +145,25 @@ export function resolvePolicy(input: PolicyInput = {}): MigrationPolicy {
   return p;
 }
 
+/** The most multifd channels Ferry picks by itself: on the machines measured, 4 gained nothing over 2. */
+export const AUTO_MULTIFD_MAX = 4;
+
+/**
+ * The multifd channels for a migration whose request did not say: with TLS, one stream is bound by one
+ * core's encryption, so as many channels as the smaller of the two hosts has cores (2 to AUTO_MULTIFD_MAX),
+ * when both QEMUs know multifd. Plain TCP keeps one stream (it is not CPU-bound), and so does a policy that
+ * may switch to post-copy or uses xbzrle (QEMU 10.0 refuses either with multifd), and so does a request with
+ * its own bandwidth cap: QEMU 10.0 holds multifd to its cap only roughly, a few MiB/s over it per channel
+ * (docs/qemu.md), which matters for a small cap and not for a link's share. `cores`: the smaller host's,
+ * `bothSupport`: both QEMUs list the capability; null when not known (then one stream).
+ */
+export function autoMultifd(policy: MigrationPolicy, cores: number | null, bothSupport: boolean): number {
+  if (!policy.tls || policy.mode !== 'live' || policy.postcopy !== 'never' || policy.xbzrle || !bothSupport) return 0;
+  if (policy.bandwidthBytesPerSec !== 0) return 0;
+  if (cores === null || cores < 2) return 0;
+  return Math.min(AUTO_MULTIFD_MAX, cores);
+}
+
 /** One step of the escalation ladder (src/controller/migrations/escalation.ts), as a job records it. */
 export type Escalation =
   | { kind: 'downtime-limit'; fromMs: number; toMs: number; reason: string }

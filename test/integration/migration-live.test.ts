@@ -8,6 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
+import { cpus } from 'node:os';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import { labDown, labRestartServer, linkDown, linkUp, readLabState } from '../../src/lab/index.ts';
 import {
@@ -42,7 +43,7 @@ const qemuPids = (host: string, opts: { incoming?: boolean } = {}): number[] => 
 const runDirExists = (host: string): boolean => h.runDirExists(host, VM);
 
 /** Starts a slow migration away from the VM's host and waits until QEMU is really sending. */
-async function startSlow(to: string, mibPerSec = SLOW): Promise<MigrationJson> {
+async function startSlow(to: string, mibPerSec = SLOW, extra: string[] = []): Promise<MigrationJson> {
   const m = await ferryJson<MigrationJson>([
     'vm',
     'migrate',
@@ -51,6 +52,7 @@ async function startSlow(to: string, mibPerSec = SLOW): Promise<MigrationJson> {
     to,
     '--bandwidth',
     `${mibPerSec}M`,
+    ...extra,
   ]);
   assert.equal(m.destination, to);
   return waitFor(
@@ -130,6 +132,9 @@ describe('live migration in a two-host lab', { timeout: 900_000 }, () => {
       assert.equal(m.source, from);
       assert.equal(m.destination, to);
       assert.equal(m.policy.tls, extra.length === 0);
+      // TLS with no channels asked for: one per core of the hosts (the lab's hosts share this machine's), 2 to 4.
+      const cores = cpus().length;
+      assert.equal(m.policy.multifd, extra.length === 0 && cores >= 2 ? Math.min(4, cores) : 0, 'multifd channels by the hosts\' cores');
       assert.equal(m.error, null);
       for (const k of ['downtimeMs', 'guestDowntimeMs', 'totalMs'] as const) {
         const n = m[k];
@@ -186,6 +191,33 @@ describe('live migration in a two-host lab', { timeout: 900_000 }, () => {
     measured.push(`link cut: ${end.state} ${end.error?.code} after ${end.totalMs} ms`);
     await assertStayedOn(src, bootId, 'link cut');
     // The controller marked the cut host unreachable; the next case needs it back, as a user would wait.
+    await waitFor(
+      `${dst} ready again after the link came back`,
+      async () =>
+        (await ferryJson<{ name: string; state: string }[]>(['host', 'list'])).find((x) => x.name === dst)
+          ?.state === 'ready',
+      30_000,
+      500,
+    );
+  });
+
+  it('destination link cut during a multifd transfer: the channels are yanked, the watchdog aborts, VM stays on the source', async () => {
+    const src = (await vmShow()).host;
+    const dst = other(src);
+    const m = await startSlow(dst, SLOW, ['--multifd', '2', '--stall-timeout', '3s']);
+    assert.equal(m.policy.multifd, 2);
+    let end: MigrationJson;
+    await linkDown(lab, dst);
+    try {
+      // Within the link's absence: before the yank, QEMU stayed `active` until the link came back.
+      end = await waitFinal(m.id, 45_000);
+    } finally {
+      await linkUp(lab, dst);
+    }
+    assert.equal(end.state, 'failed');
+    assert.equal(end.error?.code, 'FERRY_E_MIGRATION_STALLED', JSON.stringify(end.error));
+    measured.push(`link cut, multifd 2: ${end.state} ${end.error?.code} after ${end.totalMs} ms`);
+    await assertStayedOn(src, bootId, 'link cut, multifd');
     await waitFor(
       `${dst} ready again after the link came back`,
       async () =>

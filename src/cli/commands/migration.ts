@@ -160,7 +160,7 @@ export function registerMigration(program: Command): void {
       .option('--no-tls', 'plain TCP for the migration stream (default: TLS with the cluster CA)')
       .option('--auto-converge', 'let QEMU throttle a guest that dirties memory faster than the link')
       .option('--xbzrle', 'delta-compress re-sent pages')
-      .option('--multifd <n>', 'parallel channels (0 = off)')
+      .option('--multifd <n>', 'parallel channels (0 = one stream; default: with TLS and no --bandwidth, one per core of the smaller host, 2 to 4)')
       .option('--deadline <duration>', 'abort if not finished within this (default 10m)')
       .option('--stall-timeout <duration>', 'abort when no byte moves for this long, e.g. a cut link (default 10s)')
       .option('--priority <n>', 'when migrations wait for the limits, higher starts first (-1000 to 1000, default 0)')

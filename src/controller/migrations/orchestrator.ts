@@ -30,7 +30,7 @@ import { formatBytes, parseDuration, validateName } from '../../common/units.ts'
 import { IcmpProbe } from '../../guest/icmp-probe.ts';
 import { probeAddress, probeKindFor, type DowntimeProbe, type ProbeReport } from '../../guest/probe.ts';
 import { UdpProbe } from '../../guest/udp-probe.ts';
-import { parseBandwidth, resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
+import { autoMultifd, parseBandwidth, resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
 import { nextEscalation } from './escalation.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
@@ -201,7 +201,8 @@ export class MigrationOrchestrator {
     const { sql } = this.o.store;
     const job = sql.transaction(() => {
       const placement = this.place(vm, spec, policy, req.to);
-      const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: policy.mode, policy, why: placement.why, priority: req.priority ?? 0 });
+      const chosen = req.multifd === undefined ? this.withAutoMultifd(policy, vm.host, placement.host) : policy;
+      const created = this.jobs.create({ vm: vmName, source: vm.host, destination: placement.host, mode: chosen.mode, policy: chosen, why: placement.why, priority: req.priority ?? 0 });
       if (!this.vms.update(vmName, { state: 'migrating' }, vm.state)) throw new FerryError('FERRY_E_VM_STATE', `VM ${vmName} changed state meanwhile: try again.`);
       return created;
     })();
@@ -265,6 +266,15 @@ export class MigrationOrchestrator {
     // Refused here, not in the background run: a bad request must leave no job and the VM untouched.
     storageFor(policy, spec);
     return { vm, spec, policy };
+  }
+
+  /** The policy with multifd channels chosen by the two hosts' cores (autoMultifd), for a request that did not say. */
+  private withAutoMultifd(policy: MigrationPolicy, source: string, destination: string): MigrationPolicy {
+    const a = this.host(source).inventory;
+    const b = this.host(destination).inventory;
+    const cores = a === null || b === null ? null : Math.min(a.cpu.cores, b.cpu.cores);
+    const knows = (i: HostInventory | null): boolean => i?.qemu.migrationCapabilities?.includes('multifd') === true;
+    return { ...policy, multifd: autoMultifd(policy, cores, knows(a) && knows(b)) };
   }
 
   /** The destination: `to` if given and it takes the VM, else the scheduler's choice, with why. */
