@@ -61,6 +61,8 @@ interface GuestReply {
   error?: string;
   badPages?: number;
   firstBadPage?: number;
+  /** `disk sum`: the checksum of the disk's first MiBs. */
+  sum?: string;
 }
 
 export function validateRuns(runs: unknown): number {
@@ -169,8 +171,10 @@ export async function runScenario(
     }
 
     log(`${s.name}: VM ${VM}, ${s.memory}, on ${h1}`);
-    await c.post('/api/v1/vms', { name: VM, memory: s.memory, host: h1 });
+    await c.post('/api/v1/vms', { name: VM, memory: s.memory, host: h1, ...s.vm });
     const guest = (command: string) => guestCommand(c, command);
+    // The disk's checksum after setup: each hop must bring the same bytes along (storage copy).
+    let diskSum: string | null = null;
     const setup = async (): Promise<void> => {
       for (const step of s.setup) {
         if ('guest' in step) {
@@ -183,6 +187,11 @@ export async function runScenario(
         } else {
           await waitPasses(c, step.waitPasses);
         }
+      }
+      if (s.diskCheck !== undefined) {
+        const r = await guest(`disk sum ${s.diskCheck.device} ${s.diskCheck.mib}`);
+        if (r.ok !== true || typeof r.sum !== 'string') throw new FerryError('FERRY_E_GUEST_COMMAND', `The guest could not sum its disk: ${JSON.stringify(r)}`);
+        diskSum = r.sum;
       }
     };
     await setup();
@@ -267,7 +276,7 @@ export async function runScenario(
         const to = from === h1 ? h2 : h1;
         const run =
           other === null
-            ? await migrateOnce(c, v, round, at, to, bootId, opts.migrationTimeoutMs ?? 180_000)
+            ? await migrateOnce(c, v, round, at, to, bootId, opts.migrationTimeoutMs ?? 180_000, s.diskCheck === undefined ? null : { ...s.diskCheck, sum: diskSum })
             : await otherMigrateOnce(other, v, round, from, to);
         if (interrupted) throw new FerryError('FERRY_E_ABORTED', 'Interrupted.');
         done.push(run);
@@ -288,7 +297,7 @@ export async function runScenario(
         );
         if (other === null && run.state === 'completed') at = to;
         // A broken pattern would fail every later check too: start the guest's work afresh.
-        if (!run.ok && run.state === 'completed') await (other === null ? setup() : other.setup());
+        if (!run.ok && (run.state === 'completed' || v.unfinished === true)) await (other === null ? setup() : other.setup());
       }
     }
   } catch (err) {
@@ -441,6 +450,7 @@ async function migrateOnce(
   to: string,
   bootId: string | null,
   timeoutMs: number,
+  disk: { device: string; mib: number; sum: string | null } | null,
 ): Promise<BenchRun> {
   const run = emptyRun(v, round, from, to);
   let m: MigrationJson;
@@ -484,12 +494,20 @@ async function migrateOnce(
   Object.assign(run, migrationFigures(m));
   run.escalations = m.escalations.length;
   run.error = m.error;
-  if (m.state !== 'completed') return run;
+  // A variant that is not to finish ran as it should when its deadline ended it and the guest, still on
+  // its source, kept its memory; any other end is a failed run.
+  const asExpected = v.unfinished === true ? m.state === 'failed' && m.error?.code === 'FERRY_E_MIGRATION_TIMEOUT' : m.state === 'completed';
+  if (!asExpected) return run;
   try {
     const verify = await guestCommand(c, 'dirty verify');
     run.verified = verify.ok === true;
     if (!run.verified)
       run.error = { code: 'FERRY_E_VERIFY_FAILED', message: `dirty verify: ${JSON.stringify(verify)}` };
+    if (run.verified && disk !== null) {
+      const sum = await guestCommand(c, `disk sum ${disk.device} ${disk.mib}`);
+      run.verified = sum.ok === true && sum.sum === disk.sum;
+      if (!run.verified) run.error = { code: 'FERRY_E_VERIFY_FAILED', message: `disk sum: ${JSON.stringify(sum)}, before: ${disk.sum}` };
+    }
     const info = await guestCommand(c, 'info');
     run.bootIdKept = bootId !== null && info.bootId === bootId;
   } catch (err) {

@@ -26,6 +26,11 @@ export interface BenchVariant {
    * the same lab hosts, moved with `virsh migrate --live` and libvirt's defaults (libvirt.ts); `body` unused.
    */
   libvirt?: true;
+  /**
+   * Set for a variant that is not to finish (pre-copy alone on a guest that dirties faster than its link):
+   * a run is ok when its deadline (`body.deadline`) aborted it and the guest kept its memory on its source.
+   */
+  unfinished?: true;
 }
 
 /** Before the first migration: a guest tool command, or a wait until the memory dirtier has done N passes. */
@@ -40,6 +45,10 @@ export interface BenchScenario {
   memory: string;
   /** Run once after boot; again after a failed verify, so that later runs start clean. */
   setup: SetupStep[];
+  /** More of the VM's creation body (a local disk: `{ disk: '256M' }`). */
+  vm?: { disk?: string };
+  /** After setup and after each hop, `disk sum DEVICE MIB` in the guest: each hop brings the same bytes. */
+  diskCheck?: { device: string; mib: number };
   /** Name of the variant the others are divided by. */
   baseline: string;
   /** Run in this order within each round: baseline first. */
@@ -69,6 +78,15 @@ const IDLE_FILLED: SetupStep[] = [
   { waitPasses: 1 },
   { guest: 'dirty start --mib 16 --rate 1' },
 ];
+
+/** IDLE_FILLED with `mib` MiB: one unpaced pass marks every page, then 16 MiB stay in use at 1 MiB/s. */
+const filled = (mib: number): SetupStep[] => [
+  { guest: `dirty start --mib ${mib} --rate 0` },
+  { waitPasses: 1 },
+  { guest: 'dirty start --mib 16 --rate 1' },
+];
+
+const PLAIN: BenchVariant = { name: 'plain', label: 'plain TCP', body: { tls: false } };
 
 /** Raw QMP, no control plane, plain TCP: QEMU's defaults, the cap lifted, and the cap lifted + 20 ms. */
 const RAW_DEFAULTS: BenchVariant = { name: 'raw-defaults', label: 'raw QMP, QEMU defaults', body: {}, raw: {} };
@@ -180,6 +198,64 @@ export const SCENARIOS: readonly BenchScenario[] = [
       { name: 'bw20', label: '--bandwidth 20M', body: { bandwidth: '20M' } },
       { name: 'bw30', label: '--bandwidth 30M', body: { bandwidth: '30M' } },
     ],
+  },
+  {
+    name: 'limited',
+    title: 'a guest dirtying faster than its link: 64 MiB at 30 MiB/s over 20 MiB/s',
+    measures:
+      'A 256 MiB guest rewriting 64 MiB at 30 MiB/s, sent over a link held to 20 MiB/s: pre-copy alone never ' +
+      'converges (the downtime limit raised to the 300 ms budget is not enough; its runs end at a 60 s deadline, ' +
+      'the guest left running on its source). QEMU throttling the guest (`--auto-converge`) and post-copy once ' +
+      'the budget is reached (`--postcopy auto`) finish within the budget.',
+    memory: '256M',
+    setup: [{ guest: 'dirty start --mib 64 --rate 30' }],
+    baseline: 'autoconverge',
+    variants: [
+      { name: 'autoconverge', label: '--auto-converge', body: { bandwidth: '20M', autoConverge: true } },
+      { name: 'postcopy', label: '--postcopy auto', body: { bandwidth: '20M', postcopy: 'auto' } },
+      { name: 'precopy', label: 'pre-copy only (60 s deadline)', body: { bandwidth: '20M', deadline: '60s' }, unfinished: true },
+    ],
+  },
+  {
+    name: 'large',
+    title: 'a 1 GiB guest, 768 MiB filled',
+    measures:
+      "A 1 GiB guest with 768 MiB of its memory filled and (almost) idle: Ferry's defaults (TLS, multifd by the " +
+      "hosts' cores) against one TLS stream and plain TCP, where the copy itself is most of the time.",
+    memory: '1G',
+    setup: filled(768),
+    baseline: FERRY_DEFAULTS.name,
+    variants: [FERRY_DEFAULTS, { name: 'tls-one', label: 'TLS, one stream', body: { multifd: 0 } }, PLAIN],
+  },
+  {
+    name: 'features',
+    title: 'busy guest, 64 MiB dirtied at 50 MiB/s: xbzrle, auto-converge, post-copy',
+    measures:
+      "The busy guest of `dirty` with QEMU's techniques for it: delta-compressed re-sent pages (`--xbzrle`), " +
+      'throttling (`--auto-converge`), and post-copy after the first pass (`--postcopy always`), against ' +
+      "Ferry's defaults.",
+    memory: '256M',
+    setup: [{ guest: 'dirty start --mib 64 --rate 50' }],
+    baseline: FERRY_DEFAULTS.name,
+    variants: [
+      FERRY_DEFAULTS,
+      { name: 'xbzrle', label: '--xbzrle', body: { xbzrle: true } },
+      { name: 'autoconverge', label: '--auto-converge', body: { autoConverge: true } },
+      { name: 'postcopy', label: '--postcopy always', body: { postcopy: 'always' } },
+    ],
+  },
+  {
+    name: 'storage',
+    title: 'live with storage copy: a 256 MiB local disk, 160 MiB written',
+    measures:
+      'A 256 MiB guest with a 256 MiB local disk (160 MiB of it written) and 160 MiB of memory filled: the disk ' +
+      "mirrored over NBD before the memory moves; each hop's disk checksum is compared with the one before.",
+    memory: '256M',
+    vm: { disk: '256M' },
+    setup: [{ guest: 'disk fill /dev/vda 160 7' }, ...IDLE_FILLED],
+    diskCheck: { device: '/dev/vda', mib: 160 },
+    baseline: FERRY_DEFAULTS.name,
+    variants: [FERRY_DEFAULTS, PLAIN],
   },
 ];
 
