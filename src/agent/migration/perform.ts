@@ -25,6 +25,7 @@ import { saveRecord, type MigrationRecord } from './record.ts';
 import { abortMirrors, completeMirrors, mirrorProgress, startMirrors, type NbdTarget } from './storage.ts';
 import { addTlsCreds, writeQemuTlsDir, type TlsIdentity } from './tls.ts';
 import { emptyView, type AgentMigrationView, type AgentStage, type PerformRequest, type StorageCopy } from '../../common/agent-migration.ts';
+import { Wakeup } from '../../common/wakeup.ts';
 
 /** What perform needs of the VM it moves (LocalVm provides it). */
 export interface SourceVm {
@@ -168,7 +169,8 @@ export class SourceMigration {
   private phaseSince = performance.now();
   private readonly startedAt = performance.now();
   /** Who waits for the next change of stage (stageChange). */
-  private readonly stageWaiters = new Set<() => void>();
+  /** Fired at each change of stage: the events routes wait on it (stageChange). */
+  private readonly stageWake = new Wakeup();
 
   constructor(opts: PerformOptions) {
     this.opts = opts;
@@ -211,15 +213,7 @@ export class SourceMigration {
    */
   stageChange(seen: AgentStage, maxMs: number): Promise<void> {
     if (this.record.view.stage !== seen) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.stageWaiters.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, maxMs);
-      this.stageWaiters.add(done);
-    });
+    return this.stageWake.sleep(maxMs);
   }
 
   /** Stops the migration; the guest stays here. No effect once QEMU completed the switch-over. */
@@ -337,7 +331,7 @@ export class SourceMigration {
     v.updatedAt = now();
     if (stage === 'completed' || stage === 'failed' || stage === 'cancelled') v.finishedAt = v.updatedAt;
     await saveRecord(this.opts.agentDir, this.record).catch(() => undefined);
-    for (const wake of [...this.stageWaiters]) wake();
+    this.stageWake.fire();
   }
 
   /** Logs the end of the phase that ran until `next`, and the end of perform when `next` is final. */
@@ -476,12 +470,12 @@ export class SourceMigration {
     const qmp = vm.qmp;
     const pollMs = this.opts.pollMs ?? 150;
     // Events wake the poll loop early (MIGRATION status changes, MIGRATION_PASS), so ends are seen at once.
-    const waker: { wake: (() => void) | null } = { wake: null };
+    const wake = new Wakeup();
     const events = qmp.events({ signal: this.abort.signal });
     const pump = (async () => {
       try {
         for await (const ev of events) {
-          if (ev.event === 'MIGRATION' || ev.event === 'MIGRATION_PASS') waker.wake?.();
+          if (ev.event === 'MIGRATION' || ev.event === 'MIGRATION_PASS') wake.fire();
         }
       } catch {
         /* aborted or QMP closed: the poll loop notices */
@@ -531,14 +525,7 @@ export class SourceMigration {
           default:
             break;
         }
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, pollMs);
-          waker.wake = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        });
-        waker.wake = null;
+        await wake.sleep(pollMs);
       }
     } finally {
       this.abort.abort();

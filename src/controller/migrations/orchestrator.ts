@@ -32,6 +32,7 @@ import { probeAddress, probeKindFor, type DowntimeProbe, type ProbeReport } from
 import { UdpProbe } from '../../guest/udp-probe.ts';
 import { autoMultifd, parseBandwidth, resolvePolicy, type MigrateRequest, type MigrationPolicy } from '../../common/policy.ts';
 import { nextEscalation } from './escalation.ts';
+import { Wakeup } from '../../common/wakeup.ts';
 import { canTransition, isFinal, type MigrationState } from '../../common/states.ts';
 import type { DiscardReceipt } from '../../common/agent-migration.ts';
 import type { AgentMigrationView, StorageCopy } from '../../common/agent-migration.ts';
@@ -104,35 +105,6 @@ const SWEEP_MS = 2000;
  * to be) and every millisecond until finish runs it on the destination is downtime the guest sees.
  */
 const NEAR_END_POLL_MS = 15;
-
-/** A sleep that a change of stage (the source's events) cuts short. */
-class StageWake {
-  #wake: (() => void) | null = null;
-  #fired = false;
-
-  fire(): void {
-    this.#fired = true;
-    this.#wake?.();
-  }
-
-  /** Sleeps `ms`, or less when fire() comes first (or came since the last sleep). */
-  sleep(ms: number): Promise<void> {
-    if (this.#fired) {
-      this.#fired = false;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.#wake = null;
-        this.#fired = false;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.#wake = done;
-    });
-  }
-}
 
 /** QEMU is about to stop the guest or has stopped it: its ETA is within two polls, or it copies device state. */
 export function nearSwitchover(v: Pick<AgentMigrationView, 'qemuStatus' | 'progress'>, pollMs: number): boolean {
@@ -646,7 +618,7 @@ export class MigrationOrchestrator {
     const dst = this.host(job0.destination);
     // The source's events wake the loop the moment its stage changes (QEMU completed: the guest is paused on
     // both hosts until finish), rather than at the next poll; the poll stays, for figures and as the fallback.
-    const wake = new StageWake();
+    const wake = new Wakeup();
     const watching = new AbortController();
     void this.watchStages(src.client, id, job0.policy.deadlineMs + 60_000, watching.signal, wake);
     try {
@@ -658,7 +630,7 @@ export class MigrationOrchestrator {
   }
 
   /** Follows the source's stream of views; each change of stage fires `wake`. Ends quietly on any error. */
-  private async watchStages(client: AgentClient, id: string, timeoutMs: number, signal: AbortSignal, wake: StageWake): Promise<void> {
+  private async watchStages(client: AgentClient, id: string, timeoutMs: number, signal: AbortSignal, wake: Wakeup): Promise<void> {
     let stage: string | null = null;
     try {
       for await (const v of client.watch('events', { params: { id } }, { signal, timeoutMs })) {
@@ -672,7 +644,7 @@ export class MigrationOrchestrator {
     }
   }
 
-  private async follow(id: string, src: { client: AgentClient }, dst: { client: AgentClient }, job0: MigrationJson, wake: StageWake): Promise<AgentMigrationView> {
+  private async follow(id: string, src: { client: AgentClient }, dst: { client: AgentClient }, job0: MigrationJson, wake: Wakeup): Promise<AgentMigrationView> {
     const t0 = Date.now();
     let lastOk = Date.now();
     let lastTransferred = -1;
