@@ -42,6 +42,8 @@ import type { AgentIdentity } from '../agent/identity.ts';
 import { TermFence } from '../agent/term.ts';
 import { hostHandlers } from '../agent/server.ts';
 import { certificateView } from '../agent/renewal.ts';
+import type { Controller } from '../controller/controller.ts';
+import { createJoinToken } from '../controller/tokens.ts';
 
 const MiB = 1024 * 1024;
 
@@ -570,4 +572,22 @@ export class FakeAgent {
     app.server.closeAllConnections();
     await app.close();
   }
+}
+
+/**
+ * A fake agent joined to `ctl` through its host registry with a join token, listening with the
+ * certificate the join handed out, polled once. The agent's port goes into its URL at the join, so it binds
+ * first with a throwaway certificate.
+ */
+export async function joinFakeAgent(ctl: Controller, name: string): Promise<FakeAgent> {
+  const agent = new FakeAgent({ name });
+  const boot = await ctl.ca.issueAgentCert(name, ['127.0.0.1']);
+  await agent.start({ caPem: ctl.ca.caCertPem, ...boot, controllerPin: ctl.ca.controllerPin });
+  const port = agent.port;
+  await agent.stop();
+  const { token } = createJoinToken(ctl.store);
+  const j = await ctl.hosts.join({ token, name, agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
+  await agent.start({ caPem: j.caCertPem, certPem: j.certPem, keyPem: j.keyPem, controllerPin: j.controllerPin }, port);
+  await ctl.hosts.poll(name);
+  return agent;
 }

@@ -8,9 +8,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeAgent } from '../../testing/fake-agent.ts';
+import { joinFakeAgent, type FakeAgent } from '../../testing/fake-agent.ts';
 import { createController, type Controller } from '../controller.ts';
-import { createJoinToken } from '../tokens.ts';
 import { FINAL_STATES } from '../../common/states.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -23,19 +22,6 @@ async function until<T>(what: string, fn: () => T | null, ms = 10_000): Promise<
   assert.fail(`timed out waiting for ${what}`);
 }
 
-async function joinAgent(ctl: Controller, name: string): Promise<FakeAgent> {
-  const agent = new FakeAgent({ name });
-  const boot = await ctl.ca.issueAgentCert(name, ['127.0.0.1']);
-  await agent.start({ caPem: ctl.ca.caCertPem, ...boot, controllerPin: ctl.ca.controllerPin });
-  const port = agent.port;
-  await agent.stop();
-  const { token } = createJoinToken(ctl.store);
-  const j = await ctl.hosts.join({ token, name, agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
-  await agent.start({ caPem: j.caCertPem, certPem: j.certPem, keyPem: j.keyPem, controllerPin: j.controllerPin }, port);
-  await ctl.hosts.poll(name);
-  return agent;
-}
-
 test('post-copy stalls while the destination\'s answer to "run" is held up: recovered meanwhile, then completed', { timeout: 60_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-pcstall-'));
   let ctl: Controller | undefined;
@@ -43,7 +29,7 @@ test('post-copy stalls while the destination\'s answer to "run" is held up: reco
   let release = (): void => {};
   try {
     ctl = await createController({ dataDir: dir, heartbeats: false, probe: false, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] });
-    agents.push(await joinAgent(ctl, 'h1'), await joinAgent(ctl, 'h2'));
+    agents.push(await joinFakeAgent(ctl, 'h1'), await joinFakeAgent(ctl, 'h2'));
     const [h1, h2] = agents as [FakeAgent, FakeAgent];
     await ctl.vms.create({ name: 'v1', memory: '128M', host: 'h1' });
     h1.completeAfterPolls = Number.POSITIVE_INFINITY;

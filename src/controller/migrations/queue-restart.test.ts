@@ -7,10 +7,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeAgent } from '../../testing/fake-agent.ts';
+import { joinFakeAgent, type FakeAgent } from '../../testing/fake-agent.ts';
 import { createController, type Controller } from '../controller.ts';
 import { storesUnderTest } from '../../testing/postgres.ts';
-import { createJoinToken } from '../tokens.ts';
 import { DEFAULT_LIMITS } from './queue.ts';
 import type { MigrationJson } from '../../common/migration.ts';
 
@@ -25,26 +24,13 @@ async function until<T>(what: string, fn: () => T | null): Promise<T> {
   assert.fail(`timed out waiting for ${what}`);
 }
 
-async function joinAgent(ctl: Controller, name: string): Promise<FakeAgent> {
-  const agent = new FakeAgent({ name });
-  const boot = await ctl.ca.issueAgentCert(name, ['127.0.0.1']);
-  await agent.start({ caPem: ctl.ca.caCertPem, ...boot, controllerPin: ctl.ca.controllerPin });
-  const port = agent.port;
-  await agent.stop();
-  const { token } = createJoinToken(ctl.store);
-  const j = await ctl.hosts.join({ token, name, agentUrl: `https://127.0.0.1:${port}` }, 'https://127.0.0.1:1', '127.0.0.1');
-  await agent.start({ caPem: j.caCertPem, certPem: j.certPem, keyPem: j.keyPem, controllerPin: j.controllerPin }, port);
-  await ctl.hosts.poll(name);
-  return agent;
-}
-
 for (const store of storesUnderTest()) test(`a queued job survives a controller restart queued, never half-started, and starts when the limit allows (${store.label})`, { timeout: 60_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-queue-'));
   const opts = { dataDir: dir, store: await store.location(), heartbeats: false, probe: false, limits: { ...DEFAULT_LIMITS, maxOutbound: 1 }, vmNetworks: [{ name: 'vm0', cidr: '10.77.0.0/24' }] };
   let ctl: Controller | undefined = await createController(opts);
   const agents: FakeAgent[] = [];
   try {
-    agents.push(await joinAgent(ctl, 'h1'), await joinAgent(ctl, 'h2'));
+    agents.push(await joinFakeAgent(ctl, 'h1'), await joinFakeAgent(ctl, 'h2'));
     const [h1, h2] = agents as [FakeAgent, FakeAgent];
     await ctl.vms.create({ name: 'v1', memory: '128M', host: 'h1' });
     await ctl.vms.create({ name: 'v2', memory: '128M', host: 'h1' });
