@@ -211,8 +211,8 @@ export const SCENARIOS: readonly BenchScenario[] = [
     setup: [{ guest: 'dirty start --mib 64 --rate 30' }],
     baseline: 'autoconverge',
     variants: [
-      { name: 'autoconverge', label: '--auto-converge', body: { bandwidth: '20M', autoConverge: true } },
-      { name: 'postcopy', label: '--postcopy auto', body: { bandwidth: '20M', postcopy: 'auto' } },
+      { name: 'autoconverge', label: '--auto-converge', body: { bandwidth: '20M', autoConverge: true, deadline: '150s' } },
+      { name: 'postcopy', label: '--postcopy auto', body: { bandwidth: '20M', postcopy: 'auto', deadline: '150s' } },
       { name: 'precopy', label: 'pre-copy only (60 s deadline)', body: { bandwidth: '20M', deadline: '60s' }, unfinished: true },
     ],
   },
