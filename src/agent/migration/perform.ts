@@ -94,9 +94,9 @@ export function parseTcpUri(uri: string): { host: string; port: number } {
 
 const now = (): string => new Date().toISOString();
 
-/** QEMU's refusal while a migration of this VM is in progress (capabilities, `migrate`). */
 /** How long a cancel waits for QEMU before it shuts the migration's channels down itself. */
 const CANCEL_YANK_AFTER_MS = 1000;
+/** QEMU's refusal while a migration of this VM is in progress (capabilities, `migrate`). */
 const IN_PROGRESS = /migration process in progress|duplicate yank instance/i;
 /** How long perform waits for QEMU to drop a cancelled migration's connection attempt (the controller's call allows 60 s). */
 const LINGERING_WAIT_MS = 40_000;
@@ -168,7 +168,6 @@ export class SourceMigration {
   private phase: AgentPhase = 'setup';
   private phaseSince = performance.now();
   private readonly startedAt = performance.now();
-  /** Who waits for the next change of stage (stageChange). */
   /** Fired at each change of stage: the events routes wait on it (stageChange). */
   private readonly stageWake = new Wakeup();
 
