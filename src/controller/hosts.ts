@@ -142,7 +142,7 @@ export class HostRegistry {
   private readonly misses = new Map<string, number>();
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly inventories = new Map<string, ParsedInventory>();
-  /** VM loads and names per range of host names, while the store is unchanged (vmsOf). Shared: read-only. */
+  /** VM loads and names per range of host names, while the VMs' generation is the same (vmsOf). Shared: read-only. */
   private vmsCache: { generation: number; pages: Map<string, { loads: Map<string, HostLoad>; names: Map<string, string[]> }> } = { generation: -1, pages: new Map() };
   /** Hosts that missed heartbeats: the earliest time (Date.now()) a round asks them again. */
   private readonly notBefore = new Map<string, number>();

@@ -53,9 +53,8 @@ async function benchApi(opts: BenchFlags): Promise<{ json: unknown; human: () =>
   const { join } = await import('node:path');
   const { spawn } = await import('node:child_process');
   const { createInterface } = await import('node:readline');
-  const { createController } = await import('../../controller/controller.ts');
+  const { createController, STORE_FILE } = await import('../../controller/controller.ts');
   const { seedSyntheticFleet, startSyntheticHeartbeats, syntheticHostName, syntheticVmName } = await import('../../controller/fleet/synthetic.ts');
-  const { STORE_FILE } = await import('../../controller/controller.ts');
   const { runApiLoad, renderApiLoad } = await import('../../bench/api-load.ts');
   const { PACKAGE_ROOT } = await import('../../common/paths.ts');
   const dataDir = mkdtempSync(join(tmpdir(), 'ferry-bench-api-'));
@@ -96,7 +95,7 @@ async function benchApi(opts: BenchFlags): Promise<{ json: unknown; human: () =>
       say(`${url}: ${routes.length} routes, ${durationS} s each; heartbeats rewrite ${heartbeatWrites} host rows/s meanwhile`);
       const beats = heartbeatWrites > 0 ? startSyntheticHeartbeats(join(dataDir, STORE_FILE), { hosts, perSecond: heartbeatWrites }) : null;
       const began = Date.now();
-      let results;
+      let results: Awaited<ReturnType<typeof runApiLoad>>;
       let written = 0;
       try {
         results = await runApiLoad({ url, token, routes, durationS, connections: 10 });
