@@ -7,14 +7,17 @@
  *     Now the job waits (`awaiting_destination`), nothing runs twice, and the restarted agent rolls it forward.
  *  2. the source agent SIGKILLed as its QEMU completes: the destination holds the guest, the job rolls
  *     forward, the source copy is removed once its agent is back (an owed confirm), no guest time is lost.
- *  3. post-copy with the destination's link cut for 10 s: not aborted, recovered, the guest verified.
+ *  3. post-copy with the destination's link cut for 10 s once it runs the guest: not aborted, recovered, the
+ *     guest verified.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import type { MigrationJson } from '../../src/common/migration.ts';
 import { GUEST_UDP_PORT } from '../../src/guest/client.ts';
+import { join } from 'node:path';
 import { labRestartAgent, linkDown, linkUp, processAlive, readLabState } from '../../src/lab/index.ts';
+import { QmpClient } from '../../src/qemu/qmp.ts';
 import { LabHarness, otherHost as other, waitFor, type VmView } from './helpers.ts';
 
 const VM = 't1';
@@ -73,6 +76,19 @@ async function assertRunsOnlyOn(host: string, bootId: string, what: string): Pro
   assert.deepEqual(seen.bootIds, [bootId]);
   const verify = await h.guest<{ ok: boolean }>(VM, 'dirty', 'verify');
   assert.equal(verify.ok, true, `${what}: memory intact ${JSON.stringify(verify)}`);
+}
+
+/** The VM's QEMU on `host` runs the guest (`query-status` on its observer monitor; the agent holds the main one). */
+async function destinationRuns(host: string): Promise<boolean> {
+  const qmp = await QmpClient.connect(join(h.hostDir(host), 'vms', VM, 'qmp-observe.sock'), { timeoutMs: 2000 }).catch(() => null);
+  if (qmp === null) return false;
+  try {
+    return (await qmp.execute('query-status')).running;
+  } catch {
+    return false;
+  } finally {
+    await qmp.close();
+  }
 }
 
 function agentPid(host: string): number {
@@ -161,6 +177,9 @@ describe('the truth rule: never lost, never twice', { timeout: 900_000 }, () => 
       90_000,
       100,
     );
+    // Cut once the destination runs the guest: before that the switch-over is still sending the device state,
+    // which Ferry leaves to TCP (only a running destination can be recovered), and there is nothing to recover.
+    await waitFor('the destination runs the guest', () => destinationRuns(dst), 30_000, 50);
     await linkDown(h.lab, dst);
     try {
       await new Promise((r) => setTimeout(r, 10_000));

@@ -195,9 +195,11 @@ test('perform waits while QEMU holds a cancelled migration’s yank instance, no
   let heldFor = 3;
   let status = 'cancelled';
   let yank = true;
+  let yanks = 0;
   const server = await fakeQmp(
     dir,
     (cmd, conn) => {
+      if (cmd.execute === 'yank') yanks++;
       if (cmd.execute === 'query-yank') {
         if (!yank) return conn.error(cmd.id, 'CommandNotFound', 'The command query-yank has not been found');
         return conn.reply(cmd.id, heldFor-- > 0 ? [{ type: 'chardev', id: 'm' }, { type: 'migration' }] : [{ type: 'chardev', id: 'm' }]);
@@ -211,6 +213,7 @@ test('perform waits while QEMU holds a cancelled migration’s yank instance, no
   try {
     await waitForLingeringMigration(qmp, 5_000);
     assert.ok(heldFor < 0, 'asked until QEMU let go');
+    assert.equal(yanks, 1, 'the finished migration\'s channels yanked once first');
     heldFor = 1_000;
     status = 'active';
     await waitForLingeringMigration(qmp, 5_000); // a running one is setup's to refuse: no wait

@@ -106,11 +106,14 @@ const LINGERING_WAIT_MS = 40_000;
  * cancelled while its connection was being made reads `cancelled` at once, but keeps the connection attempt
  * (and its `migration` yank instance) until the attempt fails — over a cut link, until a SYN retransmit is
  * answered or the kernel gives up (~2 min) — and `migrate` is refused meanwhile with "duplicate yank
- * instance" (docs/qemu.md). Called before the source's job starts, so no stall clock runs meanwhile. A QEMU
- * without `query-yank` is not waited for. Still held after `waitMs`: FERRY_E_MIGRATION_ACTIVE, retryable.
+ * instance" (docs/qemu.md); so do multifd channels of a migration that failed (a refused TLS handshake).
+ * The earlier migration is over by QEMU's own status, so its channels are yanked first, once; then this
+ * waits. Called before the source's job starts, so no stall clock runs meanwhile. A QEMU without
+ * `query-yank` is not waited for. Still held after `waitMs`: FERRY_E_MIGRATION_ACTIVE, retryable.
  */
 export async function waitForLingeringMigration(qmp: QmpClient, waitMs = LINGERING_WAIT_MS): Promise<void> {
   const until = Date.now() + waitMs;
+  let yanked = false;
   for (;;) {
     let held: boolean;
     try {
@@ -122,6 +125,11 @@ export async function waitForLingeringMigration(qmp: QmpClient, waitMs = LINGERI
     const status = (await qmp.execute('query-migrate')).status ?? 'none';
     // A migration that really runs is the caller's to refuse (setup checks the status).
     if (!['none', 'cancelled', 'failed', 'completed'].includes(status)) return;
+    if (!yanked && status !== 'none') {
+      yanked = true;
+      await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch(() => undefined);
+      continue;
+    }
     if (Date.now() >= until) {
       throw new FerryError('FERRY_E_MIGRATION_ACTIVE', `QEMU still holds the connection attempt of a cancelled migration of this VM (status ${status}); it lets go once that attempt fails, within about 2 minutes: try again then.`);
     }

@@ -656,8 +656,10 @@ export class MigrationOrchestrator {
     // Post-copy: the destination QEMU waits paused (-S) until told to run the guest, which must be at once.
     let destinationRuns = false;
     let recovered = false;
-    // The call that makes the destination run it goes on beside this loop: when the link is cut while it is in
-    // flight, its answer waits for the link, and the stall rule must go on watching the stream meanwhile.
+    // The call that makes the destination run it goes on beside this loop, which keeps reading the source. Until
+    // it answers, the stall rule waits: the switch-over to post-copy may be sending the device state over a cut
+    // link, and breaking that stream (migrate-pause) loses what TCP would still deliver; only a destination that
+    // runs the guest can be recovered. Its call is bounded (30 s); after it, the rule applies.
     let running: Promise<void> | null = null;
     let runsAsked = 0; // a recovery asks anew: an answer to an earlier ask does not count
     for (;;) {
@@ -697,6 +699,7 @@ export class MigrationOrchestrator {
           .then((ok) => {
             if (ask === runsAsked) destinationRuns = ok;
             running = null;
+            lastProgressAt = Date.now(); // the stall clock starts from the answer
           });
         // Most answers come in a few milliseconds: wait that long, so that the usual case reads as before.
         await Promise.race([running, sleep(RUN_ANSWER_WAIT_MS)]);
@@ -741,7 +744,7 @@ export class MigrationOrchestrator {
           passes: pass,
           remainingBytes: v.remainingBytes ?? 0,
           remainingByPass,
-          msSinceProgress: paused ? Number.POSITIVE_INFINITY : Date.now() - lastProgressAt,
+          msSinceProgress: running !== null ? 0 : paused ? Number.POSITIVE_INFINITY : Date.now() - lastProgressAt,
           downtimeLimitMs: v.downtimeLimitMs ?? policy.initialDowntimeMs,
           postcopyActive: v.postcopyStarted,
           lastEscalationPass,
