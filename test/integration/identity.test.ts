@@ -119,8 +119,15 @@ async function presentAs(host: string, cn: string, ca: ClusterCa): Promise<() =>
 }
 
 /** A migration that must fail: the VM stays on `from` with the same guest, nothing is left on `to`. */
+/**
+ * The certificate checks on one TLS stream. With multifd channels (the default), a refused handshake leaves
+ * them holding QEMU's yank instance for minutes, and the next migration of the VM is refused meanwhile with
+ * FERRY_E_MIGRATION_ACTIVE (retryable; docs/qemu.md): the last step here would wait on that, not on identity.
+ */
+const ONE_STREAM = ['--multifd', '0'];
+
 async function assertRefusedMigration(from: string, to: string, bootId: string, what: string): Promise<MigrationJson> {
-  const r = await h.ferryRaw(['vm', 'migrate', VM, '--to', to, '--wait']);
+  const r = await h.ferryRaw(['vm', 'migrate', VM, '--to', to, '--wait', ...ONE_STREAM]);
   const m = JSON.parse(r.stdout) as MigrationJson & { error: { code: string; message: string } | null };
   assert.equal(m.state, 'failed', `${what}: ${r.stdout}\n${r.stderr}`);
   assert.ok(m.error !== null, `${what}: an error code`);
@@ -223,7 +230,7 @@ describe('identity hardening in a two-host lab', { timeout: 840_000 }, () => {
     assert.ok(v.bootId);
     bootId = v.bootId;
 
-    const ok = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h2', '--wait']);
+    const ok = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h2', '--wait', ...ONE_STREAM]);
     assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
     assert.equal(ok.policy.tls, true);
     assert.equal((await h.vmShow(VM)).host, 'h2');
@@ -246,7 +253,7 @@ describe('identity hardening in a two-host lab', { timeout: 840_000 }, () => {
       await restore();
     }
     // With the real certificates back, the same migration goes through.
-    const back = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--wait']);
+    const back = await h.ferryJson<MigrationJson>(['vm', 'migrate', VM, '--to', 'h1', '--wait', ...ONE_STREAM]);
     assert.equal(back.state, 'completed', JSON.stringify(back.error));
     assert.equal((await h.vmShow(VM)).bootId, bootId);
   });

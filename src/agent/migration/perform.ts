@@ -107,8 +107,8 @@ const LINGERING_WAIT_MS = 40_000;
  * (and its `migration` yank instance) until the attempt fails — over a cut link, until a SYN retransmit is
  * answered or the kernel gives up (~2 min) — and `migrate` is refused meanwhile with "duplicate yank
  * instance" (docs/qemu.md); so do multifd channels of a migration that failed (a refused TLS handshake).
- * The earlier migration is over by QEMU's own status, so its channels are yanked first, once; then this
- * waits. Called before the source's job starts, so no stall clock runs meanwhile. A QEMU without
+ * The earlier migration is over by QEMU's own status, so its channels are yanked first, once (which does
+ * not always make QEMU let go at once); then this waits. Called before the source's job starts, so no stall clock runs meanwhile. A QEMU without
  * `query-yank` is not waited for. Still held after `waitMs`: FERRY_E_MIGRATION_ACTIVE, retryable.
  */
 export async function waitForLingeringMigration(qmp: QmpClient, waitMs = LINGERING_WAIT_MS): Promise<void> {
