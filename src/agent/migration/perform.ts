@@ -101,6 +101,11 @@ const IN_PROGRESS = /migration process in progress|duplicate yank instance/i;
 /** How long perform waits for QEMU to drop a cancelled migration's connection attempt (the controller's call allows 60 s). */
 const LINGERING_WAIT_MS = 40_000;
 
+/** Shuts every channel of the VM's migration down at once (the main one and each multifd one), as a cut would. */
+function yankMigration(qmp: QmpClient): Promise<unknown> {
+  return qmp.execute('yank', { instances: [{ type: 'migration' }] });
+}
+
 /**
  * Waits, before a new migration starts, while QEMU still holds an earlier one's yank instance: a migration
  * cancelled while its connection was being made reads `cancelled` at once, but keeps the connection attempt
@@ -127,7 +132,7 @@ export async function waitForLingeringMigration(qmp: QmpClient, waitMs = LINGERI
     if (!['none', 'cancelled', 'failed', 'completed'].includes(status)) return;
     if (!yanked && status !== 'none') {
       yanked = true;
-      await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch(() => undefined);
+      await yankMigration(qmp).catch(() => undefined);
       continue;
     }
     if (Date.now() >= until) {
@@ -239,7 +244,7 @@ export class SourceMigration {
     const ended = await Promise.race([this.done.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), CANCEL_YANK_AFTER_MS))]);
     if (!ended) {
       this.opts.log?.warn(`migrate_cancel still waits after ${CANCEL_YANK_AFTER_MS} ms: yanking the migration's channels`);
-      await qmp.execute('yank', { instances: [{ type: 'migration' }] }).catch((e: unknown) => this.opts.log?.warn(`yank: ${String(e)}`));
+      await yankMigration(qmp).catch((e: unknown) => this.opts.log?.warn(`yank: ${String(e)}`));
     }
     await this.done;
     return this.view();

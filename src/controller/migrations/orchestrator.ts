@@ -92,7 +92,7 @@ export interface OrchestratorOptions {
 const SOURCE_SILENCE_MS = 20_000;
 /** …but after this long the destination is asked whether it already holds the complete guest. */
 const DESTINATION_CHECK_AFTER_MS = 1500;
-/** How long the loop waits for the destination's answer to "run the guest" before it goes on watching. */
+/** How long the loop waits for the destination's answer to "run the guest" before it goes on reading the source. */
 const RUN_ANSWER_WAIT_MS = 500;
 /** How long a stalled post-copy waits for the destination to answer again before it gives up on it. */
 const POSTCOPY_RECOVER_MS = 10 * 60_000;
