@@ -69,6 +69,14 @@ async function benchApi(opts: BenchFlags): Promise<{ json: unknown; human: () =>
     const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'ferry.js'), 'server', '--data', dataDir, '--listen', '127.0.0.1:0', '--heartbeat', '1h', '--no-show-token', '--json'], {
       stdio: ['ignore', 'pipe', 'ignore'],
     });
+    // Ctrl-C (or a TERM) mid-run: the server it started and the synthetic store go with it, as on a normal end.
+    const onSignal = (sig: NodeJS.Signals): void => {
+      child.kill('SIGTERM');
+      rmSync(dataDir, { recursive: true, force: true });
+      process.exit(sig === 'SIGINT' ? 130 : 143);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
     try {
       const line = await new Promise<string>((resolve, reject) => {
         const rl = createInterface({ input: child.stdout });
@@ -112,6 +120,8 @@ async function benchApi(opts: BenchFlags): Promise<{ json: unknown; human: () =>
         exitCode: ok ? 0 : 1,
       };
     } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       child.kill('SIGTERM');
       await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
     }
